@@ -1,0 +1,143 @@
+"""Frozen, validated configuration of one exact gradient-flow run."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from models.errors import ConfigError, check_choice, check_int, check_positive
+from models.task import TaskConfig
+
+from .integrate import BACKENDS, DEFAULT_METHOD, IMPLICIT, SCIPY_METHODS, TORCHDIFFEQ_METHODS
+from .tolerances import DEFAULT_RTOL
+
+INITS = ("balanced", "uniform", "file")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """One run of the exact population gradient flow of model 1.
+
+    init: ``balanced`` (K = alpha, W = alpha/sqrt|A|), ``uniform`` (every entry alpha),
+        or ``file`` (``init_file``: a .npz with arrays W (|A|, |V|) and K (|V|,)).
+    t_max: flow time at which to stop if the loss target is not reached first.
+    eps_conv: the loss that defines t3; loss_target: stop when L <= loss_target
+        (None: eps_conv).
+    rtol, atol: None picks the defaults of :mod:`dynamics.tolerances`.
+    samples_per_octave: saved points per doubling of t (plus 16 linear points before).
+    """
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    init: str = "balanced"
+    alpha: float = 1e-5
+    init_file: str | None = None
+    t_max: float = 1e7
+    eps_conv: float = 1e-2
+    loss_target: float | None = None
+    backend: str = "torchdiffeq"
+    method: str | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    dtype: str = "float64"
+    device: str = "cpu"
+    samples_per_octave: int = 32
+
+    def __post_init__(self):
+        if not isinstance(self.task, TaskConfig):
+            raise ConfigError("task must be a TaskConfig")
+        check_choice("init", self.init, INITS)
+        if self.init == "file":
+            if not self.init_file:
+                raise ConfigError("init = 'file' needs init_file (a .npz with arrays W and K)")
+        elif self.init_file is not None:
+            raise ConfigError(f"init_file given together with init = {self.init!r}; use init = 'file'")
+        object.__setattr__(self, "alpha", check_positive("alpha", self.alpha))
+        object.__setattr__(self, "t_max", check_positive("t_max", self.t_max))
+        object.__setattr__(self, "eps_conv", check_positive("eps_conv", self.eps_conv))
+        if self.loss_target is not None:
+            object.__setattr__(self, "loss_target", check_positive("loss_target", self.loss_target))
+        check_choice("backend", self.backend, BACKENDS)
+        if self.method is None:
+            object.__setattr__(self, "method", DEFAULT_METHOD[self.backend])
+        allowed = TORCHDIFFEQ_METHODS if self.backend == "torchdiffeq" else SCIPY_METHODS
+        if self.method not in allowed:
+            raise ConfigError(f"method = {self.method!r} is not available with backend {self.backend!r}; "
+                              f"choose one of: {', '.join(allowed)}")
+        check_choice("dtype", self.dtype, tuple(DTYPES))
+        if self.rtol is not None:
+            object.__setattr__(self, "rtol", check_positive("rtol", self.rtol))
+        if self.atol is not None:
+            object.__setattr__(self, "atol", check_positive("atol", self.atol))
+        object.__setattr__(self, "samples_per_octave", check_int("samples_per_octave",
+                                                                 self.samples_per_octave, 4))
+        if self.device != "cpu":
+            try:
+                dev = torch.device(self.device)
+            except Exception:
+                raise ConfigError(f"device = {self.device!r} is not a torch device; use 'cpu' or 'cuda'") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"device = {self.device!r} but no CUDA GPU is available; use device = 'cpu'")
+            if self.backend == "scipy" and dev.type != "cpu":
+                raise ConfigError("backend = 'scipy' runs on the CPU only; use device = 'cpu'")
+
+    # ---- resolved values --------------------------------------------------------
+    @property
+    def torch_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def resolved_rtol(self) -> float:
+        return self.rtol if self.rtol is not None else DEFAULT_RTOL[self.torch_dtype]
+
+    @property
+    def resolved_loss_target(self) -> float:
+        return self.loss_target if self.loss_target is not None else self.eps_conv
+
+    def state_size(self) -> int:
+        t = self.task
+        C, A = t.S + t.R + 2, t.R * t.D
+        return C * A + C
+
+    def memory_estimate_bytes(self) -> int:
+        """Rough peak memory of a run: solver stage vectors, one chunk of saved states,
+        the objective's (S+R) x |A| work arrays and the chunked direct paths."""
+        t = self.task
+        P = self.state_size()
+        item = 8 if self.dtype == "float64" else 4
+        stages = 30 if self.method in ("dopri8", "DOP853") else 16
+        total = item * P * (stages + self.samples_per_octave + 40)
+        total += item * 12 * (t.S + t.R + 2) * t.R * t.D
+        total += 3 * item * (1 << 22) + item * 4 * t.S * t.R * t.R
+        if self.backend == "scipy" and self.method in IMPLICIT:
+            total += 2 * 8 * P * P  # dense finite-difference Jacobian and its LU factors
+        return int(total)
+
+    def check_memory(self, available: int | None = None) -> None:
+        """Raise ConfigError if the run would not fit in this machine's memory."""
+        need = self.memory_estimate_bytes()
+        have = available if available is not None else available_memory_bytes()
+        if need > 0.8 * have:
+            t = self.task
+            raise ConfigError(
+                f"S = {t.S}, R = {t.R}, D = {t.D} ({self.state_size():,} parameters, method {self.method}) needs "
+                f"about {need / 2**30:.1f} GiB but this machine has {have / 2**30:.1f} GiB available; "
+                f"reduce S, R or D" + (" or use an explicit method (DOP853)" if self.method in IMPLICIT else ""))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rtol"] = self.resolved_rtol
+        d["loss_target"] = self.resolved_loss_target
+        return d
+
+
+def available_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -1,0 +1,144 @@
+"""Command line: integrate the exact flow, check the conservation laws, print and plot the phases.
+
+    python -m dynamics.run --S 16 --R 4 --D 8 --out runs/s16
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from models.cli import ArgumentParser, guarded
+from models.errors import ConfigError
+from models.task import FACT_KINDS, TaskConfig
+
+from .config import INITS, FlowConfig
+from .integrate import BACKENDS, SCIPY_METHODS, TORCHDIFFEQ_METHODS
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m dynamics.run",
+                       description="Exact population gradient flow of the linear-attention model (SPEC §2) from "
+                                   "a small initialization: integrates the ODE, monitors the conservation laws, "
+                                   "finds the phase times t1, t2, t3 and the hallucination plateau, and writes "
+                                   "results.json, trajectory.csv and figures into --out.")
+    g = p.add_argument_group("task (SPEC §1)")
+    g.add_argument("--S", type=int, default=16, help="number of subjects (default 16)")
+    g.add_argument("--R", type=int, default=4, help="number of relations (default 4)")
+    g.add_argument("--D", type=int, default=8, help="answers per relation; |A| = R*D (default 8)")
+    g.add_argument("--T", type=int, default=32, help="sequence length, >= 3 (default 32)")
+    g.add_argument("--N", type=int, default=20, help="number of noise tokens (default 20)")
+    g.add_argument("--facts", default="structured", choices=FACT_KINDS[:3],
+                   help="fact table: structured (subject j answers floor(j*D/S) + r*D), balanced (random, "
+                        "each answer held by S/D subjects; needs D | S) or random (uniform) (default structured)")
+    g.add_argument("--facts-file", default=None, metavar="PATH",
+                   help="user fact table: .npy or header-less .csv, S x R global answer indices (overrides --facts)")
+    g.add_argument("--zipf-subjects", type=float, default=0.0, metavar="BETA",
+                   help="subject frequencies p(s) ~ (s+1)^-BETA (default 0: uniform)")
+    g.add_argument("--zipf-relations", type=float, default=0.0, metavar="BETA",
+                   help="relation frequencies q(r) ~ (r+1)^-BETA (default 0: uniform)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the balanced/random fact table (default 0)")
+    g = p.add_argument_group("initialization")
+    g.add_argument("--init", default="balanced", choices=INITS[:2],
+                   help="balanced: K = alpha, W = alpha/sqrt|A| (conserved Q = 0); uniform: every entry alpha "
+                        "(default balanced)")
+    g.add_argument("--alpha", type=float, default=1e-5, help="initialization scale (default 1e-5)")
+    g.add_argument("--init-file", default=None, metavar="NPZ",
+                   help=".npz with arrays W (|A|, |V|) and K (|V|,); noise columns must be identical")
+    g = p.add_argument_group("integration")
+    g.add_argument("--t-max", type=float, default=1e7, help="stop at this flow time (default 1e7)")
+    g.add_argument("--loss-target", type=float, default=None,
+                   help="stop once the loss reaches this value (default: --eps-conv)")
+    g.add_argument("--eps-conv", type=float, default=1e-2, help="loss level that defines t3 (default 1e-2)")
+    g.add_argument("--backend", default="torchdiffeq", choices=BACKENDS,
+                   help="ODE library (default torchdiffeq; scipy is the second backend)")
+    g.add_argument("--method", default=None,
+                   help=f"solver: torchdiffeq {{{', '.join(TORCHDIFFEQ_METHODS)}}} (default dopri5); "
+                        f"scipy {{{', '.join(SCIPY_METHODS)}}} (default DOP853)")
+    g.add_argument("--rtol", type=float, default=None, help="relative tolerance (default 1e-9 in float64)")
+    g.add_argument("--atol", type=float, default=None,
+                   help="absolute tolerance (default: 1e-3 * rtol * smallest initial |entry|)")
+    g.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="default float64")
+    g.add_argument("--device", default="cpu", help="torch device for the flow (default cpu)")
+    g.add_argument("--samples-per-octave", type=int, default=32,
+                   help="saved points per doubling of t (default 32; plus 16 linear points at the start)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default runs/flow-S{S}-R{R}-D{D}); created atomically")
+    g.add_argument("--no-plots", action="store_true", help="skip loss.png, loss.pdf and invariant.png")
+    g.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    return p
+
+
+def config_from_args(a) -> FlowConfig:
+    task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N,
+                      facts="file" if a.facts_file else a.facts, facts_file=a.facts_file,
+                      zipf_subjects=a.zipf_subjects, zipf_relations=a.zipf_relations, seed=a.seed)
+    return FlowConfig(task=task, init="file" if a.init_file else a.init, alpha=a.alpha, init_file=a.init_file,
+                      t_max=a.t_max, eps_conv=a.eps_conv, loss_target=a.loss_target, backend=a.backend,
+                      method=a.method, rtol=a.rtol, atol=a.atol, dtype=a.dtype, device=a.device,
+                      samples_per_octave=a.samples_per_octave)
+
+
+def summary(result) -> str:
+    c, ph, th, s = result.config, result.phases, result.theory, result.solver
+    t = c.task
+
+    def fmt(x):
+        return "not reached" if x is None else f"{x:.6g}"
+
+    lines = [
+        f"task   S={t.S} R={t.R} D={t.D} T={t.T} N={t.N} facts={t.facts} |A|={t.R * t.D} "
+        f"params={c.state_size():,}",
+        f"init   {c.init} alpha={c.alpha:g}; solver {s['backend']}/{s['method']} rtol={s['rtol']:.1e} "
+        f"atol={s['atol']:.1e} {c.dtype} on {c.device}",
+        f"phases t1={fmt(ph.t1)}  t2={fmt(ph.t2)}  t3={fmt(ph.t3)}   (status: {result.status}, "
+        f"t_end={result.trajectory['t'][-1]:.6g})",
+    ]
+    if ph.plateau is not None:
+        p = ph.plateau
+        lines.append(f"plateau at t={p.t:.6g}: L={p.loss:.6f} (log|A|={th['log_A']:.6f}, H(A|R)={th['H_A_given_R']:.6f})"
+                     f"  relation-only={p.relation_loss:.4g} subject-only={p.subject_loss:.4g} "
+                     f"hallucination gap={p.hallucination_gap:.4g}")
+    else:
+        lines.append(f"plateau: not found (needs t1 and t2); log|A|={th['log_A']:.6f} H(A|R)={th['H_A_given_R']:.6f}")
+    lines.append("conservation max drift: " + ", ".join(f"{k}={v:.2e}" for k, v in result.conservation.items()))
+    lines.append(f"solver {s['n_steps']} steps, {s['n_rejected'] if s['n_rejected'] is not None else 'n/a'} rejected, "
+                 f"{s['nfe']} RHS evaluations, {s['saved_points']} saved points; integration "
+                 f"{result.integration_seconds:.3f} s, wall {result.wall_seconds:.3f} s")
+    return "\n".join(lines)
+
+
+def write_outputs(result, out: str, plots: bool = True) -> None:
+    """results.json, trajectory.csv and (optionally) figures, all written atomically into ``out``."""
+    from models.io import output_dir, write_csv, write_json
+
+    with output_dir(out) as d:
+        write_json(os.path.join(d, "results.json"), result.to_dict())
+        write_csv(os.path.join(d, "trajectory.csv"), result.trajectory)
+        if plots:
+            from figures.flow import plot_invariant, plot_loss
+
+            plot_loss(result, [os.path.join(d, "loss.png"), os.path.join(d, "loss.pdf")])
+            plot_invariant(result, os.path.join(d, "invariant.png"))
+
+
+@guarded
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    config.check_memory()
+    out = args.out or f"runs/flow-S{args.S}-R{args.R}-D{args.D}"
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"out = {out!r} exists and is not a folder; give a folder path")
+    from .flow import run_flow
+
+    result = run_flow(config, progress=None if not args.quiet else False)
+    write_outputs(result, out, plots=not args.no_plots)
+    if not args.quiet:
+        print(summary(result))
+        print(f"wrote {out}/results.json, trajectory.csv" + ("" if args.no_plots else ", loss.png, loss.pdf, invariant.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

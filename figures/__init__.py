@@ -1,0 +1,1 @@
+"""Matplotlib figures. Importing this package does not import matplotlib; each module does."""

@@ -1,0 +1,230 @@
+"""The synthetic factual-recall task of SPEC §1, defined once for the whole project.
+
+Token layout of the input vocabulary ``V`` (size ``S + R + N + 1``)::
+
+    [0, S)            subjects
+    [S, S+R)          relations
+    [S+R, S+R+N)      noise tokens
+    S+R+N             EOS
+
+Answers are output tokens only: relation ``r`` owns the block ``[r*D, (r+1)*D)``
+of the ``|A| = R*D`` answers.
+
+The flow (``dynamics``), the samplers and trainers (``models``) and the metrics
+all read the fact table and the frequencies from a :class:`Task`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ConfigError, check_choice, check_int, check_positive
+
+FACT_KINDS = ("structured", "balanced", "random", "file")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Everything that defines the task. Validated at construction.
+
+    S, R, D: numbers of subjects, relations, answers per relation.
+    T: sequence length (>= 3); N: number of noise tokens (>= 1).
+    facts: ``structured`` | ``balanced`` | ``random`` | ``file`` (then ``facts_file`` is the path).
+    zipf_subjects, zipf_relations: Zipf exponents beta_s, beta_r (0 = uniform).
+    seed: seeds the ``balanced`` and ``random`` tables.
+    """
+
+    S: int = 16
+    R: int = 4
+    D: int = 8
+    T: int = 32
+    N: int = 20
+    facts: str = "structured"
+    facts_file: str | None = None
+    zipf_subjects: float = 0.0
+    zipf_relations: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("S", "R", "D", "N"):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
+        object.__setattr__(self, "T", check_int("T", self.T, 3))
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
+        if self.facts_file is not None and self.facts == "structured":
+            # A file given with the default kind means "use the file".
+            object.__setattr__(self, "facts", "file")
+        check_choice("facts", self.facts, FACT_KINDS)
+        if self.facts == "file" and self.facts_file is None:
+            raise ConfigError("facts = 'file' needs a facts_file (a .npy or header-less .csv of shape S x R)")
+        if self.facts != "file" and self.facts_file is not None:
+            raise ConfigError(f"facts_file given together with facts = {self.facts!r}; "
+                              "use facts = 'file' (or leave facts at its default)")
+        if self.facts == "balanced" and self.S % self.D != 0:
+            raise ConfigError(f"facts = 'balanced' needs D to divide S, got S = {self.S}, D = {self.D}; "
+                              "choose S a multiple of D or use facts = 'random'")
+        for name in ("zipf_subjects", "zipf_relations"):
+            object.__setattr__(self, name, check_positive(name, getattr(self, name), allow_zero=True))
+
+    @property
+    def num_answers(self) -> int:
+        return self.R * self.D
+
+    @property
+    def vocab_size(self) -> int:
+        return self.S + self.R + self.N + 1
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """A built task: fact table and frequencies as read-only numpy arrays.
+
+    answers: (S, R) int64, global answer index a*(s, r) in relation r's block.
+    p: (S,) subject frequencies; q: (R,) relation frequencies (each sums to 1).
+    """
+
+    config: TaskConfig
+    answers: np.ndarray = field(repr=False)
+    p: np.ndarray = field(repr=False)
+    q: np.ndarray = field(repr=False)
+
+    # ---- sizes and token layout -------------------------------------------------
+    @property
+    def S(self) -> int:
+        return self.config.S
+
+    @property
+    def R(self) -> int:
+        return self.config.R
+
+    @property
+    def D(self) -> int:
+        return self.config.D
+
+    @property
+    def T(self) -> int:
+        return self.config.T
+
+    @property
+    def N(self) -> int:
+        return self.config.N
+
+    @property
+    def num_answers(self) -> int:
+        return self.config.num_answers
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def eos(self) -> int:
+        return self.S + self.R + self.N
+
+    def relation_token(self, r):
+        return self.S + r
+
+    def noise_token(self, i):
+        return self.S + self.R + i
+
+    # ---- derived distributions ---------------------------------------------------
+    @property
+    def fact_weights(self) -> np.ndarray:
+        """(S, R) probabilities p(s) q(r) of each fact."""
+        return np.outer(self.p, self.q)
+
+    def p_answer_given_relation(self) -> np.ndarray:
+        """(R, |A|) array of p(a | r) = sum_s p(s) 1[a*(s, r) = a] (zero outside r's block)."""
+        P = np.zeros((self.R, self.num_answers))
+        for r in range(self.R):
+            np.add.at(P[r], self.answers[:, r], self.p)
+        return P
+
+    @property
+    def log_A(self) -> float:
+        """log |A|: the loss of the uniform prediction."""
+        return math.log(self.num_answers)
+
+    @property
+    def H_A_given_R(self) -> float:
+        """H(A|R) = sum_r q(r) H(p(.|r)) in nats: the loss of the relation-only predictor."""
+        P = self.p_answer_given_relation()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ent = -np.where(P > 0, P * np.log(P), 0.0).sum(axis=1)
+        return float(self.q @ ent)
+
+
+def zipf(n: int, beta: float) -> np.ndarray:
+    """Probabilities proportional to (i+1)^(-beta), i = 0..n-1 (uniform for beta = 0)."""
+    w = np.arange(1, n + 1, dtype=np.float64) ** (-beta)
+    return w / w.sum()
+
+
+def make_task(config: TaskConfig) -> Task:
+    """Build the fact table and frequencies described by ``config``."""
+    S, R, D = config.S, config.R, config.D
+    offsets = np.arange(R, dtype=np.int64) * D
+    if config.facts == "structured":
+        j = np.arange(S, dtype=np.int64)
+        answers = (j * D // S)[:, None] + offsets[None, :]
+    elif config.facts == "balanced":
+        rng = np.random.default_rng(config.seed)
+        answers = np.empty((S, R), dtype=np.int64)
+        groups = np.arange(S, dtype=np.int64) * D // S  # each of the D answers held S/D times
+        for r in range(R):
+            answers[rng.permutation(S), r] = groups + offsets[r]
+    elif config.facts == "random":
+        rng = np.random.default_rng(config.seed)
+        answers = rng.integers(0, D, size=(S, R), dtype=np.int64) + offsets[None, :]
+    else:
+        answers = load_fact_table(config.facts_file, S, R, D)
+    answers = np.ascontiguousarray(answers, dtype=np.int64)
+    answers.setflags(write=False)
+    p = zipf(S, config.zipf_subjects)
+    q = zipf(R, config.zipf_relations)
+    p.setflags(write=False)
+    q.setflags(write=False)
+    return Task(config=config, answers=answers, p=p, q=q)
+
+
+def load_fact_table(path: str, S: int, R: int, D: int) -> np.ndarray:
+    """Read and validate a user fact table: an S x R array of global answer indices.
+
+    Accepts ``.npy`` (integer dtype) or a header-less comma-separated ``.csv`` of integers.
+    Raises ConfigError naming the file and what is wrong.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"facts_file = {path!r} does not exist; give a .npy or .csv file of shape S x R")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if arr.dtype.kind not in "iu":
+                raise ConfigError(f"facts_file = {path!r} holds dtype {arr.dtype}; it must hold integers")
+        elif ext == ".csv":
+            raw = np.genfromtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+            if raw.size == 0 or not np.all(np.isfinite(raw)):
+                raise ConfigError(f"facts_file = {path!r} has empty or non-numeric entries; "
+                                  "it must be a header-less CSV of integers")
+            if not np.all(raw == np.round(raw)):
+                raise ConfigError(f"facts_file = {path!r} has non-integer entries; it must hold integers")
+            arr = raw.astype(np.int64)
+        else:
+            raise ConfigError(f"facts_file = {path!r} has extension {ext!r}; allowed: .npy, .csv")
+    except ConfigError:
+        raise
+    except Exception as exc:  # malformed file: say so on one line
+        raise ConfigError(f"facts_file = {path!r} could not be read ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'malformed'})") from None
+    if arr.ndim != 2 or arr.shape != (S, R):
+        raise ConfigError(f"facts_file = {path!r} has shape {arr.shape}; it must be (S, R) = ({S}, {R})")
+    arr = arr.astype(np.int64)
+    lo = np.arange(R, dtype=np.int64)[None, :] * D
+    bad = (arr < lo) | (arr >= lo + D)
+    if bad.any():
+        s, r = map(int, np.argwhere(bad)[0])
+        raise ConfigError(f"facts_file = {path!r}: entry [{s}, {r}] = {arr[s, r]} is outside relation {r}'s "
+                          f"answer block [{r * D}, {r * D + D - 1}]")
+    return arr
