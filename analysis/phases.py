@@ -92,11 +92,11 @@ def first_crossing(t, L, theta, dLdt=None) -> float | None:
         return hermite_crossing(t[i], t[j], L[i], L[j], dLdt[i], dLdt[j], theta)
     # PCHIP in log-time is monotone between samples; fall back to linear in t at t = 0
     if t[i] > 0:
-        x = np.log(t)
         lo, hi = max(0, i - 2), min(len(t), j + 3)
         lo = max(lo, int(np.argmax(t > 0)))
-        f = PchipInterpolator(x[lo:hi], L[lo:hi])
-        return float(math.exp(brentq(lambda u: float(f(u)) - theta, x[i], x[j])))
+        x = np.log(t[lo:hi])
+        f = PchipInterpolator(x, L[lo:hi])
+        return float(math.exp(brentq(lambda u: float(f(u)) - theta, x[i - lo], x[j - lo])))
     return float(t[i] + (t[j] - t[i]) * (L[i] - theta) / (L[i] - L[j]))
 
 

@@ -9,7 +9,7 @@ import torch
 from models.errors import ConfigError, check_choice, check_int, check_positive
 from models.task import TaskConfig
 
-from .integrate import BACKENDS, DEFAULT_METHOD, IMPLICIT, SCIPY_METHODS, TORCHDIFFEQ_METHODS
+from .integrate import BACKENDS, DEFAULT_METHOD, IMPLICIT, NATIVE_METHODS, SCIPY_METHODS, TORCHDIFFEQ_METHODS
 from .tolerances import DEFAULT_RTOL
 
 INITS = ("balanced", "uniform", "file")
@@ -61,7 +61,7 @@ class FlowConfig:
         check_choice("backend", self.backend, BACKENDS)
         if self.method is None:
             object.__setattr__(self, "method", DEFAULT_METHOD[self.backend])
-        allowed = TORCHDIFFEQ_METHODS if self.backend == "torchdiffeq" else SCIPY_METHODS
+        allowed = dict(torchdiffeq=TORCHDIFFEQ_METHODS, scipy=SCIPY_METHODS, native=NATIVE_METHODS)[self.backend]
         if self.method not in allowed:
             raise ConfigError(f"method = {self.method!r} is not available with backend {self.backend!r}; "
                               f"choose one of: {', '.join(allowed)}")

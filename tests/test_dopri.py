@@ -1,0 +1,82 @@
+"""The native DOPRI5: tableau order conditions, convergence order and tolerance on exact solutions."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dynamics.dopri import A, B, B_HAT, C, Dopri5
+
+
+def test_tableau_order_conditions():
+    b, bh, c = np.array(B), np.array(B_HAT), np.array(C)
+    Am = np.zeros((7, 7))
+    for i, row in enumerate(A):
+        Am[i, :len(row)] = row
+    assert np.allclose(Am.sum(1), c, atol=1e-15)  # row sums are the nodes
+    # 5th-order conditions for b, 4th-order for b_hat (a subset suffices to catch a wrong digit)
+    for w, p in ((b, 5), (bh, 4)):
+        for q in range(1, p + 1):
+            assert w @ c ** (q - 1) == pytest.approx(1 / q, abs=1e-14)
+        assert w @ Am @ c == pytest.approx(1 / 6, abs=1e-14)
+        assert w @ (c * (Am @ c)) == pytest.approx(1 / 8, abs=1e-14)
+    assert b @ Am @ Am @ c == pytest.approx(1 / 24, abs=1e-14)
+    assert b @ Am @ (c * (Am @ c)) == pytest.approx(1 / 40, abs=1e-14)
+    assert b @ Am @ Am @ Am @ c == pytest.approx(1 / 120, abs=1e-14)
+    assert b @ (Am @ c) ** 2 == pytest.approx(1 / 20, abs=1e-14)
+
+
+@pytest.fixture
+def fixed_steps(monkeypatch):
+    """With a huge tolerance and no growth factor the controller keeps the step h given."""
+    from dynamics import dopri
+
+    monkeypatch.setattr(dopri, "MAX_FACTOR", 1.0)
+    monkeypatch.setattr(dopri, "SAFETY", 1.0)
+
+
+def _fixed_step_error(h):
+    """Error at t=1 of y' = [y2, -y1] (rotation), exact solution (cos t, -sin t), fixed steps h."""
+    solver = Dopri5(lambda y, out: torch.stack([y[1], -y[0]], out=out), rtol=1.0, atol=1e30)
+    solver.h = h
+    t = np.linspace(0.0, 1.0, int(round(1 / h)) + 1)
+    ys = solver.solve(torch.tensor([1.0, 0.0], dtype=torch.float64), t)
+    return float(torch.linalg.vector_norm(ys[-1] - torch.tensor([math.cos(1.0), -math.sin(1.0)])))
+
+
+def test_convergence_order_is_five(fixed_steps):
+    errs = [_fixed_step_error(h) for h in (0.1, 0.05, 0.025)]
+    orders = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
+    assert all(4.7 < p < 5.3 for p in orders), orders
+
+
+@pytest.mark.parametrize("rtol", [1e-6, 1e-9, 1e-11])
+def test_adaptive_error_tracks_tolerance(rtol):
+    """Logistic growth from 1e-8 (an escape like the flow's): global relative error ~ rtol."""
+    lam = 0.7
+
+    def f(y, out):
+        return torch.mul(y, lam * (1 - y), out=out)
+
+    solver = Dopri5(f, rtol=rtol, atol=1e-3 * rtol * 1e-8)
+    t = np.array([0.0, 10.0, 20.0, 30.0, 40.0])
+    ys = solver.solve(torch.tensor([1e-8], dtype=torch.float64), t)[:, 0].numpy()
+    y0 = 1e-8
+    exact = y0 * np.exp(lam * t) / (1 - y0 + y0 * np.exp(lam * t))
+    rel = np.abs(ys - exact) / exact
+    assert rel.max() < 200 * rtol
+    assert solver.stats["n_steps"] > 0 and solver.stats["nfe"] >= 6 * solver.stats["n_steps"]
+
+
+def test_dense_output_is_fourth_order_between_steps(fixed_steps):
+    """Outputs inside steps come from the continuous extension: error shrinks like h^5 locally."""
+    errs = []
+    for h in (0.2, 0.1, 0.05):
+        solver = Dopri5(lambda y, out: torch.stack([y[1], -y[0]], out=out), rtol=1.0, atol=1e30)
+        solver.h = h
+        t = np.array([0.0, 0.3 * h, 0.5 * h, 0.77 * h, h])  # all inside the first step
+        ys = solver.solve(torch.tensor([1.0, 0.0], dtype=torch.float64), t).numpy()
+        exact = np.stack([np.cos(t), -np.sin(t)], 1)
+        errs.append(np.abs(ys[1:4] - exact[1:4]).max())
+    orders = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
+    assert all(o > 4.6 for o in orders), orders
