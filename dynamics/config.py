@@ -25,6 +25,8 @@ class FlowConfig:
     t_max: flow time at which to stop if the loss target is not reached first.
     eps_conv: the loss that defines t3; loss_target: stop when L <= loss_target
         (None: eps_conv).
+    backend: ``native`` (default; the stage-major Dormand-Prince 5(4) of :mod:`dynamics.dopri`),
+        ``torchdiffeq`` or ``scipy`` (independent implementations, for cross-checks and other methods).
     rtol, atol: None picks the defaults of :mod:`dynamics.tolerances`.
     samples_per_octave: saved points per doubling of t (plus 16 linear points before).
     """
@@ -36,7 +38,7 @@ class FlowConfig:
     t_max: float = 1e7
     eps_conv: float = 1e-2
     loss_target: float | None = None
-    backend: str = "torchdiffeq"
+    backend: str = "native"
     method: str | None = None
     rtol: float | None = None
     atol: float | None = None

@@ -14,7 +14,7 @@ TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2"
 SCIPY_METHODS = ("DOP853", "RK45", "RK23", "LSODA", "BDF", "Radau")
 IMPLICIT = ("LSODA", "BDF", "Radau")  # may form a dense P x P Jacobian by finite differences
 NATIVE_METHODS = ("dopri5",)
-DEFAULT_METHOD = {"torchdiffeq": "dopri5", "scipy": "DOP853", "native": "dopri5"}
+DEFAULT_METHOD = {"native": "dopri5", "torchdiffeq": "dopri5", "scipy": "DOP853"}
 BACKENDS = tuple(DEFAULT_METHOD)
 
 

@@ -61,13 +61,16 @@ def test_final_state_reaches_loss_target(s16):
 
 
 def test_phase_times_are_converged_in_tolerance_and_backend(s16):
-    """t1, t2, t3 at the default rtol agree with a 1e-12 run and with scipy's DOP853."""
+    """t1, t2, t3 at the default rtol agree with a 1e-12 run and with torchdiffeq's and scipy's solvers."""
     tight = flow(dict(S=16, R=4, D=8), rtol=1e-12)
-    other = flow(dict(S=16, R=4, D=8), backend="scipy", method="DOP853", rtol=1e-11)
+    others = [flow(dict(S=16, R=4, D=8), backend="scipy", method="DOP853", rtol=1e-11),
+              flow(dict(S=16, R=4, D=8), backend="torchdiffeq", method="dopri8", rtol=1e-11),
+              flow(dict(S=16, R=4, D=8), backend="torchdiffeq")]
     for name in ("t1", "t2", "t3"):
         ref = getattr(tight.phases, name)
         assert getattr(s16.phases, name) == pytest.approx(ref, rel=1e-6)
-        assert getattr(other.phases, name) == pytest.approx(ref, rel=1e-6)
+        for other in others:
+            assert getattr(other.phases, name) == pytest.approx(ref, rel=1e-6), other.config.backend
     assert s16.phases.plateau.loss == pytest.approx(tight.phases.plateau.loss, abs=1e-6)
 
 
