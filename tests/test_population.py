@@ -172,3 +172,23 @@ def test_metrics_against_explicit_probabilities():
     assert m["hallucination_gap"] == pytest.approx(gap, rel=1e-11)
     assert m["accuracy"] == pytest.approx(acc, abs=1e-15)
     assert 0 < acc < 1  # the state is random enough for the check to bite
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_accuracy_shortcut_equals_brute_force_argmax(seed):
+    """The bounded accuracy (exact inside the block, bound outside) against a full argmax."""
+    kw = [dict(S=12, R=4, D=3, facts="random", seed=seed), dict(S=8, R=1, D=6, facts="random", seed=seed),
+          dict(S=10, R=5, D=2, facts="random", seed=seed, zipf_subjects=1.0)][seed % 3]
+    task = make_task(TaskConfig(**kw))
+    obj = PopulationObjective(task)
+    Wt, K = random_state(task, 10 + seed, scale=[0.3, 1.0, 3.0][seed % 3])
+    S, R = task.S, task.R
+    s = torch.arange(S).repeat_interleave(R)
+    r = torch.arange(R).repeat(S)
+    logits = obj.fact_logits(Wt, K, s, r)  # (S*R, |A|)
+    a = torch.as_tensor(np.array(task.answers)).reshape(-1)
+    target = logits.gather(1, a[:, None])[:, 0]
+    others = logits.scatter(1, a[:, None], -math.inf).amax(1)
+    ref = float((torch.as_tensor(task.fact_weights).reshape(-1) * (target > others)).sum())
+    xs, ur = obj._parts(Wt, K)
+    assert float(obj.accuracy(xs, ur)) == pytest.approx(ref, abs=1e-15)
