@@ -247,7 +247,10 @@ class _Run:
             if i not in self.cross and L <= th:
                 self.cross[i], self.phase_err[f"t{i}"] = self._refine_crossing(y_prev, prev, row, th)
         if L <= self.target:
-            t_star, _ = self._refine_crossing(y_prev, prev, row, self.target)
+            if self.target == self.th[2] and 3 in self.cross:
+                t_star = self.cross[3]  # the loss target is eps_conv: t3 was just refined
+            else:
+                t_star, _ = self._refine_crossing(y_prev, prev, row, self.target)
             ys = self.backend.solve(y_prev, np.array([prev["t"], t_star]))
             self.y_final = ys[-1].clone()
             row = self.monitor.row(t_star, self.y_final)

@@ -103,8 +103,8 @@ class PopulationObjective:
             logZ = self._logZ_direct(xs, ur)
         return (self.w * (logZ - self._target_logit(xs, ur))).sum()
 
-    def _grad_u_into(self, Wt, K, G):
-        """Fill G (C, |A|) with dL/du per real token; return the loss (0-d tensor)."""
+    def _grad_u_into(self, Wt, K, G, need_loss: bool = True):
+        """Fill G (C, |A|) with dL/du per real token; return the loss (0-d tensor, or None)."""
         L = self.layout
         S, R = L.S, L.R
         xs, ur = self._parts(Wt, K)
@@ -118,7 +118,7 @@ class PopulationObjective:
             self.fallbacks += 1
             logZ = self._logZ_direct(xs, ur)
             self._phat_sums_direct(xs, ur, logZ, Gs, Gr)
-        loss = (self.w * (logZ - self._target_logit(xs, ur))).sum()
+        loss = (self.w * (logZ - self._target_logit(xs, ur))).sum() if need_loss else None
         Gs.view(-1).index_add_(0, self._ys_idx, self._neg_w)  # - Ys
         Gr.view(-1).index_add_(0, self._yr_idx, self._neg_w)  # - Yr
         torch.sum(Gs, 0, out=G[L.eos])  # (|A|,) EOS is in every sequence
@@ -144,7 +144,7 @@ class PopulationObjective:
         L = self.layout
         Wt, K = L.unpack(y)
         G = self._buffer("_G", (L.C, L.A))
-        self._grad_u_into(Wt, K, G)
+        self._grad_u_into(Wt, K, G, need_loss=False)
         if out is None:
             out = torch.empty_like(y)
         dW, dK = L.unpack(out)
