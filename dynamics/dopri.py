@@ -60,9 +60,11 @@ class Dopri5:
         self.stats["nfe"] += 1
         return self.f(y, out)
 
-    def _norm(self, err, y0, y1):
-        scale = torch.maximum(y0.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
-        return float(torch.linalg.vector_norm(err / scale) / math.sqrt(err.numel()))
+    def _norm(self, err, y0, y1, scale, scratch):
+        """RMS of err / (atol + rtol max(|y0|, |y1|)); overwrites err, scale and scratch (work arrays)."""
+        torch.maximum(torch.abs(y0, out=scale), torch.abs(y1, out=scratch), out=scale)
+        scale.mul_(self.rtol).add_(self.atol)
+        return float(torch.linalg.vector_norm(err.div_(scale)) / math.sqrt(err.numel()))
 
     def _initial_step(self, y0, f0, span):
         scale = y0.abs() * self.rtol + self.atol
@@ -84,7 +86,8 @@ class Dopri5:
         out[0] = y0
         k = torch.empty((7, P), dtype=dt_, device=dev)  # stage derivatives, one per row
         y = y0.clone()
-        ytmp, y_new, err = torch.empty_like(y), torch.empty_like(y), torch.empty_like(y)
+        # work arrays, allocated once: fresh 8 MB tensors per step cost page faults at P ~ 1e6
+        ytmp, y_new, err, scale = (torch.empty_like(y) for _ in range(4))
         self._eval(y, k[0])
         t_end = float(t[-1])
         tc = float(t[0])
@@ -102,9 +105,9 @@ class Dopri5:
                 torch.addmv(y, k[:i].T, a_rows[i] * hs, out=ytmp)  # y + hs * sum_j a_ij k_j
                 self._eval(ytmp, k[i])
             # ytmp holds the 5th-order solution (a_7j = b_j); stage 7 is f(y_new) (first same as last)
-            y_new.copy_(ytmp)
+            y_new, ytmp = ytmp, y_new
             torch.mv(k.T, e_row * hs, out=err)
-            ratio = self._norm(err, y, y_new)
+            ratio = self._norm(err, y, y_new, scale, ytmp)
             steps += 1
             if ratio <= 1.0:
                 self.stats["n_steps"] += 1
