@@ -60,6 +60,11 @@ def build_parser() -> ArgumentParser:
                    help="absolute tolerance (default: 1e-3 * rtol * smallest initial |entry|)")
     g.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="default float64")
     g.add_argument("--device", default="cpu", help="torch device for the flow (default cpu)")
+    g.add_argument("--mode", default="full", choices=("full", "reduced", "compare"),
+                   help="full (default): the whole compressed system; reduced: the 10-parameter class-reduced "
+                        "flow derived with sympy (analysis.reduction; only for structured/balanced tables with "
+                        "D | S, uniform frequencies and balanced/uniform init; orders of magnitude faster); "
+                        "compare: both, with max |L_full - L_reduced| in results.json (compare.max_loss_diff)")
     g.add_argument("--samples-per-octave", type=int, default=32,
                    help="saved points per doubling of t (default 32; plus 16 linear points at the start)")
     g = p.add_argument_group("output")
@@ -133,10 +138,15 @@ def main(argv=None) -> int:
         raise ConfigError(f"out = {out!r} exists and is not a folder; give a folder path")
     from .flow import run_flow
 
-    result = run_flow(config, progress=None if not args.quiet else False)
+    from analysis.reduced_flow import run_mode
+
+    result = run_mode(args.mode, config, progress=None if not args.quiet else False)
     write_outputs(result, out, plots=not args.no_plots)
     if not args.quiet:
         print(summary(result))
+        if getattr(result, "compare", None):
+            print(f"compare: max |L_full - L_reduced| = {result.compare['max_loss_diff']:.3e} over "
+                  f"{result.compare['points']} saved times")
         print(f"wrote {out}/results.json, trajectory.csv" + ("" if args.no_plots else ", loss.png, loss.pdf, invariant.png"))
     return 0
 

@@ -1,0 +1,370 @@
+"""Predictions from the reduced flow: escape rates, plateaus, the hallucination condition and the
+phase times t1, t2, t3, vectorised over batches of configurations.
+
+The reduction (:mod:`analysis.reduction`) leaves two independent scalar equations, one per "mode"
+(subject: margin ``a = K_s (w1 - w0)`` with ``n = D`` choices; relation: margin ``b`` with
+``n = R`` choices)::
+
+    dm/dt = lam * n * sqrt(A0^2 + m^2) / (e^m + n - 1),      L_mode(m) = log(1 + (n - 1) e^{-m})
+
+with ``lam = 2 sqrt(c) / P`` the escape rate of the margin, ``(n, P, c) = (D, S R, R (D-1)/D)`` for
+the subject mode and ``(R, R D, D (R-1)/R)`` for the relation mode, and ``A0 = Qhat / (2 sqrt(c))``,
+``Qhat = K^2 - c (w1 - w0)^2`` the conserved hyperbolic invariant (``alpha^2`` for ``balanced`` and
+``uniform`` initializations, whose margins start at 0). The loss is ``L = L_S(a) + L_R(b)``.
+
+Each mode is solved by quadrature: the time to reach margin m is (exactly)::
+
+    tau(m) = (1/lam) [ asinh(m / A0) + I(m) / n ],   I(m) = int_0^m (e^x - 1) / sqrt(A0^2 + x^2) dx
+    I(m)  = Ein(m) + (sqrt(A0^2 + m^2) - A0 - m) + R2(m),   Ein(m) = int_0^m (e^x - 1)/x dx = Ei(m) - gamma - log m
+
+with ``R2 = O(A0^2 e^m / m^3)`` computed by Gauss-Legendre quadrature when ``A0 > 1e-6`` (below,
+|R2| < 5e-11 for the margins up to t3, a relative error below 1e-11 in t, and it is dropped).
+Margins at a given time come from inverting tau (safeguarded
+Newton), phase times from solving ``L(t) = theta`` (safeguarded Newton in log t, each step needing
+the two inversions). Everything is float64 and converged to ~1e-12 relative; the error is that
+of double precision, not of an ODE solver.
+
+Leading order (``alpha -> 0``): ``tau(m) = [log(1/alpha^2) + log(4 sqrt(c) m) + Ein(m)/n] / lam + O(alpha^2)``,
+so each phase time is ``log(1/alpha^2) / lam`` of the mode that crosses it, plus an O(1) term.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import expi
+
+EULER_GAMMA = 0.5772156649015329
+M_CAP = 60.0  # largest margin tracked: L_mode = (n-1) e^{-60} is below any loss of interest
+_R2_MIN_A0 = 1e-6  # below this |R2| <~ 50 A0^2 = 5e-11 for margins up to 12 (< 1e-11 relative in t): dropped
+_GL12 = np.polynomial.legendre.leggauss(12)
+_GL24 = np.polynomial.legendre.leggauss(24)
+
+
+# ----------------------------------------------------------------------------- closed forms
+def escape_rates(S, R, D) -> dict:
+    """Closed-form growth rates at the origin (1/time), from the lambdified sympy derivation.
+
+    ``subject``, ``relation``: rates of the margins (the logit gaps), twice the eigenvalues
+    ``subject_eigen`` = sqrt((D-1)/(R D)) / S and ``relation_eigen`` = sqrt((R-1)/(R D)) / R of the
+    linearized class flow (a margin is the product of two factors that each grow at the eigenvalue).
+    """
+    from .reduction import rates_numpy
+
+    f = rates_numpy()
+    S, R, D = (np.asarray(x, dtype=np.float64) for x in (S, R, D))
+    return {name: np.asarray(f[name](S, R, D), dtype=np.float64) for name in f}
+
+
+def hallucination_stage_exists(S, R, D):
+    """True where the relation mode escapes first: S^2 (R-1) > R^2 (D-1) (lambda_R > lambda_S).
+
+    Then the loss sits on the hallucination plateau log D (relation learned, subject not); otherwise the
+    subject mode escapes first and the intermediate plateau is log R (each subject's R answers are
+    known but not which relation asks for which).
+    """
+    S, R, D = (np.asarray(x, dtype=np.float64) for x in (S, R, D))
+    return S * S * (R - 1) > R * R * (D - 1)
+
+
+def plateau_levels(S, R, D) -> dict:
+    """Loss levels: initial log(RD), hallucination log D, subject-first log R, and the one that appears."""
+    S, R, D = (np.asarray(x, dtype=np.float64) for x in (S, R, D))
+    h = hallucination_stage_exists(S, R, D)
+    return dict(initial=np.log(R * D), hallucination=np.log(D), subject_first=np.log(R),
+                intermediate=np.where(h, np.log(D), np.log(R)))
+
+
+class Modes:
+    """Parameters of the two modes for a batch of configurations (arrays of shape (B,)).
+
+    alpha: initialization scale (``balanced`` K = alpha, or ``uniform`` every entry alpha: both give
+    Qhat = alpha^2 and zero initial margins).
+    """
+
+    def __init__(self, S, R, D, alpha):
+        S, R, D, alpha = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (S, R, D, alpha)))
+        self.S, self.R, self.D, self.alpha = S, R, D, alpha
+        Q = alpha * alpha
+        self.n = {"subject": D, "relation": R}
+        c = {"subject": R * (D - 1) / D, "relation": D * (R - 1) / R}
+        P = {"subject": S * R, "relation": R * D}
+        self.c = c
+        self.lam = {m: 2 * np.sqrt(c[m]) / P[m] for m in c}
+        with np.errstate(divide="ignore"):
+            self.A0 = {m: Q / (2 * np.sqrt(c[m])) for m in c}  # inf where the mode is absent (n = 1)
+        self.active = {m: self.n[m] > 1 for m in c}
+
+    @property
+    def size(self):
+        return self.S.size
+
+
+# ----------------------------------------------------------------------------- quadrature
+def ein(m):
+    """Ein(m) = int_0^m (e^x - 1)/x dx for m >= 0 (series below 0.5 to avoid cancellation)."""
+    m = np.asarray(m, dtype=np.float64)
+    small = m < 0.5
+    ms = np.where(small, m, 0.0)
+    series = np.zeros_like(m)
+    term = np.ones_like(m)
+    for j in range(1, 20):  # sum m^j / (j * j!)
+        term = term * ms / j
+        series = series + term / j
+    with np.errstate(divide="ignore", invalid="ignore"):
+        big = expi(np.where(small, 1.0, m)) - EULER_GAMMA - np.log(np.where(small, 1.0, m))
+    return np.where(small, series, big)
+
+
+def _r2(m, A0):
+    """R2(m) = int_0^m (e^x - 1 - x) (1/sqrt(A0^2 + x^2) - 1/x) dx, by composite Gauss-Legendre.
+
+    Lower part in v = log x over [log m - 40, log m - 2] (8 panels x 12 nodes; the integrand decays
+    like x^2 below), upper part in x over [m e^-2, m] (24 nodes; e^x is entire). m, A0: (B,).
+    """
+    out = np.zeros_like(m)
+    sel = (A0 > _R2_MIN_A0) & (m > 1e-150) & np.isfinite(A0)  # below 1e-150 R2 = O(m^2) is 0 in float64
+    if not sel.any():
+        return out
+    mm, aa = m[sel].astype(np.float64), A0[sel].astype(np.float64)
+
+    def g(x):  # (e^x - 1 - x)(1/h - 1/x) without cancellation: 1/h - 1/x = -A0^2 / (x h (x + h))
+        h = np.hypot(aa[:, None], x)
+        return (np.expm1(x) - x) * (-(aa[:, None] ** 2) / (x * h * (x + h)))
+
+    lo, hi = np.log(mm) - 40.0, np.log(mm) - 2.0
+    edges = np.linspace(0.0, 1.0, 9)
+    xg, wg = _GL12
+    total = np.zeros_like(mm)
+    for p in range(8):
+        a = lo + (hi - lo) * edges[p]
+        b = lo + (hi - lo) * edges[p + 1]
+        v = 0.5 * (b - a)[:, None] * xg[None] + 0.5 * (a + b)[:, None]
+        x = np.exp(v)
+        total += 0.5 * (b - a) * ((g(x) * x) @ wg)
+    xg, wg = _GL24
+    a, b = mm * math.exp(-2.0), mm
+    x = 0.5 * (b - a)[:, None] * xg[None] + 0.5 * (a + b)[:, None]
+    total += 0.5 * (b - a) * (g(x) @ wg)
+    out[sel] = total
+    return out
+
+
+def tau(m, lam, n, A0):
+    """Exact time for a mode started at margin 0 to reach margin m (arrays broadcast to (B,))."""
+    m, lam, n, A0 = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (m, lam, n, A0)))
+    h = np.hypot(A0, m)
+    lin = A0 * A0 / (h + m) - A0  # sqrt(A0^2 + m^2) - A0 - m without cancellation
+    I = ein(m) + lin + _r2(m, A0)
+    return (np.arcsinh(m / A0) + I / n) / lam
+
+
+def mode_rate(m, lam, n, A0):
+    """dm/dt = lam n sqrt(A0^2 + m^2) / (e^m + n - 1)."""
+    return lam * n * np.hypot(A0, m) / (np.exp(m) + n - 1)
+
+
+def mode_loss(m, n):
+    """L_mode(m) = log(1 + (n - 1) e^{-m}) and its derivative dL/dm."""
+    e = (n - 1) * np.exp(-m)
+    return np.log1p(e), -e / (1 + e)
+
+
+def _newton(fun, x0, lo, hi, maxit=50, xtol=2e-13):
+    """Vectorised safeguarded Newton for f increasing with f(lo) <= 0 <= f(hi); bisection fallback."""
+    x = np.clip(x0, lo, hi)
+    for _ in range(maxit):
+        f, df = fun(x)
+        lo = np.where(f <= 0, x, lo)
+        hi = np.where(f >= 0, x, hi)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            xn = x - f / df
+        bad = ~((xn >= lo) & (xn <= hi))  # NaN-safe; landing on an end is fine
+        xn = np.where(bad, 0.5 * (lo + hi), xn)
+        done = (np.abs(xn - x) <= xtol * np.maximum(1.0, np.abs(x))) | (hi - lo <= xtol * np.maximum(1.0, np.abs(x)))
+        x = xn
+        if done.all():
+            break
+    return x
+
+
+def margin_at(t, lam, n, A0, y0=None):
+    """Margin m(t) of a mode (inverse of :func:`tau`); returns (m, log m). Capped at M_CAP."""
+    t, lam, n, A0 = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (t, lam, n, A0)))
+    lt = lam * t
+    # bounds: tau(m) >= asinh(m/A0)/lam and tau(m) <= (e^m + n - 1)/(n lam) asinh(m/A0)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        log_hi = np.where(lt > 30, np.log(A0) + lt - math.log(2.0), np.log(A0 * np.sinh(lt)))
+        log_hi = np.minimum(log_hi, math.log(M_CAP))
+        s_lo = lt * n / (np.exp(np.exp(log_hi)) + n - 1)
+        log_lo = np.where(s_lo > 30, np.log(A0) + s_lo - math.log(2.0), np.log(A0 * np.sinh(s_lo)))
+    pos = t > 0
+    log_lo = np.where(pos, log_lo, -745.0)
+    log_hi = np.where(pos, log_hi, -744.0)
+    capped = pos & (tau(np.full_like(t, M_CAP), lam, n, A0) <= t)
+
+    def fun(y):  # log tau(e^y) - log t, increasing in y
+        m = np.exp(y)
+        tm = tau(m, lam, n, A0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(tm) - np.log(np.where(pos, t, 1.0)), m / (mode_rate(m, lam, n, A0) * tm)
+
+    start = 0.5 * (log_lo + log_hi) if y0 is None else y0
+    y = _newton(fun, start, log_lo, log_hi)
+    y = np.where(capped, math.log(M_CAP), y)
+    m = np.where(pos, np.exp(y), 0.0)
+    return m, y
+
+
+# ----------------------------------------------------------------------------- the loss along the flow
+class ReducedSolution:
+    """L(t), margins and dL/dt of a batch of configurations, from the exact quadratures."""
+
+    def __init__(self, modes: Modes):
+        self.modes = modes
+        self._y = {}
+
+    def state(self, t, warm=True):
+        """dict(a, b, loss, relation_loss (= L_R), subject_loss (= L_S), dloss_dt) at times t (B,)."""
+        md = self.modes
+        out = {}
+        L, dL = 0.0, 0.0
+        for mode, key in (("subject", "a"), ("relation", "b")):
+            act = md.active[mode]
+            lam, n, A0 = md.lam[mode], md.n[mode], md.A0[mode]
+            if act.any():
+                y0 = self._y.get(mode) if warm else None
+                tt = np.where(act, t, 0.0)
+                m, y = margin_at(tt, np.where(act, lam, 1.0), np.where(act, n, 2.0),
+                                 np.where(act, A0, 1.0), y0)
+                self._y[mode] = y
+                lm, dlm = mode_loss(m, n)
+                rate = mode_rate(m, np.where(act, lam, 0.0), n, np.where(act, A0, 0.0))
+                lm = np.where(act, lm, 0.0)
+                dlm_dt = np.where(act, dlm * rate, 0.0)
+                m = np.where(act, m, 0.0)
+            else:
+                m = lm = dlm_dt = np.zeros(md.size)
+            out[key] = m
+            out[f"{mode}_loss"] = lm
+            L = L + lm
+            dL = dL + dlm_dt
+        out["loss"], out["dloss_dt"] = L, dL
+        return out
+
+    def crossing_time(self, theta, guess=None):
+        """First time L(t) = theta (B,); 0 where L(0) <= theta, nan where theta <= 0 (never reached)."""
+        md = self.modes
+        theta = np.broadcast_to(np.asarray(theta, dtype=np.float64), md.S.shape)
+        L0 = np.log(md.R * md.D)
+        # bracket from the modes alone: L > theta while one mode alone is above theta; L <= theta once
+        # both are at or below theta/2
+        t_lo = np.zeros(md.S.shape)
+        t_hi = np.zeros(md.S.shape)
+        for mode in ("subject", "relation"):
+            act = md.active[mode]
+            n, lam, A0 = md.n[mode], np.where(act, md.lam[mode], 1.0), np.where(act, md.A0[mode], 1.0)
+            nn = np.where(act, n, 2.0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                m_hi = np.log((nn - 1) / np.expm1(np.maximum(theta / 2, 1e-300)))
+                m_lo = np.log((nn - 1) / np.expm1(np.maximum(theta, 1e-300)))
+            need_hi = act & (theta / 2 < np.log(nn))
+            need_lo = act & (theta < np.log(nn))
+            th = tau(np.clip(np.where(need_hi, m_hi, 1.0), 0, M_CAP), lam, nn, A0)
+            tl = tau(np.clip(np.where(need_lo, m_lo, 1.0), 0, M_CAP), lam, nn, A0)
+            t_hi = np.maximum(t_hi, np.where(need_hi, th, 0.0))
+            t_lo = np.maximum(t_lo, np.where(need_lo, tl, 0.0))
+        trivial = theta >= L0
+        never = ~(theta > 0)
+        t_lo = np.where(trivial | never, 1.0, t_lo)
+        t_hi = np.where(trivial | never, 2.0, t_hi)
+        x_lo, x_hi = np.log(np.maximum(t_lo, 1e-300)), np.log(t_hi)
+        self._y = {}
+
+        def fun(x):  # theta - L(e^x), increasing in x
+            t = np.exp(x)
+            st = self.state(t)
+            return theta - st["loss"], -t * st["dloss_dt"]
+
+        x = _newton(fun, 0.5 * (x_lo + x_hi) if guess is None else np.log(np.maximum(guess, 1e-300)), x_lo, x_hi)
+        t = np.exp(x)
+        t = np.where(trivial, 0.0, t)
+        return np.where(never, np.nan, t)
+
+
+def separated_estimates(modes: Modes, theta) -> dict:
+    """Leading-order phase times for a threshold, treating the modes as separated in time.
+
+    The faster mode escapes first; a threshold above log n of the slower mode is crossed while the
+    faster one escapes (its loss reaching theta - log n_slow), otherwise while the slower one does
+    (the faster one done). Returns ``leading`` = log(1/alpha^2)/lam and ``leading_o1`` =
+    [log(1/alpha^2) + log(4 sqrt(c) m*) + Ein(m*)/n] / lam for that mode (m* its margin at the crossing).
+    """
+    md = modes
+    theta = np.broadcast_to(np.asarray(theta, dtype=np.float64), md.S.shape)
+    lam_s, lam_r = md.lam["subject"], md.lam["relation"]
+    rel_first = (lam_r > lam_s) | ~md.active["subject"]
+    first = np.where(rel_first, 1, 0)  # 1: relation first
+    n_first = np.where(rel_first, md.R, md.D)
+    n_second = np.where(rel_first, md.D, md.R)
+    during_first = theta > np.log(n_second)
+    target = np.where(during_first, theta - np.log(n_second), theta)
+    n_mode = np.where(during_first, n_first, n_second)
+    use_rel = np.where(during_first, first == 1, first == 0)
+    lam = np.where(use_rel, lam_r, lam_s)
+    c = np.where(use_rel, md.c["relation"], md.c["subject"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m_star = np.log((n_mode - 1) / np.expm1(target))
+        log_inv = np.log(1.0 / md.alpha**2)
+        lead = log_inv / lam
+        o1 = (log_inv + np.log(4 * np.sqrt(c) * m_star) + ein(np.maximum(m_star, 0)) / n_mode) / lam
+    trivial = target >= np.log(n_mode)
+    return dict(leading=np.where(trivial, 0.0, lead), leading_o1=np.where(trivial, 0.0, o1),
+                mode=np.where(use_rel, "relation", "subject"))
+
+
+def phase_times(S, R, D, alpha, eps_conv=1e-2) -> dict:
+    """Exact (quadrature) and leading-order phase times t1, t2, t3 of SPEC §3 for a batch.
+
+    All inputs broadcast to (B,). H(A|R) = log D for the tables the reduction covers. Returns arrays:
+    t1, t2, t3 (exact), t{i}_leading, t{i}_leading_o1, t{i}_mode (which mode crosses), thresholds,
+    rates and the hallucination flag.
+    """
+    md = Modes(S, R, D, alpha)
+    logA, H = np.log(md.R * md.D), np.log(md.D)
+    th = (0.5 * (logA + H), 0.5 * H, np.broadcast_to(np.float64(eps_conv), md.S.shape))
+    sol = ReducedSolution(md)
+    out = {}
+    for i, theta in enumerate(th, start=1):
+        est = separated_estimates(md, theta)
+        out[f"t{i}"] = sol.crossing_time(theta, guess=est["leading_o1"])
+        out[f"t{i}_leading"] = est["leading"]
+        out[f"t{i}_leading_o1"] = est["leading_o1"]
+        out[f"t{i}_mode"] = est["mode"]
+        out[f"theta{i}"] = np.asarray(theta, dtype=np.float64)
+    out["rate_subject"] = md.lam["subject"]
+    out["rate_relation"] = md.lam["relation"]
+    out["hallucination_stage_exists"] = hallucination_stage_exists(md.S, md.R, md.D)
+    return out
+
+
+def plateau(S, R, D, alpha, t1, t2) -> dict:
+    """SPEC §3 plateau of one configuration: where |t dL/dt| is smallest in [t1, t2] (bounded search in log t)."""
+    from scipy.optimize import minimize_scalar
+
+    md = Modes([S], [R], [D], [alpha])
+    sol = ReducedSolution(md)
+
+    def score(x):
+        st = sol.state(np.array([math.exp(x)]), warm=False)
+        return abs(math.exp(x) * float(st["dloss_dt"][0]))
+
+    lo, hi = math.log(t1), math.log(t2)
+    grid = np.linspace(lo, hi, 65)
+    vals = [score(x) for x in grid]
+    j = int(np.argmin(vals))
+    a, b = grid[max(0, j - 1)], grid[min(len(grid) - 1, j + 1)]
+    x = minimize_scalar(score, bounds=(a, b), method="bounded", options=dict(xatol=1e-10)).x if b > a else grid[j]
+    st = sol.state(np.array([math.exp(x)]), warm=False)
+    return dict(t=math.exp(x), loss=float(st["loss"][0]), relation_loss=float(st["relation_loss"][0]),
+                subject_loss=float(st["subject_loss"][0]))

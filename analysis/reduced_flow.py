@@ -1,0 +1,327 @@
+"""``--mode reduced``: integrate the lambdified class-reduced flow instead of the full system.
+
+The state is the 10 class parameters of :mod:`analysis.reduction` (w1, w0, k, v1, v0, kap, wn, kn,
+we, ke). Every quantity the full run reports (losses, accuracy, hallucination gap, conservation
+drifts, dL/dt, per-class norms) has a closed form in them, so the result is a
+:class:`dynamics.flow.FlowResult` with the same keys and trajectory columns as ``--mode full``.
+
+Tolerances: scipy's DOP853 with rtol = the run's rtol (default 1e-9; tests use 1e-10) and
+atol = 1e-3 rtol alpha / sqrt|A| (the smallest initial entry), as in the full flow. Phase times are
+roots of L(t) - theta on the solver's dense output (brentq, xtol 1e-13 relative), so they carry
+the integration error only.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from models.errors import ConfigError
+
+_REQUIREMENTS = ("the reduced flow needs: a structured or balanced fact table in which every answer "
+                 "is held by S/D subjects (D divides S), uniform frequencies (zipf exponents 0) and "
+                 "a balanced or uniform initialization; use --mode full")
+
+
+def check_reducible(config) -> None:
+    """Raise ConfigError (one line) unless ``config`` (a FlowConfig) satisfies the reduction's assumptions."""
+    t = config.task
+    if t.S % t.D != 0:
+        raise ConfigError(f"S = {t.S}, D = {t.D}: D does not divide S, so answers have unequal subject "
+                          "counts; " + _REQUIREMENTS)
+    if t.facts not in ("structured", "balanced"):
+        # a random or user table qualifies only if it happens to give every answer S/D subjects
+        from models.task import make_task
+
+        task = make_task(t)
+        counts = np.stack([np.bincount(task.answers[:, r] - r * t.D, minlength=t.D) for r in range(t.R)])
+        if not np.all(counts == t.S // t.D):
+            lo, hi = int(counts.min()), int(counts.max())
+            raise ConfigError(f"facts = {t.facts!r} gives answers between {lo} and {hi} subjects (the reduction "
+                              f"needs exactly S/D = {t.S // t.D} each); " + _REQUIREMENTS)
+    if t.zipf_subjects != 0 or t.zipf_relations != 0:
+        raise ConfigError(f"zipf_subjects = {t.zipf_subjects:g}, zipf_relations = {t.zipf_relations:g}: "
+                          "non-uniform frequencies break the class symmetry; " + _REQUIREMENTS)
+    if config.init not in ("balanced", "uniform"):
+        raise ConfigError(f"init = {config.init!r}: user arrays are not constant on the symmetry classes; "
+                          + _REQUIREMENTS)
+    if config.dtype != "float64":
+        raise ConfigError(f"dtype = {config.dtype!r}: the reduced flow runs in float64 only; "
+                          "drop --dtype or use --mode full")
+
+
+def initial_classes(config) -> np.ndarray:
+    """(10,) initial class parameters (order of analysis.reduction.PARAM_NAMES)."""
+    t = config.task
+    A = t.R * t.D
+    w = config.alpha / math.sqrt(A) if config.init == "balanced" else config.alpha
+    kk = config.alpha
+    return np.array([w, w, kk, w, w, kk, w, kk, w, kk], dtype=np.float64)
+
+
+class ClassMetrics:
+    """Closed forms of every monitored quantity on class parameters y (10, n)."""
+
+    def __init__(self, S, R, D, T, N):
+        self.S, self.R, self.D, self.T, self.N = S, R, D, T, N
+
+    def margins(self, y):
+        return y[2] * (y[0] - y[1]), y[5] * (y[3] - y[4])
+
+    def losses(self, y):
+        a, b = self.margins(y)
+        LS = np.log1p((self.D - 1) * np.exp(-a))
+        LR = np.log1p((self.R - 1) * np.exp(-b))
+        return LS, LR
+
+    def conserved(self, y):
+        S, R, D, T, N = self.S, self.R, self.D, self.T, self.N
+        w1, w0, k, v1, v0, kap, wn, kn, we, ke = y
+        q = dict(
+            balance=np.stack([k**2 - R * w1**2 - R * (D - 1) * w0**2, kap**2 - D * v1**2 - D * (R - 1) * v0**2,
+                              kn**2 - R * D * wn**2, ke**2 - R * D * we**2]),
+            column_sums=np.stack([R * w1 + R * (D - 1) * w0, D * v1 + D * (R - 1) * v0, R * D * wn, R * D * we]),
+        )
+        if T - 3 == N:
+            q["noise_eos_product"] = (kn * ke - R * D * wn * we)[None]
+        return q
+
+    def rows(self, t, y, dy):
+        """Trajectory columns (dict of (n,) arrays) at times t (n,), states y (10, n), derivatives dy (10, n)."""
+        from analysis.reduction import MULTIPLICITY, PARAMS, S as sS, R as sR, D as sD, N as sN
+
+        S, R, D = self.S, self.R, self.D
+        a, b = self.margins(y)
+        LS, LR = self.losses(y)
+        q = self.conserved(y)
+        q0 = self.conserved(y[:, :1])
+        cols = dict(t=t, loss=LS + LR, relation_loss=LR, subject_loss=LS,
+                    accuracy=((a > 0) | (D == 1)) & ((b > 0) | (R == 1)),
+                    # KL(uniform on r's block || p_hat) = log(e^a + D - 1) - a/D - log D + L_R
+                    hallucination_gap=np.logaddexp(a, math.log(D - 1) if D > 1 else -np.inf) - a / D
+                    - math.log(D) + LR)
+        cols["accuracy"] = cols["accuracy"].astype(np.float64)
+        cols["invariant_drift"] = np.abs(q["balance"] - q0["balance"]).max(0)
+        for name in q:
+            if name != "balance":
+                cols[f"{name}_drift"] = np.abs(q[name] - q0[name]).max(0)
+        # dL/dt = -sum over real entries of (d entry/dt)^2 = -sum_p n_p (dp/dt)^2
+        subs = {sS: S, sR: R, sD: D, sN: self.N}
+        mult = np.array([float(MULTIPLICITY[p].subs(subs)) for p in PARAMS])
+        cols["dloss_dt"] = -(mult[:, None] * dy**2).sum(0)
+        w1, w0, k, v1, v0, kap, wn, kn, we, ke = y
+        cols["W_subject"] = np.sqrt(R * w1**2 + R * (D - 1) * w0**2)
+        cols["K_subject"] = np.abs(k)
+        cols["W_relation"] = np.sqrt(D * v1**2 + D * (R - 1) * v0**2)
+        cols["K_relation"] = np.abs(kap)
+        cols["W_noise"] = np.sqrt(R * D) * np.abs(wn)
+        cols["K_noise"] = np.abs(kn)
+        cols["W_eos"] = np.sqrt(R * D) * np.abs(we)
+        cols["K_eos"] = np.abs(ke)
+        return cols
+
+
+def expand_state(config, y) -> tuple:
+    """Class parameters (10,) -> compressed full state (Wt (C, |A|), K (C,)) of models.linear."""
+    from models.task import make_task
+
+    task = make_task(config.task)
+    S, R, D = task.S, task.R, task.D
+    A = R * D
+    w1, w0, k, v1, v0, kap, wn, kn, we, ke = y
+    Wt = np.empty((S + R + 2, A))
+    Wt[:S] = w0
+    Wt[np.arange(S)[:, None], task.answers] = w1
+    blocks = np.arange(A) // D
+    Wt[S:S + R] = np.where(blocks[None, :] == np.arange(R)[:, None], v1, v0)
+    Wt[S + R], Wt[S + R + 1] = wn, we
+    K = np.concatenate([np.full(S, k), np.full(R, kap), [kn, ke]])
+    return Wt, K
+
+
+def run_reduced(config, *, progress=None, eval_times=None):
+    """Integrate the reduced flow of ``config`` (a FlowConfig) and return a dynamics.flow.FlowResult.
+
+    eval_times: optional (n,) times; then returns (result, loss at those times from the dense output),
+    which is how ``--mode compare`` puts both runs on the full run's time grid.
+    progress: accepted for symmetry with run_flow (the reduced run takes milliseconds).
+    """
+    from scipy.integrate import solve_ivp
+    from scipy.optimize import brentq, minimize_scalar
+
+    from analysis.phases import Phases, Plateau, thresholds
+    from analysis.reduction import class_rhs_numpy
+    from dynamics.flow import FlowResult
+
+    wall0 = time.perf_counter()
+    check_reducible(config)
+    tc = config.task
+    S, R, D, T, N = tc.S, tc.R, tc.D, tc.T, tc.N
+    f = class_rhs_numpy()
+    y0 = initial_classes(config)
+    rtol = config.resolved_rtol
+    atol = config.atol if config.atol is not None else 1e-3 * rtol * float(np.min(np.abs(y0)))
+    logA, H = math.log(R * D), math.log(D)
+    th = thresholds(logA, H, config.eps_conv)
+    target = config.resolved_loss_target
+    met = ClassMetrics(S, R, D, T, N)
+    nfe = [0]
+
+    def fun(_t, y):
+        nfe[0] += 1
+        return f(y, S, R, D, T, N)
+
+    def loss_of(y):
+        LS, LR = met.losses(np.asarray(y).reshape(10, -1))
+        return float((LS + LR)[0])
+
+    t_keep = 0.0 if eval_times is None else float(np.max(eval_times, initial=0.0))
+
+    def stop(t_, y):  # the run ends at L = target (but not before the last requested time)
+        return loss_of(y) - target if t_ >= t_keep else 1.0
+
+    stop.terminal, stop.direction = True, -1
+    integ0 = time.perf_counter()
+    # the same saving scheme as the full flow: 16 linear points up to one e-folding time of the fastest
+    # mode, then samples_per_octave points per doubling of t
+    from analysis.predict import escape_rates
+
+    r = escape_rates(S, R, D)
+    lam = max(float(r["subject"]), float(r["relation"]), 1e-300)
+    t_first = min(1.0 / lam, config.t_max)
+    grid = [np.linspace(0, t_first, 17)]
+    t = t_first
+    while t < config.t_max:
+        nxt = min(2 * t, config.t_max)
+        grid.append(np.geomspace(t, nxt, config.samples_per_octave + 1)[1:])
+        t = nxt
+    t_eval = np.concatenate(grid)
+    t_end = max(config.t_max, t_keep)
+    t_eval = t_eval[t_eval <= t_end]
+    sol = solve_ivp(fun, (0.0, t_end), y0, method="DOP853", rtol=rtol, atol=atol, t_eval=t_eval,
+                    events=stop, dense_output=True)
+    if sol.status == -1:
+        raise RuntimeError(f"reduced flow integration failed: {sol.message}")
+    integration_seconds = time.perf_counter() - integ0
+    ts, ys = sol.t, sol.y
+    status = "t_max"
+    if sol.t_events[0].size:
+        te = float(sol.t_events[0][0])  # root of L - target on the dense output (scipy's event search)
+        keep = ts < te
+        ts = np.append(ts[keep], te)
+        ys = np.column_stack([ys[:, keep], sol.sol(te)])
+        status = "converged"
+    dys = f(ys, S, R, D, T, N)
+    traj = met.rows(ts, ys, dys)
+
+    def L_at(x):
+        return loss_of(sol.sol(x))
+
+    def crossing(theta):
+        Ls = traj["loss"]
+        below = np.nonzero(Ls <= theta)[0]
+        if below.size == 0:
+            return None
+        j = int(below[0])
+        if j == 0:
+            return 0.0
+        return float(brentq(lambda x: L_at(x) - theta, ts[j - 1], ts[j], xtol=1e-13 * ts[j], rtol=1e-15))
+
+    t1, t2, t3 = (crossing(x) for x in th)
+    if t3 is None and status == "converged" and target == th[2]:
+        t3 = float(ts[-1])  # the run stopped on this very crossing
+    plateau = None
+    if t1 is not None and t2 is not None and t2 > t1 > 0:
+        def score(x):
+            tt = math.exp(x)
+            y = sol.sol(tt)
+            dy = f(y, S, R, D, T, N)
+            return abs(tt * float(met.rows(np.array([tt]), y[:, None], dy[:, None])["dloss_dt"][0]))
+
+        xs = np.linspace(math.log(t1), math.log(t2), 65)
+        vals = [score(x) for x in xs]
+        j = int(np.argmin(vals))
+        lo, hi = xs[max(0, j - 1)], xs[min(len(xs) - 1, j + 1)]
+        xb = minimize_scalar(score, bounds=(lo, hi), method="bounded", options=dict(xatol=1e-10)).x
+        tp = math.exp(xb)
+        y = sol.sol(tp)
+        row = met.rows(np.array([tp]), y[:, None], f(y, S, R, D, T, N)[:, None])
+        plateau = Plateau(t=tp, loss=float(row["loss"][0]), relation_loss=float(row["relation_loss"][0]),
+                          subject_loss=float(row["subject_loss"][0]),
+                          hallucination_gap=float(row["hallucination_gap"][0]))
+    phases = Phases(t1=t1, t2=t2, t3=t3, plateau=plateau, theta1=th[0], theta2=th[1], theta3=th[2])
+    theory = dict(log_A=logA, H_A_given_R=H, log_D=H)
+    conservation = {"balance": float(np.max(traj["invariant_drift"]))}
+    for k_ in traj:
+        if k_.endswith("_drift") and k_ != "invariant_drift":
+            conservation[k_[: -len("_drift")]] = float(np.max(traj[k_]))
+    solver = dict(backend="reduced", method="DOP853", rtol=rtol, atol=atol, n_steps=len(sol.sol.ts) - 1,
+                  n_rejected=None,
+                  nfe=int(nfe[0]), n_calls=1, refinements=0, direct_fallbacks=0, saved_points=int(ts.size),
+                  status=status, state_size=10, phase_time_error_estimate={})
+    y_end = ys[:, -1]
+    result = FlowResult(config=config, status=status, trajectory=traj, phases=phases, theory=theory,
+                      conservation=conservation, solver=solver, wall_seconds=time.perf_counter() - wall0,
+                      integration_seconds=integration_seconds, final_state=expand_state(config, y_end))
+    if eval_times is None:
+        return result
+    te = np.asarray(eval_times, dtype=np.float64)
+    if te.size and (te.min() < 0 or te.max() > ts[-1] * (1 + 1e-12)):
+        raise ValueError("eval_times must lie inside the integrated interval")
+    yy = sol.sol(np.clip(te, 0, ts[-1]))
+    LS, LR = met.losses(yy.reshape(10, -1))
+    return result, LS + LR
+
+
+MODES = ("full", "reduced", "compare")
+
+
+def _compared_result_class():
+    from dataclasses import dataclass
+
+    from dynamics.flow import FlowResult
+
+    @dataclass(frozen=True)
+    class ComparedResult(FlowResult):
+        """The full run's result plus ``compare``: how far the reduced flow is from it."""
+
+        compare: dict = None
+
+        def to_dict(self) -> dict:
+            return super().to_dict() | {"compare": self.compare}
+
+    return ComparedResult
+
+
+def run_mode(mode: str, config, *, progress=None):
+    """Run ``config`` in ``mode``: full (dynamics.run_flow), reduced (run_reduced) or compare (both).
+
+    compare returns the full run's result with ``compare`` = dict(max_loss_diff = max over the full run's
+    saved times of |L_full - L_reduced|, the reduced loss read off its dense output at those times;
+    phase times of both and their relative differences; wall seconds of both).
+    """
+    from models.errors import check_choice
+
+    check_choice("mode", mode, MODES)
+    if mode != "full":
+        check_reducible(config)
+    if mode == "reduced":
+        return run_reduced(config, progress=progress)
+    from dynamics.flow import run_flow
+
+    full = run_flow(config, progress=progress)
+    if mode == "full":
+        return full
+    red, L_red = run_reduced(config, eval_times=full.trajectory["t"])
+    diff = np.abs(full.trajectory["loss"] - L_red)
+    cmp = dict(max_loss_diff=float(diff.max()), at_t=float(full.trajectory["t"][int(diff.argmax())]),
+               points=int(diff.size), full_wall_seconds=full.wall_seconds, reduced_wall_seconds=red.wall_seconds)
+    for name in ("t1", "t2", "t3"):
+        a, b = getattr(full.phases, name), getattr(red.phases, name)
+        cmp[f"{name}_full"], cmp[f"{name}_reduced"] = a, b
+        cmp[f"{name}_rel_diff"] = abs(a - b) / a if a and b is not None else None
+    from dataclasses import fields
+
+    cls = _compared_result_class()
+    return cls(**{f.name: getattr(full, f.name) for f in fields(full)}, compare=cmp)

@@ -1,0 +1,245 @@
+"""Command line: phase times over grids of (S, R, D, T, N, alpha), reduced system in batches, full system otherwise.
+
+    python -m analysis.sweep --S 16 32 64 128 --R 4 --D 8 --alpha-range 1e-6 1e-2 9 --out runs/sweep
+
+Configurations the reduction covers (equal subject counts per answer, uniform frequencies) are solved all
+at once by the exact quadrature of the reduced flow (analysis.predict.phase_times: each configuration
+stops at its own t3). The others go through the full system (dynamics.run_flow) one by one, with a
+progress bar. Writes sweep.csv (one row per configuration), slopes.json (fitted and predicted slopes of
+t1, t2, t3 and t2 - t1 against log(1/alpha) and against S) and figures.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from models.cli import ArgumentParser, guarded
+from models.errors import ConfigError, check_choice, check_int, check_positive
+
+FACTS = ("structured", "balanced", "random")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m analysis.sweep",
+                       description="Phase times t1, t2, t3 of the linear-attention model's gradient flow over a grid "
+                                   "of sizes and initialization scales: reduced system (exact quadrature, batched) "
+                                   "where the symmetry reduction applies, full system otherwise. Writes sweep.csv, "
+                                   "slopes.json and figures into --out.")
+    p.add_argument("--S", type=int, nargs="+", default=[16, 32, 64, 128], help="subject counts (default 16 32 64 128)")
+    p.add_argument("--R", type=int, nargs="+", default=[4], help="relation counts (default 4)")
+    p.add_argument("--D", type=int, nargs="+", default=[8], help="answers per relation (default 8)")
+    p.add_argument("--T", type=int, nargs="+", default=[32],
+                   help="sequence lengths (default 32; they do not enter the reduced flow, only full runs)")
+    p.add_argument("--N", type=int, nargs="+", default=[20], help="noise token counts (default 20; as for --T)")
+    p.add_argument("--alpha", type=float, nargs="+", default=None, help="initialization scales (list)")
+    p.add_argument("--alpha-range", type=float, nargs=3, default=None, metavar=("LO", "HI", "COUNT"),
+                   help="COUNT log-spaced scales from LO to HI (default 1e-6 1e-2 9 when --alpha is not given)")
+    p.add_argument("--facts", default="structured", choices=FACTS,
+                   help="fact table (default structured); random tables and D not dividing S use the full system")
+    p.add_argument("--seed", type=int, default=0, help="seed of balanced/random tables (default 0)")
+    p.add_argument("--zipf-subjects", type=float, default=0.0, metavar="BETA",
+                   help="subject Zipf exponent (default 0; > 0 forces the full system)")
+    p.add_argument("--eps-conv", type=float, default=1e-2, help="loss level that defines t3 (default 1e-2)")
+    p.add_argument("--full-rtol", type=float, default=None, help="rtol of full-system runs (default: dynamics' 1e-9)")
+    p.add_argument("--max-full", type=int, default=200,
+                   help="refuse grids needing more than this many full-system runs (default 200)")
+    p.add_argument("--out", default="runs/sweep", metavar="DIR", help="output folder (default runs/sweep)")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    return p
+
+
+def grid_from_args(a) -> dict:
+    """Validated grid columns (arrays of equal length) from parsed arguments."""
+    if a.alpha is not None and a.alpha_range is not None:
+        raise ConfigError("give either --alpha or --alpha-range, not both")
+    if a.alpha is not None:
+        alphas = [check_positive("alpha", x) for x in a.alpha]
+    else:
+        lo, hi, n = a.alpha_range if a.alpha_range is not None else (1e-6, 1e-2, 9)
+        lo, hi = check_positive("alpha-range LO", lo), check_positive("alpha-range HI", hi)
+        n = check_int("alpha-range COUNT", n, 1)
+        if hi < lo:
+            raise ConfigError(f"alpha-range HI = {hi:g} is below LO = {lo:g}")
+        alphas = list(np.geomspace(lo, hi, n))
+    for a_ in alphas:
+        if a_ >= 1:
+            raise ConfigError(f"alpha = {a_:g} is not small; the phase structure needs alpha < 1")
+    S = [check_int("S", x, 1) for x in a.S]
+    R = [check_int("R", x, 1) for x in a.R]
+    D = [check_int("D", x, 1) for x in a.D]
+    T = [check_int("T", x, 3) for x in a.T]
+    N = [check_int("N", x, 1) for x in a.N]
+    check_choice("facts", a.facts, FACTS)
+    check_positive("eps_conv", a.eps_conv)
+    check_positive("zipf_subjects", a.zipf_subjects, allow_zero=True)
+    rows = list(itertools.product(S, R, D, T, N, alphas))
+    cols = {k: np.array([r[i] for r in rows]) for i, k in enumerate(("S", "R", "D", "T", "N", "alpha"))}
+    return cols
+
+
+def reducible_mask(cols, facts: str, zipf: float, seed: int = 0) -> np.ndarray:
+    """Which rows the reduction covers: D | S, a table with equal subject counts, uniform frequencies."""
+    ok = (cols["S"] % cols["D"] == 0) & (zipf == 0)
+    if facts == "random":
+        from models.task import TaskConfig, make_task
+
+        for i in np.nonzero(ok)[0]:
+            t = make_task(TaskConfig(S=int(cols["S"][i]), R=int(cols["R"][i]), D=int(cols["D"][i]),
+                                     facts="random", seed=seed))
+            counts = np.stack([np.bincount(t.answers[:, r] - r * t.D, minlength=t.D) for r in range(t.R)])
+            ok[i] = bool(np.all(counts == t.S // t.D))
+    return ok
+
+
+def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full_rtol=None, progress=None,
+              max_full=200) -> dict:
+    """Phase times for every row of ``cols``; returns the CSV columns (dict of (n,) arrays) and timings."""
+    from .predict import escape_rates, hallucination_stage_exists, phase_times
+
+    n = cols["S"].size
+    red = reducible_mask(cols, facts, zipf, seed)
+    if (~red).sum() > max_full:
+        raise ConfigError(f"{int((~red).sum())} configurations need the full system (more than --max-full "
+                          f"{max_full}); shrink the grid or raise --max-full")
+    out = {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+    for k in ("t1", "t2", "t3", "t1_leading", "t2_leading", "t3_leading", "t1_leading_o1", "t2_leading_o1",
+              "t3_leading_o1", "plateau_loss"):
+        out[k] = np.full(n, np.nan)
+    out["reduced"] = red.astype(np.float64)
+    r = escape_rates(cols["S"], cols["R"], cols["D"])
+    out["rate_subject"], out["rate_relation"] = r["subject"], r["relation"]
+    out["hallucination_stage_exists"] = hallucination_stage_exists(cols["S"], cols["R"], cols["D"]).astype(float)
+    t0 = time.perf_counter()
+    if red.any():
+        idx = np.nonzero(red)[0]
+        p = phase_times(cols["S"][idx], cols["R"][idx], cols["D"][idx], cols["alpha"][idx], eps_conv)
+        for k in ("t1", "t2", "t3"):
+            for suffix in ("", "_leading", "_leading_o1"):
+                out[k + suffix][idx] = p[k + suffix]
+    reduced_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    full_idx = np.nonzero(~red)[0]
+    if full_idx.size:
+        from tqdm.auto import tqdm
+
+        from dynamics import FlowConfig, run_flow
+        from models.task import TaskConfig
+
+        bar = tqdm(full_idx, desc="full-system runs", unit="run", disable=(None if progress is None else not progress))
+        for i in bar:
+            task = TaskConfig(S=int(cols["S"][i]), R=int(cols["R"][i]), D=int(cols["D"][i]), T=int(cols["T"][i]),
+                              N=int(cols["N"][i]), facts=facts, seed=seed, zipf_subjects=zipf)
+            res = run_flow(FlowConfig(task=task, alpha=float(cols["alpha"][i]), eps_conv=eps_conv, rtol=full_rtol),
+                           progress=False)
+            for k in ("t1", "t2", "t3"):
+                v = getattr(res.phases, k)
+                out[k][i] = np.nan if v is None else v
+            if res.phases.plateau is not None:
+                out["plateau_loss"][i] = res.phases.plateau.loss
+    full_seconds = time.perf_counter() - t0
+    out["plateau_length"] = out["t2"] - out["t1"]
+    return dict(columns=out, reduced_seconds=reduced_seconds, full_seconds=full_seconds,
+                n_reduced=int(red.sum()), n_full=int((~red).sum()))
+
+
+def _fit(x, y):
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 2:
+        return None
+    return float(np.polyfit(x[ok], y[ok], 1)[0])
+
+
+def slopes(cols, eps_conv=1e-2) -> list:
+    """Fitted slopes of t1, t2, t3, t2-t1 against log(1/alpha) (per S, R, D) and against S (per R, D, alpha),
+    next to their leading-order predictions.
+
+    Against log(1/alpha): t = 2 log(1/alpha) / lambda + O(1), so the predicted slope is 2/lambda of the mode
+    that crosses the threshold when the modes are separated (analysis.predict.separated_estimates; e.g. relation
+    for t1 and subject for t2, t3 when the hallucination stage exists), and its difference for t2 - t1.
+    Against S: lambda_S = 2 sqrt(R(D-1)/D) / (S R), so t2 and t3
+    are proportional to S at leading order while t1 does not depend on S (hallucination side);
+    the predicted slope of t2 is the leading-order-with-O(1) t2 divided by S.
+    """
+    from .predict import Modes, separated_estimates
+
+    res = []
+    key = np.stack([cols["S"], cols["R"], cols["D"], cols["T"], cols["N"]], axis=1)
+    for k in np.unique(key, axis=0):
+        sel = np.all(key == k, axis=1) & (cols["reduced"] > 0)
+        if sel.sum() < 3:
+            continue
+        x = np.log(1 / cols["alpha"][sel])
+        lam = {"subject": cols["rate_subject"][sel][0], "relation": cols["rate_relation"][sel][0]}
+        md = Modes([k[0]], [k[1]], [k[2]], [1e-5])
+        Rk, Dk = float(k[1]), float(k[2])
+        ths = {"t1": 0.5 * (math.log(Rk * Dk) + math.log(Dk)), "t2": 0.5 * math.log(Dk), "t3": eps_conv}
+        pred = {name: 2 / lam[str(separated_estimates(md, th)["mode"][0])] for name, th in ths.items()}
+        pred["plateau_length"] = pred["t2"] - pred["t1"]
+        for name in ("t1", "t2", "t3", "plateau_length"):
+            res.append(dict(against="log(1/alpha)", quantity=name, S=int(k[0]), R=int(k[1]), D=int(k[2]),
+                            fitted=_fit(x, cols[name][sel]), predicted=float(pred[name])))
+    key = np.stack([cols["R"], cols["D"], cols["alpha"], cols["T"], cols["N"]], axis=1)
+    for k in np.unique(key, axis=0):
+        sel = np.all(key == k, axis=1) & (cols["reduced"] > 0)
+        if np.unique(cols["S"][sel]).size < 3:
+            continue
+        S = cols["S"][sel]
+        for name in ("t2", "t3"):
+            pred_ratio = cols[f"{name}_leading_o1"][sel] / S
+            res.append(dict(against="S", quantity=name, R=int(k[0]), D=int(k[1]), alpha=float(k[2]),
+                            fitted=_fit(S, cols[name][sel]), predicted=float(np.median(pred_ratio))))
+        res.append(dict(against="S", quantity="t1", R=int(k[0]), D=int(k[1]), alpha=float(k[2]),
+                        fitted=_fit(S, cols["t1"][sel]), predicted=0.0))
+    return res
+
+
+@guarded
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    cols = grid_from_args(a)
+    if a.full_rtol is not None:
+        check_positive("full_rtol", a.full_rtol)
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        raise ConfigError(f"out = {a.out!r} exists and is not a folder; give a folder path")
+    red = reducible_mask(cols, a.facts, a.zipf_subjects, a.seed)
+    if (~red).sum() > a.max_full:
+        raise ConfigError(f"{int((~red).sum())} configurations need the full system (more than --max-full "
+                          f"{a.max_full}); shrink the grid or raise --max-full")
+    result = run_sweep(cols, facts=a.facts, seed=a.seed, zipf=a.zipf_subjects, eps_conv=a.eps_conv,
+                       full_rtol=a.full_rtol, progress=None if not a.quiet else False, max_full=a.max_full)
+    out_cols = result["columns"]
+    sl = slopes(out_cols, a.eps_conv)
+    from models.io import output_dir, write_csv, write_json
+
+    with output_dir(a.out) as d:
+        write_csv(os.path.join(d, "sweep.csv"), out_cols)
+        write_json(os.path.join(d, "slopes.json"), dict(
+            slopes=sl, n_reduced=result["n_reduced"], n_full=result["n_full"],
+            reduced_seconds=result["reduced_seconds"], full_seconds=result["full_seconds"],
+            facts=a.facts, eps_conv=a.eps_conv))
+        if not a.no_plots:
+            from figures.sweep import plot_sweep
+
+            plot_sweep(out_cols, sl, d)
+    if not a.quiet:
+        print(f"{out_cols['S'].size} configurations: {result['n_reduced']} reduced in "
+              f"{result['reduced_seconds']:.3f} s, "
+              f"{result['n_full']} full in {result['full_seconds']:.1f} s")
+        for s in sl:
+            where = (f"S={s['S']} R={s['R']} D={s['D']}" if s["against"] != "S"
+                     else f"R={s['R']} D={s['D']} alpha={s['alpha']:.3g}")
+            fit = "n/a" if s["fitted"] is None else f"{s['fitted']:.6g}"
+            print(f"  d {s['quantity']} / d {s['against']} [{where}]: fitted {fit}, predicted {s['predicted']:.6g}")
+        print(f"wrote {a.out}/sweep.csv, slopes.json"
+              + ("" if a.no_plots else ", phase_times_alpha.png, phase_times_S.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

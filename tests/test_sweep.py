@@ -1,0 +1,114 @@
+"""python -m analysis.sweep and python -m analysis.derive: files, numbers against independent references,
+and rejection of bad input."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from analysis import predict
+from analysis.derive import main as derive_main
+from analysis.sweep import main as sweep_main
+from dynamics import FlowConfig, run_flow
+from models import TaskConfig
+
+
+def _csv(path):
+    header = open(path).readline().strip().split(",")
+    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    return {h: data[:, i] for i, h in enumerate(header)}
+
+
+def test_sweep_reduced_and_full_rows(tmp_path, capsys):
+    out = tmp_path / "sw"
+    # S=12, D=8: D does not divide S, so that row must go through the full system
+    assert sweep_main(["--S", "8", "12", "16", "--R", "2", "--D", "4", "8", "--alpha", "1e-5", "1e-4", "1e-3",
+                       "--out", str(out), "--quiet"]) == 0
+    for name in ("sweep.csv", "slopes.json", "phase_times_alpha.png", "phase_times_S.png"):
+        assert (out / name).stat().st_size > 0
+    c = _csv(out / "sweep.csv")
+    assert c["S"].size == 3 * 2 * 3
+    full = c["reduced"] == 0
+    assert set(zip(c["S"][full], c["D"][full])) == {(12.0, 8.0)}
+    assert np.all(np.isfinite(c["t3"]))
+    np.testing.assert_allclose(c["plateau_length"], c["t2"] - c["t1"])
+    # one reduced row against its own full-system run (an independent computation)
+    i = int(np.nonzero((c["S"] == 16) & (c["D"] == 4) & (c["alpha"] == 1e-3))[0][0])
+    res = run_flow(FlowConfig(task=TaskConfig(S=16, R=2, D=4), alpha=1e-3), progress=False)
+    for k in ("t1", "t2", "t3"):
+        assert c[k][i] == pytest.approx(getattr(res.phases, k), rel=1e-6)
+    sl = json.loads((out / "slopes.json").read_text())
+    assert sl["n_full"] == 3 and sl["n_reduced"] == 15
+
+
+def test_fitted_slopes_match_predicted(tmp_path):
+    out = tmp_path / "sw"
+    assert sweep_main(["--S", "16", "32", "64", "--R", "4", "--D", "8", "--alpha-range", "1e-7", "1e-3", "9",
+                       "--out", str(out), "--quiet", "--no-plots"]) == 0
+    sl = json.loads((out / "slopes.json").read_text())["slopes"]
+    by = {(s["against"], s["quantity"], s.get("S")): s for s in sl}
+    for S in (16, 32, 64):
+        for q in ("t1", "t2", "plateau_length"):
+            s = by[("log(1/alpha)", q, S)]
+            # t = log(1/alpha^2)/rate + O(1) + O(alpha^2): the slope is 2/rate up to the O(alpha^2) terms
+            assert s["fitted"] == pytest.approx(s["predicted"], rel=2e-3), (S, q)
+    # 2/rate from the closed forms, independently
+    lam = predict.escape_rates(16, 4, 8)
+    assert by[("log(1/alpha)", "t1", 16)]["predicted"] == pytest.approx(2 / float(lam["relation"]))
+    assert by[("log(1/alpha)", "t2", 16)]["predicted"] == pytest.approx(2 / float(lam["subject"]))
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--S", "0"], "S = 0"),
+    (["--alpha", "0"], "alpha"),
+    (["--alpha", "2"], "alpha = 2"),
+    (["--alpha", "1e-5", "--alpha-range", "1e-6", "1e-3", "3"], "either"),
+    (["--alpha-range", "1e-3", "1e-6", "3"], "below"),
+    (["--S", "12", "--D", "8", "--max-full", "0"], "max-full"),
+    (["--facts", "zipf"], "facts"),
+])
+def test_sweep_bad_input_one_line_nothing_written(tmp_path, capsys, argv, match):
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(sweep_main(argv + ["--out", str(out), "--quiet"]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_derive_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert derive_main(["--S", "16", "--R", "4", "--D", "8", "--alpha", "1e-5", "--out", str(out)]) == 0
+    d = json.loads((out / "derivation.json").read_text())
+    assert d["rates"]["relation"] == pytest.approx(2 * math.sqrt(3 / 32) / 4)
+    assert d["rates"]["subject"] == pytest.approx(2 * math.sqrt(7 / 32) / 16)
+    assert d["plateaus"]["initial"] == pytest.approx(math.log(32))
+    assert d["plateaus"]["hallucination"] == pytest.approx(math.log(8))
+    assert d["hallucination_stage_exists"] is True
+    # the full flow's measured times (project README: t1=168.3626, t2=437.6163, t3=771.3345)
+    assert d["predicted"]["t1"] == pytest.approx(168.3626, rel=1e-6)
+    assert d["predicted"]["t2"] == pytest.approx(437.6163, rel=1e-6)
+    assert d["predicted"]["t3"] == pytest.approx(771.3345, rel=1e-6)
+    assert all(d["algebra"]["proofs"].values())
+    md = (out / "derivation.md").read_text()
+    assert "$$" in md and "Hallucination condition" in md
+    printed = capsys.readouterr().out
+    assert "t1 = " in printed and "hallucination condition" in printed
+
+
+def test_derive_subject_first_side(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert derive_main(["--S", "4", "--R", "32", "--D", "4", "--out", str(out), "--quiet"]) == 0
+    d = json.loads((out / "derivation.json").read_text())
+    assert d["hallucination_stage_exists"] is False
+    assert d["plateaus"]["intermediate"] == pytest.approx(math.log(32))
+
+
+def test_derive_refuses_unequal_counts(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert derive_main(["--S", "12", "--D", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "divide" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert not os.listdir(tmp_path)
