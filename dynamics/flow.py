@@ -22,6 +22,7 @@ from .tolerances import auto_atol
 TRAJECTORY_COLUMNS = ("t", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap",
                       "invariant_drift")
 _CLASSES = ("subject", "relation", "noise", "eos")
+_SINGLE_THREAD_BELOW = 200_000  # state entries
 _REFINE_POINTS = 17  # fine grid inside a bracketing interval (Hermite error shrinks 16^4-fold)
 
 
@@ -142,11 +143,19 @@ def run_flow(config: FlowConfig, *, progress: bool | None = None) -> FlowResult:
     th = thresholds(task.log_A, task.H_A_given_R, config.eps_conv)
     target = config.resolved_loss_target
 
-    with torch.inference_mode():  # less per-op overhead than no_grad; nothing here is differentiated
-        run = _Run(config, backend, monitor, th, target, progress)
-        integ0 = time.perf_counter()
-        run.integrate(y0, _time_grid_start(obj, Wt0, K0))
-        integration_seconds = time.perf_counter() - integ0
+    # Small states: one thread. Each op is microseconds of work, so a second thread only adds
+    # synchronisation, and on a busy machine an oversubscribed pool makes tiny ops 50x slower.
+    threads = torch.get_num_threads()
+    if layout.size < _SINGLE_THREAD_BELOW and device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():  # less per-op overhead than no_grad; nothing here is differentiated
+            run = _Run(config, backend, monitor, th, target, progress)
+            integ0 = time.perf_counter()
+            run.integrate(y0, _time_grid_start(obj, Wt0, K0))
+            integration_seconds = time.perf_counter() - integ0
+    finally:
+        torch.set_num_threads(threads)
 
     traj = {k: np.array([r.get(k, np.nan) for r in run.rows]) for k in run.rows[0]}
     theory = dict(log_A=task.log_A, H_A_given_R=task.H_A_given_R, log_D=math.log(task.D))
