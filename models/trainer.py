@@ -1,0 +1,467 @@
+"""Trainers of both models (issue 4): full-batch GD on the exact population loss (model 1),
+online SGD on sampled batches (models 1 and 2) and Adam (model 2).
+
+Sampled training runs in float32 on a torch device; the training step keeps everything on
+the device (sampling with a device ``torch.Generator``, the running training loss summed in
+a device tensor) and on CUDA is captured once in a CUDA graph and replayed, so the only
+host synchronisations are the evaluations every ``eval_every`` steps. The same code runs on
+the CPU (eagerly).
+
+Evaluation (every ``eval_every`` steps and at the last step):
+- sampled trainers: a fixed held-out set of ``eval_size`` sequences (drawn once with its own
+  seed) -> loss, relation-only loss, subject-only loss, accuracy, hallucination gap (SPEC §3),
+  each a mean over the held-out sequences;
+- GD (model 1): the exact population metrics of :class:`models.population.PopulationObjective`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, check_choice, check_int, check_positive
+from .linear import INIT_KINDS, init_linear
+from .modules import LinearAttentionModel, SoftmaxAttentionModel
+from .population import PopulationObjective
+from .sampler import Batch, TaskSampler
+from .task import Task, TaskConfig, make_task
+
+MODELS = ("linear", "softmax")
+OPTIMIZERS = ("gd", "sgd", "adam")
+HISTORY_COLUMNS = ("step", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap",
+                   "train_loss")
+METRICS = HISTORY_COLUMNS[1:6]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU. Refuses a CUDA device that is absent."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except Exception:
+        raise ConfigError(f"device = {device!r} is not a torch device; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device = {device!r} but no CUDA GPU is available; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device = {device!r} is not supported; use auto, cpu or cuda")
+    return dev
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Validated at construction.
+
+    model: ``linear`` (model 1) or ``softmax`` (model 2). optimizer: ``gd`` (model 1 only: full-batch
+    gradient descent on the exact population loss), ``sgd`` (online, a fresh batch each step) or
+    ``adam`` (model 2 only). lr: step size; batch: sequences per step; steps: number of steps.
+    init / init_scale: model 1 ``balanced`` | ``uniform`` with scale alpha (as the flow);
+    model 2: std of W_KQ, W_OV entries is init_scale / sqrt(d). d: model 2 embedding dimension.
+    eval_every: evaluate every this many steps; eval_size: held-out sequences (>= 8192).
+    eps_conv: loss level that counts as converged (t3). device: auto | cpu | cuda[:i].
+    cuda_graph: capture the training step in a CUDA graph on CUDA devices.
+    manual_grad: model 2's gradient by :meth:`SoftmaxAttentionModel.loss_and_grad_` (hand-written, fewer
+    kernels; tested against autograd) instead of autograd. (Model 1's SGD step is always hand-written.)
+    threads: CPU intra-op threads while training (0: torch's default). 1 is fastest for these small
+    matrices and avoids spin-waiting when the machine is shared.
+    """
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: str = "linear"
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    batch: int = 1024
+    steps: int = 1000
+    init: str = "uniform"
+    init_scale: float = 1e-5
+    d: int = 64
+    seed: int = 0
+    eval_every: int = 50
+    eval_size: int = 8192
+    eps_conv: float = 1e-2
+    device: str = "auto"
+    cuda_graph: bool = True
+    threads: int = 1
+    manual_grad: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.task, TaskConfig):
+            raise ConfigError("task must be a TaskConfig")
+        check_choice("model", self.model, MODELS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.optimizer == "gd" and self.model != "linear":
+            raise ConfigError("optimizer = 'gd' (exact population loss) exists for model = 'linear' only; "
+                              "use sgd or adam for the softmax model")
+        if self.optimizer == "adam" and self.model != "softmax":
+            raise ConfigError("optimizer = 'adam' is offered for model = 'softmax' only; use gd or sgd for "
+                              "the linear model")
+        object.__setattr__(self, "lr", check_positive("lr", self.lr))
+        for name, lo in (("batch", 1), ("steps", 1), ("d", 1), ("eval_every", 1), ("eval_size", 8192)):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), lo))
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
+        object.__setattr__(self, "threads", check_int("threads", self.threads, 0))
+        if self.model == "linear":
+            check_choice("init", self.init, INIT_KINDS)
+            object.__setattr__(self, "init_scale", check_positive("init_scale", self.init_scale))
+        else:
+            object.__setattr__(self, "init_scale", check_positive("init_scale", self.init_scale, allow_zero=True))
+        object.__setattr__(self, "eps_conv", check_positive("eps_conv", self.eps_conv))
+        resolve_device(self.device)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- evaluation
+class HeldOutEvaluator:
+    """Metrics of SPEC §3 averaged over a fixed held-out set of sequences (drawn once, seeded)."""
+
+    def __init__(self, task: Task, size: int, device, seed: int, chunk: int = 1 << 16):
+        self.task = task
+        sampler = TaskSampler(task, device=device, seed=seed)
+        self.batch: Batch = sampler.sample(size)
+        self.chunk = chunk
+        dev = torch.device(device)
+        self.answers = sampler.answers  # (S, R)
+        P = task.p_answer_given_relation()  # (R, |A|) p(a|r)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            negH = np.where(P > 0, P * np.log(P), 0.0).sum(1)  # (R,)
+        self.P = torch.as_tensor(P, dtype=torch.float32, device=dev)
+        self.negH = torch.as_tensor(negH, dtype=torch.float32, device=dev)
+
+    def metric_sums(self, logits: torch.Tensor, b: Batch) -> torch.Tensor:
+        """(5,) sums over the batch of: loss, relation-only loss, subject-only loss, correct, gap."""
+        n = logits.shape[0]
+        R, D = self.task.R, self.task.D
+        logp = torch.log_softmax(logits.float(), dim=1)  # (n, |A|)
+        ce = -logp.gather(1, b.targets[:, None])[:, 0]  # (n,)
+        blk = logp.view(n, R, D)[torch.arange(n, device=logp.device), b.r]  # (n, D) r's own block
+        rel = -torch.logsumexp(blk, dim=1)  # (n,)
+        subj = -torch.logsumexp(logp.gather(1, self.answers[b.s]), dim=1)  # (n,) answers of s, all relations
+        target_logit = logits.gather(1, b.targets[:, None])[:, 0]  # (n,)
+        best_other = logits.scatter(1, b.targets[:, None], -math.inf).amax(1)  # (n,)
+        correct = (target_logit > best_other).float()  # (n,) strictly largest, as the population metric
+        gap = self.negH[b.r] - (self.P[b.r] * logp).sum(1)  # (n,) KL(p(.|r) || p_hat)
+        return torch.stack([ce.sum(), rel.sum(), subj.sum(), correct.sum(), gap.sum()])  # (5,)
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict:
+        b, n = self.batch, self.batch.tokens.shape[0]
+        tot = torch.zeros(5, dtype=torch.float32, device=b.tokens.device)
+        for lo in range(0, n, self.chunk):
+            sl = slice(lo, min(n, lo + self.chunk))
+            part = Batch(b.tokens[sl], b.targets[sl], b.s[sl], b.r[sl])
+            tot += self.metric_sums(model(part.tokens), part)
+        v = (tot.double() / n).tolist()
+        return dict(loss=v[0], relation_loss=v[1], subject_loss=v[2], accuracy=v[3], hallucination_gap=v[4])
+
+
+# ----------------------------------------------------------------------------- trainers
+class _threads:
+    """Context: torch intra-op threads set to ``n`` (0: unchanged), restored on exit."""
+
+    def __init__(self, n: int):
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
+@dataclass
+class TrainResult:
+    """history: column -> (n_eval,) numpy array (HISTORY_COLUMNS, plus flow_time for model 1)."""
+
+    config: TrainConfig
+    task: Task
+    device: torch.device
+    history: dict
+    train_seconds: float
+    sequences_per_second: float | None
+    steps_per_second: float
+    model: object = field(repr=False, default=None)
+
+
+class SampledTrainer:
+    """Online SGD (models 1, 2) or Adam (model 2) in float32 on fresh batches of the sampler."""
+
+    def __init__(self, config: TrainConfig, task: Task | None = None):
+        self.config = c = config
+        self.task = task if task is not None else make_task(c.task)
+        self.device = resolve_device(c.device)
+        dev = self.device
+        torch.manual_seed(c.seed)
+        if c.model == "linear":
+            self.model = LinearAttentionModel(self.task, c.init, c.init_scale, dtype=torch.float32, device=dev)
+        else:
+            self.model = SoftmaxAttentionModel(self.task, c.d, c.init_scale, seed=c.seed, dtype=torch.float32,
+                                               device=dev)
+        self.params = [p for p in self.model.parameters()]
+        self.sampler = TaskSampler(self.task, device=dev, seed=c.seed + 1)
+        self.evaluator = HeldOutEvaluator(self.task, c.eval_size, dev, seed=c.seed + 1_000_003)
+        self.adam = None
+        if c.optimizer == "adam":
+            self.adam = torch.optim.Adam(self.params, lr=c.lr, capturable=(dev.type == "cuda"))
+        self.train_sum = torch.zeros((), dtype=torch.float32, device=dev)  # running sum of batch losses
+        self.graph = None
+        self.linear_fast = c.model == "linear"
+        if self.linear_fast:
+            self._rows = torch.arange(c.batch, device=dev)  # (n,)
+            self._C = torch.zeros(c.batch, self.task.vocab_size, dtype=torch.float32, device=dev)  # (n, |V|)
+            self._C[:, self.task.eos] = 1.0
+            self._minus_one = torch.full((c.batch, 1), -1.0, dtype=torch.float32, device=dev)  # (n, 1)
+
+    def _linear_step_body(self):
+        """Model 1 SGD step with the gradient written out (bag of tokens, no autograd).
+
+        Same sampled distribution and same gradient as autograd on :class:`LinearAttentionModel`
+        (tests compare both): logits = C @ U^T with C (n, |V|) token counts and U = W*K;
+        dL/dlogits = (softmax - onehot)/n; dL/dU = G^T C; dL/dW = dL/dU * K; dL/dK = sum_a dL/dU * W.
+        """
+        c, t, m = self.config, self.task, self.model
+        n, S, R, N = c.batch, t.S, t.R, t.N
+        s, r, y, cn = self.sampler.sample_counts(n)  # (n,) (n,) (n,) (n, N)
+        C = self._C  # (n, |V|) token counts; EOS column stays 1
+        # scatter_ / scatter_add_ with device tensors only: no host tensor, so the body is CUDA-graph capturable
+        C[:, :S + R].zero_()
+        C.scatter_(1, s[:, None], 1.0)
+        C.scatter_(1, (r + S)[:, None], 1.0)
+        C[:, S + R:S + R + N].copy_(cn)
+        W, K = m.W.data, m.K.data  # (|A|, |V|), (|V|,)
+        U = W * K  # (|A|, |V|)
+        logits = C @ U.T  # (n, |A|)
+        logp = torch.log_softmax(logits, dim=1)  # (n, |A|)
+        loss = -logp.gather(1, y[:, None]).mean()  # batch cross-entropy (for the running train loss)
+        G = logp.exp_()  # (n, |A|) softmax
+        G.scatter_add_(1, y[:, None], self._minus_one)  # softmax - onehot
+        dU = (G.T @ C).div_(n)  # (|A|, |V|) dL/du[a, z]
+        gK = (dU * W).sum(0)  # (|V|,)
+        W.sub_(dU * K, alpha=c.lr)
+        K.sub_(gK, alpha=c.lr)
+        self.train_sum.add_(loss)
+
+    def _step_body(self):
+        if self.linear_fast:
+            return self._linear_step_body()
+        b = self.sampler.sample(self.config.batch)
+        if self.config.manual_grad:  # hand-written gradient (tested against autograd), writes p.grad
+            loss = self.model.loss_and_grad_(b.tokens, b.targets)
+        else:
+            logits = self.model(b.tokens)  # (batch, |A|)
+            loss = torch.nn.functional.cross_entropy(logits, b.targets)
+            loss.backward()
+        with torch.no_grad():
+            if self.adam is not None:
+                self.adam.step()
+            else:
+                for p in self.params:
+                    p.add_(p.grad, alpha=-self.config.lr)
+            self.train_sum.add_(loss.detach())
+
+    def step(self):
+        """One training step (a CUDA graph replay once captured)."""
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if not self.linear_fast:
+            for p in self.params:
+                p.grad = None
+        self._step_body()
+
+    def capture(self, warmup: int = 3):
+        """Capture the step in a CUDA graph (CUDA devices only). Warm-up steps count as training steps."""
+        if self.device.type != "cuda" or not self.config.cuda_graph:
+            return 0
+        s = torch.cuda.Stream(self.device)
+        s.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(s):
+            for _ in range(warmup):
+                for p in self.params:
+                    p.grad = None
+                self._step_body()
+        torch.cuda.current_stream(self.device).wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        if hasattr(g, "register_generator_state"):
+            g.register_generator_state(self.sampler.generator)
+        for p in self.params:
+            p.grad = None
+        with torch.cuda.graph(g):
+            self._step_body()
+        self.graph = g
+        return warmup + 1  # the capture itself does not run the step; warm-up steps did
+
+    def evaluate(self) -> dict:
+        self.model.eval()
+        m = self.evaluator(self.model)
+        self.model.train()
+        return m
+
+    def run(self, progress: bool | None = None) -> TrainResult:
+        with _threads(self.config.threads if self.device.type == "cpu" else 0):
+            return self._run(progress)
+
+    def _run(self, progress):
+        from tqdm.auto import tqdm
+
+        c = self.config
+        hist = {k: [] for k in HISTORY_COLUMNS}
+        last_sum, last_step = 0.0, 0
+
+        def record(step):
+            nonlocal last_sum, last_step
+            m = self.evaluate()
+            tot = float(self.train_sum)  # host sync: only at evaluations
+            hist["step"].append(step)
+            for k in METRICS:
+                hist[k].append(m[k])
+            hist["train_loss"].append((tot - last_sum) / (step - last_step) if step > last_step else math.nan)
+            last_sum, last_step = tot, step
+
+        record(0)
+        step = 0
+        bar = tqdm(total=c.steps, desc=f"{c.model}/{c.optimizer}", unit=" steps",
+                   disable=(None if progress is None else not progress))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        train_time = 0.0
+        if self.device.type == "cuda" and c.cuda_graph and c.steps > 8:
+            done = self.capture(warmup=3)
+            step += done - 1  # warm-up steps trained the model; the capture did not
+            bar.update(step)
+        while step < c.steps:
+            n = min(c.eval_every - step % c.eval_every, c.steps - step)
+            for _ in range(n):
+                self.step()
+            step += n
+            bar.update(n)
+            if step % c.eval_every == 0 or step == c.steps:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                train_time += time.perf_counter() - t0
+                record(step)
+                t0 = time.perf_counter()
+        bar.close()
+        history = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
+        if c.model == "linear":
+            history["flow_time"] = history["step"] * c.lr
+        return TrainResult(config=c, task=self.task, device=self.device, history=history,
+                           train_seconds=train_time, sequences_per_second=c.steps * c.batch / train_time,
+                           steps_per_second=c.steps / train_time, model=self.model)
+
+
+class GDTrainer:
+    """Full-batch gradient descent of model 1 on the exact population loss, float64, same code as the flow.
+
+    The compressed state (Wt (C, |A|), K (C,)) is updated with :meth:`PopulationObjective.value_and_grad`,
+    whose rows are per real token (the noise row is the gradient of one noise token), so the step
+    equals a GD step on the full parameters (W, K) (noise columns stay identical). Step k is flow time k*lr.
+    """
+
+    def __init__(self, config: TrainConfig, task: Task | None = None):
+        self.config = c = config
+        self.task = task if task is not None else make_task(c.task)
+        self.device = torch.device("cpu") if c.device == "auto" else resolve_device(c.device)
+        self.obj = PopulationObjective(self.task, dtype=torch.float64, device=self.device)
+        self.Wt, self.K = init_linear(self.task, c.init, c.init_scale, dtype=torch.float64, device=self.device)
+
+    def step(self):
+        _, gW, gK = self.obj.value_and_grad(self.Wt, self.K)
+        self.Wt.sub_(gW, alpha=self.config.lr)  # (C, |A|)
+        self.K.sub_(gK, alpha=self.config.lr)  # (C,)
+
+    def run(self, progress: bool | None = None) -> TrainResult:
+        with _threads(self.config.threads if self.device.type == "cpu" else 0):
+            return self._run(progress)
+
+    def _run(self, progress):
+        from tqdm.auto import tqdm
+
+        c = self.config
+        hist = {k: [] for k in HISTORY_COLUMNS}
+
+        def record(step):
+            m = self.obj.metrics(self.Wt, self.K)
+            hist["step"].append(step)
+            for k in METRICS:
+                hist[k].append(m[k])
+            hist["train_loss"].append(m["loss"])
+
+        record(0)
+        t0 = time.perf_counter()
+        ev = 0.0
+        for k in tqdm(range(1, c.steps + 1), desc="linear/gd", unit=" steps",
+                      disable=(None if progress is None else not progress)):
+            self.step()
+            if k % c.eval_every == 0 or k == c.steps:
+                e0 = time.perf_counter()
+                record(k)
+                ev += time.perf_counter() - e0
+        train_time = time.perf_counter() - t0 - ev
+        history = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
+        history["flow_time"] = history["step"] * c.lr
+        return TrainResult(config=c, task=self.task, device=self.device, history=history,
+                           train_seconds=train_time, sequences_per_second=None,
+                           steps_per_second=c.steps / max(train_time, 1e-12), model=(self.Wt, self.K))
+
+
+def train(config: TrainConfig, progress: bool | None = None, task: Task | None = None) -> TrainResult:
+    """Run the trainer the config names and return its history."""
+    trainer = GDTrainer(config, task) if config.optimizer == "gd" else SampledTrainer(config, task)
+    return trainer.run(progress=progress)
+
+
+# ----------------------------------------------------------------------------- pairing with the flow
+FLOW_COLUMNS = ("loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap")
+
+
+def flow_at(task: Task, init: str, scale: float, times, rtol: float = 1e-9, atol: float = 1e-12) -> dict:
+    """The exact flow of model 1 (SPEC §2) from ``init_linear(task, init, scale)``, evaluated at flow times.
+
+    Integrates d y/dt = PopulationObjective.flow_rhs(y) (the flow's own right-hand side) with
+    torchdiffeq's dopri5 in float64 and returns column -> (len(times),) numpy arrays: ``t`` and the
+    exact population metrics (FLOW_COLUMNS) at each requested time (no interpolation).
+    times: non-decreasing, starting at >= 0.
+    """
+    from torchdiffeq import odeint
+
+    obj = PopulationObjective(task, dtype=torch.float64)
+    Wt, K = init_linear(task, init, scale, dtype=torch.float64)
+    lay = obj.layout
+    y0 = lay.pack(Wt, K)  # (P,)
+    times = np.asarray(times, dtype=np.float64)
+    grid = np.unique(np.concatenate([[0.0], times]))
+    rows = {}
+    with _threads(1):  # small matrices: one thread is ~10x faster than two spin-waiting ones on a busy machine
+        ys = odeint(lambda t, y: obj.flow_rhs(y), y0, torch.as_tensor(grid), rtol=rtol, atol=atol,
+                    method="dopri5")  # (len(grid), P)
+        for k, t in enumerate(grid):
+            W_k, K_k = lay.unpack(ys[k])
+            rows[float(t)] = obj.metrics(W_k, K_k)
+    out = {"t": times}
+    for col in FLOW_COLUMNS:
+        out[col] = np.array([float(rows[float(t)][col]) for t in times])
+    return out
+
+
+def flow_gap(result: TrainResult, flow: dict | None = None) -> dict:
+    """Pair a model-1 run with the exact flow from the same initialization.
+
+    Evaluation k of the run (step k, flow time k*lr) is compared with the flow at k*lr:
+    flow_gap = max_k |L_train(k) - L_flow(k*lr)|, where it is reached, and the curves.
+    """
+    c, h = result.config, result.history
+    if c.model != "linear":
+        raise ConfigError("the exact flow exists for model = 'linear' only")
+    if flow is None:
+        flow = flow_at(result.task, c.init, c.init_scale, h["flow_time"])
+    gap = np.abs(h["loss"] - flow["loss"])
+    k = int(np.argmax(gap))
+    return dict(flow_gap=float(gap[k]), at_step=int(h["step"][k]), at_flow_time=float(h["flow_time"][k]),
+                flow_loss=flow["loss"], gap=gap, flow=flow)
