@@ -135,7 +135,7 @@ def run_flow(config: FlowConfig, *, progress: bool | None = None) -> FlowResult:
     y0 = layout.pack(Wt0, K0)
     rtol = config.resolved_rtol
     atol = config.atol if config.atol is not None else auto_atol(y0, rtol)
-    backend = make_backend(config.backend, config.method, obj.flow_rhs, rtol=rtol, atol=atol, size=layout.size)
+    backend = make_backend(config.backend, config.method, obj.flow_rhs, rtol=rtol, atol=atol)
     if config.backend == "scipy" and config.method in ("LSODA", "BDF", "Radau") and layout.size > 20000:
         raise ConfigError(f"method = {config.method!r} would form a dense {layout.size} x {layout.size} "
                           "Jacobian; use DOP853 or the torchdiffeq backend for this size")

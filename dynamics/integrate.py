@@ -128,7 +128,7 @@ class NativeBackend:
         return self.solver.solve(y0, t)
 
 
-def make_backend(backend: str, method: str, f, *, rtol: float, atol: float, size: int):
+def make_backend(backend: str, method: str, f, *, rtol: float, atol: float):
     """Backend object for ``backend``/``method``; ConfigError on a bad combination."""
     if backend == "torchdiffeq":
         if method not in TORCHDIFFEQ_METHODS:
