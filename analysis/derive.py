@@ -12,8 +12,8 @@ import math
 import os
 import sys
 
-from models.cli import ArgumentParser, guarded
-from models.errors import ConfigError, check_int, check_positive
+from common.cli import ArgumentParser, guarded
+from common.errors import ConfigError, check_int, check_positive
 
 
 def build_parser() -> ArgumentParser:
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     out = a.out or f"runs/derive-S{S}-R{R}-D{D}"
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"out = {out!r} exists and is not a folder; give a folder path")
-    from models.io import output_dir, write_json, write_text
+    from common.io import output_dir, write_json, write_text
 
     pred = predictions(S, R, D, alpha, eps)
     alg = algebra()

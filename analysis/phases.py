@@ -136,3 +136,73 @@ def detect_phases(t, loss, relation_loss, subject_loss, hallucination_gap, *, lo
                               subject_loss=float(subject_loss[k]),
                               hallucination_gap=float(hallucination_gap[k]))
     return Phases(t1=t1, t2=t2, t3=t3, plateau=plateau, theta1=th1, theta2=th2, theta3=th3)
+
+
+# ----------------------------------------------------------------------------- exact phases of the flow
+def _rate_and_curvature(run, t: float) -> tuple:
+    """(dL/dt, d/dt (t dL/dt)) at flow time t on the run's dense output.
+
+    dL/dt = -sum_z count_z |F_z|^2 with F the flow's right-hand side (per real token, count_z tokens per
+    compressed row); d2L/dt2 = -2 sum count F . DF[F], the directional derivative DF[F] by a central
+    difference of the exact right-hand side with step eps = 6e-6 |y| / |F| (truncation and rounding
+    errors both ~1e-11 relative).
+    """
+    obj = run.objective
+    lay = obj.layout
+    y = run.state_at(t)
+    w = lay.pack(obj.count[:, None].expand(lay.C, lay.A), obj.count)  # (P,) tokens per compressed entry
+    F = obj.flow_rhs(y)
+    L1 = -float((w * F * F).sum())
+    nF = float(F.norm())
+    if nF == 0.0:
+        return L1, L1
+    eps = 6e-6 * max(float(y.norm()), 1e-300) / nF
+    DF = (obj.flow_rhs(y + eps * F) - obj.flow_rhs(y - eps * F)) / (2 * eps)
+    L2 = -2.0 * float((w * F * DF).sum())
+    return L1, L1 + t * L2
+
+
+def flow_plateau(run, t1: float, t2: float) -> Plateau | None:
+    """The plateau of SPEC §3 on an exact flow: the minimiser of |t dL/dt| over [t1, t2], exactly.
+
+    |t dL/dt| = -t dL/dt is smallest where d/dt (t dL/dt) = 0: bracketed by the saved sample with the
+    smallest |t dL/dt| and its neighbours, then located by Brent's method on the dense interpolant
+    (a root of the derivative is well conditioned where the minimum itself is flat). At an end of
+    [t1, t2] when the minimum is there.
+    """
+    tr = run.trajectory
+    t = tr["t"]
+    with run.numerics():
+        k = plateau_index(t, tr["loss"], t1, t2, tr["dloss_dt"])
+        if k is None:  # no saved sample inside: the bracket is [t1, t2] itself
+            lo, hi = t1, t2
+        else:
+            lo, hi = max(t1, float(t[max(k - 1, 0)])), min(t2, float(t[min(k + 1, len(t) - 1)]))
+
+        def slope(s):
+            return _rate_and_curvature(run, s)[1]
+
+        d_lo, d_hi = slope(lo), slope(hi)
+        if d_lo > 0 > d_hi:  # -t L' decreases, then increases: its minimum is inside
+            tp = float(brentq(slope, lo, hi, xtol=4e-16 * hi, rtol=1e-15, maxiter=200))
+        else:  # monotone on the bracket: the smaller end
+            rates = {s: abs(s * _rate_and_curvature(run, s)[0]) for s in (lo, hi)}
+            tp = min(rates, key=rates.get)
+        m = run.metrics_at(tp)
+    return Plateau(t=tp, loss=m["loss"], relation_loss=m["relation_loss"], subject_loss=m["subject_loss"],
+                   hallucination_gap=m["hallucination_gap"])
+
+
+def flow_phases(run, *, log_A: float, H_A_given_R: float, eps_conv: float = 1e-2) -> Phases:
+    """Phases of an exact flow run (dynamics.FlowRun) integrated with the loss levels ``thresholds(...)``.
+
+    t1, t2, t3 are the engine's event times (first crossings located on the dense interpolant); the
+    plateau is :func:`flow_plateau`.
+    """
+    th = thresholds(log_A, H_A_given_R, eps_conv)
+    missing = [x for x in th if x not in run.crossings]
+    if missing:
+        raise ValueError(f"the run was not integrated with the loss levels {missing}; pass levels=thresholds(...)")
+    t1, t2, t3 = (run.crossings[x] for x in th)
+    plateau = flow_plateau(run, t1, t2) if t1 is not None and t2 is not None and t2 > t1 else None
+    return Phases(t1=t1, t2=t2, t3=t3, plateau=plateau, theta1=th[0], theta2=th[1], theta3=th[2])

@@ -12,12 +12,20 @@ the integration error only.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
 import numpy as np
 
-from models.errors import ConfigError
+from common.errors import ConfigError, check_choice
+from dynamics.flow import save_times
+from dynamics.trajectory import Trajectory
+from models.task import make_task
+
+from .phases import Phases, Plateau, thresholds
+from .predict import escape_rates
+from .results import FlowResult, analyze_flow
 
 _REQUIREMENTS = ("the reduced flow needs: a structured or balanced fact table in which every answer "
                  "is held by S/D subjects (D divides S), uniform frequencies (zipf exponents 0) and "
@@ -32,8 +40,6 @@ def check_reducible(config) -> None:
                           "counts; " + _REQUIREMENTS)
     if t.facts not in ("structured", "balanced"):
         # a random or user table qualifies only if it happens to give every answer S/D subjects
-        from models.task import make_task
-
         task = make_task(t)
         counts = np.stack([np.bincount(task.answers[:, r] - r * t.D, minlength=t.D) for r in range(t.R)])
         if not np.all(counts == t.S // t.D):
@@ -89,7 +95,7 @@ class ClassMetrics:
 
     def rows(self, t, y, dy):
         """Trajectory columns (dict of (n,) arrays) at times t (n,), states y (10, n), derivatives dy (10, n)."""
-        from analysis.reduction import MULTIPLICITY, PARAMS, S as sS, R as sR, D as sD, N as sN
+        from .reduction import MULTIPLICITY, PARAMS, S as sS, R as sR, D as sD, N as sN  # sympy, on demand
 
         S, R, D = self.S, self.R, self.D
         a, b = self.margins(y)
@@ -124,8 +130,6 @@ class ClassMetrics:
 
 def expand_state(config, y) -> tuple:
     """Class parameters (10,) -> compressed full state (Wt (C, |A|), K (C,)) of models.linear."""
-    from models.task import make_task
-
     task = make_task(config.task)
     S, R, D = task.S, task.R, task.D
     A = R * D
@@ -150,9 +154,7 @@ def run_reduced(config, *, progress=None, eval_times=None):
     from scipy.integrate import solve_ivp
     from scipy.optimize import brentq, minimize_scalar
 
-    from analysis.phases import Phases, Plateau, thresholds
-    from analysis.reduction import class_rhs_numpy
-    from dynamics.flow import FlowResult
+    from .reduction import class_rhs_numpy  # sympy: loaded only when a reduced run is asked for
 
     wall0 = time.perf_counter()
     check_reducible(config)
@@ -183,20 +185,10 @@ def run_reduced(config, *, progress=None, eval_times=None):
 
     stop.terminal, stop.direction = True, -1
     integ0 = time.perf_counter()
-    # the same saving scheme as the full flow: 16 linear points up to one e-folding time of the fastest
-    # mode, then samples_per_octave points per doubling of t
-    from analysis.predict import escape_rates
-
+    # the same saved times as the full flow, starting from one e-folding time of the fastest mode
     r = escape_rates(S, R, D)
     lam = max(float(r["subject"]), float(r["relation"]), 1e-300)
-    t_first = min(1.0 / lam, config.t_max)
-    grid = [np.linspace(0, t_first, 17)]
-    t = t_first
-    while t < config.t_max:
-        nxt = min(2 * t, config.t_max)
-        grid.append(np.geomspace(t, nxt, config.samples_per_octave + 1)[1:])
-        t = nxt
-    t_eval = np.concatenate(grid)
+    t_eval = save_times(1.0 / lam, config.t_max, config.samples_per_octave)
     t_end = max(config.t_max, t_keep)
     t_eval = t_eval[t_eval <= t_end]
     sol = solve_ivp(fun, (0.0, t_end), y0, method="DOP853", rtol=rtol, atol=atol, t_eval=t_eval,
@@ -258,10 +250,10 @@ def run_reduced(config, *, progress=None, eval_times=None):
             conservation[k_[: -len("_drift")]] = float(np.max(traj[k_]))
     solver = dict(backend="reduced", method="DOP853", rtol=rtol, atol=atol, n_steps=len(sol.sol.ts) - 1,
                   n_rejected=None,
-                  nfe=int(nfe[0]), n_calls=1, refinements=0, direct_fallbacks=0, saved_points=int(ts.size),
-                  status=status, state_size=10, phase_time_error_estimate={})
+                  nfe=int(nfe[0]), direct_fallbacks=0, saved_points=int(ts.size), status=status, state_size=10)
     y_end = ys[:, -1]
-    result = FlowResult(config=config, status=status, trajectory=traj, phases=phases, theory=theory,
+    result = FlowResult(config=config, status=status, trajectory=Trajectory(traj, time="t"), phases=phases,
+                        theory=theory,
                       conservation=conservation, solver=solver, wall_seconds=time.perf_counter() - wall0,
                       integration_seconds=integration_seconds, final_state=expand_state(config, y_end))
     if eval_times is None:
@@ -277,23 +269,6 @@ def run_reduced(config, *, progress=None, eval_times=None):
 MODES = ("full", "reduced", "compare")
 
 
-def _compared_result_class():
-    from dataclasses import dataclass
-
-    from dynamics.flow import FlowResult
-
-    @dataclass(frozen=True)
-    class ComparedResult(FlowResult):
-        """The full run's result plus ``compare``: how far the reduced flow is from it."""
-
-        compare: dict = None
-
-        def to_dict(self) -> dict:
-            return super().to_dict() | {"compare": self.compare}
-
-    return ComparedResult
-
-
 def run_mode(mode: str, config, *, progress=None):
     """Run ``config`` in ``mode``: full (dynamics.run_flow), reduced (run_reduced) or compare (both).
 
@@ -301,16 +276,12 @@ def run_mode(mode: str, config, *, progress=None):
     saved times of |L_full - L_reduced|, the reduced loss read off its dense output at those times;
     phase times of both and their relative differences; wall seconds of both).
     """
-    from models.errors import check_choice
-
     check_choice("mode", mode, MODES)
     if mode != "full":
         check_reducible(config)
     if mode == "reduced":
         return run_reduced(config, progress=progress)
-    from dynamics.flow import run_flow
-
-    full = run_flow(config, progress=progress)
+    full = analyze_flow(config, progress=progress)
     if mode == "full":
         return full
     red, L_red = run_reduced(config, eval_times=full.trajectory["t"])
@@ -321,7 +292,4 @@ def run_mode(mode: str, config, *, progress=None):
         a, b = getattr(full.phases, name), getattr(red.phases, name)
         cmp[f"{name}_full"], cmp[f"{name}_reduced"] = a, b
         cmp[f"{name}_rel_diff"] = abs(a - b) / a if a and b is not None else None
-    from dataclasses import fields
-
-    cls = _compared_result_class()
-    return cls(**{f.name: getattr(full, f.name) for f in fields(full)}, compare=cmp)
+    return dataclasses.replace(full, compare=cmp)

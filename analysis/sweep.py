@@ -4,7 +4,7 @@
 
 Configurations the reduction covers (equal subject counts per answer, uniform frequencies) are solved all
 at once by the exact quadrature of the reduced flow (analysis.predict.phase_times: each configuration
-stops at its own t3). The others go through the full system (dynamics.run_flow) one by one, with a
+stops at its own t3). The others go through the full system (analysis.analyze_flow) one by one, with a
 progress bar. Writes sweep.csv (one row per configuration), slopes.json (fitted and predicted slopes of
 t1, t2, t3 and t2 - t1 against log(1/alpha) and against S) and figures.
 """
@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from models.cli import ArgumentParser, guarded
-from models.errors import ConfigError, check_choice, check_int, check_positive
+from common.cli import ArgumentParser, guarded
+from common.errors import ConfigError, check_choice, check_int, check_positive
 
 FACTS = ("structured", "balanced", "random")
 
@@ -128,15 +128,17 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
     if full_idx.size:
         from tqdm.auto import tqdm
 
-        from dynamics import FlowConfig, run_flow
+        from dynamics import FlowConfig
         from models.task import TaskConfig
+
+        from .results import analyze_flow
 
         bar = tqdm(full_idx, desc="full-system runs", unit="run", disable=(None if progress is None else not progress))
         for i in bar:
             task = TaskConfig(S=int(cols["S"][i]), R=int(cols["R"][i]), D=int(cols["D"][i]), T=int(cols["T"][i]),
                               N=int(cols["N"][i]), facts=facts, seed=seed, zipf_subjects=zipf)
-            res = run_flow(FlowConfig(task=task, alpha=float(cols["alpha"][i]), eps_conv=eps_conv, rtol=full_rtol),
-                           progress=False)
+            res = analyze_flow(FlowConfig(task=task, alpha=float(cols["alpha"][i]), eps_conv=eps_conv,
+                                          rtol=full_rtol), progress=False)
             for k in ("t1", "t2", "t3"):
                 v = getattr(res.phases, k)
                 out[k][i] = np.nan if v is None else v
@@ -215,7 +217,7 @@ def main(argv=None) -> int:
                        full_rtol=a.full_rtol, progress=None if not a.quiet else False, max_full=a.max_full)
     out_cols = result["columns"]
     sl = slopes(out_cols, a.eps_conv)
-    from models.io import output_dir, write_csv, write_json
+    from common.io import output_dir, save_figure, write_csv, write_json
 
     with output_dir(a.out) as d:
         write_csv(os.path.join(d, "sweep.csv"), out_cols)
@@ -224,9 +226,13 @@ def main(argv=None) -> int:
             reduced_seconds=result["reduced_seconds"], full_seconds=result["full_seconds"],
             facts=a.facts, eps_conv=a.eps_conv))
         if not a.no_plots:
+            import matplotlib.pyplot as plt
+
             from figures.sweep import plot_sweep
 
-            plot_sweep(out_cols, sl, d)
+            for name, fig in plot_sweep(out_cols, sl).items():
+                save_figure(fig, os.path.join(d, f"{name}.png"), dpi=130)
+                plt.close(fig)
     if not a.quiet:
         print(f"{out_cols['S'].size} configurations: {result['n_reduced']} reduced in "
               f"{result['reduced_seconds']:.3f} s, "

@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from models.cli import ArgumentParser, describe_device, guarded  # noqa: E402
+from common.cli import ArgumentParser, describe_device, guarded  # noqa: E402
+from dynamics.trainer import SampledTrainer, TrainConfig  # noqa: E402
 from models.task import TaskConfig  # noqa: E402
-from models.trainer import SampledTrainer, TrainConfig  # noqa: E402
 
 
 def time_steps(trainer: SampledTrainer, seconds: float) -> tuple[float, int]:

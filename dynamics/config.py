@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from models.errors import ConfigError, check_choice, check_int, check_positive
+from common.errors import ConfigError, check_choice, check_int, check_positive
 from models.task import TaskConfig
 
-from .integrate import BACKENDS, DEFAULT_METHOD, IMPLICIT, NATIVE_METHODS, SCIPY_METHODS, TORCHDIFFEQ_METHODS
+from .solvers import BACKENDS, DEFAULT_METHOD, IMPLICIT, METHODS
 from .tolerances import DEFAULT_RTOL
 
 INITS = ("balanced", "uniform", "file")
@@ -29,6 +29,7 @@ class FlowConfig:
         ``torchdiffeq`` or ``scipy`` (independent implementations, for cross-checks and other methods).
     rtol, atol: None picks the defaults of :mod:`dynamics.tolerances`.
     samples_per_octave: saved points per doubling of t (plus 16 linear points before).
+    max_steps: budget of accepted solver steps; a run that exhausts it ends with status ``max_steps``.
     """
 
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -45,6 +46,7 @@ class FlowConfig:
     dtype: str = "float64"
     device: str = "cpu"
     samples_per_octave: int = 32
+    max_steps: int = 1_000_000
 
     def __post_init__(self):
         if not isinstance(self.task, TaskConfig):
@@ -63,7 +65,7 @@ class FlowConfig:
         check_choice("backend", self.backend, BACKENDS)
         if self.method is None:
             object.__setattr__(self, "method", DEFAULT_METHOD[self.backend])
-        allowed = dict(torchdiffeq=TORCHDIFFEQ_METHODS, scipy=SCIPY_METHODS, native=NATIVE_METHODS)[self.backend]
+        allowed = METHODS[self.backend]
         if self.method not in allowed:
             raise ConfigError(f"method = {self.method!r} is not available with backend {self.backend!r}; "
                               f"choose one of: {', '.join(allowed)}")
@@ -74,6 +76,7 @@ class FlowConfig:
             object.__setattr__(self, "atol", check_positive("atol", self.atol))
         object.__setattr__(self, "samples_per_octave", check_int("samples_per_octave",
                                                                  self.samples_per_octave, 4))
+        object.__setattr__(self, "max_steps", check_int("max_steps", self.max_steps, 1))
         if self.device != "cpu":
             try:
                 dev = torch.device(self.device)

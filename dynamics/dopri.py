@@ -1,4 +1,4 @@
-"""A lean Dormand-Prince 5(4) integrator for very large states (backend ``native``).
+"""A lean Dormand-Prince 5(4) stepper for very large states (backend ``native``).
 
 torchdiffeq stores Runge-Kutta stages as the last axis of a (P, 7) tensor, so every
 stage combination is a strided pass over memory; at P ~ 1e6 that bookkeeping costs
@@ -6,17 +6,20 @@ about three times the model's own right-hand side (measured: 140 ms of 200 ms pe
 for S=1024, R=32, D=32). Here the stages are rows of a (7, P) array, combined by one
 BLAS matrix-vector product each, and the right-hand side writes into its row directly.
 
-States at the requested output times come from the method's 4th-order continuous
-extension (as in torchdiffeq and scipy); only the last time of a call is stepped onto
-exactly, so consecutive calls continue from a genuine Runge-Kutta state. Error control as in Hairer, Norsett & Wanner,
-"Solving ODEs I", §II.4: RMS norm of err / (atol + rtol * max(|y0|, |y1|)).
+Each accepted step returns its own dense interpolant, the method's 4th-order continuous
+extension (Hairer, Norsett & Wanner, "Solving ODEs I", §II.6). A step is a pure function
+of (y0, h), so :meth:`Dopri5Stepper.replay` re-takes a recorded step bit for bit: that is
+how :mod:`dynamics.engine` offers dense output over a whole run without keeping every
+interpolant in memory. Error control as in §II.4: RMS norm of
+err / (atol + rtol * max(|y0|, |y1|)), PI step-size control.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
+
+from .steps import StepSizeCollapse, initial_step
 
 # Dormand & Prince (1980), RK5(4)7M: nodes, stage matrix, 5th-order weights, error weights.
 C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -43,108 +46,145 @@ SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 BETA = 0.04
 
 
-class Dopri5:
-    """Adaptive DOPRI5 for y' = f(y, out) on one flat torch tensor.
+class Dopri5Interp:
+    """Dense output of one accepted step on [t0, t1]: the 4th-order continuous extension.
 
-    f(y, out) must write f(y) into ``out`` (shape (P,)) and may return it.
-    ``stats`` counts accepted steps, rejected steps and evaluations of f.
+    Holds five (P,) vectors: y0, y1 (the step's exact end state) and three combinations of stages.
     """
 
-    def __init__(self, f, rtol: float, atol: float, *, max_steps: int = 10_000_000):
-        self.f, self.rtol, self.atol, self.max_steps = f, rtol, atol, max_steps
-        self.stats = dict(n_steps=0, n_rejected=0, nfe=0)
-        self.h = None  # step size carried between calls
-        self.err_old = 1e-4  # previous accepted error ratio, for the PI controller
+    def __init__(self, t0: float, t1: float, h: float, y0, y1, k0, k6, r5):
+        self.t0, self.t1, self.h = t0, t1, h
+        self.y0, self.y1 = y0, y1
+        ydiff = y1 - y0
+        self.bspl = h * k0 - ydiff
+        self.r4 = ydiff - h * k6 - self.bspl
+        self.r5 = r5
 
-    def _eval(self, y, out):
-        self.stats["nfe"] += 1
+    @property
+    def nbytes(self) -> int:
+        return 5 * self.y0.numel() * self.y0.element_size()
+
+    def __call__(self, t: float) -> torch.Tensor:
+        """State (P,) at t in [t0, t1]; exactly y1 at t1."""
+        if t == self.t1:
+            return self.y1
+        th = (t - self.t0) / self.h
+        th1 = 1.0 - th
+        # y0 + th (ydiff + th1 (bspl + th (r4 + th1 r5)))
+        return self.y0 + th * ((self.y1 - self.y0) + th1 * (self.bspl + th * (self.r4 + th1 * self.r5)))
+
+
+class Dopri5Stepper:
+    """Adaptive DOPRI5 for y' = f(y, out) on one flat torch tensor, one accepted step at a time.
+
+    f(y, out) must write f(y) into ``out`` (shape (P,)) and may return it. ``stats`` counts
+    accepted steps, rejected steps and evaluations of f (``nfe_replay``: those of replayed steps).
+    The interpolant of the last step is built only on request (:meth:`interpolant`): at P ~ 1e6
+    building it costs about one right-hand side, and most steps need none.
+    """
+
+    name = "dopri5"
+    replayable = True
+
+    def __init__(self, f, t0: float, y0: torch.Tensor, rtol: float, atol: float, *, first_step: float | None = None):
+        self.f, self.rtol, self.atol = f, rtol, atol
+        self.stats = dict(n_steps=0, n_rejected=0, nfe=0, nfe_replay=0)
+        P, dt_, dev = y0.numel(), y0.dtype, y0.device
+        self.t = float(t0)
+        self.y = y0.clone()  # (P,) current state; read-only for callers
+        self.k = torch.empty((7, P), dtype=dt_, device=dev)  # stage derivatives, one per row
+        # work arrays, allocated once: fresh 8 MB tensors per step cost page faults at P ~ 1e6
+        self._ytmp, self._yprev, self._err, self._scale, self._scratch = (torch.empty_like(self.y) for _ in range(5))
+        self._a_rows = [torch.tensor(a, dtype=dt_, device=dev) for a in A]
+        self._e_row = torch.tensor(E, dtype=dt_, device=dev)
+        self._d_row = torch.tensor(D, dtype=dt_, device=dev)
+        self._eval(self.y, self.k[0])
+        self.h = first_step
+        self.err_old = 1e-4  # previous accepted error ratio, for the PI controller
+        self._last = None  # (t0, t1, h) of the last accepted step
+        self._fsal_pending = False  # k[6] = f(y) still has to move to k[0]
+
+    def _eval(self, y, out, counter="nfe"):
+        self.stats[counter] += 1
         return self.f(y, out)
 
-    def _norm(self, err, y0, y1, scale, scratch):
-        """RMS of err / (atol + rtol max(|y0|, |y1|)); overwrites err, scale and scratch (work arrays)."""
+    def _norm(self, err, y0, y1) -> float:
+        """RMS of err / (atol + rtol max(|y0|, |y1|)); overwrites err and the work arrays."""
+        scale, scratch = self._scale, self._scratch
         torch.maximum(torch.abs(y0, out=scale), torch.abs(y1, out=scratch), out=scale)
         scale.mul_(self.rtol).add_(self.atol)
         return float(torch.linalg.vector_norm(err.div_(scale)) / math.sqrt(err.numel()))
 
-    def _initial_step(self, y0, f0, span):
+    def _initial_step(self, span: float) -> float:
+        y0, f0 = self.y, self.k[0]
         scale = y0.abs() * self.rtol + self.atol
-        d0 = float(torch.linalg.vector_norm(y0 / scale)) / math.sqrt(y0.numel())
-        d1 = float(torch.linalg.vector_norm(f0 / scale)) / math.sqrt(y0.numel())
-        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-        h0 = min(h0, span)
-        f1 = self._eval(y0 + h0 * f0, torch.empty_like(y0))
-        d2 = float(torch.linalg.vector_norm((f1 - f0) / scale)) / math.sqrt(y0.numel()) / h0
-        h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / ORDER)
-        return min(100 * h0, h1, span)
 
-    def solve(self, y0: torch.Tensor, t) -> torch.Tensor:
-        """States (len(t), P) at the increasing times t (t[0] is the start, y0 its state)."""
-        t = np.asarray(t, dtype=np.float64)
-        P = y0.numel()
-        dt_, dev = y0.dtype, y0.device
-        out = torch.empty((len(t), P), dtype=dt_, device=dev)
-        out[0] = y0
-        k = torch.empty((7, P), dtype=dt_, device=dev)  # stage derivatives, one per row
-        y = y0.clone()
-        # work arrays, allocated once: fresh 8 MB tensors per step cost page faults at P ~ 1e6
-        ytmp, y_new, err, scale = (torch.empty_like(y) for _ in range(4))
-        self._eval(y, k[0])
-        t_end = float(t[-1])
-        tc = float(t[0])
-        h = self.h if self.h is not None else self._initial_step(y, k[0], t_end - tc)
-        a_rows = [torch.tensor(a, dtype=dt_, device=dev) for a in A]
-        e_row = torch.tensor(E, dtype=dt_, device=dev)
-        d_row = torch.tensor(D, dtype=dt_, device=dev)
-        j, steps = 1, 0
-        while j < len(t):
-            if steps >= self.max_steps:
-                raise RuntimeError(f"dopri5: more than {self.max_steps} steps before t = {t_end:g}")
-            hit = tc + h >= t_end * (1 - 1e-15)
-            hs = t_end - tc if hit else h
-            for i in range(1, 7):
-                torch.addmv(y, k[:i].T, a_rows[i] * hs, out=ytmp)  # y + hs * sum_j a_ij k_j
-                self._eval(ytmp, k[i])
-            # ytmp holds the 5th-order solution (a_7j = b_j); stage 7 is f(y_new) (first same as last)
-            y_new, ytmp = ytmp, y_new
-            torch.mv(k.T, e_row * hs, out=err)
-            ratio = self._norm(err, y, y_new, scale, ytmp)
-            steps += 1
+        def rms(v):
+            return float(torch.linalg.vector_norm(v / scale)) / math.sqrt(v.numel())
+
+        return initial_step(rms(f0), rms(y0), lambda h0: rms(self._eval(y0 + h0 * f0, torch.empty_like(y0)) - f0),
+                            ORDER, span)
+
+    def _stages(self, y, k, hs, ytmp, counter="nfe"):
+        """Fill k[1:7] for a step of size hs from y (k[0] = f(y) given); ytmp ends as the 5th-order y1."""
+        for i in range(1, 7):
+            torch.addmv(y, k[:i].T, self._a_rows[i] * hs, out=ytmp)  # y + hs * sum_j a_ij k_j
+            self._eval(ytmp, k[i], counter)
+        return ytmp  # a_7j = b_j: the last stage point is the 5th-order solution; k[6] = f(y1) (FSAL)
+
+    def _interp(self, t0, t1, hs, y0, y1, k) -> Dopri5Interp:
+        return Dopri5Interp(t0, t1, hs, y0.clone(), y1.clone(), k[0], k[6], torch.mv(k.T, self._d_row * hs))
+
+    def step(self, t_bound: float) -> tuple:
+        """Take one accepted step from (t, y) towards t_bound (landing on it exactly at the end).
+
+        Returns (t0, t1, h) of the step; afterwards ``t``, ``y`` are the new time and state.
+        """
+        k = self.k
+        if self._fsal_pending:
+            k[0].copy_(k[6])
+            self._fsal_pending = False
+        if self.h is None:
+            self.h = self._initial_step(t_bound - self.t)
+        while True:
+            h = self.h
+            hit = self.t + h >= t_bound - 1e-15 * abs(t_bound)
+            hs = t_bound - self.t if hit else h
+            y_new = self._stages(self.y, k, hs, self._ytmp)
+            torch.mv(k.T, self._e_row * hs, out=self._err)
+            ratio = self._norm(self._err, self.y, y_new)
             if ratio <= 1.0:
-                self.stats["n_steps"] += 1
-                t_new = t_end if hit else tc + hs
-                if j < len(t) and t[j] < t_new:
-                    self._dense(out, t, j, t_new, tc, hs, y, y_new, k, d_row)
-                while j < len(t) and t[j] <= t_new:
-                    if t[j] == t_new:
-                        out[j] = y_new
-                    j += 1
-                tc = t_new
-                y, y_new = y_new, y
-                k[0].copy_(k[6])
-                r = max(ratio, 1e-10)
-                factor = min(MAX_FACTOR, max(MIN_FACTOR, SAFETY * r ** (BETA * 0.75 - 1 / ORDER)
-                                             * self.err_old ** BETA))
-                self.err_old = r
-                if not hit or factor < 1:
-                    h = hs * factor
-            else:
-                self.stats["n_rejected"] += 1
-                h = hs * max(MIN_FACTOR, SAFETY * ratio ** (BETA * 0.75 - 1 / ORDER))
-            if not math.isfinite(h) or h <= 0:
-                raise RuntimeError(f"dopri5: step size {h} at t = {tc:g}")
-        self.h = h
-        return out
+                break
+            self.stats["n_rejected"] += 1
+            self.h = hs * max(MIN_FACTOR, SAFETY * ratio ** (BETA * 0.75 - 1 / ORDER))
+            self._check_h(self.h)
+        self.stats["n_steps"] += 1
+        t0, t1 = self.t, (t_bound if hit else self.t + hs)
+        # rotate buffers: the old state becomes y_prev, the stage point becomes the state
+        self._yprev, self.y, self._ytmp = self.y, y_new, self._yprev
+        self._fsal_pending = True
+        self._last = (t0, t1, hs)
+        self.t = t1
+        r = max(ratio, 1e-10)
+        factor = min(MAX_FACTOR, max(MIN_FACTOR, SAFETY * r ** (BETA * 0.75 - 1 / ORDER) * self.err_old ** BETA))
+        self.err_old = r
+        if not hit or factor < 1:
+            self.h = hs * factor
+        self._check_h(self.h)
+        return self._last
 
-    @staticmethod
-    def _dense(out, t, j, t_new, t0, h, y0, y1, k, d_row):
-        """Fill out[j...] for the output times strictly inside (t0, t_new) by the continuous extension."""
-        ydiff = y1 - y0
-        bspl = h * k[0] - ydiff
-        r4 = ydiff - h * k[6] - bspl
-        r5 = torch.mv(k.T, d_row * h)
-        while j < len(t) and t[j] < t_new:
-            th = (float(t[j]) - t0) / h
-            th1 = 1.0 - th
-            # y0 + th (ydiff + th1 (bspl + th (r4 + th1 r5)))
-            out[j] = y0 + th * (ydiff + th1 * (bspl + th * (r4 + th1 * r5)))
-            j += 1
+    def interpolant(self) -> Dopri5Interp:
+        """Dense output of the last accepted step (valid until the next call of :meth:`step`)."""
+        t0, t1, hs = self._last
+        return self._interp(t0, t1, hs, self._yprev, self.y, self.k)
+
+    def _check_h(self, h: float) -> None:
+        if not math.isfinite(h) or h <= 0 or self.t + h == self.t:
+            raise StepSizeCollapse(f"dopri5: the step size collapsed to {h:.3g} at t = {self.t:.6g}")
+
+    def replay(self, t0: float, y0: torch.Tensor, t1: float, h: float) -> Dopri5Interp:
+        """The interpolant of the recorded accepted step (t0, y0) -> t1 of size h, recomputed bit for bit."""
+        k = torch.empty_like(self.k)
+        self._eval(y0, k[0], "nfe_replay")
+        y1 = self._stages(y0, k, h, torch.empty_like(y0), "nfe_replay")
+        return self._interp(t0, t1, h, y0, y1, k)

@@ -1,67 +1,89 @@
-"""The exact population gradient flow of model 1: integrate, monitor, find the phases."""
+"""The exact population gradient flow of model 1: integrate, monitor, locate loss crossings.
+
+    run = run_flow(FlowConfig(task=TaskConfig(S=16, R=4, D=8)), levels=(2.5, 1.0))
+    run.crossings[1.0], run.trajectory["loss"], run.state_at(300.0), run.solver["nfe"]
+
+The flow knows nothing of phases (they are defined in :mod:`analysis.phases`): a caller asks for the
+first times the loss falls to given levels, which the engine locates on its dense interpolant.
+"""
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from analysis.phases import Phases, Plateau, first_crossing, thresholds
-from models.errors import ConfigError
+from common.errors import ConfigError
 from models.linear import compress, init_linear
 from models.population import PopulationObjective
 from models.task import Task, make_task
 
 from .config import FlowConfig
 from .conservation import conserved_quantities, drift
-from .integrate import make_backend
+from .engine import Event, SaveAt, Solution, integrate
+from .solvers import IMPLICIT, make_stepper
+from .threads import torch_threads
 from .tolerances import auto_atol
+from .trajectory import Trajectory
 
 TRAJECTORY_COLUMNS = ("t", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap",
                       "invariant_drift")
 _CLASSES = ("subject", "relation", "noise", "eos")
 _SINGLE_THREAD_BELOW = 200_000  # state entries
-_REFINE_POINTS = 17  # fine grid inside a bracketing interval (Hermite error shrinks 16^4-fold)
+_PROGRESS_SECONDS = 30.0  # a run not on a terminal reports one line this often
 
 
 @dataclass(frozen=True)
-class FlowResult:
-    """Everything a run produced. ``trajectory`` maps column name -> (n,) array."""
+class FlowRun:
+    """One integrated flow. ``trajectory``: the monitored columns at the saved times.
+
+    status: ``converged`` (the loss reached the target; checked on the final state), ``t_max``,
+    ``max_steps`` or ``failed`` (``message`` says why). crossings: level -> first time L <= level
+    (None if not reached). ``state_at(t)`` gives the state anywhere in [0, t_final] (dense output).
+    """
 
     config: FlowConfig
-    status: str  # "converged" (loss target reached) or "t_max"
-    trajectory: dict
-    phases: Phases
-    theory: dict
-    conservation: dict  # law name -> max drift over the run
+    status: str
+    message: str
+    trajectory: Trajectory = field(repr=False)
+    crossings: dict
+    conservation: dict  # law name -> max drift over the saved times
     solver: dict
     wall_seconds: float
     integration_seconds: float
-    final_state: tuple = field(repr=False)  # compressed (Wt (C, |A|), K (C,)) as numpy
+    objective: PopulationObjective = field(repr=False)
+    solution: Solution = field(repr=False)
+    threads: int = field(repr=False, default=0)  # torch threads for this state size (0: torch's default)
+
+    @contextlib.contextmanager
+    def numerics(self):
+        """Context for further evaluations on this run: its thread count, no autograd."""
+        with torch_threads(self.threads), torch.inference_mode():
+            yield
 
     @property
-    def invariant_max_drift(self) -> float:
-        return self.conservation["balance"]
+    def t_final(self) -> float:
+        return self.solution.t_final
 
-    def to_dict(self) -> dict:
-        """The content of results.json."""
-        ph = self.phases.to_dict()
-        return dict(
-            config=self.config.to_dict(),
-            status=self.status,
-            phases=dict(t1=ph["t1"], t2=ph["t2"], t3=ph["t3"], plateau=ph["plateau"],
-                        thresholds=dict(theta1=ph["theta1"], theta2=ph["theta2"], theta3=ph["theta3"])),
-            theory=self.theory,
-            invariant_max_drift=self.invariant_max_drift,
-            conservation_max_drift=self.conservation,
-            final=dict((k, float(v[-1])) for k, v in self.trajectory.items() if k != "t") | {
-                "t": float(self.trajectory["t"][-1])},
-            solver=self.solver,
-            wall_seconds=self.wall_seconds,
-            integration_seconds=self.integration_seconds,
-        )
+    @property
+    def final_state(self) -> tuple:
+        """Compressed (Wt (C, |A|), K (C,)) numpy arrays at the final time."""
+        Wt, K = self.objective.layout.unpack(self.solution.y_final)
+        return Wt.cpu().numpy().copy(), K.cpu().numpy().copy()
+
+    def state_at(self, t: float) -> torch.Tensor:
+        """Packed state (P,) at flow time t, from the solver's interpolant."""
+        return self.solution(t)
+
+    def metrics_at(self, t: float) -> dict:
+        """The metrics of SPEC §3 at flow time t (exact population values of the interpolated state)."""
+        with self.numerics():
+            Wt, K = self.objective.layout.unpack(self.state_at(t))
+            return self.objective.metrics(Wt, K)
 
 
 def initial_state(config: FlowConfig, task: Task, dtype, device):
@@ -82,8 +104,8 @@ def initial_state(config: FlowConfig, task: Task, dtype, device):
     return init_linear(task, config.init, config.alpha, dtype=dtype, device=device)
 
 
-class _Monitor:
-    """Computes one trajectory row from a state."""
+class FlowMonitor:
+    """One trajectory row (every column of trajectory.csv) from a state."""
 
     def __init__(self, obj: PopulationObjective, q0: dict):
         self.obj, self.layout, self.q0 = obj, obj.layout, q0
@@ -91,10 +113,9 @@ class _Monitor:
         self.class_rows = dict(subject=slice(0, L.S), relation=slice(L.S, L.S + L.R),
                                noise=slice(L.noise, L.noise + 1), eos=slice(L.eos, L.eos + 1))
 
-    def loss_rate(self, y):
+    def loss(self, t: float, y: torch.Tensor) -> float:
         Wt, K = self.layout.unpack(y)
-        loss, rate = self.obj.loss_rate(Wt, K)
-        return float(loss), float(rate)
+        return float(self.obj.loss(Wt, K))
 
     def row(self, t: float, y: torch.Tensor) -> dict:
         Wt, K = self.layout.unpack(y)
@@ -113,6 +134,18 @@ class _Monitor:
         return row
 
 
+def save_times(t_first: float, t_max: float, samples_per_octave: int) -> np.ndarray:
+    """The saved times: 16 linear intervals on [0, t_first], then samples_per_octave per doubling of t."""
+    t_first = min(t_first, t_max)
+    parts = [np.linspace(0.0, t_first, 17)]
+    t = t_first
+    while t < t_max:
+        nxt = min(2.0 * t, t_max)
+        parts.append(np.geomspace(t, nxt, samples_per_octave + 1)[1:])
+        t = nxt
+    return np.concatenate(parts)
+
+
 def _time_grid_start(obj: PopulationObjective, Wt, K) -> float:
     """One e-folding time of the fastest token at the start: 1 / max_z speed_z |dL/du_z|."""
     _, G = obj.grad_u(Wt, K)
@@ -120,10 +153,42 @@ def _time_grid_start(obj: PopulationObjective, Wt, K) -> float:
     return 1.0 / lam if lam > 0 and math.isfinite(lam) else 1.0
 
 
-def run_flow(config: FlowConfig, *, progress: bool | None = None) -> FlowResult:
-    """Integrate the exact flow of ``config`` and return trajectory, phases and statistics.
+class _Progress:
+    """A tqdm bar on a terminal; elsewhere one line on stderr every ~30 s, so a log shows the run is alive."""
 
-    progress: show a progress bar (None: only on a terminal).
+    def __init__(self, enabled: bool | None, t_max: float):
+        self.tty = sys.stderr.isatty()
+        self.enabled = self.tty if enabled is None else enabled
+        self.bar = None
+        self.last = time.monotonic()
+        self.t_max = t_max
+        if self.enabled and self.tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(desc="flow", unit=" steps", leave=False, dynamic_ncols=True)
+        self.loss = math.nan
+
+    def __call__(self, t, y, steps):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            if steps % 16 == 0:
+                self.bar.set_postfix_str(f"t={t:.4g} loss={self.loss:.4g}")
+        elif time.monotonic() - self.last >= _PROGRESS_SECONDS:
+            self.last = time.monotonic()
+            sys.stderr.write(f"flow: t = {t:.6g} of at most {self.t_max:g}, loss {self.loss:.6g}, {steps} steps\n")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_flow(config: FlowConfig, *, levels=(), progress: bool | None = None) -> FlowRun:
+    """Integrate the exact flow of ``config``; locate the first times the loss falls to each of ``levels``.
+
+    progress: a progress bar on a terminal, a line every ~30 s elsewhere (None: only on a terminal).
     """
     wall0 = time.perf_counter()
     config.check_memory()
@@ -135,193 +200,59 @@ def run_flow(config: FlowConfig, *, progress: bool | None = None) -> FlowResult:
     y0 = layout.pack(Wt0, K0)
     rtol = config.resolved_rtol
     atol = config.atol if config.atol is not None else auto_atol(y0, rtol)
-    backend = make_backend(config.backend, config.method, obj.flow_rhs, rtol=rtol, atol=atol)
-    if config.backend == "scipy" and config.method in ("LSODA", "BDF", "Radau") and layout.size > 20000:
+    if config.backend == "scipy" and config.method in IMPLICIT and layout.size > 20000:
         raise ConfigError(f"method = {config.method!r} would form a dense {layout.size} x {layout.size} "
-                          "Jacobian; use DOP853 or the torchdiffeq backend for this size")
-    monitor = _Monitor(obj, conserved_quantities(layout, Wt0, K0))
-    th = thresholds(task.log_A, task.H_A_given_R, config.eps_conv)
+                          "Jacobian; use DOP853 or the native backend for this size")
+    monitor = FlowMonitor(obj, conserved_quantities(layout, Wt0, K0))
     target = config.resolved_loss_target
+    levels = tuple(float(x) for x in levels)
+    bar = _Progress(progress, config.t_max)
+    rows: list[dict] = []
+
+    def save(t, y):
+        row = monitor.row(t, y)
+        bar.loss = row["loss"]
+        rows.append(row)
+        return row["loss"]
+
+    steps = [0]
+
+    def on_step(t, y):
+        steps[0] += 1
+        bar(t, y, steps[0])
 
     # Small states: one thread. Each op is microseconds of work, so a second thread only adds
     # synchronisation, and on a busy machine an oversubscribed pool makes tiny ops 50x slower.
-    threads = torch.get_num_threads()
-    if layout.size < _SINGLE_THREAD_BELOW and device.type == "cpu":
-        torch.set_num_threads(1)
+    threads = 1 if layout.size < _SINGLE_THREAD_BELOW and device.type == "cpu" else 0
     try:
-        with torch.inference_mode():  # less per-op overhead than no_grad; nothing here is differentiated
-            run = _Run(config, backend, monitor, th, target, progress)
+        with torch_threads(threads), torch.inference_mode():  # nothing here is differentiated
+            stepper = make_stepper(config.backend, config.method, obj.flow_rhs, 0.0, y0, rtol=rtol, atol=atol,
+                                   t_bound=config.t_max)
+            ts = save_times(_time_grid_start(obj, Wt0, K0), config.t_max, config.samples_per_octave)
             integ0 = time.perf_counter()
-            run.integrate(y0, _time_grid_start(obj, Wt0, K0))
+            sol = integrate(stepper, config.t_max, saveat=SaveAt(ts, save),
+                            events=[Event("loss", monitor.loss, levels)] if levels else [],
+                            stop=Event("loss_target", monitor.loss, (target,)), max_steps=config.max_steps,
+                            on_step=on_step)
             integration_seconds = time.perf_counter() - integ0
+            if sol.status == "stopped" and rows[-1]["t"] != sol.t_final:
+                save(sol.t_final, sol.y_final)  # the run ends on the target crossing: its row closes the table
+            final_loss = monitor.loss(sol.t_final, sol.y_final)
     finally:
-        torch.set_num_threads(threads)
-
-    traj = {k: np.array([r.get(k, np.nan) for r in run.rows]) for k in run.rows[0]}
-    theory = dict(log_A=task.log_A, H_A_given_R=task.H_A_given_R, log_D=math.log(task.D))
+        bar.close()
+    status = {"stopped": "converged", "t_end": "t_max"}.get(sol.status, sol.status)
+    if status == "converged" and not final_loss <= target:  # never assumed: checked on the final state
+        raise RuntimeError(f"internal error: the run stopped at t = {sol.t_final:.9g} with loss "
+                           f"{final_loss:.9g} above the target {target:.9g}")
+    traj = Trajectory({k: [r.get(k, np.nan) for r in rows] for k in rows[0]}, time="t")
     conservation = {"balance": float(np.max(traj["invariant_drift"]))}
     for k in traj:
         if k.endswith("_drift") and k != "invariant_drift":
             conservation[k[: -len("_drift")]] = float(np.max(traj[k]))
-    solver = dict(backend=config.backend, method=config.method, rtol=rtol, atol=atol, **backend.stats,
-                  refinements=run.refinements, direct_fallbacks=obj.fallbacks,
-                  saved_points=len(run.rows), status=run.status,
-                  phase_time_error_estimate=run.phase_err)
-    Wt, K = layout.unpack(run.y_final)
-    return FlowResult(config=config, status=run.status, trajectory=traj, phases=run.phases(),
-                      theory=theory, conservation=conservation, solver=solver,
-                      wall_seconds=time.perf_counter() - wall0, integration_seconds=integration_seconds,
-                      final_state=(Wt.cpu().numpy().copy(), K.cpu().numpy().copy()))
-
-
-class _Run:
-    """The chunked integration loop with online crossing detection and refinement."""
-
-    def __init__(self, config, backend, monitor, th, target, progress):
-        self.config, self.backend, self.monitor = config, backend, monitor
-        self.th, self.target = th, target
-        self.rows: list[dict] = []
-        self.cross = {}  # 1, 2, 3, "target" -> refined time
-        self.phase_err = {}
-        self.refinements = 0
-        self.status = "t_max"
-        self.best = None  # plateau candidate: (rate, k, y_before, t_before)
-        self.plateau_bracket = None
-        self.y_final = None
-        self.progress = progress
-
-    # ---- refinement -----------------------------------------------------------
-    def _fine(self, y_a, t_a, t_b, n=_REFINE_POINTS):
-        self.refinements += 1
-        ts = np.linspace(t_a, t_b, n)
-        ys = self.backend.solve(y_a, ts)
-        return ts, ys
-
-    def _refine_crossing(self, y_a, row_a, row_b, theta):
-        ts, ys = self._fine(y_a, row_a["t"], row_b["t"])
-        Ls, dLs = zip(*(self.monitor.loss_rate(y) for y in ys))
-        t_fine = first_crossing(ts, np.array(Ls), theta, np.array(dLs))
-        t_coarse = first_crossing([row_a["t"], row_b["t"]], [row_a["loss"], row_b["loss"]], theta,
-                                  [row_a["dloss_dt"], row_b["dloss_dt"]])
-        return t_fine, abs(t_fine - t_coarse)
-
-    # ---- main loop --------------------------------------------------------------
-    def integrate(self, y0, t_first):
-        from tqdm.auto import tqdm
-
-        cfg = self.config
-        spo = cfg.samples_per_octave
-        bar = tqdm(desc="flow", unit=" pts", disable=(None if self.progress is None else not self.progress),
-                   leave=False, dynamic_ncols=True)
-        self._add(0.0, y0, None, None)
-        t_a, y_a = 0.0, y0
-        chunk_end = min(t_first, cfg.t_max)
-        grid = np.linspace(0.0, chunk_end, 17)
-        while True:
-            ys = self.backend.solve(y_a, grid)
-            stop = False
-            for k in range(1, len(grid)):
-                stop = self._add(float(grid[k]), ys[k], ys[k - 1], bar)
-                if stop:
-                    break
-            t_a, y_a = float(grid[-1]), ys[-1].clone()
-            del ys
-            if stop or t_a >= cfg.t_max:
-                break
-            chunk_end = min(2.0 * t_a, cfg.t_max)
-            grid = np.geomspace(t_a, chunk_end, spo + 1)
-            grid[0] = t_a
-        bar.close()
-        if not stop:
-            self.y_final = y_a
-        self._finish_plateau()
-
-    def _add(self, t, y, y_prev, bar) -> bool:
-        """Record a saved point; returns True when the loss target was reached (run ends)."""
-        row = self.monitor.row(t, y)
-        prev = self.rows[-1] if self.rows else None
-        L = row["loss"]
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"t={t:.4g} loss={L:.4g}")
-        if prev is None:
-            for i, th in enumerate(self.th, start=1):
-                if L <= th:
-                    self.cross[i] = 0.0
-                    self.phase_err[f"t{i}"] = 0.0
-            self.rows.append(row)
-            self._track_plateau(row, y_prev)
-            return L <= self.target
-        for i, th in enumerate(self.th, start=1):
-            if i not in self.cross and L <= th:
-                self.cross[i], self.phase_err[f"t{i}"] = self._refine_crossing(y_prev, prev, row, th)
-        if L <= self.target:
-            if self.target == self.th[2] and 3 in self.cross:
-                t_star = self.cross[3]  # the loss target is eps_conv: t3 was just refined
-            else:
-                t_star, _ = self._refine_crossing(y_prev, prev, row, self.target)
-            ys = self.backend.solve(y_prev, np.array([prev["t"], t_star]))
-            self.y_final = ys[-1].clone()
-            row = self.monitor.row(t_star, self.y_final)
-            self.rows.append(row)
-            self._track_plateau(row, y_prev)
-            self.status = "converged"
-            return True
-        self.rows.append(row)
-        self._track_plateau(row, y_prev)
-        return False
-
-    def _track_plateau(self, row, y_prev):
-        """Keep the sample in [t1, t2] with the smallest |dL/d log t| and the state just before it."""
-        k = len(self.rows) - 1
-        if self.best is not None and self.best[1] == k - 1 and self.plateau_bracket is None:
-            # the sample after the current best closes its bracket
-            self.best = self.best[:4] + (row["t"],)
-        if 1 not in self.cross or self.plateau_bracket is not None:
-            return
-        t = row["t"]
-        if 2 in self.cross and t > self.cross[2]:
-            self.plateau_bracket = self.best
-            return
-        rate = abs(t * row["dloss_dt"])
-        if t >= self.cross[1] and (self.best is None or rate < self.best[0]):
-            t_before = self.rows[k - 1]["t"] if k > 0 else t
-            y_before = y_prev.clone() if y_prev is not None else None
-            self.best = (rate, k, y_before, t_before, t)
-        if 2 in self.cross:
-            self.plateau_bracket = self.best
-
-    def _finish_plateau(self):
-        if self.plateau_bracket is None and 2 in self.cross:
-            self.plateau_bracket = self.best
-        self._plateau = None
-        b = self.plateau_bracket
-        if b is None or 1 not in self.cross or 2 not in self.cross:
-            return
-        _, k, y_before, t_before, t_after = b
-        t1, t2 = self.cross[1], self.cross[2]
-        if y_before is None or t_after <= t_before:
-            r = self.rows[k]
-            self._plateau = Plateau(t=r["t"], loss=r["loss"], relation_loss=r["relation_loss"],
-                                    subject_loss=r["subject_loss"], hallucination_gap=r["hallucination_gap"])
-            return
-        ts, ys = self._fine(y_before, t_before, t_after, 2 * _REFINE_POINTS - 1)
-        best = None
-        for t, y in zip(ts, ys):
-            if not (t1 <= t <= t2):
-                continue
-            L, rate = self.monitor.loss_rate(y)
-            score = abs(t * rate)
-            if best is None or score < best[0]:
-                best = (score, t, y)
-        if best is None:
-            return
-        _, t, y = best
-        Wt, K = self.monitor.layout.unpack(y)
-        m = self.monitor.obj.metrics(Wt, K, accuracy=False)
-        self._plateau = Plateau(t=float(t), loss=m["loss"], relation_loss=m["relation_loss"],
-                                subject_loss=m["subject_loss"], hallucination_gap=m["hallucination_gap"])
-
-    def phases(self) -> Phases:
-        return Phases(t1=self.cross.get(1), t2=self.cross.get(2), t3=self.cross.get(3), plateau=self._plateau,
-                      theta1=self.th[0], theta2=self.th[1], theta3=self.th[2])
+    solver = dict(backend=config.backend, method=config.method, rtol=rtol, atol=atol,
+                  **{k: v for k, v in sol.stats.items() if k != "last_dt"},
+                  direct_fallbacks=obj.fallbacks, saved_points=len(rows), status=status)
+    crossings = dict(zip(levels, sol.events["loss"])) if levels else {}
+    return FlowRun(config=config, status=status, message=sol.message, trajectory=traj, crossings=crossings,
+                   conservation=conservation, solver=solver, wall_seconds=time.perf_counter() - wall0,
+                   integration_seconds=integration_seconds, objective=obj, solution=sol, threads=threads)

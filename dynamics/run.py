@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import sys
 
-from models.cli import ArgumentParser, guarded
-from models.errors import ConfigError
+from common.cli import ArgumentParser, guarded
+from common.errors import ConfigError
 from models.task import FACT_KINDS, TaskConfig
 
 from .config import INITS, FlowConfig
-from .integrate import BACKENDS, SCIPY_METHODS, TORCHDIFFEQ_METHODS
+from .solvers import BACKENDS, SCIPY_METHODS, TORCHDIFFEQ_METHODS
 
 
 def build_parser() -> ArgumentParser:
@@ -65,6 +65,9 @@ def build_parser() -> ArgumentParser:
                         "flow derived with sympy (analysis.reduction; only for structured/balanced tables with "
                         "D | S, uniform frequencies and balanced/uniform init; orders of magnitude faster); "
                         "compare: both, with max |L_full - L_reduced| in results.json (compare.max_loss_diff)")
+    g.add_argument("--max-steps", type=int, default=1_000_000,
+                   help="budget of accepted solver steps (default 1000000); a run that exhausts it ends with "
+                        "status max_steps")
     g.add_argument("--samples-per-octave", type=int, default=32,
                    help="saved points per doubling of t (default 32; plus 16 linear points at the start)")
     g = p.add_argument_group("output")
@@ -82,7 +85,7 @@ def config_from_args(a) -> FlowConfig:
     return FlowConfig(task=task, init="file" if a.init_file else a.init, alpha=a.alpha, init_file=a.init_file,
                       t_max=a.t_max, eps_conv=a.eps_conv, loss_target=a.loss_target, backend=a.backend,
                       method=a.method, rtol=a.rtol, atol=a.atol, dtype=a.dtype, device=a.device,
-                      samples_per_octave=a.samples_per_octave)
+                      samples_per_octave=a.samples_per_octave, max_steps=a.max_steps)
 
 
 def summary(result) -> str:
@@ -114,20 +117,6 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(result, out: str, plots: bool = True) -> None:
-    """results.json, trajectory.csv and (optionally) figures, all written atomically into ``out``."""
-    from models.io import output_dir, write_csv, write_json
-
-    with output_dir(out) as d:
-        write_json(os.path.join(d, "results.json"), result.to_dict())
-        write_csv(os.path.join(d, "trajectory.csv"), result.trajectory)
-        if plots:
-            from figures.flow import plot_invariant, plot_loss
-
-            plot_loss(result, [os.path.join(d, "loss.png"), os.path.join(d, "loss.pdf")])
-            plot_invariant(result, os.path.join(d, "invariant.png"))
-
-
 @guarded
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -136,12 +125,10 @@ def main(argv=None) -> int:
     out = args.out or f"runs/flow-S{args.S}-R{args.R}-D{args.D}"
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"out = {out!r} exists and is not a folder; give a folder path")
-    from .flow import run_flow
-
     from analysis.reduced_flow import run_mode
 
     result = run_mode(args.mode, config, progress=None if not args.quiet else False)
-    write_outputs(result, out, plots=not args.no_plots)
+    result.save(out, plots=not args.no_plots)
     if not args.quiet:
         print(summary(result))
         if getattr(result, "compare", None):

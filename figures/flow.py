@@ -7,8 +7,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.io import save_figure  # noqa: E402
-
 STAGE_COLORS = ("#dbe9f6", "#fde9c9", "#dff0d8")
 
 
@@ -44,8 +42,8 @@ def loss_axes(ax, t, loss, relation_loss, subject_loss, *, log_A, H_A_given_R, t
     return ax
 
 
-def plot_loss(result, paths):
-    """loss.png / loss.pdf of a FlowResult."""
+def plot_loss(result):
+    """Figure of a FlowResult's losses with stages, theory levels and phase times (loss.png / loss.pdf)."""
     tr, ph, th = result.trajectory, result.phases, result.theory
     cfg = result.config.task
     fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
@@ -54,13 +52,11 @@ def plot_loss(result, paths):
               title=f"Exact gradient flow of the linear-attention model\n"
                     f"S={cfg.S}, R={cfg.R}, D={cfg.D}, T={cfg.T}, N={cfg.N}, {cfg.facts} facts, "
                     f"{result.config.init} init {result.config.alpha:g}")
-    for p in paths:
-        save_figure(fig, p, dpi=150)
-    plt.close(fig)
+    return fig
 
 
-def plot_invariant(result, path):
-    """invariant.png: drift of every conserved quantity against t (log scale; exact zeros omitted)."""
+def plot_invariant(result):
+    """Figure of the drift of every conserved quantity against t (log scale; exact zeros omitted) (invariant.png)."""
     tr = result.trajectory
     fig, ax = plt.subplots(figsize=(6.4, 3.8), constrained_layout=True)
     t = tr["t"]
@@ -79,5 +75,4 @@ def plot_invariant(result, path):
     ax.set_title(f"Conservation laws along the flow ({result.solver['backend']}/{result.solver['method']}, "
                  f"rtol {result.solver['rtol']:g})")
     ax.legend(fontsize=8, loc="lower right")
-    save_figure(fig, path, dpi=150)
-    plt.close(fig)
+    return fig

@@ -20,9 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from models.cli import ArgumentParser, guarded  # noqa: E402
-from models.errors import ConfigError  # noqa: E402
-from models.io import output_dir, save_figure, write_json  # noqa: E402
+from common.cli import ArgumentParser, describe_device, guarded  # noqa: E402
+from common.errors import ConfigError  # noqa: E402
+from common.io import output_dir, save_figure, write_json  # noqa: E402
 from models.task import TaskConfig  # noqa: E402
 
 from .flow import loss_axes  # noqa: E402
@@ -61,10 +61,9 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     if os.path.exists(a.out) and not os.path.isdir(a.out):
         raise ConfigError(f"out = {a.out!r} exists and is not a folder; give a folder path")
-    from dynamics import FlowConfig, run_flow
-    from models.cli import describe_device
-    from models.train import summarize
-    from models.trainer import TrainConfig, flow_gap, train
+    from analysis.results import analyze_flow
+    from analysis.training import summarize_training
+    from dynamics import FlowConfig, TrainConfig, flow_gap, train
 
     task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N)
     prog = False if a.quiet else None
@@ -76,15 +75,12 @@ def main(argv=None) -> int:
     sgd = TrainConfig(task=task, model="linear", optimizer="sgd", lr=0.1, batch=1024, steps=a.sgd_steps,
                       init="uniform", init_scale=1e-5, seed=a.seed, eval_every=max(1, a.sgd_steps // 128),
                       device=a.device)
-    from models.trainer import _threads
-
-    with _threads(1):  # the flow's matrices are small: one thread beats two spin-waiting ones
-        flow = run_flow(flow_cfg, progress=prog)
+    flow = analyze_flow(flow_cfg, progress=prog)
     soft_run = train(soft, progress=prog)
-    soft_sum = summarize(soft_run)
+    soft_sum = summarize_training(soft_run)
     sgd_run = train(sgd, progress=prog)
     pairing = flow_gap(sgd_run)
-    sgd_sum = summarize(sgd_run, pairing)
+    sgd_sum = summarize_training(sgd_run, pairing)
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), constrained_layout=True)
     tr, ph, th = flow.trajectory, flow.phases, flow.theory

@@ -1,15 +1,11 @@
 """Figures of a phase-time sweep (analysis.sweep): t1, t2, t3 and t2 - t1 against log(1/alpha) and against S."""
 from __future__ import annotations
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-from models.io import save_figure  # noqa: E402
 
 QUANTITIES = (("t1", "$t_1$ (end of stage 1)"), ("t2", "$t_2$ (end of stage 2)"),
               ("t3", "$t_3$ (loss $\\leq \\varepsilon$)"),
@@ -22,8 +18,11 @@ def _leading(cols, name):
     return cols[f"{name}_leading_o1"]
 
 
-def plot_sweep(cols, slopes, folder, paths=None):
-    """phase_times_alpha.png (one panel per quantity, one colour per (S, R, D)) and phase_times_S.png.
+def plot_sweep(cols, slopes) -> dict:
+    """Figures ``phase_times_alpha`` (one panel per quantity, one colour per (S, R, D)) and ``phase_times_S``.
+
+    cols: sweep.csv columns (name -> (n,) array); slopes: the fitted slopes (list of dicts).
+    Returns name -> Figure (saved as ``{name}.png``).
 
     Markers: exact phase times of each configuration (reduced quadrature or full run).
     Lines: leading-order prediction [log(1/alpha^2) + O(1) term] / rate of the mode that crosses.
@@ -54,9 +53,7 @@ def plot_sweep(cols, slopes, folder, paths=None):
     axes.flat[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Phase times against the initialization scale: markers exact (reduced flow), "
                  "lines leading order + O(1)", fontsize=10)
-    p1 = os.path.join(folder, "phase_times_alpha.png")
-    save_figure(fig, p1, dpi=130)
-    plt.close(fig)
+    figs = {"phase_times_alpha": fig}
 
     key2 = np.stack([cols["R"], cols["D"], cols["alpha"]], axis=1)
     groups2 = [g for g in np.unique(key2, axis=0) if np.unique(cols["S"][np.all(key2 == g, axis=1)]).size >= 2]
@@ -83,7 +80,5 @@ def plot_sweep(cols, slopes, folder, paths=None):
         axes.flat[0].legend(fontsize=7, loc="best")
     fig.suptitle("Phase times against S: markers exact (reduced flow), lines leading order + O(1) "
                  "(t2, t3 grow like S; t1 does not depend on S while the hallucination stage exists)", fontsize=9)
-    p2 = os.path.join(folder, "phase_times_S.png")
-    save_figure(fig, p2, dpi=130)
-    plt.close(fig)
-    return [p1, p2]
+    figs["phase_times_S"] = fig
+    return figs

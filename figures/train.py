@@ -1,4 +1,4 @@
-"""Figures of one training run (models.train): losses with shaded stages, and the exact-flow overlay."""
+"""Figures of one training run (dynamics.train): losses with shaded stages, and the exact-flow overlay."""
 from __future__ import annotations
 
 import matplotlib
@@ -6,8 +6,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-from models.io import save_figure  # noqa: E402
 
 from .flow import loss_axes  # noqa: E402
 
@@ -40,8 +38,9 @@ def overlay_axes(ax, step, lr, loss, flow, *, label="SGD", gap=None):
     return ax
 
 
-def plot_run(result, summary, pairing, paths):
-    """loss.png / loss.pdf: left the run with stages (x = steps); right, with a flow pairing, the overlay."""
+def plot_run(result, summary, pairing):
+    """Figure of a TrainResult (loss.png / loss.pdf): left the run with stages (x = steps); right, with a
+    flow pairing (``flow_gap(result)``), the overlay on the exact flow. summary: ``summarize_training``'s dict."""
     h, c = result.history, result.config
     th, ph = summary["theory"], summary["phases"]["steps"]
     ncol = 2 if pairing is not None else 1
@@ -53,6 +52,4 @@ def plot_run(result, summary, pairing, paths):
         overlay_axes(axes[0, 1], h["step"], c.lr, h, pairing["flow"], label=c.optimizer.upper(),
                      gap=pairing["flow_gap"])
         axes[0, 1].set_title("the same run against the exact gradient flow from the same init")
-    for p in paths:
-        save_figure(fig, p, dpi=150)
-    plt.close(fig)
+    return fig

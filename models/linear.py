@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ConfigError, check_choice, check_positive
+from common.errors import ConfigError, check_choice, check_positive
+
 from .task import Task
 
 INIT_KINDS = ("balanced", "uniform")

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import check_int, check_positive
+from common.errors import check_int, check_positive
+
 from .linear import expand, init_linear
 from .task import Task
 

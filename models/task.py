@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, check_choice, check_int, check_positive
+from common.errors import ConfigError, check_choice, check_int, check_positive
 
 FACT_KINDS = ("structured", "balanced", "random", "file")
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import sys
 
-from .cli import ArgumentParser, describe_device, guarded
-from .errors import ConfigError
+from common.cli import ArgumentParser, describe_device, guarded
+from common.errors import ConfigError
+
 from .task import TaskConfig
 
 
@@ -67,7 +68,7 @@ def build_parser() -> ArgumentParser:
 
 
 def config_from_args(a):
-    from .trainer import TrainConfig
+    from dynamics import TrainConfig
 
     task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N, facts=a.facts, seed=a.task_seed)
     opt = a.optimizer or "sgd"
@@ -80,52 +81,11 @@ def config_from_args(a):
                        cuda_graph=not a.no_cuda_graph, threads=a.threads)
 
 
-def summarize(result, pairing=None) -> dict:
-    """results.json content of a run (see the module docstring)."""
-    from analysis.phases import detect_phases
-
-    from .confirm import confirmation_report
-
-    c, h, task = result.config, result.history, result.task
-    th = dict(log_A=task.log_A, H_A_given_R=task.H_A_given_R)
-    ph = detect_phases(h["step"], h["loss"], h["relation_loss"], h["subject_loss"], h["hallucination_gap"],
-                       log_A=th["log_A"], H_A_given_R=th["H_A_given_R"], eps_conv=c.eps_conv).to_dict()
-    out = dict(config=c.to_dict(), device=describe_device(result.device), theory=th,
-               throughput=dict(sequences_per_second=result.sequences_per_second,
-                               steps_per_second=result.steps_per_second, train_seconds=result.train_seconds),
-               phases=dict(steps=ph),
-               final={k: float(h[k][-1]) for k in ("loss", "relation_loss", "subject_loss", "accuracy",
-                                                   "hallucination_gap")})
-    if c.model == "linear":  # step k is flow time k*lr
-        ft = {k: (v * c.lr if isinstance(v, float) and k in ("t1", "t2", "t3") else v)
-              for k, v in ph.items() if k != "plateau"}
-        ft["plateau"] = None if ph["plateau"] is None else dict(ph["plateau"], t=ph["plateau"]["t"] * c.lr)
-        out["phases"]["flow_time"] = ft
-    if pairing is not None:
-        out["flow_gap"] = pairing["flow_gap"]
-        out["flow_gap_at"] = dict(step=pairing["at_step"], flow_time=pairing["at_flow_time"])
-    if c.model == "softmax":
-        out["confirmation"] = confirmation_report(h, log_A=th["log_A"], H_A_given_R=th["H_A_given_R"],
-                                                  eps_conv=c.eps_conv)
-    return out
-
-
-def history_columns(result, pairing=None) -> dict:
-    from .trainer import HISTORY_COLUMNS
-
-    cols = {k: result.history[k] for k in HISTORY_COLUMNS}
-    if "flow_time" in result.history:
-        cols["flow_time"] = result.history["flow_time"]
-    if pairing is not None:
-        for k in ("loss", "relation_loss", "subject_loss"):
-            cols[f"flow_{k}"] = pairing["flow"][k]
-    return cols
-
-
 @guarded
 def main(argv=None) -> int:
-    from .io import output_dir, write_csv, write_json
-    from .trainer import flow_gap, resolve_device, train
+    from analysis.training import history_columns, summarize_training
+    from common.io import output_dir, save_figure, write_csv, write_json
+    from dynamics import flow_gap, resolve_device, train
 
     a = build_parser().parse_args(argv)
     if os.path.exists(a.out) and not os.path.isdir(a.out):
@@ -136,14 +96,19 @@ def main(argv=None) -> int:
           file=sys.stderr)
     result = train(config, progress=not a.quiet)
     pairing = flow_gap(result) if a.compare_flow else None
-    summary = summarize(result, pairing)
+    summary = summarize_training(result, pairing)
     with output_dir(a.out) as d:
         write_json(os.path.join(d, "results.json"), summary)
         write_csv(os.path.join(d, "history.csv"), history_columns(result, pairing))
         if not a.no_plots:
+            import matplotlib.pyplot as plt
+
             from figures.train import plot_run
 
-            plot_run(result, summary, pairing, [os.path.join(d, "loss.png"), os.path.join(d, "loss.pdf")])
+            fig = plot_run(result, summary, pairing)
+            for name in ("loss.png", "loss.pdf"):
+                save_figure(fig, os.path.join(d, name), dpi=150)
+            plt.close(fig)
     f = summary["final"]
     tp = summary["throughput"]
     line = (f"final loss {f['loss']:.4f} (relation {f['relation_loss']:.4f}, subject {f['subject_loss']:.4f}, "

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.confirm import confirmation_report
+from analysis.confirm import confirmation_report
+from dynamics.trainer import SampledTrainer, TrainConfig
 from models.linear import sequence_logits
 from models.sampler import TaskSampler
 from models.task import TaskConfig, make_task
-from models.trainer import SampledTrainer, TrainConfig
 
 
 # ----------------------------------------------------------------------------- bag-of-tokens sampler

@@ -11,9 +11,9 @@ import torch
 
 from analysis import predict, reduction
 from analysis.reduced_flow import check_reducible, expand_state, run_mode, run_reduced
+from common.errors import ConfigError
 from dynamics import FlowConfig
 from models import PopulationObjective, TaskConfig, make_task
-from models.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- symbolic
@@ -172,22 +172,23 @@ def test_both_sides_of_the_condition_are_tested():
 
 
 def test_reduced_mode_result_has_the_full_modes_keys(compared, tmp_path):
-    from dynamics.run import write_outputs
-
     cfg, full = compared["S16/R4/D8"]
     red = run_reduced(cfg)
     a, b = tmp_path / "full", tmp_path / "red"
-    write_outputs(full, str(a), plots=False)
-    write_outputs(red, str(b), plots=False)
+    full.save(str(a), plots=False)
+    red.save(str(b), plots=False)
     ja, jb = json.loads((a / "results.json").read_text()), json.loads((b / "results.json").read_text())
     assert set(ja) - {"compare"} == set(jb)
-    assert set(ja["phases"]) == set(jb["phases"]) and set(ja["solver"]) <= set(jb["solver"]) | {"n_calls"}
+    common = {"backend", "method", "rtol", "atol", "n_steps", "n_rejected", "nfe", "saved_points", "status"}
+    assert set(ja["phases"]) == set(jb["phases"]) and common <= set(ja["solver"]) & set(jb["solver"])
     assert "max_loss_diff" in ja["compare"]
     ha = (a / "trajectory.csv").read_text().splitlines()[0].split(",")
     hb = (b / "trajectory.csv").read_text().splitlines()[0].split(",")
     assert ha == hb
     assert jb["invariant_max_drift"] < 1e-12
-    assert red.phases.plateau.loss == pytest.approx(full.phases.plateau.loss, abs=1e-4)
+    # both are the exact minimiser of |t dL/dt| (full: on the dense interpolant), so they agree closely
+    assert red.phases.plateau.loss == pytest.approx(full.phases.plateau.loss, rel=1e-8)
+    assert red.phases.plateau.t == pytest.approx(full.phases.plateau.t, rel=1e-6)
 
 
 @pytest.mark.parametrize("kw,ex,match", [

@@ -10,7 +10,8 @@ import pytest
 from analysis import predict
 from analysis.derive import main as derive_main
 from analysis.sweep import main as sweep_main
-from dynamics import FlowConfig, run_flow
+from analysis import analyze_flow
+from dynamics import FlowConfig
 from models import TaskConfig
 
 
@@ -35,7 +36,7 @@ def test_sweep_reduced_and_full_rows(tmp_path, capsys):
     np.testing.assert_allclose(c["plateau_length"], c["t2"] - c["t1"])
     # one reduced row against its own full-system run (an independent computation)
     i = int(np.nonzero((c["S"] == 16) & (c["D"] == 4) & (c["alpha"] == 1e-3))[0][0])
-    res = run_flow(FlowConfig(task=TaskConfig(S=16, R=2, D=4), alpha=1e-3), progress=False)
+    res = analyze_flow(FlowConfig(task=TaskConfig(S=16, R=2, D=4), alpha=1e-3), progress=False)
     for k in ("t1", "t2", "t3"):
         assert c[k][i] == pytest.approx(getattr(res.phases, k), rel=1e-6)
     sl = json.loads((out / "slopes.json").read_text())

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from models import ConfigError, TaskConfig, make_task
+from common import ConfigError
+from models import TaskConfig, make_task
 
 
 def test_structured_table_formula():

@@ -34,6 +34,7 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
 
 
 def check_choice(name: str, value, choices) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ConfigError listing them."""
     if value not in choices:
         raise ConfigError(f"{name} = {value!r} is unknown; choose one of: {', '.join(map(str, choices))}")
     return value

@@ -18,6 +18,7 @@ def _tmp_path(path: str) -> str:
 
 
 def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
     tmp = _tmp_path(path)
     try:
         with open(tmp, "w") as f:
@@ -44,6 +45,7 @@ def _jsonable(x):
 
 
 def write_json(path: str, obj) -> None:
+    """Write ``obj`` as indented JSON (numpy values converted, non-finite floats as null) atomically."""
     write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
@@ -61,6 +63,7 @@ def write_csv(path: str, columns: dict) -> None:
 
 
 def save_figure(fig, path: str, **kw) -> None:
+    """Save a matplotlib figure atomically; the format is the extension of ``path``, ``kw`` go to savefig."""
     ext = os.path.splitext(path)[1].lstrip(".")
     tmp = _tmp_path(path)
     try:

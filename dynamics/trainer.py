@@ -22,12 +22,16 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .errors import ConfigError, check_choice, check_int, check_positive
-from .linear import INIT_KINDS, init_linear
-from .modules import LinearAttentionModel, SoftmaxAttentionModel
-from .population import PopulationObjective
-from .sampler import Batch, TaskSampler
-from .task import Task, TaskConfig, make_task
+from common.errors import ConfigError, check_choice, check_int, check_positive
+from models.linear import INIT_KINDS, init_linear
+from models.modules import LinearAttentionModel, SoftmaxAttentionModel
+from models.population import PopulationObjective
+from models.sampler import Batch, TaskSampler
+from models.task import Task, TaskConfig, make_task
+
+from .config import FlowConfig
+from .flow import run_flow
+from .threads import torch_threads
 
 MODELS = ("linear", "softmax")
 OPTIMIZERS = ("gd", "sgd", "adam")
@@ -160,20 +164,6 @@ class HeldOutEvaluator:
 
 
 # ----------------------------------------------------------------------------- trainers
-class _threads:
-    """Context: torch intra-op threads set to ``n`` (0: unchanged), restored on exit."""
-
-    def __init__(self, n: int):
-        self.n, self.old = n, torch.get_num_threads()
-
-    def __enter__(self):
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
-
-
 @dataclass
 class TrainResult:
     """history: column -> (n_eval,) numpy array (HISTORY_COLUMNS, plus flow_time for model 1)."""
@@ -303,7 +293,7 @@ class SampledTrainer:
         return m
 
     def run(self, progress: bool | None = None) -> TrainResult:
-        with _threads(self.config.threads if self.device.type == "cpu" else 0):
+        with torch_threads(self.config.threads if self.device.type == "cpu" else 0):
             return self._run(progress)
 
     def _run(self, progress):
@@ -377,7 +367,7 @@ class GDTrainer:
         self.K.sub_(gK, alpha=self.config.lr)  # (C,)
 
     def run(self, progress: bool | None = None) -> TrainResult:
-        with _threads(self.config.threads if self.device.type == "cpu" else 0):
+        with torch_threads(self.config.threads if self.device.type == "cpu" else 0):
             return self._run(progress)
 
     def _run(self, progress):
@@ -421,32 +411,31 @@ def train(config: TrainConfig, progress: bool | None = None, task: Task | None =
 FLOW_COLUMNS = ("loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap")
 
 
-def flow_at(task: Task, init: str, scale: float, times, rtol: float = 1e-9, atol: float = 1e-12) -> dict:
+PAIRING_RTOL = 1e-11  # flow_gap to ~1e-10 absolute (rtol 1e-9 leaves ~2e-8 at S16; measured against rtol 1e-12)
+
+
+def flow_at(task: TaskConfig | Task, init: str, scale: float, times, rtol: float = PAIRING_RTOL) -> dict:
     """The exact flow of model 1 (SPEC §2) from ``init_linear(task, init, scale)``, evaluated at flow times.
 
-    Integrates d y/dt = PopulationObjective.flow_rhs(y) (the flow's own right-hand side) with
-    torchdiffeq's dopri5 in float64 and returns column -> (len(times),) numpy arrays: ``t`` and the
-    exact population metrics (FLOW_COLUMNS) at each requested time (no interpolation).
-    times: non-decreasing, starting at >= 0.
+    Integrates with the flow engine (:func:`dynamics.flow.run_flow`, float64, rtol 1e-11) up to
+    max(times) and reads each requested time off its dense output. Returns column -> (len(times),) numpy
+    arrays: ``t`` and the exact population metrics (FLOW_COLUMNS). times: non-negative.
     """
-    from torchdiffeq import odeint
-
-    obj = PopulationObjective(task, dtype=torch.float64)
-    Wt, K = init_linear(task, init, scale, dtype=torch.float64)
-    lay = obj.layout
-    y0 = lay.pack(Wt, K)  # (P,)
+    if isinstance(task, Task):
+        task = task.config
     times = np.asarray(times, dtype=np.float64)
-    grid = np.unique(np.concatenate([[0.0], times]))
-    rows = {}
-    with _threads(1):  # small matrices: one thread is ~10x faster than two spin-waiting ones on a busy machine
-        ys = odeint(lambda t, y: obj.flow_rhs(y), y0, torch.as_tensor(grid), rtol=rtol, atol=atol,
-                    method="dopri5")  # (len(grid), P)
-        for k, t in enumerate(grid):
-            W_k, K_k = lay.unpack(ys[k])
-            rows[float(t)] = obj.metrics(W_k, K_k)
+    if times.size and times.min() < 0:
+        raise ConfigError("flow times must be >= 0")
+    # no early stop: a loss target no float64 loss reaches
+    config = FlowConfig(task=task, init=init, alpha=scale, t_max=max(float(times.max(initial=0.0)), 1e-300),
+                        loss_target=1e-300, rtol=rtol)
+    run = run_flow(config, progress=False)
+    if run.status != "t_max":
+        raise RuntimeError(f"the flow stopped before t = {config.t_max:g}: {run.status} {run.message}")
+    rows = [run.metrics_at(float(t)) for t in times]
     out = {"t": times}
     for col in FLOW_COLUMNS:
-        out[col] = np.array([float(rows[float(t)][col]) for t in times])
+        out[col] = np.array([r[col] for r in rows])
     return out
 
 
@@ -460,7 +449,7 @@ def flow_gap(result: TrainResult, flow: dict | None = None) -> dict:
     if c.model != "linear":
         raise ConfigError("the exact flow exists for model = 'linear' only")
     if flow is None:
-        flow = flow_at(result.task, c.init, c.init_scale, h["flow_time"])
+        flow = flow_at(c.task, c.init, c.init_scale, h["flow_time"])
     gap = np.abs(h["loss"] - flow["loss"])
     k = int(np.argmax(gap))
     return dict(flow_gap=float(gap[k]), at_step=int(h["step"][k]), at_flow_time=float(h["flow_time"][k]),

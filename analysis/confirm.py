@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.phases import detect_phases, plateau_index
+from .phases import detect_phases, plateau_index
 
 TOL_FIRST = 0.05
 TOL_SECOND = 0.15

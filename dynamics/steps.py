@@ -1,0 +1,34 @@
+"""What every stepper of :mod:`dynamics.engine` offers, and how a solve can fail.
+
+A *stepper* advances y' = f(y) one accepted step at a time:
+
+- ``t`` (float) and ``y`` ((P,) tensor, read-only for callers): the current time and state;
+- ``step(t_bound) -> (t0, t1, h)``: one accepted step, never past ``t_bound`` (it lands on it exactly);
+- ``interpolant() -> callable``: dense output of the last step, ``interp(t) -> (P,)`` for t in [t0, t1],
+  from the method's own continuous extension; ``interp.nbytes`` is its memory;
+- ``replay(t0, y0, t1, h) -> interp``: the same step recomputed from its start (``replayable``: whether
+  the result is the same as the first time, which lets the engine drop old interpolants and rebuild them);
+- ``stats``: counters (``n_steps``, ``n_rejected``, ``nfe``, ...).
+"""
+from __future__ import annotations
+
+
+class SolverFailure(RuntimeError):
+    """The solver cannot go on (the message says where and why)."""
+
+
+class StepSizeCollapse(SolverFailure):
+    """The step size underflowed: the problem is too stiff or the tolerance is unattainable."""
+
+
+def initial_step(f0_norm: float, y0_norm: float, f1_diff_norm, order: int, span: float) -> float:
+    """Hairer, Norsett & Wanner's starting step (Solving ODEs I, §II.4), from scaled RMS norms.
+
+    f0_norm = |f(y0)|, y0_norm = |y0| (both divided by atol + rtol |y0|); f1_diff_norm(h0) returns
+    |f(y0 + h0 f0) - f0| in the same norm (one extra evaluation of f).
+    """
+    h0 = 1e-6 if y0_norm < 1e-5 or f0_norm < 1e-5 else 0.01 * y0_norm / f0_norm
+    h0 = min(h0, span)
+    d2 = f1_diff_norm(h0) / h0
+    h1 = max(1e-6, h0 * 1e-3) if max(f0_norm, d2) <= 1e-15 else (0.01 / max(f0_norm, d2)) ** (1 / order)
+    return min(100 * h0, h1, span)

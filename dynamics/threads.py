@@ -1,0 +1,18 @@
+"""Scoped torch thread count: small matrices run fastest on one thread, without spin-waiting ones."""
+from __future__ import annotations
+
+import torch
+
+
+class torch_threads:
+    """Context manager: torch intra-op threads set to ``n`` (0: unchanged), restored on exit."""
+
+    def __init__(self, n: int):
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
