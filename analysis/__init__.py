@@ -17,7 +17,8 @@ _LAZY = {
     "derivation": "reduction", "proofs": "reduction", "class_rhs_numpy": "reduction",
     "run_reduced": "reduced_flow", "run_mode": "reduced_flow", "check_reducible": "reduced_flow",
     "analyze_flow": "results", "FlowResult": "results", "theory_of": "results",
-    "run_sweep": "sweep", "summarize_training": "training", "history_columns": "training",
+    "run_sweep": "sweep", "SweepResult": "sweep", "derive_reduction": "derive", "DeriveResult": "derive", "summarize_training": "training", "history_columns": "training",
+    "analyze_training": "training", "TrainingResult": "training",
 }
 
 __all__ = ["Phases", "Plateau", "confirmation_report", "detect_phases", "first_crossing", "flow_phases",

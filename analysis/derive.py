@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 
 from common.cli import ArgumentParser, guarded
 from common.errors import ConfigError, check_int, check_positive
@@ -165,26 +166,61 @@ def markdown(pred: dict, alg: dict) -> str:
     return "\n".join(L) + "\n"
 
 
+@dataclass(frozen=True)
+class DeriveResult:
+    """The derivation for one configuration: ``predictions`` (numbers) and ``algebra`` (sympy results as
+    strings and LaTeX). ``to_dict()`` is derivation.json, ``markdown()`` derivation.md."""
+
+    predictions: dict = field(repr=False)
+    algebra: dict = field(repr=False)
+
+    def __repr__(self) -> str:
+        c, p = self.predictions["config"], self.predictions["predicted"]
+
+        def g(x):
+            return "None" if x is None else f"{x:.10g}"
+
+        proofs = self.algebra["proofs"]
+        return (f"DeriveResult(S={c['S']}, R={c['R']}, D={c['D']}, alpha={c['alpha']:g}, "
+                f"hallucination_stage_exists={self.predictions['hallucination_stage_exists']}, t1={g(p['t1'])}, "
+                f"t2={g(p['t2'])}, t3={g(p['t3'])}, proofs={sum(proofs.values())}/{len(proofs)})")
+
+    def to_dict(self) -> dict:
+        return self.predictions | {"algebra": self.algebra}
+
+    def markdown(self) -> str:
+        return markdown(self.predictions, self.algebra)
+
+    def save(self, folder: str) -> None:
+        """Write derivation.json and derivation.md into ``folder``, atomically."""
+        from common.io import output_dir, write_json, write_text
+
+        with output_dir(folder) as d:
+            write_json(os.path.join(d, "derivation.json"), self.to_dict())
+            write_text(os.path.join(d, "derivation.md"), self.markdown())
+
+
+def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-2) -> DeriveResult:
+    """Derive the reduced flow with sympy and its predictions for (S, R, D, alpha) (needs D | S)."""
+    S, R, D = (check_int(n, v, 1) for n, v in (("S", S), ("R", R), ("D", D)))
+    alpha, eps_conv = check_positive("alpha", alpha), check_positive("eps_conv", eps_conv)
+    if S % D:
+        raise ConfigError(f"S = {S}, D = {D}: the reduction needs D to divide S (equal subject counts per answer)")
+    return DeriveResult(predictions=predictions(S, R, D, alpha, eps_conv), algebra=algebra())
+
+
 @guarded
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     S, R, D = (check_int(n, v, 1) for n, v in (("S", a.S), ("R", a.R), ("D", a.D)))
     check_int("T", a.T, 3)
     check_int("N", a.N, 1)
-    alpha = check_positive("alpha", a.alpha)
-    eps = check_positive("eps_conv", a.eps_conv)
-    if S % D:
-        raise ConfigError(f"S = {S}, D = {D}: the reduction needs D to divide S (equal subject counts per answer)")
     out = a.out or f"runs/derive-S{S}-R{R}-D{D}"
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"out = {out!r} exists and is not a folder; give a folder path")
-    from common.io import output_dir, write_json, write_text
-
-    pred = predictions(S, R, D, alpha, eps)
-    alg = algebra()
-    with output_dir(out) as d:
-        write_json(os.path.join(d, "derivation.json"), pred | {"algebra": alg})
-        write_text(os.path.join(d, "derivation.md"), markdown(pred, alg))
+    result = derive_reduction(S, R, D, a.alpha, a.eps_conv)
+    result.save(out)
+    pred, alg = result.predictions, result.algebra
     if not a.quiet:
         print("reduced equations (d p/dt, per real entry):")
         for k, v in alg["equations"].items():

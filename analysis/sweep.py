@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -97,9 +98,58 @@ def reducible_mask(cols, facts: str, zipf: float, seed: int = 0) -> np.ndarray:
     return ok
 
 
+@dataclass(frozen=True)
+class SweepResult:
+    """Phase times over a grid: ``columns`` (sweep.csv: name -> (n,) array, one row per configuration),
+    ``slopes`` (slopes.json: fitted and predicted slopes), counts and timings."""
+
+    columns: dict = field(repr=False)
+    slopes: list = field(repr=False)
+    n_reduced: int
+    n_full: int
+    reduced_seconds: float
+    full_seconds: float
+    facts: str
+    eps_conv: float
+
+    def __repr__(self) -> str:
+        n = self.columns["S"].size
+        return (f"SweepResult({n} configurations: {self.n_reduced} reduced in {self.reduced_seconds:.3g} s, "
+                f"{self.n_full} full in {self.full_seconds:.3g} s; facts={self.facts!r}, eps_conv={self.eps_conv:g})")
+
+    def to_dataframe(self):
+        """sweep.csv as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.columns)
+
+    def plot(self) -> dict:
+        """Figures name -> matplotlib Figure: phase_times_alpha, phase_times_S."""
+        from figures.sweep import plot_sweep  # presentation: figures is the top layer, loaded on demand
+
+        return plot_sweep(self.columns, self.slopes)
+
+    def save(self, folder: str, *, plots: bool = True) -> None:
+        """Write sweep.csv, slopes.json and (plots) phase_times_alpha.png, phase_times_S.png, atomically."""
+        from common.io import output_dir, save_figure, write_csv, write_json
+
+        with output_dir(folder) as d:
+            write_csv(os.path.join(d, "sweep.csv"), self.columns)
+            write_json(os.path.join(d, "slopes.json"), dict(
+                slopes=self.slopes, n_reduced=self.n_reduced, n_full=self.n_full,
+                reduced_seconds=self.reduced_seconds, full_seconds=self.full_seconds, facts=self.facts,
+                eps_conv=self.eps_conv))
+            if plots:
+                import matplotlib.pyplot as plt
+
+                for name, fig in self.plot().items():
+                    save_figure(fig, os.path.join(d, f"{name}.png"), dpi=130)
+                    plt.close(fig)
+
+
 def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full_rtol=None, progress=None,
-              max_full=200) -> dict:
-    """Phase times for every row of ``cols``; returns the CSV columns (dict of (n,) arrays) and timings."""
+              max_full=200) -> SweepResult:
+    """Phase times for every row of ``cols`` (grid columns, name -> (n,) array), with fitted slopes."""
     from .predict import escape_rates, hallucination_stage_exists, phase_times
 
     n = cols["S"].size
@@ -146,8 +196,9 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
                 out["plateau_loss"][i] = res.phases.plateau.loss
     full_seconds = time.perf_counter() - t0
     out["plateau_length"] = out["t2"] - out["t1"]
-    return dict(columns=out, reduced_seconds=reduced_seconds, full_seconds=full_seconds,
-                n_reduced=int(red.sum()), n_full=int((~red).sum()))
+    return SweepResult(columns=out, slopes=slopes(out, eps_conv), n_reduced=int(red.sum()),
+                       n_full=int((~red).sum()), reduced_seconds=reduced_seconds, full_seconds=full_seconds,
+                       facts=facts, eps_conv=eps_conv)
 
 
 def _fit(x, y):
@@ -215,28 +266,11 @@ def main(argv=None) -> int:
                           f"{a.max_full}); shrink the grid or raise --max-full")
     result = run_sweep(cols, facts=a.facts, seed=a.seed, zipf=a.zipf_subjects, eps_conv=a.eps_conv,
                        full_rtol=a.full_rtol, progress=None if not a.quiet else False, max_full=a.max_full)
-    out_cols = result["columns"]
-    sl = slopes(out_cols, a.eps_conv)
-    from common.io import output_dir, save_figure, write_csv, write_json
-
-    with output_dir(a.out) as d:
-        write_csv(os.path.join(d, "sweep.csv"), out_cols)
-        write_json(os.path.join(d, "slopes.json"), dict(
-            slopes=sl, n_reduced=result["n_reduced"], n_full=result["n_full"],
-            reduced_seconds=result["reduced_seconds"], full_seconds=result["full_seconds"],
-            facts=a.facts, eps_conv=a.eps_conv))
-        if not a.no_plots:
-            import matplotlib.pyplot as plt
-
-            from figures.sweep import plot_sweep
-
-            for name, fig in plot_sweep(out_cols, sl).items():
-                save_figure(fig, os.path.join(d, f"{name}.png"), dpi=130)
-                plt.close(fig)
+    result.save(a.out, plots=not a.no_plots)
+    out_cols, sl = result.columns, result.slopes
     if not a.quiet:
-        print(f"{out_cols['S'].size} configurations: {result['n_reduced']} reduced in "
-              f"{result['reduced_seconds']:.3f} s, "
-              f"{result['n_full']} full in {result['full_seconds']:.1f} s")
+        print(f"{out_cols['S'].size} configurations: {result.n_reduced} reduced in "
+              f"{result.reduced_seconds:.3f} s, {result.n_full} full in {result.full_seconds:.1f} s")
         for s in sl:
             where = (f"S={s['S']} R={s['R']} D={s['D']}" if s["against"] != "S"
                      else f"R={s['R']} D={s['D']} alpha={s['alpha']:.3g}")

@@ -1,11 +1,16 @@
-"""Reports of one training run (dynamics.train): the summary written to results.json and the history columns.
+"""Reports of one training run (dynamics.train): the summary written to results.json, the history columns,
+and the result object a notebook gets from ``analyze_training(config)`` (repr, to_dataframe, plot, save).
 
 Time is in steps; for model 1 the phases are also given in flow time (step k is flow time k*lr).
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
+
 from common.cli import describe_device
-from dynamics.trainer import HISTORY_COLUMNS
+from common.errors import ConfigError
+from dynamics.trainer import HISTORY_COLUMNS, flow_gap, train
 
 from .confirm import confirmation_report
 from .phases import detect_phases
@@ -51,3 +56,67 @@ def history_columns(result, pairing=None) -> dict:
         for k in ("loss", "relation_loss", "subject_loss"):
             cols[f"flow_{k}"] = pairing["flow"][k]
     return cols
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """A training run with its report: ``run`` (dynamics.TrainResult), ``summary`` (the results.json content:
+    phases, throughput, flow gap, confirmation) and ``pairing`` (``flow_gap(run)`` with --compare-flow, else
+    None)."""
+
+    run: object
+    summary: dict = field(repr=False)
+    pairing: dict | None = field(repr=False, default=None)
+
+    def __repr__(self) -> str:
+        ph, f = self.summary["phases"]["steps"], self.summary["final"]
+
+        def g(x):
+            return "None" if x is None else f"{x:.6g}"
+
+        extra = f", flow_gap={self.pairing['flow_gap']:.4g}" if self.pairing is not None else ""
+        if "confirmation" in self.summary:
+            extra += f", all_confirmed={self.summary['confirmation']['all_confirmed']}"
+        return (f"TrainingResult({self.run!r}, t1={g(ph['t1'])}, t2={g(ph['t2'])}, t3={g(ph['t3'])}, "
+                f"final_loss={f['loss']:.6g}{extra})")
+
+    @property
+    def history(self):
+        return self.run.history
+
+    def to_dataframe(self):
+        """history.csv as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(history_columns(self.run, self.pairing))
+
+    def plot(self):
+        """The loss figure (a matplotlib Figure), with the exact-flow overlay when paired."""
+        from figures.train import plot_run  # presentation: figures is the top layer, loaded on demand
+
+        return plot_run(self.run, self.summary, self.pairing)
+
+    def save(self, folder: str, *, plots: bool = True) -> None:
+        """Write results.json, history.csv and (plots) loss.png, loss.pdf into ``folder``, atomically."""
+        from common.io import output_dir, save_figure, write_csv, write_json
+
+        with output_dir(folder) as d:
+            write_json(os.path.join(d, "results.json"), self.summary)
+            write_csv(os.path.join(d, "history.csv"), history_columns(self.run, self.pairing))
+            if plots:
+                import matplotlib.pyplot as plt
+
+                fig = self.plot()
+                for name in ("loss.png", "loss.pdf"):
+                    save_figure(fig, os.path.join(d, name), dpi=150)
+                plt.close(fig)
+
+
+def analyze_training(config, *, compare_flow: bool = False, progress: bool | None = None) -> TrainingResult:
+    """Train as ``config`` (a dynamics.TrainConfig) says and report it; compare_flow pairs model 1 with its
+    exact flow (flow_gap = max_k |L_train(k) - L_flow(k lr)|)."""
+    if compare_flow and config.model != "linear":
+        raise ConfigError("compare_flow needs model = 'linear' (the exact flow is model 1's)")
+    run = train(config, progress=progress)
+    pairing = flow_gap(run) if compare_flow else None
+    return TrainingResult(run=run, summary=summarize_training(run, pairing), pairing=pairing)

@@ -32,6 +32,7 @@ from models.task import Task, TaskConfig, make_task
 from .config import FlowConfig
 from .flow import run_flow
 from .threads import torch_threads
+from .trajectory import Trajectory
 
 MODELS = ("linear", "softmax")
 OPTIMIZERS = ("gd", "sgd", "adam")
@@ -166,16 +167,27 @@ class HeldOutEvaluator:
 # ----------------------------------------------------------------------------- trainers
 @dataclass
 class TrainResult:
-    """history: column -> (n_eval,) numpy array (HISTORY_COLUMNS, plus flow_time for model 1)."""
+    """One training run. history: a Trajectory (time column ``step``) of HISTORY_COLUMNS, plus ``flow_time``
+    (= step * lr) for model 1; ``to_dataframe()`` gives pandas."""
 
     config: TrainConfig
     task: Task
     device: torch.device
-    history: dict
+    history: Trajectory
     train_seconds: float
     sequences_per_second: float | None
     steps_per_second: float
     model: object = field(repr=False, default=None)
+
+    def __repr__(self) -> str:
+        c, t, h = self.config, self.config.task, self.history
+        return (f"TrainResult(model={c.model!r}, optimizer={c.optimizer!r}, lr={c.lr:g}, S={t.S}, R={t.R}, "
+                f"D={t.D}, steps={c.steps}, device={self.device.type!r}, final_loss={h['loss'][-1]:.6g}, "
+                f"steps_per_second={self.steps_per_second:.4g})")
+
+    def to_dataframe(self):
+        """The history as a pandas DataFrame, one row per evaluation."""
+        return self.history.to_dataframe()
 
 
 class SampledTrainer:
@@ -341,7 +353,7 @@ class SampledTrainer:
         history = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
         if c.model == "linear":
             history["flow_time"] = history["step"] * c.lr
-        return TrainResult(config=c, task=self.task, device=self.device, history=history,
+        return TrainResult(config=c, task=self.task, device=self.device, history=Trajectory(history, "step"),
                            train_seconds=train_time, sequences_per_second=c.steps * c.batch / train_time,
                            steps_per_second=c.steps / train_time, model=self.model)
 
@@ -396,7 +408,7 @@ class GDTrainer:
         train_time = time.perf_counter() - t0 - ev
         history = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
         history["flow_time"] = history["step"] * c.lr
-        return TrainResult(config=c, task=self.task, device=self.device, history=history,
+        return TrainResult(config=c, task=self.task, device=self.device, history=Trajectory(history, "step"),
                            train_seconds=train_time, sequences_per_second=None,
                            steps_per_second=c.steps / max(train_time, 1e-12), model=(self.Wt, self.K))
 

@@ -83,9 +83,8 @@ def config_from_args(a):
 
 @guarded
 def main(argv=None) -> int:
-    from analysis.training import history_columns, summarize_training
-    from common.io import output_dir, save_figure, write_csv, write_json
-    from dynamics import flow_gap, resolve_device, train
+    from analysis.training import analyze_training
+    from dynamics import resolve_device
 
     a = build_parser().parse_args(argv)
     if os.path.exists(a.out) and not os.path.isdir(a.out):
@@ -94,21 +93,9 @@ def main(argv=None) -> int:
     dev = resolve_device(config.device) if config.optimizer != "gd" or config.device != "auto" else None
     print(f"device: {describe_device(dev) if dev is not None else 'cpu (exact population GD in float64)'}",
           file=sys.stderr)
-    result = train(config, progress=not a.quiet)
-    pairing = flow_gap(result) if a.compare_flow else None
-    summary = summarize_training(result, pairing)
-    with output_dir(a.out) as d:
-        write_json(os.path.join(d, "results.json"), summary)
-        write_csv(os.path.join(d, "history.csv"), history_columns(result, pairing))
-        if not a.no_plots:
-            import matplotlib.pyplot as plt
-
-            from figures.train import plot_run
-
-            fig = plot_run(result, summary, pairing)
-            for name in ("loss.png", "loss.pdf"):
-                save_figure(fig, os.path.join(d, name), dpi=150)
-            plt.close(fig)
+    result = analyze_training(config, compare_flow=a.compare_flow, progress=not a.quiet)
+    result.save(a.out, plots=not a.no_plots)
+    summary, pairing = result.summary, result.pairing
     f = summary["final"]
     tp = summary["throughput"]
     line = (f"final loss {f['loss']:.4f} (relation {f['relation_loss']:.4f}, subject {f['subject_loss']:.4f}, "
