@@ -24,6 +24,14 @@ Newton), phase times from solving ``L(t) = theta`` (safeguarded Newton in log t,
 the two inversions). Everything is float64 and converged to ~1e-12 relative; the error is that
 of double precision, not of an ODE solver.
 
+Any scale of initialization. ``A0 ~ alpha^2`` underflows for alpha below ~1e-154 (and overflows above
+~1e154), so every quadrature works with ``log A0 = 2 log alpha - log(2 sqrt c)`` and the margins with
+``log m``: ``asinh(m / A0) = log 2 + log m - log A0`` once ``m / A0 > 1e8``. Nothing squares alpha or A0.
+For A0 >= 1 (alpha >~ 1.7) Ein(m) + ... + R2 would cancel to a small I(m), which is then integrated
+directly (:func:`_i_direct`).
+Supported: 0 < alpha <= ALPHA_MAX (above it the phase times fall below ~1e-200 and the logits of the full
+model overflow anyway); :func:`phase_times` raises ValueError outside, and if a result is not finite.
+
 Leading order (``alpha -> 0``): ``tau(m) = [log(1/alpha^2) + log(4 sqrt(c) m) + Ein(m)/n] / lam + O(alpha^2)``,
 so each phase time is ``log(1/alpha^2) / lam`` of the mode that crosses it, plus an O(1) term.
 """
@@ -36,9 +44,13 @@ from scipy.special import expi
 
 EULER_GAMMA = 0.5772156649015329
 M_CAP = 60.0  # largest margin tracked: L_mode = (n-1) e^{-60} is below any loss of interest
+_DIRECT_MIN_A0 = 1.0  # from here on I(m) is integrated directly (see _i_direct)
 _R2_MIN_A0 = 1e-6  # below this |R2| <~ 50 A0^2 = 5e-11 for margins up to 12 (< 1e-11 relative in t): dropped
 _GL12 = np.polynomial.legendre.leggauss(12)
 _GL24 = np.polynomial.legendre.leggauss(24)
+_LOG2 = math.log(2.0)
+_ASINH_LOG = 18.5  # asinh(x) = log(2x) + 1/(4x^2) + ...: beyond x = e^18.5 ~ 1e8 the correction is < 3e-17
+ALPHA_MAX = 1e100  # largest initialization scale the quadratures support (phase times ~ 1/alpha^2)
 
 
 # ----------------------------------------------------------------------------- closed forms
@@ -75,6 +87,15 @@ def plateau_levels(S, R, D) -> dict:
                 intermediate=np.where(h, np.log(D), np.log(R)))
 
 
+def check_alpha(alpha) -> None:
+    """ValueError unless every alpha is a finite number in (0, ALPHA_MAX]."""
+    a = np.asarray(alpha, dtype=np.float64)
+    bad = ~((a > 0) & (a <= ALPHA_MAX))  # NaN-safe
+    if bad.any():
+        raise ValueError(f"alpha = {float(a[bad].flat[0]):g}: the reduced-flow quadrature needs 0 < alpha <= "
+                         f"{ALPHA_MAX:g} (any positive float64 down to the smallest subnormal is supported)")
+
+
 class Modes:
     """Parameters of the two modes for a batch of configurations (arrays of shape (B,)).
 
@@ -84,15 +105,19 @@ class Modes:
 
     def __init__(self, S, R, D, alpha):
         S, R, D, alpha = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (S, R, D, alpha)))
+        check_alpha(alpha)
         self.S, self.R, self.D, self.alpha = S, R, D, alpha
-        Q = alpha * alpha
+        self.log_alpha = np.log(alpha)
         self.n = {"subject": D, "relation": R}
         c = {"subject": R * (D - 1) / D, "relation": D * (R - 1) / R}
         P = {"subject": S * R, "relation": R * D}
         self.c = c
         self.lam = {m: 2 * np.sqrt(c[m]) / P[m] for m in c}
-        with np.errstate(divide="ignore"):
-            self.A0 = {m: Q / (2 * np.sqrt(c[m])) for m in c}  # inf where the mode is absent (n = 1)
+        with np.errstate(divide="ignore", over="ignore", under="ignore"):
+            # log A0 = log(alpha^2 / (2 sqrt c)) without forming alpha^2 (which underflows below alpha ~ 1e-154);
+            # +inf where the mode is absent (n = 1, c = 0). A0 itself may underflow to 0: only log A0 is used.
+            self.log_A0 = {m: 2 * self.log_alpha - np.log(2 * np.sqrt(c[m])) for m in c}
+            self.A0 = {m: np.exp(self.log_A0[m]) for m in c}
         self.active = {m: self.n[m] > 1 for m in c}
 
     @property
@@ -129,8 +154,9 @@ def _r2(m, A0):
     mm, aa = m[sel].astype(np.float64), A0[sel].astype(np.float64)
 
     def g(x):  # (e^x - 1 - x)(1/h - 1/x) without cancellation: 1/h - 1/x = -A0^2 / (x h (x + h))
-        h = np.hypot(aa[:, None], x)
-        return (np.expm1(x) - x) * (-(aa[:, None] ** 2) / (x * h * (x + h)))
+        a = aa[:, None]
+        h = np.hypot(a, x)
+        return (np.expm1(x) - x) * (-(a / h) * (a / (x * (x + h))))  # A0^2 never formed (no overflow)
 
     lo, hi = np.log(mm) - 40.0, np.log(mm) - 2.0
     edges = np.linspace(0.0, 1.0, 9)
@@ -150,13 +176,53 @@ def _r2(m, A0):
     return out
 
 
-def tau(m, lam, n, A0):
-    """Exact time for a mode started at margin 0 to reach margin m (arrays broadcast to (B,))."""
+def asinh_ratio(log_m, log_A0):
+    """asinh(m / A0) from log m and log A0 (either of m, A0 may be outside the float64 range); 0 at m = 0."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.asarray(log_m, dtype=np.float64) - log_A0  # log(m / A0); NaN only for m = A0 = 0
+        out = np.where(d > _ASINH_LOG, _LOG2 + d, np.arcsinh(np.exp(np.minimum(d, _ASINH_LOG))))
+    return np.where(np.isneginf(log_m), 0.0, out)
+
+
+def tau(m, lam, n, A0, *, log_m=None, log_A0=None):
+    """Exact time for a mode started at margin 0 to reach margin m (arrays broadcast to (B,)).
+
+    log_m, log_A0 (optional) are log m and log A0; pass them when m or A0 may under/overflow
+    (A0 ~ alpha^2): only they enter the dominant term asinh(m / A0).
+    """
     m, lam, n, A0 = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (m, lam, n, A0)))
-    h = np.hypot(A0, m)
-    lin = A0 * A0 / (h + m) - A0  # sqrt(A0^2 + m^2) - A0 - m without cancellation
-    I = ein(m) + lin + _r2(m, A0)
-    return (np.arcsinh(m / A0) + I / n) / lam
+    with np.errstate(divide="ignore"):
+        log_m = np.log(m) if log_m is None else np.broadcast_to(np.asarray(log_m, dtype=np.float64), m.shape)
+        log_A0 = np.log(A0) if log_A0 is None else np.broadcast_to(np.asarray(log_A0, dtype=np.float64), m.shape)
+    I = np.empty_like(m)
+    big = A0 >= _DIRECT_MIN_A0  # large initializations: I(m) is small and Ein(m) + ... would cancel
+    if big.any():
+        I[big] = _i_direct(m[big], A0[big])
+    sm = ~big
+    if sm.any():
+        ms, As = m[sm], A0[sm]
+        h = np.hypot(As, ms)
+        # sqrt(A0^2 + m^2) - A0 - m without cancellation: A0^2/(h + m) - A0 when A0 <= m, else m^2/(h + A0) - m
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lin = np.where(As <= ms, (As / (h + ms)) * As - As, (ms / (h + As)) * ms - ms)
+        lin = np.where(h > 0, lin, 0.0)  # m = A0 = 0
+        I[sm] = ein(ms) + lin + _r2(ms, As)
+    return (asinh_ratio(log_m, log_A0) + I / n) / lam
+
+
+def _i_direct(m, A0):
+    """I(m) = int_0^m (e^x - 1) / sqrt(A0^2 + x^2) dx for A0 >= 1, by 64-panel 12-node Gauss-Legendre.
+
+    The integrand is analytic within distance A0 >= 1 of [0, m] (poles at +-i A0) and panels are at most
+    M_CAP/64 < 1 wide, so each panel converges like 4.2^-24: float64 accuracy. m, A0: (k,).
+    """
+    xg, wg = _GL12
+    panels = 64
+    u = (np.arange(panels)[:, None] + 0.5 * (xg[None, :] + 1.0)).reshape(-1) / panels  # (64*12,) in (0, 1)
+    x = m[:, None] * u[None, :]
+    with np.errstate(over="ignore", invalid="ignore"):
+        f = np.expm1(x) / np.hypot(A0[:, None], x)
+    return (f @ np.tile(wg, panels)) * (0.5 * m / panels)
 
 
 def mode_rate(m, lam, n, A0):
@@ -188,26 +254,37 @@ def _newton(fun, x0, lo, hi, maxit=50, xtol=2e-13):
     return x
 
 
-def margin_at(t, lam, n, A0, y0=None):
-    """Margin m(t) of a mode (inverse of :func:`tau`); returns (m, log m). Capped at M_CAP."""
+def margin_at(t, lam, n, A0, y0=None, *, log_A0=None):
+    """Margin m(t) of a mode (inverse of :func:`tau`); returns (m, log m). Capped at M_CAP.
+
+    Works in y = log m and log A0 (pass ``log_A0`` when A0 may underflow, e.g. alpha < 1e-154):
+    at tiny alpha the margins stay below the float64 range for most of stage 1.
+    """
     t, lam, n, A0 = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (t, lam, n, A0)))
+    with np.errstate(divide="ignore"):
+        lA0 = np.log(A0) if log_A0 is None else np.broadcast_to(np.asarray(log_A0, dtype=np.float64), t.shape)
     lt = lam * t
     # bounds: tau(m) >= asinh(m/A0)/lam and tau(m) <= (e^m + n - 1)/(n lam) asinh(m/A0)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        log_hi = np.where(lt > 30, np.log(A0) + lt - math.log(2.0), np.log(A0 * np.sinh(lt)))
+        log_hi = np.where(lt > 30, lA0 + lt - _LOG2, lA0 + np.log(np.sinh(lt)))
         log_hi = np.minimum(log_hi, math.log(M_CAP))
         s_lo = lt * n / (np.exp(np.exp(log_hi)) + n - 1)
-        log_lo = np.where(s_lo > 30, np.log(A0) + s_lo - math.log(2.0), np.log(A0 * np.sinh(s_lo)))
+        log_lo = np.where(s_lo > 30, lA0 + s_lo - _LOG2, lA0 + np.log(np.sinh(s_lo)))
     pos = t > 0
     log_lo = np.where(pos, log_lo, -745.0)
     log_hi = np.where(pos, log_hi, -744.0)
-    capped = pos & (tau(np.full_like(t, M_CAP), lam, n, A0) <= t)
+    capped = pos & (tau(np.full_like(t, M_CAP), lam, n, A0, log_A0=lA0) <= t)
 
-    def fun(y):  # log tau(e^y) - log t, increasing in y
+    def fun(y):  # log tau(e^y) - log t, increasing in y; derivative (dtau/dy) / tau
         m = np.exp(y)
-        tm = tau(m, lam, n, A0)
+        tm = tau(m, lam, n, A0, log_m=y, log_A0=lA0)
+        # dtau/dy = m / (dm/dt) = (e^m + n - 1) / (lam n) * m / sqrt(A0^2 + m^2), the last factor from log(m/A0)
+        d = y - lA0
+        with np.errstate(over="ignore"):
+            frac = np.where(d > 0, 1.0 / np.sqrt(1.0 + np.exp(-2.0 * np.abs(d))),
+                            np.exp(-np.abs(d)) / np.sqrt(1.0 + np.exp(-2.0 * np.abs(d))))
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log(tm) - np.log(np.where(pos, t, 1.0)), m / (mode_rate(m, lam, n, A0) * tm)
+            return np.log(tm) - np.log(np.where(pos, t, 1.0)), (np.exp(m) + n - 1) / (lam * n) * frac / tm
 
     start = 0.5 * (log_lo + log_hi) if y0 is None else y0
     y = _newton(fun, start, log_lo, log_hi)
@@ -236,7 +313,7 @@ class ReducedSolution:
                 y0 = self._y.get(mode) if warm else None
                 tt = np.where(act, t, 0.0)
                 m, y = margin_at(tt, np.where(act, lam, 1.0), np.where(act, n, 2.0),
-                                 np.where(act, A0, 1.0), y0)
+                                 np.where(act, A0, 1.0), y0, log_A0=np.where(act, md.log_A0[mode], 0.0))
                 self._y[mode] = y
                 lm, dlm = mode_loss(m, n)
                 rate = mode_rate(m, np.where(act, lam, 0.0), n, np.where(act, A0, 0.0))
@@ -264,14 +341,15 @@ class ReducedSolution:
         for mode in ("subject", "relation"):
             act = md.active[mode]
             n, lam, A0 = md.n[mode], np.where(act, md.lam[mode], 1.0), np.where(act, md.A0[mode], 1.0)
+            lA0 = np.where(act, md.log_A0[mode], 0.0)
             nn = np.where(act, n, 2.0)
             with np.errstate(divide="ignore", invalid="ignore"):
                 m_hi = np.log((nn - 1) / np.expm1(np.maximum(theta / 2, 1e-300)))
                 m_lo = np.log((nn - 1) / np.expm1(np.maximum(theta, 1e-300)))
             need_hi = act & (theta / 2 < np.log(nn))
             need_lo = act & (theta < np.log(nn))
-            th = tau(np.clip(np.where(need_hi, m_hi, 1.0), 0, M_CAP), lam, nn, A0)
-            tl = tau(np.clip(np.where(need_lo, m_lo, 1.0), 0, M_CAP), lam, nn, A0)
+            th = tau(np.clip(np.where(need_hi, m_hi, 1.0), 0, M_CAP), lam, nn, A0, log_A0=lA0)
+            tl = tau(np.clip(np.where(need_lo, m_lo, 1.0), 0, M_CAP), lam, nn, A0, log_A0=lA0)
             t_hi = np.maximum(t_hi, np.where(need_hi, th, 0.0))
             t_lo = np.maximum(t_lo, np.where(need_lo, tl, 0.0))
         trivial = theta >= L0
@@ -315,7 +393,7 @@ def separated_estimates(modes: Modes, theta) -> dict:
     c = np.where(use_rel, md.c["relation"], md.c["subject"])
     with np.errstate(divide="ignore", invalid="ignore"):
         m_star = np.log((n_mode - 1) / np.expm1(target))
-        log_inv = np.log(1.0 / md.alpha**2)
+        log_inv = -2.0 * md.log_alpha  # log(1/alpha^2) without forming alpha^2
         lead = log_inv / lam
         o1 = (log_inv + np.log(4 * np.sqrt(c) * m_star) + ein(np.maximum(m_star, 0)) / n_mode) / lam
     trivial = target >= np.log(n_mode)
@@ -329,7 +407,14 @@ def phase_times(S, R, D, alpha, eps_conv=1e-2) -> dict:
     All inputs broadcast to (B,). H(A|R) = log D for the tables the reduction covers. Returns arrays:
     t1, t2, t3 (exact), t{i}_leading, t{i}_leading_o1, t{i}_mode (which mode crosses), thresholds,
     rates and the hallucination flag.
+
+    Any 0 < alpha <= ALPHA_MAX (1e-300 included: everything is done with log alpha). The leading-order
+    columns are the alpha -> 0 asymptotics: for alpha >~ 1 they are meaningless (even negative), while
+    the exact t1, t2, t3 stay exact. Raises ValueError for alpha outside that range or eps_conv <= 0.
     """
+    eps = np.asarray(eps_conv, dtype=np.float64)
+    if not np.all(np.isfinite(eps) & (eps > 0)):
+        raise ValueError(f"eps_conv = {eps_conv}: the convergence level must be a positive number")
     md = Modes(S, R, D, alpha)
     logA, H = np.log(md.R * md.D), np.log(md.D)
     th = (0.5 * (logA + H), 0.5 * H, np.broadcast_to(np.float64(eps_conv), md.S.shape))
@@ -342,6 +427,12 @@ def phase_times(S, R, D, alpha, eps_conv=1e-2) -> dict:
         out[f"t{i}_leading_o1"] = est["leading_o1"]
         out[f"t{i}_mode"] = est["mode"]
         out[f"theta{i}"] = np.asarray(theta, dtype=np.float64)
+    for i in (1, 2, 3):
+        bad = ~np.isfinite(out[f"t{i}"])
+        if bad.any():  # not expected for valid inputs: refuse rather than return inf/NaN silently
+            j = np.flatnonzero(bad)[0]
+            raise ValueError(f"phase_times: t{i} is not finite for S = {md.S.flat[j]:g}, R = {md.R.flat[j]:g}, "
+                             f"D = {md.D.flat[j]:g}, alpha = {md.alpha.flat[j]:g}")
     out["rate_subject"] = md.lam["subject"]
     out["rate_relation"] = md.lam["relation"]
     out["hallucination_stage_exists"] = hallucination_stage_exists(md.S, md.R, md.D)

@@ -8,9 +8,19 @@ So ``Z_sr = sum_a exp(xi_sr(a))`` is the matrix product ``E_s @ E_r^T`` with
 ``E_s = exp(u_s + c)`` (S, |A|) and ``E_r = exp(u_r)`` (R, |A|), and every sum of
 ``p_hat`` over facts is a matrix product too. One loss-and-gradient evaluation costs
 three GEMMs of S*R*|A| multiply-adds and O((S+R)|A|) memory, instead of S*R*|A|
-exponentials. Rows are shifted by their maxima before ``exp``; if a normaliser
-underflows anyway (possible only far from any plateau) the evaluation falls back
-to the direct chunked log-sum-exp, which is exact but slower.
+exponentials. If a normaliser underflows anyway (possible only far from any plateau)
+the evaluation falls back to the direct chunked log-sum-exp, which is exact but slower.
+
+Relative logits (no cancellation at any scale). The rows of the two parts are shifted
+by their maxima in place, ``xs[s] -= ms[s]``, ``ur[r] -= mr[r]``, and nothing is ever
+added back: every loss, metric and gradient depends on the logits of a fact only
+through differences between them, so all are computed from the relative logits
+``xs[s] + ur[r]`` (all <= 0) and ``log Zp_sr = log Z_sr - ms_s - mr_r``. The size of
+the logits themselves (~alpha^2, 1e21 at alpha = 1e10) never meets an O(1) number:
+a fact's loss is ``log Zp - (relative target logit)``, both of the size of the logit
+*gaps*. The direct path goes one step further and references each fact to its own
+largest logit ``ref_sr``, keeping ``lse_sr = log sum_a exp(xi - ref) in [0, log|A|]``
+and ``ref - target`` (a gap) apart.
 """
 from __future__ import annotations
 
@@ -56,6 +66,11 @@ class PopulationObjective:
         self._neg_w = -torch.as_tensor(w.reshape(-1), **kw)  # (S*R,)
         P = task.p_answer_given_relation()  # (R, |A|) p(a|r)
         self.P = torch.as_tensor(P, **kw)
+        D = task.D
+        own = np.repeat(np.arange(R), D)[None, :] == np.arange(R)[:, None]  # (R, |A|) r's own block
+        if np.any(P[~own]):
+            raise ValueError("p(a|r) must vanish outside relation r's block (answers outside their block)")
+        self._P_own = torch.as_tensor(P[own].reshape(R, D), **kw)  # (R, D) p(a|r) on r's block
         with np.errstate(divide="ignore", invalid="ignore"):
             self.negH = torch.as_tensor(np.where(P > 0, P * np.log(P), 0.0).sum(1), **kw)  # (R,)
         self.mult_noise = float(task.T - 3)
@@ -83,42 +98,61 @@ class PopulationObjective:
         return xs, ur
 
     def _normalise(self, xs, ur):
-        ms = xs.amax(dim=1, keepdim=True)  # (S, 1)
-        mr = ur.amax(dim=1, keepdim=True)  # (R, 1)
-        Es = torch.sub(xs, ms, out=self._buffer("_Es", xs.shape)).exp_()  # (S, |A|)
-        Er = torch.exp(ur - mr)  # (R, |A|)
+        """Shift xs, ur IN PLACE to their row maxima; return Es = exp(xs), Er = exp(ur), Zp = Es @ Er^T.
+
+        Afterwards xs[s] + ur[r] are the logits of fact (s, r) relative to ms[s] + mr[r] (all <= 0,
+        largest entry of each row 0) and log Zp_sr is log Z_sr relative to the same reference.
+        """
+        xs.sub_(xs.amax(dim=1, keepdim=True))  # (S, |A|) relative subject+shared logits
+        ur.sub_(ur.amax(dim=1, keepdim=True))  # (R, |A|) relative relation logits
+        Es = torch.exp(xs, out=self._buffer("_Es", xs.shape))  # (S, |A|)
+        Er = torch.exp(ur)  # (R, |A|)
         Zp = Es @ Er.T  # (S, R) shifted normalisers
-        logZ = torch.log(Zp) + ms + mr.T  # (S, R)
-        return Es, Er, Zp, logZ
+        return Es, Er, Zp
 
     def _target_logit(self, xs, ur):
         a = self.answers  # (S, R)
         return xs.gather(1, a) + ur.T.gather(0, a)  # (S, R) xi_sr(a*(s, r))
 
+    def _fact_losses(self, xs, ur, lse, ref):
+        """(S, R) per-fact cross-entropies lse - (target - ref) on relative logits (ref None: 0)."""
+        target = self._target_logit(xs, ur)
+        if ref is not None:
+            target = target - ref  # minus a gap of the same fact: no large numbers left
+        return lse - target
+
+    def _log_normalisers(self, xs, ur, Zp):
+        """(lse, ref) with log Z_sr = ref_sr + lse_sr relative to the shifted parts (ref None: 0).
+
+        log Zp when every shifted normaliser is safely above underflow, else the direct chunked path.
+        """
+        if bool((Zp > _TINY).all()):
+            return torch.log(Zp), None
+        return self._direct(xs, ur)
+
     # ------------------------------------------------------------------ loss and gradient
     def loss(self, Wt, K) -> torch.Tensor:
         xs, ur = self._parts(Wt, K)
-        Es, Er, Zp, logZ = self._normalise(xs, ur)
-        if not bool((Zp > _TINY).all()):
-            logZ = self._logZ_direct(xs, ur)
-        return (self.w * (logZ - self._target_logit(xs, ur))).sum()
+        _, _, Zp = self._normalise(xs, ur)
+        lse, ref = self._log_normalisers(xs, ur, Zp)
+        return (self.w * self._fact_losses(xs, ur, lse, ref)).sum()
 
     def _grad_u_into(self, Wt, K, G, need_loss: bool = True):
         """Fill G (C, |A|) with dL/du per real token; return the loss (0-d tensor, or None)."""
         L = self.layout
         S, R = L.S, L.R
         xs, ur = self._parts(Wt, K)
-        Es, Er, Zp, logZ = self._normalise(xs, ur)
+        Es, Er, Zp = self._normalise(xs, ur)
         Gs, Gr = G[:S], G[S:S + R]  # views: (S, |A|), (R, |A|)
         if bool((Zp > _TINY).all()):
             M = self.w / Zp  # (S, R) p(s)q(r)/Z_sr
             torch.mm(M, Er, out=Gs).mul_(Es)  # (S, |A|) sum_r w_sr p_hat_sr(a)
             torch.mm(M.T, Es, out=Gr).mul_(Er)  # (R, |A|)
+            lse, ref = (torch.log(Zp), None) if need_loss else (None, None)
         else:
             self.fallbacks += 1
-            logZ = self._logZ_direct(xs, ur)
-            self._phat_sums_direct(xs, ur, logZ, Gs, Gr)
-        loss = (self.w * (logZ - self._target_logit(xs, ur))).sum() if need_loss else None
+            lse, ref = self._direct(xs, ur, Gs, Gr)
+        loss = (self.w * self._fact_losses(xs, ur, lse, ref)).sum() if need_loss else None
         Gs.view(-1).index_add_(0, self._ys_idx, self._neg_w)  # - Ys
         Gr.view(-1).index_add_(0, self._yr_idx, self._neg_w)  # - Yr
         torch.sum(Gs, 0, out=G[L.eos])  # (|A|,) EOS is in every sequence
@@ -170,19 +204,30 @@ class PopulationObjective:
         for lo in range(0, S, cs):
             yield slice(lo, min(S, lo + cs))
 
-    def _logZ_direct(self, xs, ur):
-        out = torch.empty(self.task.S, self.task.R, dtype=xs.dtype, device=xs.device)
-        for sl in self._chunks():
-            out[sl] = torch.logsumexp(xs[sl, None, :] + ur[None], dim=-1)  # (cs, R, |A|) -> (cs, R)
-        return out
+    def _direct(self, xs, ur, Gs=None, Gr=None):
+        """Direct chunked log-sum-exp, each fact referenced to its own largest logit.
 
-    def _phat_sums_direct(self, xs, ur, logZ, Gs, Gr):
-        Gr.zero_()
+        Returns (lse, ref) (S, R): log Z_sr = ref_sr + lse_sr relative to the parts given, with
+        lse in [0, log|A|]. When Gs, Gr are given, fills them with sum_r w_sr p_hat_sr and
+        sum_s w_sr p_hat_sr, p_hat = exp(xi - ref) / exp(lse) (no log of a large number involved).
+        """
+        S, R = self.task.S, self.task.R
+        lse = torch.empty(S, R, dtype=xs.dtype, device=xs.device)
+        ref = torch.empty(S, R, dtype=xs.dtype, device=xs.device)
+        if Gr is not None:
+            Gr.zero_()
         for sl in self._chunks():
-            ph = torch.exp(xs[sl, None, :] + ur[None] - logZ[sl, :, None])  # (cs, R, |A|)
-            wp = ph * self.w[sl, :, None]
-            Gs[sl] = wp.sum(1)
-            Gr += wp.sum(0)
+            d = xs[sl, None, :] + ur[None]  # (cs, R, |A|) logits of the chunk's facts
+            m = d.amax(-1, keepdim=True)  # (cs, R, 1)
+            e = d.sub_(m).exp_()  # exp(xi - ref), largest entry 1
+            z = e.sum(-1)  # (cs, R) in [1, |A|]
+            lse[sl] = torch.log(z)
+            ref[sl] = m[..., 0]
+            if Gs is not None:
+                wp = e.mul_((self.w[sl] / z)[..., None])  # w_sr p_hat_sr(a)
+                Gs[sl] = wp.sum(1)
+                Gr += wp.sum(0)
+        return lse, ref
 
     def fact_logits(self, Wt, K, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Logits (n, |A|) of the facts (s[i], r[i]) computed directly from the products."""
@@ -199,31 +244,30 @@ class PopulationObjective:
         """
         S, R, D = self.task.S, self.task.R, self.task.D
         xs, ur = self._parts(Wt, K)
-        Es, Er, Zp, logZ = self._normalise(xs, ur)
-        direct = not bool((Zp > _TINY).all())
-        if direct:
-            logZ = self._logZ_direct(xs, ur)
+        _, _, Zp = self._normalise(xs, ur)  # from here on xs, ur are relative logits
+        lse, ref = self._log_normalisers(xs, ur, Zp)  # log Z_sr = ref_sr + lse_sr (ref None: 0)
         w = self.w
-        loss = (w * (logZ - self._target_logit(xs, ur))).sum()
-        # relation-only: log of the mass on r's block, sum_{a in A_r} exp(xi_sr(a) - logZ_sr)
+        loss = (w * self._fact_losses(xs, ur, lse, ref)).sum()
+        # relation-only: -log of the mass on r's block = lse - logsumexp over the block of (xi - ref)
         ar = torch.arange(R, device=xs.device)
-        xs_blk = xs.view(S, R, D)  # (S, R, D) subject+shared logits on each block
-        ur_own = ur.view(R, R, D)[ar, ar]  # (R, D) relation r's logits on its own block
-        rel_lse = torch.logsumexp(xs_blk + ur_own[None], dim=-1)  # (S, R)
-        relation_loss = (w * (logZ - rel_lse)).sum()
+        blk = xs.view(S, R, D) + ur.view(R, R, D)[ar, ar][None]  # (S, R, D) logits of (s, r) on r's block
+        if ref is not None:
+            blk = blk - ref[..., None]
+        relation_loss = (w * (lse - torch.logsumexp(blk, dim=-1))).sum()
         # subject-only: mass on {a*(s, r') : r'}; blocks are disjoint so the R answers are distinct
         a = self.answers  # (S, R')
-        xs_star = xs.gather(1, a)  # (S, R')
-        ur_star = ur[:, a]  # (R, S, R')
-        subj_lse = torch.logsumexp(xs_star[None] + ur_star, dim=-1).T  # (S, R)
-        subject_loss = (w * (logZ - subj_lse)).sum()
-        # hallucination gap E KL(p(.|r) || p_hat(.|s, r)): linear in the logits on r's block
-        lin = xs @ self.P.T + (self.P * ur).sum(1)[None, :]  # (S, R) sum_a p(a|r) xi_sr(a)
-        gap = (w * (self.negH[None, :] - lin + logZ)).sum()
+        star = xs.gather(1, a)[None] + ur[:, a]  # (R, S, R') logit of fact (s, r) at a*(s, r')
+        if ref is not None:
+            star = star - ref.T[..., None]
+        subject_loss = (w * (lse - torch.logsumexp(star, dim=-1).T)).sum()
+        # hallucination gap E KL(p(.|r) || p_hat(.|s, r)); p(.|r) lives on r's block and sums to 1, so
+        # KL = sum_a p log p - sum_a p (xi - ref) + lse, every term of the size of the logit gaps
+        lin = (blk * self._P_own[None]).sum(-1)  # (S, R) sum_a p(a|r) (xi_sr(a) - ref_sr)
+        gap = (w * (self.negH[None, :] - lin + lse)).sum()
         out = dict(loss=float(loss), relation_loss=float(relation_loss), subject_loss=float(subject_loss),
                    hallucination_gap=float(gap))
         if accuracy:
-            out["accuracy"] = float(self.accuracy(xs, ur))
+            out["accuracy"] = float(self.accuracy(xs, ur))  # order of the relative logits = order of the logits
         return out
 
     def accuracy(self, xs, ur) -> torch.Tensor:
