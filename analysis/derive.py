@@ -13,8 +13,10 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from common.cli import ArgumentParser, guarded
+from common.cli import ArgumentParser, add_overwrite, default_out, guarded
 from common.errors import ConfigError, check_int, check_positive
+from common.io import check_out
+from models.task import MAX_SIZE
 
 
 def build_parser() -> ArgumentParser:
@@ -33,7 +35,11 @@ def build_parser() -> ArgumentParser:
                         "entry alpha gives the same loss curve) (default 1e-5)")
     p.add_argument("--eps-conv", type=float, default=1e-2, help="loss level that defines t3 (default 1e-2)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder for derivation.json and derivation.md (default runs/derive-S{S}-R{R}-D{D})")
+                   help="output folder for derivation.json and derivation.md, created as a whole (default "
+                        "runs/derive-S{S}-R{R}-D{D} plus every setting that differs from its default, e.g. "
+                        "runs/derive-S16-R4-D8-alpha1e-03); an existing non-empty folder is refused unless "
+                        "--overwrite")
+    add_overwrite(p)
     p.add_argument("--quiet", action="store_true", help="print nothing")
     return p
 
@@ -44,7 +50,8 @@ def _f(x):
 
 def predictions(S, R, D, alpha, eps_conv=1e-2) -> dict:
     """Numbers of the derivation for one configuration (the content of derivation.json minus the algebra)."""
-    from .predict import escape_rates, hallucination_stage_exists, phase_times, plateau, plateau_levels
+    from .predict import escape_rates, hallucination_stage_exists, plateau, plateau_levels
+    from .reduced_phases import phase_times  # null (not an error) where a phase does not exist (R or D = 1)
 
     r = escape_rates(S, R, D)
     pt = phase_times([S], [R], [D], [alpha], eps_conv)
@@ -81,7 +88,7 @@ def predictions(S, R, D, alpha, eps_conv=1e-2) -> dict:
         "leading_order_with_O1": lead1,
         "leading_order_error": err,
         "predicted_plateau": pl,
-        "plateau_length_leading": (math.log(1 / alpha**2) * abs(1 / lam_s - 1 / lam_r)
+        "plateau_length_leading": (-2 * math.log(alpha) * abs(1 / lam_s - 1 / lam_r)  # log(1/alpha^2), no underflow
                                    if lam_s > 0 and lam_r > 0 else None),
         "thresholds": {f"theta{i}": float(pt[f"theta{i}"][0]) for i in (1, 2, 3)},
         "method": "exact quadrature of the reduced 1-D mode equations (Ei + Gauss-Legendre), safeguarded "
@@ -191,19 +198,24 @@ class DeriveResult:
     def markdown(self) -> str:
         return markdown(self.predictions, self.algebra)
 
-    def save(self, folder: str) -> None:
-        """Write derivation.json and derivation.md into ``folder``, atomically."""
+    def save(self, folder: str, *, overwrite: bool = False) -> None:
+        """Write derivation.json and derivation.md into ``folder``, as a whole (common.io.output_dir; an
+        existing non-empty ``folder`` is refused unless ``overwrite``)."""
         from common.io import output_dir, write_json, write_text
 
-        with output_dir(folder) as d:
+        with output_dir(folder, overwrite=overwrite) as d:
             write_json(os.path.join(d, "derivation.json"), self.to_dict())
             write_text(os.path.join(d, "derivation.md"), self.markdown())
 
 
 def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-2) -> DeriveResult:
     """Derive the reduced flow with sympy and its predictions for (S, R, D, alpha) (needs D | S)."""
-    S, R, D = (check_int(n, v, 1) for n, v in (("S", S), ("R", R), ("D", D)))
-    alpha, eps_conv = check_positive("alpha", alpha), check_positive("eps_conv", eps_conv)
+    from .predict import ALPHA_MAX
+
+    S, R, D = (check_int(n, v, 1, MAX_SIZE) for n, v in (("S", S), ("R", R), ("D", D)))
+    alpha = check_positive("alpha", alpha, maximum=ALPHA_MAX,
+                           why="above it the phase times fall below 1e-200 and the model's logits overflow")
+    eps_conv = check_positive("eps_conv", eps_conv)
     if S % D:
         raise ConfigError(f"S = {S}, D = {D}: the reduction needs D to divide S (equal subject counts per answer)")
     return DeriveResult(predictions=predictions(S, R, D, alpha, eps_conv), algebra=algebra())
@@ -211,15 +223,16 @@ def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-
 
 @guarded
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    S, R, D = (check_int(n, v, 1) for n, v in (("S", a.S), ("R", a.R), ("D", a.D)))
-    check_int("T", a.T, 3)
-    check_int("N", a.N, 1)
-    out = a.out or f"runs/derive-S{S}-R{R}-D{D}"
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError(f"out = {out!r} exists and is not a folder; give a folder path")
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    S, R, D = (check_int(n, v, 1, MAX_SIZE) for n, v in (("S", a.S), ("R", a.R), ("D", a.D)))
+    check_int("T", a.T, 3, MAX_SIZE)
+    check_int("N", a.N, 1, MAX_SIZE)
+    out = a.out or default_out(f"runs/derive-S{S}-R{R}-D{D}", parser, a, skip=("S", "R", "D"),
+                               labels=dict(eps_conv="eps"))
+    check_out(out, overwrite=a.overwrite)  # before any computation
     result = derive_reduction(S, R, D, a.alpha, a.eps_conv)
-    result.save(out)
+    result.save(out, overwrite=a.overwrite)
     pred, alg = result.predictions, result.algebra
     if not a.quiet:
         print("reduced equations (d p/dt, per real entry):")
@@ -240,9 +253,11 @@ def main(argv=None) -> int:
             e = pred["leading_order_error"][f"t{i}"]
             t, l0 = pred["predicted"][f"t{i}"], pred["leading_order"][f"t{i}"]
             l1 = pred["leading_order_with_O1"][f"t{i}"]
+            if not t or l0 is None or l1 is None:  # not reached (null) or reached at t = 0
+                print(f"t{i} = {'not reached' if t is None else t}")
+                continue
             print(f"t{i} = {t:.10g}  (leading log(1/alpha^2)/rate = {l0:.6g}, rel err {e['leading_rel']:.2e}; "
-                  f"with O(1) term {l1:.6g}, rel err {e['leading_o1_rel']:.2e}; {e['mode']} mode)"
-                  if t is not None and l0 is not None else f"t{i} = {t}")
+                  f"with O(1) term {l1:.6g}, rel err {e['leading_o1_rel']:.2e}; {e['mode']} mode)")
         print(f"proofs: {sum(alg['proofs'].values())}/{len(alg['proofs'])} identities simplify to 0")
         print(f"wrote {out}/derivation.json, derivation.md")
     return 0

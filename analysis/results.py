@@ -85,14 +85,15 @@ class FlowResult:
 
         return plot_loss(self)
 
-    def save(self, folder: str, *, plots: bool = True) -> None:
+    def save(self, folder: str, *, plots: bool = True, overwrite: bool = False) -> None:
         """Write results.json, trajectory.csv and (plots) loss.png, loss.pdf, invariant.png into ``folder``.
 
-        The folder is built under a temporary name and renamed into place (common.io.output_dir).
+        The folder is built complete under a temporary name and put in place as a whole
+        (common.io.output_dir); an existing non-empty ``folder`` is refused unless ``overwrite``.
         """
         from common.io import output_dir, save_figure, write_csv, write_json
 
-        with output_dir(folder) as d:
+        with output_dir(folder, overwrite=overwrite) as d:
             write_json(os.path.join(d, "results.json"), self.to_dict())
             write_csv(os.path.join(d, "trajectory.csv"), self.trajectory)
             if plots:

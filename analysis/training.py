@@ -13,7 +13,7 @@ from common.errors import ConfigError
 from dynamics.trainer import HISTORY_COLUMNS, flow_gap, train
 
 from .confirm import confirmation_report
-from .phases import detect_phases
+from .phases import detect_phases, thresholds
 
 
 def summarize_training(result, pairing=None) -> dict:
@@ -24,14 +24,23 @@ def summarize_training(result, pairing=None) -> dict:
     """
     c, h, task = result.config, result.history, result.task
     th = dict(log_A=task.log_A, H_A_given_R=task.H_A_given_R)
-    ph = detect_phases(h["step"], h["loss"], h["relation_loss"], h["subject_loss"], h["hallucination_gap"],
-                       log_A=th["log_A"], H_A_given_R=th["H_A_given_R"], eps_conv=c.eps_conv).to_dict()
+    empty = len(h["step"]) == 0  # diverged at step 0: the initial loss was not finite
+    if empty:
+        ph = dict(t1=None, t2=None, t3=None, plateau=None,
+                  **dict(zip(("theta1", "theta2", "theta3"), thresholds(th["log_A"], th["H_A_given_R"], c.eps_conv))))
+    else:
+        ph = detect_phases(h["step"], h["loss"], h["relation_loss"], h["subject_loss"], h["hallucination_gap"],
+                           log_A=th["log_A"], H_A_given_R=th["H_A_given_R"], eps_conv=c.eps_conv).to_dict()
+    status = getattr(result, "status", "completed")
     out = dict(config=c.to_dict(), device=describe_device(result.device), theory=th,
+               # completed, or diverged: at step diverged_at a loss was not finite or above 100 x its start
+               # (dynamics.trainer.DIVERGENCE_FACTOR) and training stopped there
+               status=status, diverged_at=getattr(result, "diverged_at", None),
                throughput=dict(sequences_per_second=result.sequences_per_second,
                                steps_per_second=result.steps_per_second, train_seconds=result.train_seconds),
                phases=dict(steps=ph),
-               final={k: float(h[k][-1]) for k in ("loss", "relation_loss", "subject_loss", "accuracy",
-                                                   "hallucination_gap")})
+               final=None if empty else {k: float(h[k][-1]) for k in ("loss", "relation_loss", "subject_loss",
+                                                                      "accuracy", "hallucination_gap")})
     if c.model == "linear":  # step k is flow time k*lr
         ft = {k: (v * c.lr if isinstance(v, float) and k in ("t1", "t2", "t3") else v)
               for k, v in ph.items() if k != "plateau"}
@@ -40,7 +49,7 @@ def summarize_training(result, pairing=None) -> dict:
     if pairing is not None:
         out["flow_gap"] = pairing["flow_gap"]
         out["flow_gap_at"] = dict(step=pairing["at_step"], flow_time=pairing["at_flow_time"])
-    if c.model == "softmax":
+    if c.model == "softmax" and not empty:
         out["confirmation"] = confirmation_report(h, log_A=th["log_A"], H_A_given_R=th["H_A_given_R"],
                                                   eps_conv=c.eps_conv)
     return out
@@ -78,7 +87,7 @@ class TrainingResult:
         if "confirmation" in self.summary:
             extra += f", all_confirmed={self.summary['confirmation']['all_confirmed']}"
         return (f"TrainingResult({self.run!r}, t1={g(ph['t1'])}, t2={g(ph['t2'])}, t3={g(ph['t3'])}, "
-                f"final_loss={f['loss']:.6g}{extra})")
+                f"final_loss={g(f['loss'] if f else None)}, status={self.summary.get('status')!r}{extra})")
 
     @property
     def history(self):
@@ -96,14 +105,15 @@ class TrainingResult:
 
         return plot_run(self.run, self.summary, self.pairing)
 
-    def save(self, folder: str, *, plots: bool = True) -> None:
-        """Write results.json, history.csv and (plots) loss.png, loss.pdf into ``folder``, atomically."""
+    def save(self, folder: str, *, plots: bool = True, overwrite: bool = False) -> None:
+        """Write results.json, history.csv and (plots) loss.png, loss.pdf into ``folder``, as a whole
+        (common.io.output_dir; an existing non-empty ``folder`` is refused unless ``overwrite``)."""
         from common.io import output_dir, save_figure, write_csv, write_json
 
-        with output_dir(folder) as d:
+        with output_dir(folder, overwrite=overwrite) as d:
             write_json(os.path.join(d, "results.json"), self.summary)
             write_csv(os.path.join(d, "history.csv"), history_columns(self.run, self.pairing))
-            if plots:
+            if plots and len(self.run.history["step"]):  # no figure of an empty history (diverged at step 0)
                 import matplotlib.pyplot as plt
 
                 fig = self.plot()
@@ -118,5 +128,5 @@ def analyze_training(config, *, compare_flow: bool = False, progress: bool | Non
     if compare_flow and config.model != "linear":
         raise ConfigError("compare_flow needs model = 'linear' (the exact flow is model 1's)")
     run = train(config, progress=progress)
-    pairing = flow_gap(run) if compare_flow else None
+    pairing = flow_gap(run) if compare_flow and len(run.history["step"]) else None
     return TrainingResult(run=run, summary=summarize_training(run, pairing), pairing=pairing)

@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from common.cli import ArgumentParser, describe_device, guarded  # noqa: E402
+from common.cli import ArgumentParser, add_overwrite, describe_device, guarded  # noqa: E402
+from common.io import check_out, output_file  # noqa: E402
 from dynamics.trainer import SampledTrainer, TrainConfig  # noqa: E402
 from models.task import TaskConfig  # noqa: E402
 
@@ -61,13 +62,17 @@ def case(model, optimizer, batch, device, graph, seconds, lr=0.1, d=64, manual_g
 @guarded
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python bench/throughput.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench_throughput.json", help="JSON file for the results")
+    p.add_argument("--out", default="bench_throughput.json",
+                   help="JSON file for the results, written whole at the end (default bench_throughput.json); "
+                        "an existing file is refused unless --overwrite")
+    add_overwrite(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seconds", type=float, default=3.0, help="time per case (default 3)")
     p.add_argument("--large-batch", type=int, nargs="+", default=[65536, 262144, 1048576],
                    help="large batches for model 2 on CUDA (default 65536 262144 1048576)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU cases")
     a = p.parse_args(argv)
+    check_out(a.out, overwrite=a.overwrite, kind="file")  # before any measurement
     if a.threads:  # SampledTrainer.step() itself leaves the thread count alone (only .run() sets it)
         torch.set_num_threads(a.threads)
     rows = []
@@ -101,7 +106,7 @@ def main(argv=None) -> int:
         add(lambda: case("linear", "sgd", a.large_batch[-1], "cuda", True, a.seconds))
     else:
         print("no CUDA GPU found: CPU cases only")
-    with open(a.out, "w") as f:
+    with output_file(a.out, overwrite=a.overwrite) as f:
         json.dump(dict(torch=torch.__version__, rows=rows), f, indent=2)
     print(f"wrote {a.out}")
     return 0

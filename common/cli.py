@@ -1,32 +1,112 @@
-"""Shared command-line plumbing: one-line errors with exit status 2, no tracebacks."""
+"""Shared command-line plumbing: one-line errors with exit status 2, no tracebacks; signals and --out.
+
+Exit statuses of every program: 0 success; 2 bad input (one line on stderr, nothing written); 3 ran but did
+not finish (diverged, step budget, solver failure); 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from .errors import ConfigError
+from .io import OVERWRITE_HELP, completed_outputs
+from .signals import handling_signals
+
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_UNFINISHED = 0, 2, 3
+EXIT_CODES_EPILOG = ("Exit status: 0 success; 2 bad input (one line on stderr, nothing computed or written); "
+                     "3 ran but did not finish: diverged, step budget (--max-steps) exhausted or solver failure "
+                     "(one line on stderr saying what was written); "
+                     "130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP.")
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error message (``prog: error: ...``) and exit status 2."""
+    """argparse with a one-line error message (``prog: error: ...``) and exit status 2; the epilog lists
+    the exit statuses of every program (EXIT_CODES_EPILOG) unless another one is given."""
+
+    def __init__(self, *args, epilog=None, **kwargs):
+        super().__init__(*args, epilog=EXIT_CODES_EPILOG if epilog is None else epilog, **kwargs)
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
 
 
+def add_overwrite(parser_or_group) -> None:
+    """Add the standard ``--overwrite`` flag (see common.io.output_dir for the rule)."""
+    parser_or_group.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+
+def format_setting(value) -> str:
+    """A setting's value as a short, file-name-safe string: 1e-05, 0.5, 10, cuda0, table (a file's stem)."""
+    import math
+    import os
+    import re
+
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, float) and math.isfinite(value) and value != 0:
+        if value == int(value) and abs(value) < 1e5:
+            text = str(int(value))
+        elif 0.1 <= abs(value) < 1e5:
+            text = f"{value:.15g}"
+        else:
+            mantissa, exp = f"{value:.14e}".split("e")
+            text = f"{mantissa.rstrip('0').rstrip('.')}e{exp}"
+    elif isinstance(value, str) and (os.sep in value or os.path.splitext(value)[1]):
+        text = os.path.splitext(os.path.basename(value))[0]
+    elif isinstance(value, (list, tuple)):
+        text = "_".join(format_setting(v) for v in value)
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9.+_-]", "", text.replace(":", ""))[:40]
+
+
+def default_out(prefix: str, parser: argparse.ArgumentParser, args, *, skip=(), labels=None, first=()) -> str:
+    """``prefix`` plus ``-<label><value>`` for every option whose value differs from its default.
+
+    Options in ``skip`` (output and display flags) are left out. ``labels`` maps an option's dest to the
+    label put before its value ("" for the value alone, as in ``-reduced``); the default label is the
+    option's name without dashes (``--t-max 1e6`` -> ``-tmax1e+06``); a flag that is set adds ``-<name>``.
+    Options in ``first`` come first, the others in the parser's order. So runs that differ in any
+    result-changing setting get different default folders.
+    """
+    labels = labels or {}
+    skip = set(skip) | {"help", "out", "overwrite", "quiet", "no_plots"}
+    parts = []
+    for action in parser._actions:
+        dest = action.dest
+        if dest in skip or dest == argparse.SUPPRESS or not action.option_strings:
+            continue
+        value = getattr(args, dest, None)
+        if value == action.default or value is None:
+            continue
+        label = labels.get(dest, dest.replace("_", ""))
+        parts.append((dest not in first, f"{label}{format_setting(value)}" if not isinstance(value, bool) else
+                      (label or dest.replace("_", ""))))
+    return "-".join([prefix] + [text for _, text in sorted(parts, key=lambda p: p[0])])
+
+
 def guarded(main):
-    """Decorate ``main(argv) -> int``: ConfigError becomes a one-line message and exit status 2."""
+    """Decorate ``main(argv) -> int``: ConfigError becomes a one-line message and exit status 2; SIGINT,
+    SIGTERM (and SIGHUP) unwind like Ctrl-C (temporary outputs removed) and end with one line and exit
+    status 128 + signal (130, 143, 129)."""
 
     def wrapper(argv=None):
-        try:
-            return main(argv)
-        except ConfigError as exc:
-            sys.stderr.write(f"error: {exc}\n")
-            return 2
-        except KeyboardInterrupt:
-            sys.stderr.write("interrupted; nothing was written\n")
-            return 130
+        before = len(completed_outputs())
+        with handling_signals():
+            try:
+                return main(argv)
+            except ConfigError as exc:
+                sys.stderr.write(f"error: {exc}\n")
+                return 2
+            except KeyboardInterrupt as exc:
+                done = completed_outputs()[before:]
+                if done:
+                    sys.stderr.write(f"interrupted; {', '.join(done)} had already been written completely\n")
+                else:
+                    sys.stderr.write("interrupted; nothing was written\n")
+                return getattr(exc, "exit_status", 130)
 
     wrapper.__name__ = main.__name__
     wrapper.__doc__ = main.__doc__

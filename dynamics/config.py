@@ -1,18 +1,29 @@
 """Frozen, validated configuration of one exact gradient-flow run."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from common.errors import ConfigError, check_choice, check_int, check_positive
+from common.errors import ConfigError, check_choice, check_device, check_int, check_positive
 from models.task import TaskConfig
 
 from .solvers import BACKENDS, DEFAULT_METHOD, IMPLICIT, METHODS
-from .tolerances import DEFAULT_RTOL
+from .tolerances import DEFAULT_RTOL, RTOL_RANGE, check_atol, check_rtol
 
 INITS = ("balanced", "uniform", "file")
+# Initialization scales the float64 flow represents: below ALPHA_MIN the automatic atol (1e-12 alpha) is
+# subnormal and the step control loses relative accuracy. Above ALPHA_MAX the logits (~alpha^2) need
+# relative changes of the entries below ~1e-8 to move by O(1), which float64 cannot resolve (at alpha 1e4
+# t3 came out 13x too small; at 1e10 the run "converged" in one step).
+ALPHA_MIN, ALPHA_MAX = 1e-300, 1e4
+ALPHA_WHY = "float64 cannot integrate the flow from smaller or larger initial entries"
+# The error control is relative to the entries (~alpha), the logits move by O(1) through differences of
+# entries, so the logit error is ~alpha^2 rtol: it must stay below LOGIT_ERROR_MAX (measured at S16/R4/D8:
+# t1 is off by 1e-5 at alpha 100 and by 4e-4 at alpha 1e3 with rtol 1e-9).
+LOGIT_ERROR_MAX = 1e-4
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -57,7 +68,8 @@ class FlowConfig:
                 raise ConfigError("init = 'file' needs init_file (a .npz with arrays W and K)")
         elif self.init_file is not None:
             raise ConfigError(f"init_file given together with init = {self.init!r}; use init = 'file'")
-        object.__setattr__(self, "alpha", check_positive("alpha", self.alpha))
+        object.__setattr__(self, "alpha", check_positive("alpha", self.alpha, minimum=ALPHA_MIN, maximum=ALPHA_MAX,
+                                                         why=ALPHA_WHY))
         object.__setattr__(self, "t_max", check_positive("t_max", self.t_max))
         object.__setattr__(self, "eps_conv", check_positive("eps_conv", self.eps_conv))
         if self.loss_target is not None:
@@ -70,20 +82,22 @@ class FlowConfig:
             raise ConfigError(f"method = {self.method!r} is not available with backend {self.backend!r}; "
                               f"choose one of: {', '.join(allowed)}")
         check_choice("dtype", self.dtype, tuple(DTYPES))
-        if self.rtol is not None:
-            object.__setattr__(self, "rtol", check_positive("rtol", self.rtol))
+        if self.rtol is not None:  # a documented range (dynamics.tolerances.RTOL_RANGE), with the reason
+            object.__setattr__(self, "rtol", check_rtol("rtol", self.rtol, DTYPES[self.dtype]))
         if self.atol is not None:
-            object.__setattr__(self, "atol", check_positive("atol", self.atol))
+            object.__setattr__(self, "atol", check_atol("atol", self.atol))
+        if self.init != "file" and self.alpha ** 2 * self.resolved_rtol > LOGIT_ERROR_MAX:
+            need = LOGIT_ERROR_MAX / self.alpha ** 2
+            raise ConfigError(
+                f"alpha = {self.alpha:g} with rtol = {self.resolved_rtol:g}: the logits (~alpha^2) would carry errors "
+                f"of ~alpha^2 rtol = {self.alpha ** 2 * self.resolved_rtol:.1e} (allowed {LOGIT_ERROR_MAX:g}); "
+                + (f"pass rtol <= {need:.1e} or a smaller alpha" if need >= RTOL_RANGE[self.torch_dtype][0]
+                   else f"use alpha <= {math.sqrt(LOGIT_ERROR_MAX / RTOL_RANGE[self.torch_dtype][0]):.3g}"))
         object.__setattr__(self, "samples_per_octave", check_int("samples_per_octave",
                                                                  self.samples_per_octave, 4))
         object.__setattr__(self, "max_steps", check_int("max_steps", self.max_steps, 1))
         if self.device != "cpu":
-            try:
-                dev = torch.device(self.device)
-            except Exception:
-                raise ConfigError(f"device = {self.device!r} is not a torch device; use 'cpu' or 'cuda'") from None
-            if dev.type == "cuda" and not torch.cuda.is_available():
-                raise ConfigError(f"device = {self.device!r} but no CUDA GPU is available; use device = 'cpu'")
+            dev = check_device("device", self.device)
             if self.backend == "scipy" and dev.type != "cpu":
                 raise ConfigError("backend = 'scipy' runs on the CPU only; use device = 'cpu'")
 

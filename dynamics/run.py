@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import sys
 
-from common.cli import ArgumentParser, guarded
+from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, default_out, guarded
+from common.io import check_out
 from common.errors import ConfigError
 from models.task import FACT_KINDS, TaskConfig
 
@@ -55,9 +56,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--method", default=None,
                    help=f"solver: native {{dopri5}}; torchdiffeq {{{', '.join(TORCHDIFFEQ_METHODS)}}} "
                         f"(default dopri5); scipy {{{', '.join(SCIPY_METHODS)}}} (default DOP853)")
-    g.add_argument("--rtol", type=float, default=None, help="relative tolerance (default 1e-9 in float64)")
+    g.add_argument("--rtol", type=float, default=None,
+                   help="relative tolerance (default 1e-9 in float64, 1e-5 in float32); allowed 1e-14 to 1e-3 "
+                        "in float64, 1e-7 to 1e-3 in float32 (smaller: the dtype cannot deliver it; larger: the "
+                        "phase times are meaningless)")
     g.add_argument("--atol", type=float, default=None,
-                   help="absolute tolerance (default: 1e-3 * rtol * smallest initial |entry|)")
+                   help="absolute tolerance, finite and > 0 (default: 1e-3 * rtol * smallest initial |entry|)")
     g.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="default float64")
     g.add_argument("--device", default="cpu", help="torch device for the flow (default cpu)")
     g.add_argument("--mode", default="full", choices=("full", "reduced", "compare"),
@@ -66,16 +70,33 @@ def build_parser() -> ArgumentParser:
                         "D | S, uniform frequencies and balanced/uniform init; orders of magnitude faster); "
                         "compare: both, with max |L_full - L_reduced| in results.json (compare.max_loss_diff)")
     g.add_argument("--max-steps", type=int, default=1_000_000,
-                   help="budget of accepted solver steps (default 1000000); a run that exhausts it ends with "
-                        "status max_steps")
+                   help="budget of accepted solver steps (default 1000000: the default S=16 run takes ~400, "
+                        "S=1024 ~1900, alpha=1e-300 ~18000); a run that exhausts it writes its results with "
+                        "status max_steps and exits with status 3")
     g.add_argument("--samples-per-octave", type=int, default=32,
                    help="saved points per doubling of t (default 32; plus 16 linear points at the start)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder (default runs/flow-S{S}-R{R}-D{D}); created atomically")
+                   help="output folder, created as a whole when the run succeeds (default "
+                        "runs/flow-S{S}-R{R}-D{D} plus every result-changing setting that differs from its "
+                        "default, e.g. runs/flow-S16-R4-D8-compare-rtol1e-10); an existing non-empty folder "
+                        "is refused unless --overwrite")
+    add_overwrite(g)
     g.add_argument("--no-plots", action="store_true", help="skip loss.png, loss.pdf and invariant.png")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return p
+
+
+# labels of the settings in the default output folder's name ("" = the value alone, as in -reduced)
+OUT_LABELS = dict(mode="", facts="", facts_file="facts", zipf_subjects="zipf", zipf_relations="zipfrel", init="",
+                  init_file="init", t_max="tmax", loss_target="target", eps_conv="eps", backend="", method="",
+                  dtype="", device="", max_steps="maxsteps", samples_per_octave="spo")
+
+
+def default_out_dir(args, parser=None) -> str:
+    """runs/flow-S{S}-R{R}-D{D} plus ``-<setting>`` for every result-changing option not at its default."""
+    return default_out(f"runs/flow-S{args.S}-R{args.R}-D{args.D}", parser or build_parser(), args,
+                       skip=("S", "R", "D"), labels=OUT_LABELS, first=("mode",))
 
 
 def config_from_args(a) -> FlowConfig:
@@ -119,22 +140,34 @@ def summary(result) -> str:
 
 @guarded
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     config = config_from_args(args)
-    config.check_memory()
-    out = args.out or f"runs/flow-S{args.S}-R{args.R}-D{args.D}"
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError(f"out = {out!r} exists and is not a folder; give a folder path")
-    from analysis.reduced_flow import run_mode
+    from analysis.reduced_flow import check_reduced_memory, run_mode
 
-    result = run_mode(args.mode, config, progress=None if not args.quiet else False)
-    result.save(out, plots=not args.no_plots)
+    if args.mode == "reduced":  # 10 class parameters: the full system's estimate does not apply
+        check_reduced_memory(config)
+    else:
+        config.check_memory()
+    out = args.out or default_out_dir(args, parser)
+    check_out(out, overwrite=args.overwrite)  # before any computation
+
+    # progress: a bar on a terminal, elsewhere one line on stderr every ~30 s (dynamics.flow._Progress)
+    result = run_mode(args.mode, config, progress=not args.quiet)
+    result.save(out, plots=not args.no_plots, overwrite=args.overwrite)
     if not args.quiet:
         print(summary(result))
         if getattr(result, "compare", None):
             print(f"compare: max |L_full - L_reduced| = {result.compare['max_loss_diff']:.3e} over "
                   f"{result.compare['points']} saved times")
         print(f"wrote {out}/results.json, trajectory.csv" + ("" if args.no_plots else ", loss.png, loss.pdf, invariant.png"))
+    if result.status in ("max_steps", "failed"):  # ran but did not finish: results written, exit 3
+        reason = result.message or result.status
+        hint = (" (raise --max-steps, or loosen --rtol within its range)" if result.status == "max_steps"
+                else "")
+        sys.stderr.write(f"error: the flow did not finish ({result.status}): {reason}{hint}; the results up to "
+                         f"there are in {out}\n")
+        return EXIT_UNFINISHED
     return 0
 
 

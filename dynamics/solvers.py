@@ -24,6 +24,7 @@ NATIVE_METHODS = ("dopri5",)
 DEFAULT_METHOD = {"native": "dopri5", "torchdiffeq": "dopri5", "scipy": "DOP853"}
 METHODS = {"native": NATIVE_METHODS, "torchdiffeq": TORCHDIFFEQ_METHODS, "scipy": SCIPY_METHODS}
 BACKENDS = tuple(DEFAULT_METHOD)
+SCIPY_RTOL_MIN = 100 * float(np.finfo(np.float64).eps)  # scipy.integrate's floor (2.2e-14; it warns below)
 
 
 class _Counted(torch.nn.Module):
@@ -144,14 +145,15 @@ class ScipyStepper:
     def __init__(self, f, method: str, t0: float, y0: torch.Tensor, rtol: float, atol: float, t_bound: float):
         import scipy.integrate as si
 
-        self.name, self.rtol, self.atol = method, rtol, atol
+        # scipy refuses rtol below 100 eps (2.2e-14) with a warning and raises it: do it here, silently
+        self.name, self.rtol, self.atol = method, max(rtol, SCIPY_RTOL_MIN), atol
         self.cls = getattr(si, method)
         self.replayable = method not in IMPLICIT  # multistep / Newton state cannot be rebuilt from (t0, y0, h)
         self.like = y0
         self.f = f
         self.stats = dict(n_steps=0, n_rejected=None, nfe=0, njev=0, nlu=0, nfe_replay=0)
         self.solver = self.cls(self._fun, float(t0), y0.cpu().numpy().astype(np.float64), float(t_bound),
-                               rtol=rtol, atol=atol)
+                               rtol=self.rtol, atol=atol)
         self.t_bound = float(t_bound)
         self.t, self.y = float(t0), y0.clone()
 

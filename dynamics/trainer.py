@@ -12,6 +12,11 @@ Evaluation (every ``eval_every`` steps and at the last step):
   seed) -> loss, relation-only loss, subject-only loss, accuracy, hallucination gap (SPEC §3),
   each a mean over the held-out sequences;
 - GD (model 1): the exact population metrics of :class:`models.population.PopulationObjective`.
+
+Divergence: both trainers stop at the first loss that is not finite or above DIVERGENCE_FACTOR x
+max(log|A|, the loss at step 0) (the sampled trainers: any batch loss, tracked on the device and read at
+evaluations; GD: the exact loss of every step), keep the history before it and return status "diverged"
+with ``diverged_at`` (the step); "completed" otherwise.
 """
 from __future__ import annotations
 
@@ -22,12 +27,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from common.errors import ConfigError, check_choice, check_int, check_positive
+from common.errors import ConfigError, check_choice, check_device, check_int, check_positive
 from models.linear import INIT_KINDS, init_linear
 from models.modules import LinearAttentionModel, SoftmaxAttentionModel
 from models.population import PopulationObjective
 from models.sampler import Batch, TaskSampler
-from models.task import Task, TaskConfig, make_task
+from models.task import MAX_SEED, Task, TaskConfig, make_task
 
 from .config import FlowConfig
 from .flow import run_flow
@@ -35,25 +40,25 @@ from .threads import torch_threads
 from .trajectory import Trajectory
 
 MODELS = ("linear", "softmax")
+LR_MAX = 1e30  # a step size the float32 trainers can multiply a gradient by
+MAX_THREADS = 1024  # torch's thread pool crashes (segfault) when asked for ~1e5 threads
 OPTIMIZERS = ("gd", "sgd", "adam")
 HISTORY_COLUMNS = ("step", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap",
                    "train_loss")
 METRICS = HISTORY_COLUMNS[1:6]
+_NEVER = 2**62  # "no bad loss yet" in the sampled trainer's device-side divergence tracking
+# Divergence: a loss that is not finite, or above DIVERGENCE_FACTOR x max(log|A|, the loss at step 0). Training
+# starts near the uniform prediction (loss log|A|); a stable step size never multiplies the loss by 100, while a
+# far too large one can keep it finite but huge (model 2 at lr 1e6: 2e5 nats, its logits bounded by the unit
+# embeddings). The trainers stop there and report status "diverged".
+DIVERGENCE_FACTOR = 100.0
 
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU. Refuses a CUDA device that is absent."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except Exception:
-        raise ConfigError(f"device = {device!r} is not a torch device; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device = {device!r} but no CUDA GPU is available; use --device cpu or auto")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device = {device!r} is not supported; use auto, cpu or cuda")
-    return dev
+    return check_device("device", device, also="auto")
 
 
 @dataclass(frozen=True)
@@ -103,13 +108,14 @@ class TrainConfig:
         if self.optimizer == "adam" and self.model != "softmax":
             raise ConfigError("optimizer = 'adam' is offered for model = 'softmax' only; use gd or sgd for "
                               "the linear model")
-        object.__setattr__(self, "lr", check_positive("lr", self.lr))
+        object.__setattr__(self, "lr", check_positive("lr", self.lr, maximum=LR_MAX,
+                                                      why="larger steps overflow float32, the sampled trainers' type"))
         for name, lo in (("batch", 1), ("steps", 1), ("d", 1), ("eval_every", 1), ("eval_size", 8192)):
             object.__setattr__(self, name, check_int(name, getattr(self, name), lo))
-        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
-        object.__setattr__(self, "threads", check_int("threads", self.threads, 0))
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0, MAX_SEED))
+        object.__setattr__(self, "threads", check_int("threads", self.threads, 0, MAX_THREADS))
+        check_choice("init", self.init, INIT_KINDS)  # model 2 does not use it, but a typo is still refused
         if self.model == "linear":
-            check_choice("init", self.init, INIT_KINDS)
             object.__setattr__(self, "init_scale", check_positive("init_scale", self.init_scale))
         else:
             object.__setattr__(self, "init_scale", check_positive("init_scale", self.init_scale, allow_zero=True))
@@ -118,6 +124,69 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def memory_estimate_bytes(self, compare_flow: bool = False) -> dict:
+        """Rough peak memory of the run, before anything is allocated: ``{"host": bytes, "device": bytes}``
+        (on the CPU both are this machine's memory). Counted: the task tables (S x R answers and weights,
+        R x |A| p(a|r)); sampled trainers: parameters, their gradients and optimizer state, the work arrays of
+        one step (model 1: |A| x |V| products and gradients, batch x |V| token counts, batch x |A| logits;
+        model 2: |V| x |V| and |V| x |A| tables, batch x T scores and batch x |V| weights), the held-out set
+        (eval_size x T tokens) and one evaluation chunk; GD: the exact objective (S x |A| targets, the flow's
+        work arrays); with ``compare_flow`` the exact flow's own estimate (FlowConfig.memory_estimate_bytes)."""
+        t = self.task
+        S, R, D, T, N = t.S, t.R, t.D, t.T, t.N
+        A, V, C = R * D, S + R + N + 1, S + R + 2
+        n, E, d = self.batch, self.eval_size, self.d
+        ch = min(E, 1 << 16)  # HeldOutEvaluator's chunk
+        host = 8 * (3 * S * R + R * A)  # task: answers, fact weights, p(a|r)
+        if self.optimizer == "gd":
+            dev = 8 * (S * A + 2 * R * A + 16 * C * A + 4 * S * R * R + 3 * (1 << 22))
+        else:
+            dev = E * (2 * 8 * T + 32) + ch * (20 * A + 8 * V + 8 * T) + 4 * R * A  # held-out set, chunk, p(a|r)
+            if self.model == "linear":
+                host += 8 * (C * A + A * V)  # init_linear then expand, float64
+                dev += 4 * 6 * A * V + n * (4 * V + 12 * A + 20 * (T - 3) + 4 * N + 32)
+            else:
+                host += 8 * (V * d + A * d + 2 * d * d)  # embeddings and initial weights drawn in float64
+                states = 2 + 2 * (self.optimizer == "adam")  # parameters, gradients, Adam's two moments
+                dev += 4 * (V * d + A * d + 2 * states * d * d + 2 * V * V + 2 * V * A + 2 * V * d)
+                dev += n * (2 * 8 * T + 4 * 4 * T + 5 * 4 * V + 3 * 4 * A)
+        if compare_flow and self.model == "linear":
+            from .config import FlowConfig
+
+            flow = FlowConfig(task=t, init=self.init, alpha=self.init_scale).memory_estimate_bytes()
+            if resolve_device(self.device).type == "cpu" or self.optimizer == "gd":
+                dev = max(dev, flow)
+            else:
+                host = max(host, flow)
+        return dict(host=int(host), device=int(dev))
+
+    def check_memory(self, compare_flow: bool = False) -> None:
+        """Raise ConfigError, with the estimate, if the run would not fit in this machine's (or GPU's) memory."""
+        from .config import available_memory_bytes
+
+        est = self.memory_estimate_bytes(compare_flow)
+        dev = torch.device("cpu") if self.optimizer == "gd" and self.device == "auto" else resolve_device(self.device)
+        have = available_memory_bytes()
+        t = self.task
+        what = f"model = {self.model}, optimizer = {self.optimizer}, S = {t.S}, R = {t.R}, D = {t.D}"
+        if self.optimizer == "gd":
+            hint = "reduce S, R or D"
+        else:
+            what += (f", T = {t.T}, batch = {self.batch}, eval_size = {self.eval_size}"
+                     + (f", d = {self.d}" if self.model == "softmax" else ""))
+            hint = "reduce S, R, D, --batch, --eval-size" + (" or --d" if self.model == "softmax" else "")
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            if est["device"] > 0.9 * free:
+                raise ConfigError(f"{what} needs about {est['device'] / 2**30:,.1f} GiB on {dev} but it has "
+                                  f"{free / 2**30:.1f} GiB free; {hint}")
+            need = est["host"]
+        else:
+            need = est["host"] + est["device"]
+        if need > 0.8 * have:
+            raise ConfigError(f"{what} needs about {need / 2**30:,.1f} GiB but this machine has "
+                              f"{have / 2**30:.1f} GiB available; {hint}")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -178,11 +247,15 @@ class TrainResult:
     sequences_per_second: float | None
     steps_per_second: float
     model: object = field(repr=False, default=None)
+    status: str = "completed"  # completed | diverged (a loss not finite or > DIVERGENCE_FACTOR x its start)
+    diverged_at: int | None = None  # diverged: the first step whose loss was bad (updates made before it)
 
     def __repr__(self) -> str:
         c, t, h = self.config, self.config.task, self.history
+        final = f"{h['loss'][-1]:.6g}" if len(h["loss"]) else "None"
+        div = f", status='diverged', diverged_at={self.diverged_at}" if self.status == "diverged" else ""
         return (f"TrainResult(model={c.model!r}, optimizer={c.optimizer!r}, lr={c.lr:g}, S={t.S}, R={t.R}, "
-                f"D={t.D}, steps={c.steps}, device={self.device.type!r}, final_loss={h['loss'][-1]:.6g}, "
+                f"D={t.D}, steps={c.steps}, device={self.device.type!r}, final_loss={final}{div}, "
                 f"steps_per_second={self.steps_per_second:.4g})")
 
     def to_dataframe(self):
@@ -211,6 +284,12 @@ class SampledTrainer:
         if c.optimizer == "adam":
             self.adam = torch.optim.Adam(self.params, lr=c.lr, capturable=(dev.type == "cuda"))
         self.train_sum = torch.zeros((), dtype=torch.float32, device=dev)  # running sum of batch losses
+        # divergence, tracked on the device (no host sync in the step; read at evaluations): steps taken and
+        # the first step whose batch loss was not finite (_NEVER while none)
+        self._steps_taken = torch.zeros((), dtype=torch.int64, device=dev)
+        self._first_bad = torch.full((), _NEVER, dtype=torch.int64, device=dev)
+        self._never = self._first_bad.clone()
+        self._limit = torch.full((), math.inf, dtype=torch.float32, device=dev)  # set after the step-0 evaluation
         self.graph = None
         self.linear_fast = c.model == "linear"
         if self.linear_fast:
@@ -247,6 +326,14 @@ class SampledTrainer:
         W.sub_(dU * K, alpha=c.lr)
         K.sub_(gK, alpha=c.lr)
         self.train_sum.add_(loss)
+        self._track(loss)
+
+    def _track(self, loss):
+        """Count the step and remember it if its batch loss is not finite or above the divergence limit
+        (device ops only: no host sync, graph-capturable)."""
+        self._steps_taken.add_(1)
+        bad = torch.where(loss <= self._limit, self._never, self._steps_taken)  # NaN <= x is False
+        torch.minimum(self._first_bad, bad, out=self._first_bad)
 
     def _step_body(self):
         if self.linear_fast:
@@ -265,6 +352,7 @@ class SampledTrainer:
                 for p in self.params:
                     p.add_(p.grad, alpha=-self.config.lr)
             self.train_sum.add_(loss.detach())
+            self._track(loss.detach())
 
     def step(self):
         """One training step (a CUDA graph replay once captured)."""
@@ -314,18 +402,28 @@ class SampledTrainer:
         c = self.config
         hist = {k: [] for k in HISTORY_COLUMNS}
         last_sum, last_step = 0.0, 0
+        diverged_at = None
 
-        def record(step):
-            nonlocal last_sum, last_step
+        def record(step) -> bool:
+            """Append the evaluation at ``step``; False (nothing appended) once a loss is not finite or above
+            the divergence limit (here or in a batch since the last evaluation)."""
+            nonlocal last_sum, last_step, diverged_at
             m = self.evaluate()
-            tot = float(self.train_sum)  # host sync: only at evaluations
+            tot = float(self.train_sum)  # host syncs: only at evaluations
+            first_bad = int(self._first_bad)  # 1-based step whose batch loss was not finite or above the limit
+            if first_bad != _NEVER or not math.isfinite(tot) or not m["loss"] <= float(self._limit):
+                diverged_at = first_bad - 1 if first_bad != _NEVER else step
+                return False
+            if step == 0:
+                self._limit.fill_(DIVERGENCE_FACTOR * max(self.task.log_A, m["loss"]))
             hist["step"].append(step)
             for k in METRICS:
                 hist[k].append(m[k])
             hist["train_loss"].append((tot - last_sum) / (step - last_step) if step > last_step else math.nan)
             last_sum, last_step = tot, step
+            return True
 
-        record(0)
+        ok = record(0)
         step = 0
         bar = tqdm(total=c.steps, desc=f"{c.model}/{c.optimizer}", unit=" steps",
                    disable=(None if progress is None else not progress))
@@ -333,11 +431,11 @@ class SampledTrainer:
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
         train_time = 0.0
-        if self.device.type == "cuda" and c.cuda_graph and c.steps > 8:
+        if ok and self.device.type == "cuda" and c.cuda_graph and c.steps > 8:
             done = self.capture(warmup=3)
             step += done - 1  # warm-up steps trained the model; the capture did not
             bar.update(step)
-        while step < c.steps:
+        while ok and step < c.steps:
             n = min(c.eval_every - step % c.eval_every, c.steps - step)
             for _ in range(n):
                 self.step()
@@ -347,15 +445,17 @@ class SampledTrainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 train_time += time.perf_counter() - t0
-                record(step)
+                ok = record(step)  # stops at the first evaluation that finds a diverged loss
                 t0 = time.perf_counter()
         bar.close()
         history = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
         if c.model == "linear":
             history["flow_time"] = history["step"] * c.lr
+        train_time = max(train_time, 1e-12)
         return TrainResult(config=c, task=self.task, device=self.device, history=Trajectory(history, "step"),
-                           train_seconds=train_time, sequences_per_second=c.steps * c.batch / train_time,
-                           steps_per_second=c.steps / train_time, model=self.model)
+                           train_seconds=train_time, sequences_per_second=step * c.batch / train_time,
+                           steps_per_second=step / train_time, model=self.model,
+                           status="completed" if ok else "diverged", diverged_at=diverged_at)
 
 
 class GDTrainer:
@@ -373,10 +473,12 @@ class GDTrainer:
         self.obj = PopulationObjective(self.task, dtype=torch.float64, device=self.device)
         self.Wt, self.K = init_linear(self.task, c.init, c.init_scale, dtype=torch.float64, device=self.device)
 
-    def step(self):
-        _, gW, gK = self.obj.value_and_grad(self.Wt, self.K)
+    def step(self) -> float:
+        """One GD step; returns the exact loss of the state it started from (computed with the gradient)."""
+        loss, gW, gK = self.obj.value_and_grad(self.Wt, self.K)
         self.Wt.sub_(gW, alpha=self.config.lr)  # (C, |A|)
         self.K.sub_(gK, alpha=self.config.lr)  # (C,)
+        return float(loss)
 
     def run(self, progress: bool | None = None) -> TrainResult:
         with torch_threads(self.config.threads if self.device.type == "cpu" else 0):
@@ -387,30 +489,50 @@ class GDTrainer:
 
         c = self.config
         hist = {k: [] for k in HISTORY_COLUMNS}
+        limit = math.inf  # DIVERGENCE_FACTOR x max(log|A|, L(0)) once L(0) is known
 
-        def record(step):
+        def record(step) -> bool:
+            """Append the exact metrics at ``step``; False (nothing appended) if the loss is not finite or above
+            the divergence limit."""
+            nonlocal limit
             m = self.obj.metrics(self.Wt, self.K)
+            if not m["loss"] <= limit:  # NaN <= x is False
+                return False
+            if step == 0:
+                limit = DIVERGENCE_FACTOR * max(self.task.log_A, m["loss"])
             hist["step"].append(step)
             for k in METRICS:
                 hist[k].append(m[k])
             hist["train_loss"].append(m["loss"])
+            return True
 
-        record(0)
+        diverged_at = None if record(0) else 0
         t0 = time.perf_counter()
         ev = 0.0
-        for k in tqdm(range(1, c.steps + 1), desc="linear/gd", unit=" steps",
-                      disable=(None if progress is None else not progress)):
-            self.step()
+        done = 0
+        bar = tqdm(total=c.steps, desc="linear/gd", unit=" steps",
+                   disable=(None if progress is None else not progress))
+        for k in range(1, c.steps + 1) if diverged_at is None else ():
+            if not self.step() <= limit:  # the loss of the state after k - 1 steps (CPU: no sync cost)
+                diverged_at = k - 1
+                break
+            done = k
+            bar.update(1)
             if k % c.eval_every == 0 or k == c.steps:
                 e0 = time.perf_counter()
-                record(k)
+                ok = record(k)
                 ev += time.perf_counter() - e0
+                if not ok:
+                    diverged_at = k
+                    break
+        bar.close()
         train_time = time.perf_counter() - t0 - ev
         history = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
         history["flow_time"] = history["step"] * c.lr
         return TrainResult(config=c, task=self.task, device=self.device, history=Trajectory(history, "step"),
                            train_seconds=train_time, sequences_per_second=None,
-                           steps_per_second=c.steps / max(train_time, 1e-12), model=(self.Wt, self.K))
+                           steps_per_second=done / max(train_time, 1e-12), model=(self.Wt, self.K),
+                           status="completed" if diverged_at is None else "diverged", diverged_at=diverged_at)
 
 
 def train(config: TrainConfig, progress: bool | None = None, task: Task | None = None) -> TrainResult:
@@ -442,9 +564,13 @@ def flow_at(task: TaskConfig | Task, init: str, scale: float, times, rtol: float
     config = FlowConfig(task=task, init=init, alpha=scale, t_max=max(float(times.max(initial=0.0)), 1e-300),
                         loss_target=1e-300, rtol=rtol)
     run = run_flow(config, progress=False)
-    if run.status != "t_max":
+    if run.status == "converged" and run.t_final == 0.0:
+        # the loss is already ~0 at t = 0 (|A| = 1: the one answer is certain): a stationary point, the flow stays
+        rows = [run.metrics_at(0.0)] * times.size
+    elif run.status != "t_max":
         raise RuntimeError(f"the flow stopped before t = {config.t_max:g}: {run.status} {run.message}")
-    rows = [run.metrics_at(float(t)) for t in times]
+    else:
+        rows = [run.metrics_at(float(t)) for t in times]
     out = {"t": times}
     for col in FLOW_COLUMNS:
         out[col] = np.array([r[col] for r in rows])

@@ -31,8 +31,10 @@ def loss_axes(ax, t, loss, relation_loss, subject_loss, *, log_A, H_A_given_R, t
             ax.axvline(x, color="0.2", ls=":", lw=1)
             ax.text(x, log_A * 1.04, name, ha="right" if x > 0.97 * t_end else "center", va="bottom",
                     fontsize=9)
-    ax.set_xlim(0, t_end * 1.0)
-    ax.set_ylim(-0.05 * log_A, log_A * 1.12)
+    # a run that ends at t = 0 (target met at once) or a task with |A| = 1 (log|A| = 0) still gets an axis span
+    ax.set_xlim(0, t_end if t_end > 0 else 1.0)
+    top = log_A if log_A > 0 else 1.0
+    ax.set_ylim(-0.05 * top, top * 1.12)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss (nats)")
     if title:

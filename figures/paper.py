@@ -2,7 +2,7 @@
 
     python -m figures.paper --out figs/
 
-Writes into --out (atomically):
+Writes into --out (a new folder put in place as a whole; an existing non-empty one is refused unless --overwrite):
 - ``sequential.png/pdf``: left, the exact gradient flow of model 1 (linear attention) with total,
   relation-only and subject-only losses and shaded stages; right, model 2 (softmax attention,
   random embeddings) trained online with SGD or Adam, the same curves against steps;
@@ -20,9 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.cli import ArgumentParser, describe_device, guarded  # noqa: E402
-from common.errors import ConfigError  # noqa: E402
-from common.io import output_dir, save_figure, write_json  # noqa: E402
+from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, describe_device, guarded  # noqa: E402
+from common.errors import ConfigError, check_int, check_positive  # noqa: E402
+from common.io import check_out, output_dir, save_figure, write_json  # noqa: E402
 from models.task import TaskConfig  # noqa: E402
 
 from .flow import loss_axes  # noqa: E402
@@ -33,7 +33,9 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m figures.paper",
                        description="Two-panel sequential-learning figure (exact flow of model 1 | model 2 trained "
                                    "with SGD or Adam) and model 1's SGD-vs-flow overlay, as PNG and PDF.")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created atomically)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder, created as a whole at the end; "
+                   "an existing non-empty folder is refused unless --overwrite")
+    add_overwrite(p)
     p.add_argument("--S", type=int, default=16, help="subjects (default 16)")
     p.add_argument("--R", type=int, default=4, help="relations (default 4)")
     p.add_argument("--D", type=int, default=8, help="answers per relation (default 8)")
@@ -59,14 +61,20 @@ def build_parser() -> ArgumentParser:
 @guarded
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    if os.path.exists(a.out) and not os.path.isdir(a.out):
-        raise ConfigError(f"out = {a.out!r} exists and is not a folder; give a folder path")
+    check_out(a.out, overwrite=a.overwrite)  # before any computation
     from analysis.results import analyze_flow
     from analysis.training import summarize_training
     from dynamics import FlowConfig, TrainConfig, flow_gap, train
+    from dynamics.trainer import LR_MAX
 
     task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N)
     prog = False if a.quiet else None
+    # the flags by their own names (the configs below call them lr, steps, init_scale)
+    check_positive("softmax_lr", a.softmax_lr, maximum=LR_MAX,
+                   why="larger steps overflow float32, the sampled trainers' type")
+    check_int("softmax_steps", a.softmax_steps, 1)
+    check_int("sgd_steps", a.sgd_steps, 1)
+    check_positive("softmax_init_scale", a.softmax_init_scale, allow_zero=True)
     # every config is validated before any work
     flow_cfg = FlowConfig(task=task, init="balanced", alpha=a.alpha)
     soft = TrainConfig(task=task, model="softmax", optimizer=a.softmax_optimizer, lr=a.softmax_lr,
@@ -75,10 +83,24 @@ def main(argv=None) -> int:
     sgd = TrainConfig(task=task, model="linear", optimizer="sgd", lr=0.1, batch=1024, steps=a.sgd_steps,
                       init="uniform", init_scale=1e-5, seed=a.seed, eval_every=max(1, a.sgd_steps // 128),
                       device=a.device)
+    flow_cfg.check_memory()  # every part's memory estimated before anything is allocated
+    soft.check_memory()
+    sgd.check_memory(compare_flow=True)
     flow = analyze_flow(flow_cfg, progress=prog)
+    if flow.status in ("max_steps", "failed"):  # ran but did not finish: exit 3, no figure of a partial flow
+        sys.stderr.write(f"error: the model 1 flow did not finish ({flow.status}): {flow.message}; nothing was "
+                         "written\n")
+        return EXIT_UNFINISHED
     soft_run = train(soft, progress=prog)
+    if soft_run.status == "diverged":
+        sys.stderr.write(f"error: model 2 training diverged at step {soft_run.diverged_at} (its loss became non-finite "
+                         f"or grew above 100 x its start); try a smaller --softmax-lr; nothing was written\n")
+        return EXIT_UNFINISHED
     soft_sum = summarize_training(soft_run)
     sgd_run = train(sgd, progress=prog)
+    if sgd_run.status == "diverged":
+        sys.stderr.write(f"error: model 1 SGD diverged at step {sgd_run.diverged_at}; nothing was written\n")
+        return EXIT_UNFINISHED
     pairing = flow_gap(sgd_run)
     sgd_sum = summarize_training(sgd_run, pairing)
 
@@ -89,14 +111,20 @@ def main(argv=None) -> int:
               title=f"Model 1: exact gradient flow (linear attention, one-hot)\nbalanced init {a.alpha:g}")
     h, sp = soft_run.history, soft_sum["phases"]["steps"]
     opt = "SGD" if a.softmax_optimizer == "sgd" else "Adam"
+    left = float(h["step"][1]) if len(h["step"]) > 1 else 1.0  # the log axis starts at the first evaluation
+
+    def on_log_axis(x):  # a phase reached before it (e.g. at step 0: loss already below its level) is not drawn:
+        return x if x is not None and x >= left else None  # its label would sit far off the axis
+
     loss_axes(axes[1], h["step"], h["loss"], h["relation_loss"], h["subject_loss"],
-              log_A=soft_sum["theory"]["log_A"], H_A_given_R=soft_sum["theory"]["H_A_given_R"], t1=sp["t1"],
-              t2=sp["t2"], t3=sp["t3"], xlabel="training step",
+              log_A=soft_sum["theory"]["log_A"], H_A_given_R=soft_sum["theory"]["H_A_given_R"],
+              t1=on_log_axis(sp["t1"]), t2=on_log_axis(sp["t2"]), t3=on_log_axis(sp["t3"]), xlabel="training step",
               title=f"Model 2: softmax attention, random embeddings (d={a.d})\n{opt} lr {a.softmax_lr:g}, "
                     f"batch 1024, held-out loss ({soft_sum['device']})")
     # log steps: the short first plateau and the hallucination plateau stay visible next to the long stage 3
     axes[1].set_xscale("log")
-    axes[1].set_xlim(float(h["step"][1]), float(h["step"][-1]))
+    if h["step"][-1] > left:
+        axes[1].set_xlim(left, float(h["step"][-1]))
     axes[1].set_xlabel("training step (log scale)")
     fig.suptitle(f"Sequential learning of factual recall: S={a.S}, R={a.R}, D={a.D}, T={a.T}, N={a.N} "
                  f"(stage 1: uniform, stage 2: relation only = hallucination, stage 3: facts)", fontsize=11)
@@ -106,7 +134,7 @@ def main(argv=None) -> int:
     ax2.set_title(f"Model 1: SGD (uniform init 1e-5, lr 0.1, batch 1024, {a.sgd_steps} steps) vs exact flow\n"
                   f"S={a.S}, R={a.R}, D={a.D}, T={a.T}, N={a.N}; {describe_device(sgd_run.device)}",
                   fontsize=10)
-    with output_dir(a.out) as d:
+    with output_dir(a.out, overwrite=a.overwrite) as d:
         for ext in ("png", "pdf"):
             save_figure(fig, os.path.join(d, f"sequential.{ext}"), dpi=150)
             save_figure(fig2, os.path.join(d, f"sgd_vs_flow.{ext}"), dpi=150)
@@ -115,7 +143,10 @@ def main(argv=None) -> int:
     plt.close(fig)
     plt.close(fig2)
     conf = soft_sum["confirmation"]
-    print(f"flow t1={ph.t1:.4g} t2={ph.t2:.4g} t3={ph.t3 if ph.t3 is None else round(ph.t3, 4)}; "
+    def g(x):
+        return "not reached" if x is None else f"{x:.4g}"
+
+    print(f"flow t1={g(ph.t1)} t2={g(ph.t2)} t3={g(ph.t3)}; "
           f"SGD-vs-flow gap {pairing['flow_gap']:.4f}; model 2 confirmed: "
           + ", ".join(f"{k}={conf[k]['confirmed']}" for k in ("first_plateau", "second_plateau",
                                                                "hallucination_gap", "convergence")))

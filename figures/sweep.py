@@ -69,7 +69,9 @@ def plot_sweep(cols, slopes) -> dict:
             ax.plot(S, _leading(cols, name)[sel][order], "-", color=color, lw=1)
     for ax, (name, label) in zip(axes.flat, QUANTITIES):
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        plotted = np.concatenate([np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.get_lines()] or [[]])
+        if np.any(np.isfinite(plotted) & (plotted > 0)):  # a phase that never happens (null, or all at t = 0)
+            ax.set_yscale("log")                           # stays on a linear axis
         Svals = np.unique(cols["S"])
         if Svals.size <= 12:  # label the grid's S values themselves, not powers of ten
             ax.set_xticks(Svals, [str(int(v)) for v in Svals])

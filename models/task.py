@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,11 @@ import numpy as np
 from common.errors import ConfigError, check_choice, check_int, check_positive
 
 FACT_KINDS = ("structured", "balanced", "random", "file")
+# Largest size (S, R, D, T, N) accepted: every index and product of sizes stays far inside int64. Memory
+# limits are tighter and are checked separately, with an estimate, by whatever allocates.
+MAX_SIZE = 2**31 - 1
+# Seeds go to numpy and torch generators; torch takes unsigned 64-bit seeds, numpy any non-negative integer.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class TaskConfig:
     facts: ``structured`` | ``balanced`` | ``random`` | ``file`` (then ``facts_file`` is the path).
     zipf_subjects, zipf_relations: Zipf exponents beta_s, beta_r (0 = uniform).
     seed: seeds the ``balanced`` and ``random`` tables.
+    Sizes are at most MAX_SIZE and the seed at most MAX_SEED (memory limits are checked where arrays are made).
     """
 
     S: int = 16
@@ -50,9 +57,9 @@ class TaskConfig:
 
     def __post_init__(self):
         for name in ("S", "R", "D", "N"):
-            object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
-        object.__setattr__(self, "T", check_int("T", self.T, 3))
-        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1, MAX_SIZE))
+        object.__setattr__(self, "T", check_int("T", self.T, 3, MAX_SIZE))
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0, MAX_SEED))
         if self.facts_file is not None and self.facts == "structured":
             # A file given with the default kind means "use the file".
             object.__setattr__(self, "facts", "file")
@@ -195,6 +202,8 @@ def load_fact_table(path: str, S: int, R: int, D: int) -> np.ndarray:
     Accepts ``.npy`` (integer dtype) or a header-less comma-separated ``.csv`` of integers.
     Raises ConfigError naming the file and what is wrong.
     """
+    if os.path.isdir(path):
+        raise ConfigError(f"facts_file = {path!r} is a folder; give a .npy or .csv file of shape S x R")
     if not os.path.isfile(path):
         raise ConfigError(f"facts_file = {path!r} does not exist; give a .npy or .csv file of shape S x R")
     ext = os.path.splitext(path)[1].lower()
@@ -204,13 +213,18 @@ def load_fact_table(path: str, S: int, R: int, D: int) -> np.ndarray:
             if arr.dtype.kind not in "iu":
                 raise ConfigError(f"facts_file = {path!r} holds dtype {arr.dtype}; it must hold integers")
         elif ext == ".csv":
-            raw = np.genfromtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-            if raw.size == 0 or not np.all(np.isfinite(raw)):
+            with warnings.catch_warnings(), np.errstate(all="ignore"):  # an empty file: say so, no warning
+                warnings.simplefilter("ignore")
+                raw = np.genfromtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+            if raw.size == 0:
+                raise ConfigError(f"facts_file = {path!r} is empty; it must be a header-less CSV of integers "
+                                  f"of shape (S, R) = ({S}, {R})")
+            if not np.all(np.isfinite(raw)):
                 raise ConfigError(f"facts_file = {path!r} has empty or non-numeric entries; "
                                   "it must be a header-less CSV of integers")
             if not np.all(raw == np.round(raw)):
                 raise ConfigError(f"facts_file = {path!r} has non-integer entries; it must hold integers")
-            arr = raw.astype(np.int64)
+            arr = raw  # integral floats; range-checked below before any cast
         else:
             raise ConfigError(f"facts_file = {path!r} has extension {ext!r}; allowed: .npy, .csv")
     except ConfigError:
@@ -220,11 +234,14 @@ def load_fact_table(path: str, S: int, R: int, D: int) -> np.ndarray:
                           f"{str(exc).splitlines()[0] if str(exc) else 'malformed'})") from None
     if arr.ndim != 2 or arr.shape != (S, R):
         raise ConfigError(f"facts_file = {path!r} has shape {arr.shape}; it must be (S, R) = ({S}, {R})")
-    arr = arr.astype(np.int64)
+    # compare in the file's own type (Python ints for integers: no wrap-around of uint64 or of huge values)
+    vals = arr.astype(object) if arr.dtype.kind in "iu" else arr
     lo = np.arange(R, dtype=np.int64)[None, :] * D
-    bad = (arr < lo) | (arr >= lo + D)
+    bad = (vals < lo) | (vals >= lo + D)
     if bad.any():
         s, r = map(int, np.argwhere(bad)[0])
-        raise ConfigError(f"facts_file = {path!r}: entry [{s}, {r}] = {arr[s, r]} is outside relation {r}'s "
+        v = arr[s, r]
+        shown = int(v) if arr.dtype.kind in "iu" else (int(v) if abs(v) < 2**53 else f"{float(v):g}")
+        raise ConfigError(f"facts_file = {path!r}: entry [{s}, {r}] = {shown} is outside relation {r}'s "
                           f"answer block [{r * D}, {r * D + D - 1}]")
-    return arr
+    return arr.astype(np.int64)

@@ -4,7 +4,8 @@
         --lr 0.1 --steps 8192 --compare-flow --out runs/linear_sgd
     python -m models.train --model softmax --optimizer sgd --lr 1 --steps 3000 --out runs/softmax
 
-Writes into --out (created atomically; nothing is left behind on error):
+Writes into --out (a new folder put in place as a whole when the run ends; nothing is left behind on error or
+interrupt; an existing non-empty --out is refused unless --overwrite):
   results.json  config, device, throughput (sequences/s, steps/s), phases (time in steps; model 1 also in
                 flow time k*lr), for model 1 with --compare-flow the flow_gap, for model 2 the confirmation
                 report (one entry per claim with the measured numbers and confirmed true/false);
@@ -18,15 +19,15 @@ from __future__ import annotations
 import os
 import sys
 
-from common.cli import ArgumentParser, describe_device, guarded
-from common.errors import ConfigError
+from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, describe_device, guarded
+from common.errors import ConfigError, check_int, check_positive
+from common.io import check_out
 
-from .task import TaskConfig
+from .task import MAX_SEED, TaskConfig
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0],
-                       epilog="Bad input gives one line on stderr and exit status 2.")
+    p = ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     t = p.add_argument_group("task (SPEC §1)")
     t.add_argument("--S", type=int, default=16, help="number of subjects (default 16)")
     t.add_argument("--R", type=int, default=4, help="number of relations (default 4)")
@@ -44,8 +45,9 @@ def build_parser() -> ArgumentParser:
     m.add_argument("--lr", type=float, default=0.1, help="step size (default 0.1)")
     m.add_argument("--batch", type=int, default=1024, help="sequences per SGD/Adam step (default 1024)")
     m.add_argument("--steps", type=int, default=8192, help="number of optimizer steps (default 8192)")
-    m.add_argument("--init", default="uniform", help="linear model init: uniform (every entry = scale, the "
-                   "paper's) | balanced (K = scale, W = scale/sqrt|A|) (default uniform)")
+    m.add_argument("--init", default=None, help="linear model init: uniform (every entry = scale, the "
+                   "paper's) | balanced (K = scale, W = scale/sqrt|A|) (default uniform; not for the softmax "
+                   "model, whose init is Gaussian, see --init-scale)")
     m.add_argument("--init-scale", type=float, default=None, help="linear: the init scale (default 1e-5); "
                    "softmax: W_KQ, W_OV entries ~ N(0, scale^2/d) (default 1e-3)")
     m.add_argument("--seed", type=int, default=0, help="seed of sampling, embeddings and init (default 0)")
@@ -63,20 +65,30 @@ def build_parser() -> ArgumentParser:
                    "the same init, report flow_gap = max_k |L_train(k) - L_flow(k*lr)| and overlay it")
     o.add_argument("--no-plots", action="store_true", help="skip loss.png / loss.pdf")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
-    o.add_argument("--out", required=True, help="output folder (created; existing files are replaced)")
+    o.add_argument("--out", required=True, help="output folder, created as a whole when the run ends; an "
+                   "existing non-empty folder is refused unless --overwrite")
+    add_overwrite(o)
     return p
 
 
 def config_from_args(a):
     from dynamics import TrainConfig
 
+    check_int("task_seed", a.task_seed, 0, MAX_SEED)  # named as the flag (TaskConfig calls it seed)
     task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N, facts=a.facts, seed=a.task_seed)
     opt = a.optimizer or "sgd"
+    if a.init is not None and a.model != "linear":
+        raise ConfigError(f"--init {a.init} applies to the linear model only; the softmax model's W_KQ, W_OV "
+                          "start Gaussian with std init_scale/sqrt(d) (set it with --init-scale)")
     scale = a.init_scale if a.init_scale is not None else (1e-5 if a.model == "linear" else 1e-3)
     if a.compare_flow and a.model != "linear":
         raise ConfigError("--compare-flow needs --model linear (the exact flow is model 1's)")
+    if a.compare_flow:  # the flow from the same init: its range of scales, checked before training
+        from dynamics.config import ALPHA_MAX, ALPHA_MIN, ALPHA_WHY
+
+        check_positive("init_scale", scale, minimum=ALPHA_MIN, maximum=ALPHA_MAX, why=f"--compare-flow: {ALPHA_WHY}")
     return TrainConfig(task=task, model=a.model, optimizer=opt, lr=a.lr, batch=a.batch, steps=a.steps,
-                       init=a.init, init_scale=scale, d=a.d, seed=a.seed, eval_every=a.eval_every,
+                       init=a.init or "uniform", init_scale=scale, d=a.d, seed=a.seed, eval_every=a.eval_every,
                        eval_size=a.eval_size, eps_conv=a.eps_conv, device=a.device,
                        cuda_graph=not a.no_cuda_graph, threads=a.threads)
 
@@ -87,19 +99,20 @@ def main(argv=None) -> int:
     from dynamics import resolve_device
 
     a = build_parser().parse_args(argv)
-    if os.path.exists(a.out) and not os.path.isdir(a.out):
-        raise ConfigError(f"out = {a.out!r} exists and is not a folder; give a folder path")
     config = config_from_args(a)
+    config.check_memory(compare_flow=a.compare_flow)  # estimated from the configuration, before allocating
+    check_out(a.out, overwrite=a.overwrite)  # before any computation
     dev = resolve_device(config.device) if config.optimizer != "gd" or config.device != "auto" else None
-    print(f"device: {describe_device(dev) if dev is not None else 'cpu (exact population GD in float64)'}",
-          file=sys.stderr)
+    # on stdout: stderr is kept for the one line that says why a run stopped or was refused
+    print(f"device: {describe_device(dev) if dev is not None else 'cpu (exact population GD in float64)'}")
     result = analyze_training(config, compare_flow=a.compare_flow, progress=not a.quiet)
-    result.save(a.out, plots=not a.no_plots)
+    result.save(a.out, plots=not a.no_plots, overwrite=a.overwrite)
     summary, pairing = result.summary, result.pairing
     f = summary["final"]
     tp = summary["throughput"]
     line = (f"final loss {f['loss']:.4f} (relation {f['relation_loss']:.4f}, subject {f['subject_loss']:.4f}, "
-            f"accuracy {f['accuracy']:.3f}); {tp['steps_per_second']:.0f} steps/s")
+            f"accuracy {f['accuracy']:.3f}); " if f else "no finite evaluation; ") + \
+        f"{tp['steps_per_second']:.0f} steps/s"
     if tp["sequences_per_second"]:
         line += f", {tp['sequences_per_second']:.3g} sequences/s"
     if pairing is not None:
@@ -111,6 +124,16 @@ def main(argv=None) -> int:
                                              "convergence"))
     print(line)
     print(f"wrote {a.out}")
+    if summary.get("status") == "diverged":  # ran but did not finish: results written, exit 3
+        k = summary["diverged_at"]
+        if k == 0:
+            why = (f"the loss is not finite at the start (step 0): the initial scale {config.init_scale:g} "
+                   f"overflows; use a smaller --init-scale; results.json (status diverged) is in {a.out}")
+        else:
+            why = (f"the loss became non-finite or grew above 100 x its start at step {k} of {config.steps} "
+                   f"(lr {config.lr:g}); try a smaller --lr; the history up to there is in {a.out}")
+        sys.stderr.write(f"error: training diverged: {why}\n")
+        return EXIT_UNFINISHED
     return 0
 
 
