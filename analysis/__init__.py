@@ -1,17 +1,20 @@
 """Analysis: phase detection on any loss curve, the symbolic reduction of the flow and its predictions,
 sweeps, and the reports of training runs (summary, confirmation of the stages).
 
-The flow study (torch), the reduction modules (sympy) and the training reports load lazily, so
-``import analysis`` stays cheap:
+Every name loads on first use (the phases and reports need scipy, the flow study torch, the reduction
+sympy), so ``import analysis`` and the command lines' ``--help`` stay cheap:
 
     from analysis import analyze_flow            # integrate the exact flow and find its phases
     from analysis import phase_times, escape_rates, hallucination_stage_exists, run_reduced
 """
-from .confirm import confirmation_report
-from .phases import (Phases, Plateau, detect_phases, first_crossing, flow_phases, flow_plateau, hermite_crossing,
-                     plateau_index, thresholds)
+import importlib
+import os
 
 _LAZY = {
+    "confirmation_report": "confirm",
+    "Phases": "phases", "Plateau": "phases", "detect_phases": "phases", "first_crossing": "phases",
+    "flow_phases": "phases", "flow_plateau": "phases", "hermite_crossing": "phases", "plateau_index": "phases",
+    "thresholds": "phases",
     "escape_rates": "predict", "hallucination_stage_exists": "predict", "phase_times": "predict",
     "plateau_levels": "predict", "Modes": "predict", "ReducedSolution": "predict",
     "derivation": "reduction", "proofs": "reduction", "class_rhs_numpy": "reduction",
@@ -21,14 +24,19 @@ _LAZY = {
     "analyze_training": "training", "TrainingResult": "training",
 }
 
-__all__ = ["Phases", "Plateau", "confirmation_report", "detect_phases", "first_crossing", "flow_phases",
-           "flow_plateau", "hermite_crossing",
-           "plateau_index", "thresholds", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif os.path.exists(os.path.join(os.path.dirname(__file__), f"{name}.py")):  # analysis.predict etc.
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -13,14 +13,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from common.cli import ArgumentParser, add_overwrite, default_out, guarded
+from common.cli import ArgumentParser, add_overwrite, default_out, guarded, program_name
 from common.errors import ConfigError, check_int, check_positive
 from common.io import check_out
 from models.task import MAX_SIZE
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m analysis.derive",
+    p = ArgumentParser(prog=program_name("analysis.derive"),
                        description="Derive with sympy the class-reduced gradient flow of the linear-attention model "
                                    "(structured/balanced tables with D | S, uniform frequencies, balanced or uniform "
                                    "init), prove its conservation laws, and predict escape rates, plateaus and the "

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, guarded
+from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, guarded, program_name
 from common.errors import ConfigError, check_choice, check_int, check_positive
 from common.io import check_out
 from models.task import MAX_SEED, MAX_SIZE
@@ -27,7 +27,7 @@ FACTS = ("structured", "balanced", "random")
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m analysis.sweep",
+    p = ArgumentParser(prog=program_name("analysis.sweep"),
                        description="Phase times t1, t2, t3 of the linear-attention model's gradient flow over a grid "
                                    "of sizes and initialization scales: reduced system (exact quadrature, batched) "
                                    "where the symmetry reduction applies, full system otherwise. Writes sweep.csv, "
@@ -97,7 +97,9 @@ def grid_from_args(a) -> dict:
 
 # The largest grid a sweep accepts, and its memory: measured peak 320 MB at 10,000 configurations and 425 MB at
 # 100,000 (2-core CPU, --no-plots), i.e. ~1.2 kB per configuration over a ~310 MB base; the estimate keeps a
-# margin. A million configurations (the maximum): 1.5 GB peak and 147 s in all, writing sweep.csv included.
+# margin. A million configurations (the maximum; S 16 32 64 128, alpha 1e-6 to 1e-2): 1.5 GB peak and 147 s in
+# all before plateau_loss was filled for reduced rows; with it 2.3 GB peak and 366 s (on a shared machine; the
+# phase times alone took 144 s there and the plateaus about as long again), writing sweep.csv included.
 MAX_CONFIGS = 1_000_000
 _BASE_BYTES, _BYTES_PER_CONFIG = 512 * 2**20, 4096
 
@@ -199,7 +201,7 @@ def full_config(cols, i: int, *, facts="structured", seed=0, zipf=0.0, eps_conv=
 def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full_rtol=None, progress=None,
               max_full=200) -> SweepResult:
     """Phase times for every row of ``cols`` (grid columns, name -> (n,) array), with fitted slopes."""
-    from .predict import escape_rates, hallucination_stage_exists
+    from .predict import escape_rates, hallucination_stage_exists, plateaus
     from .reduced_phases import phase_times  # NaN (null), not an error, where a phase does not exist (D = 1)
 
     max_full = check_int("max_full", max_full, 0)
@@ -224,6 +226,9 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
         for k in ("t1", "t2", "t3"):
             for suffix in ("", "_leading", "_leading_o1"):
                 out[k + suffix][idx] = p[k + suffix]
+        # the SPEC §3 plateau of the reduced flow (NaN where t1 or t2 does not exist), as derive's predicted_plateau
+        out["plateau_loss"][idx] = plateaus(cols["S"][idx], cols["R"][idx], cols["D"][idx], cols["alpha"][idx],
+                                            p["t1"], p["t2"])["loss"]
     reduced_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     full_idx = np.nonzero(~red)[0]

@@ -21,10 +21,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--S", type=int, default=16)
-    p.add_argument("--R", type=int, default=4)
-    p.add_argument("--D", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--S", type=int, default=16, help="number of subjects (default 16)")
+    p.add_argument("--R", type=int, default=4, help="number of relations (default 4)")
+    p.add_argument("--D", type=int, default=8, help="answers per relation (default 8)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="runs of the whole process; the median is reported (default 5)")
     p.add_argument("--extra", default="", help="extra flags for dynamics.run, quoted")
     a = p.parse_args(argv)
     walls, integ = [], []

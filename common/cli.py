@@ -6,11 +6,17 @@ not finish (diverged, step budget, solver failure); 130 SIGINT (Ctrl-C), 143 SIG
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import ConfigError
 from .io import OVERWRITE_HELP, completed_outputs
 from .signals import handling_signals
+from .version import __version__
+
+# console command -> module of every program ([project.scripts] in pyproject.toml is the same table; tested)
+PROGRAMS = {"frd-flow": "dynamics.run", "frd-train": "models.train", "frd-derive": "analysis.derive",
+            "frd-sweep": "analysis.sweep", "frd-paper": "figures.paper"}
 
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_UNFINISHED = 0, 2, 3
@@ -20,12 +26,25 @@ EXIT_CODES_EPILOG = ("Exit status: 0 success; 2 bad input (one line on stderr, n
                      "130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP.")
 
 
+def program_name(module: str) -> str:
+    """How the user started the program ``module``: its console command (``frd-flow``) when that is what
+    runs, else ``python -m dynamics.run``; used in usage lines, error messages and ``--version``."""
+    command = next(c for c, m in PROGRAMS.items() if m == module)
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    for suffix in (".exe", "-script.py"):  # the wrappers pip writes on Windows
+        invoked = invoked.removesuffix(suffix)
+    return command if invoked == command else f"python -m {module}"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error message (``prog: error: ...``) and exit status 2; the epilog lists
-    the exit statuses of every program (EXIT_CODES_EPILOG) unless another one is given."""
+    """argparse with a one-line error message (``prog: error: ...``) and exit status 2, and ``--version``
+    (``PROG VERSION``, exit status 0); the epilog lists the exit statuses of every program
+    (EXIT_CODES_EPILOG) unless another one is given."""
 
     def __init__(self, *args, epilog=None, **kwargs):
         super().__init__(*args, epilog=EXIT_CODES_EPILOG if epilog is None else epilog, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                          help="print the program's name and version and exit")
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message}\n")

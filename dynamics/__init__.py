@@ -9,18 +9,39 @@ orthogonal embeddings) and the trainers of both models (GD, SGD, Adam) with thei
     run = train(TrainConfig(task=TaskConfig(S=16, R=4, D=8), optimizer="sgd", steps=1000))
     flow_gap(run)["flow_gap"]
 """
-from .config import FlowConfig
-from .conservation import balance, column_sums, conserved_quantities, drift, noise_eos_product
-from .engine import Event, SaveAt, Solution, integrate
-from .flow import TRAJECTORY_COLUMNS, FlowMonitor, FlowRun, initial_state, run_flow, save_times
-from .solvers import BACKENDS, make_stepper
-from .trajectory import Trajectory
-from .threads import torch_threads
-from .trainer import (HISTORY_COLUMNS, GDTrainer, HeldOutEvaluator, SampledTrainer, TrainConfig, TrainResult,
-                      flow_at, flow_gap, resolve_device, train)
+import importlib
+import os
 
-__all__ = ["BACKENDS", "Event", "FlowMonitor", "FlowRun", "SaveAt", "Solution", "Trajectory", "integrate",
-           "make_stepper", "save_times", "FlowConfig", "TRAJECTORY_COLUMNS", "balance", "column_sums", "conserved_quantities",
-           "drift", "initial_state", "noise_eos_product", "run_flow",
-           "GDTrainer", "HISTORY_COLUMNS", "HeldOutEvaluator", "SampledTrainer", "TrainConfig", "TrainResult",
-           "flow_at", "flow_gap", "resolve_device", "torch_threads", "train"]
+# name -> submodule; loaded on first use, so that ``import dynamics.choices`` (the command lines' --help)
+# does not import torch
+_LAZY = {
+    "FlowConfig": "config",
+    "balance": "conservation", "column_sums": "conservation", "conserved_quantities": "conservation",
+    "drift": "conservation", "noise_eos_product": "conservation",
+    "Event": "engine", "SaveAt": "engine", "Solution": "engine", "integrate": "engine",
+    "TRAJECTORY_COLUMNS": "flow", "FlowMonitor": "flow", "FlowRun": "flow", "initial_state": "flow",
+    "run_flow": "flow", "save_times": "flow",
+    "BACKENDS": "solvers", "make_stepper": "solvers",
+    "Trajectory": "trajectory",
+    "torch_threads": "threads",
+    "HISTORY_COLUMNS": "trainer", "GDTrainer": "trainer", "HeldOutEvaluator": "trainer", "SampledTrainer": "trainer",
+    "TrainConfig": "trainer", "TrainResult": "trainer", "flow_at": "trainer", "flow_gap": "trainer",
+    "resolve_device": "trainer", "train": "trainer",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif os.path.exists(os.path.join(os.path.dirname(__file__), f"{name}.py")):  # dynamics.trainer etc.
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

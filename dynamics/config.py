@@ -10,10 +10,9 @@ import torch
 from common.errors import ConfigError, check_choice, check_device, check_int, check_positive
 from models.task import TaskConfig
 
-from .solvers import BACKENDS, DEFAULT_METHOD, IMPLICIT, METHODS
+from .choices import BACKENDS, DEFAULT_METHOD, IMPLICIT, INITS, METHODS
 from .tolerances import DEFAULT_RTOL, RTOL_RANGE, check_atol, check_rtol
 
-INITS = ("balanced", "uniform", "file")
 # Initialization scales the float64 flow represents: below ALPHA_MIN the automatic atol (1e-12 alpha) is
 # subnormal and the step control loses relative accuracy. Above ALPHA_MAX the logits (~alpha^2) need
 # relative changes of the entries below ~1e-8 to move by O(1), which float64 cannot resolve (at alpha 1e4

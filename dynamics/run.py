@@ -7,17 +7,16 @@ from __future__ import annotations
 import os
 import sys
 
-from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, default_out, guarded
+from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, default_out, guarded, program_name
 from common.io import check_out
-from common.errors import ConfigError
 from models.task import FACT_KINDS, TaskConfig
 
-from .config import INITS, FlowConfig
-from .solvers import BACKENDS, SCIPY_METHODS, TORCHDIFFEQ_METHODS
+# torch-free: the parser is built and the arguments parsed (--help, --version, errors) before torch loads
+from .choices import BACKENDS, INITS, SCIPY_METHODS, TORCHDIFFEQ_METHODS
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m dynamics.run",
+    p = ArgumentParser(prog=program_name("dynamics.run"),
                        description="Exact population gradient flow of the linear-attention model (SPEC §2) from "
                                    "a small initialization: integrates the ODE, monitors the conservation laws, "
                                    "finds the phase times t1, t2, t3 and the hallucination plateau, and writes "
@@ -99,7 +98,10 @@ def default_out_dir(args, parser=None) -> str:
                        skip=("S", "R", "D"), labels=OUT_LABELS, first=("mode",))
 
 
-def config_from_args(a) -> FlowConfig:
+def config_from_args(a):
+    """The dynamics.FlowConfig of parsed arguments (ConfigError if invalid)."""
+    from .config import FlowConfig
+
     task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N,
                       facts="file" if a.facts_file else a.facts, facts_file=a.facts_file,
                       zipf_subjects=a.zipf_subjects, zipf_relations=a.zipf_relations, seed=a.seed)

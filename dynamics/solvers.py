@@ -14,16 +14,11 @@ import torch
 
 from common.errors import ConfigError
 
+from .choices import (BACKENDS, DEFAULT_METHOD, IMPLICIT, METHODS, NATIVE_METHODS,  # noqa: F401 (re-exported)
+                      SCIPY_METHODS, TORCHDIFFEQ_METHODS)
 from .steps import SolverFailure, initial_step
 
-TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 TORCHDIFFEQ_ORDER = dict(dopri5=5, dopri8=8, bosh3=3, adaptive_heun=2, fehlberg2=2)
-SCIPY_METHODS = ("DOP853", "RK45", "RK23", "LSODA", "BDF", "Radau")
-IMPLICIT = ("LSODA", "BDF", "Radau")  # may form a dense P x P Jacobian by finite differences
-NATIVE_METHODS = ("dopri5",)
-DEFAULT_METHOD = {"native": "dopri5", "torchdiffeq": "dopri5", "scipy": "DOP853"}
-METHODS = {"native": NATIVE_METHODS, "torchdiffeq": TORCHDIFFEQ_METHODS, "scipy": SCIPY_METHODS}
-BACKENDS = tuple(DEFAULT_METHOD)
 SCIPY_RTOL_MIN = 100 * float(np.finfo(np.float64).eps)  # scipy.integrate's floor (2.2e-14; it warns below)
 
 

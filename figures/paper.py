@@ -15,22 +15,14 @@ from __future__ import annotations
 import os
 import sys
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, describe_device, guarded  # noqa: E402
-from common.errors import ConfigError, check_int, check_positive  # noqa: E402
-from common.io import check_out, output_dir, save_figure, write_json  # noqa: E402
-from models.task import TaskConfig  # noqa: E402
-
-from .flow import loss_axes  # noqa: E402
-from .train import overlay_axes  # noqa: E402
+from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, describe_device, guarded, program_name
+from common.errors import check_int, check_positive
+from common.io import check_out, output_dir, save_figure, write_json
+from models.task import TaskConfig
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m figures.paper",
+    p = ArgumentParser(prog=program_name("figures.paper"),
                        description="Two-panel sequential-learning figure (exact flow of model 1 | model 2 trained "
                                    "with SGD or Adam) and model 1's SGD-vs-flow overlay, as PNG and PDF.")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder, created as a whole at the end; "
@@ -62,10 +54,19 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     check_out(a.out, overwrite=a.overwrite)  # before any computation
+    # heavy imports (torch, matplotlib) only after parsing: --help, --version and bad flags answer at once
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from analysis.results import analyze_flow
     from analysis.training import summarize_training
     from dynamics import FlowConfig, TrainConfig, flow_gap, train
     from dynamics.trainer import LR_MAX
+
+    from .flow import loss_axes
+    from .train import overlay_axes
 
     task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N)
     prog = False if a.quiet else None

@@ -1,10 +1,34 @@
-"""The task and its sampler, model 1 (linear attention) with its exact population loss, and model 2 (softmax head)."""
-from .linear import INIT_KINDS, Layout, compress, expand, init_linear, layout_of, sequence_logits
-from .modules import LinearAttentionModel, SoftmaxAttentionModel
-from .population import PopulationObjective
-from .sampler import Batch, TaskSampler
-from .task import FACT_KINDS, Task, TaskConfig, load_fact_table, make_task, zipf
+"""The task and its sampler, model 1 (linear attention) with its exact population loss, and model 2 (softmax head).
 
-__all__ = ["FACT_KINDS", "INIT_KINDS", "Layout", "PopulationObjective", "Task", "TaskConfig",
-           "compress", "expand", "init_linear", "layout_of", "load_fact_table", "make_task",
-           "sequence_logits", "zipf", "Batch", "TaskSampler", "LinearAttentionModel", "SoftmaxAttentionModel"]
+Names load on first use (``from models import TaskConfig`` imports models.task only), so the command lines'
+``--help`` does not import torch.
+"""
+import importlib
+import os
+
+_LAZY = {
+    "INIT_KINDS": "linear", "Layout": "linear", "compress": "linear", "expand": "linear", "init_linear": "linear",
+    "layout_of": "linear", "sequence_logits": "linear",
+    "LinearAttentionModel": "modules", "SoftmaxAttentionModel": "modules",
+    "PopulationObjective": "population",
+    "Batch": "sampler", "TaskSampler": "sampler",
+    "FACT_KINDS": "task", "Task": "task", "TaskConfig": "task", "load_fact_table": "task", "make_task": "task",
+    "zipf": "task",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif os.path.exists(os.path.join(os.path.dirname(__file__), f"{name}.py")):  # models.population etc.
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -2,9 +2,10 @@
 
     python -m models.train --model linear --optimizer sgd --init uniform --init-scale 1e-5 \\
         --lr 0.1 --steps 8192 --compare-flow --out runs/linear_sgd
-    python -m models.train --model softmax --optimizer sgd --lr 1 --steps 3000 --out runs/softmax
+    python -m models.train --model softmax --optimizer sgd --lr 4 --steps 14000   # runs/train-softmax-S16-R4-D8-...
 
-Writes into --out (a new folder put in place as a whole when the run ends; nothing is left behind on error or
+Writes into --out (default runs/train-{model}-S{S}-R{R}-D{D} plus every result-changing setting that differs
+from its default; a new folder put in place as a whole when the run ends; nothing is left behind on error or
 interrupt; an existing non-empty --out is refused unless --overwrite):
   results.json  config, device, throughput (sequences/s, steps/s), phases (time in steps; model 1 also in
                 flow time k*lr), for model 1 with --compare-flow the flow_gap, for model 2 the confirmation
@@ -19,35 +20,47 @@ from __future__ import annotations
 import os
 import sys
 
-from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, describe_device, guarded
+from common.cli import (EXIT_UNFINISHED, ArgumentParser, add_overwrite, default_out, describe_device, guarded,
+                        program_name)
 from common.errors import ConfigError, check_int, check_positive
 from common.io import check_out
+# torch-free: the parser is built and the arguments parsed (--help, --version, errors) before torch loads
+from dynamics.choices import INITS, MODELS, OPTIMIZERS
 
-from .task import MAX_SEED, TaskConfig
+from .task import FACT_KINDS, MAX_SEED, TaskConfig
+
+D_DEFAULT = 256  # model 2's embedding dimension (dynamics.TrainConfig's too); at 64 it stalls above 0.3 nats
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog=program_name("models.train"), description=__doc__.split("\n\n")[0])
     t = p.add_argument_group("task (SPEC §1)")
     t.add_argument("--S", type=int, default=16, help="number of subjects (default 16)")
     t.add_argument("--R", type=int, default=4, help="number of relations (default 4)")
-    t.add_argument("--D", type=int, default=8, help="answers per relation; |A| = R*D (default 8)")
+    t.add_argument("--D", type=int, default=8, help="answers per relation (task size, both models); |A| = R*D "
+                   "(default 8). Not the embedding dimension: that is --d")
     t.add_argument("--T", type=int, default=32, help="sequence length incl. the final EOS, >= 3 (default 32)")
     t.add_argument("--N", type=int, default=20, help="number of noise tokens (default 20)")
-    t.add_argument("--facts", default="structured", help="fact table: structured | balanced | random "
-                   "(default structured, the paper's table)")
+    t.add_argument("--facts", default="structured", choices=FACT_KINDS[:3],
+                   help="fact table (default structured, the paper's table; balanced needs D | S)")
     t.add_argument("--task-seed", type=int, default=0, help="seed of balanced/random fact tables (default 0)")
     m = p.add_argument_group("model and training")
-    m.add_argument("--model", default="linear", help="linear (model 1, SPEC §2) | softmax (model 2, SPEC §4)")
-    m.add_argument("--d", type=int, default=64, help="embedding dimension of the softmax model (default 64)")
-    m.add_argument("--optimizer", default=None, help="gd (linear only: full-batch GD on the exact population "
-                   "loss, float64) | sgd (online, fresh batch each step) | adam (softmax only); default sgd")
+    m.add_argument("--model", default="linear", choices=MODELS,
+                   help="linear: model 1, linear attention, one-hot embeddings (SPEC §2); softmax: model 2, one "
+                        "softmax head, random embeddings (SPEC §4) (default linear)")
+    m.add_argument("--d", type=int, default=D_DEFAULT, metavar="DIM",
+                   help=f"embedding dimension of the softmax model (model 2) only; not the task's --D "
+                        f"(default {D_DEFAULT}, the paper figure's; at 64 the loss stalls above 0.3 nats)")
+    m.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
+                   help="gd: linear only, full-batch GD on the exact population loss, float64; sgd: online, a "
+                        "fresh batch each step; adam: softmax only (default sgd)")
     m.add_argument("--lr", type=float, default=0.1, help="step size (default 0.1)")
     m.add_argument("--batch", type=int, default=1024, help="sequences per SGD/Adam step (default 1024)")
     m.add_argument("--steps", type=int, default=8192, help="number of optimizer steps (default 8192)")
-    m.add_argument("--init", default=None, help="linear model init: uniform (every entry = scale, the "
-                   "paper's) | balanced (K = scale, W = scale/sqrt|A|) (default uniform; not for the softmax "
-                   "model, whose init is Gaussian, see --init-scale)")
+    m.add_argument("--init", default=None, choices=INITS[:2],
+                   help="linear model's init: uniform (every entry = scale, the paper's) or balanced (K = scale, "
+                        "W = scale/sqrt|A|) (default uniform; not for the softmax model, whose init is Gaussian, "
+                        "see --init-scale)")
     m.add_argument("--init-scale", type=float, default=None, help="linear: the init scale (default 1e-5); "
                    "softmax: W_KQ, W_OV entries ~ N(0, scale^2/d) (default 1e-3)")
     m.add_argument("--seed", type=int, default=0, help="seed of sampling, embeddings and init (default 0)")
@@ -65,8 +78,11 @@ def build_parser() -> ArgumentParser:
                    "the same init, report flow_gap = max_k |L_train(k) - L_flow(k*lr)| and overlay it")
     o.add_argument("--no-plots", action="store_true", help="skip loss.png / loss.pdf")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
-    o.add_argument("--out", required=True, help="output folder, created as a whole when the run ends; an "
-                   "existing non-empty folder is refused unless --overwrite")
+    o.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder, created as a whole when the run ends (default "
+                        "runs/train-{model}-S{S}-R{R}-D{D} plus every result-changing setting that differs from "
+                        "its default, e.g. runs/train-softmax-S16-R4-D8-adam-lr1e-03); an existing non-empty "
+                        "folder is refused unless --overwrite")
     add_overwrite(o)
     return p
 
@@ -93,14 +109,30 @@ def config_from_args(a):
                        cuda_graph=not a.no_cuda_graph, threads=a.threads)
 
 
+# labels of the settings in the default output folder's name ("" = the value alone, as in -adam)
+OUT_LABELS = dict(facts="", task_seed="taskseed", optimizer="", init="", init_scale="scale", eval_every="every",
+                  eval_size="evalsize", eps_conv="eps", device="", compare_flow="flow")
+
+
+def default_out_dir(args, parser=None) -> str:
+    """runs/train-{model}-S{S}-R{R}-D{D} plus ``-<setting>`` for every result-changing option not at its
+    default (threads and CUDA graphs change the speed, not the result, and are left out)."""
+    return default_out(f"runs/train-{args.model}-S{args.S}-R{args.R}-D{args.D}", parser or build_parser(), args,
+                       skip=("S", "R", "D", "model", "threads", "no_cuda_graph"), labels=OUT_LABELS,
+                       first=("optimizer",))
+
+
 @guarded
 def main(argv=None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    # heavy imports (torch) only after parsing: --help, --version and bad flags answer at once
     from analysis.training import analyze_training
     from dynamics import resolve_device
 
-    a = build_parser().parse_args(argv)
     config = config_from_args(a)
     config.check_memory(compare_flow=a.compare_flow)  # estimated from the configuration, before allocating
+    a.out = a.out or default_out_dir(a, parser)
     check_out(a.out, overwrite=a.overwrite)  # before any computation
     dev = resolve_device(config.device) if config.optimizer != "gd" or config.device != "auto" else None
     # on stdout: stderr is kept for the one line that says why a run stopped or was refused

@@ -175,6 +175,14 @@ def derived_alpha_tiny(out):
     assert d["plateau_length_leading"] is not None and d["plateau_length_leading"] > 0
 
 
+def default_folder(prefix, name):
+    """A check for a run without --out: one folder runs/<prefix>... in the working folder, holding ``name``."""
+    def check(_out):
+        found = [f for f in os.listdir("runs") if f.startswith(prefix)]
+        assert len(found) == 1 and os.path.isfile(os.path.join("runs", found[0], name)), os.listdir("runs")
+    return check
+
+
 # ----------------------------------------------------------------------------- the table
 def case(prog, args, status=2, match=None, *, out=True, check=None, id=None):
     return pytest.param(prog, args, status, match, out, check, id=id or f"{prog} {' '.join(args)}")
@@ -289,7 +297,8 @@ TABLE = [
     case("train", ["--facts", "file"], match="facts"),
     case("train", ["--device", "meta"], match="meta"),
     case("train", ["--device", "mps"], match="mps"),
-    case("train", [], match="--out", out=False),
+    case("train", [], 0, out=False, check=default_folder("train-linear-S4-R2-D2-", "results.json"),
+         id="train without --out: a default folder under runs/"),
     case("train", ["--out", "/proc/x"], match="/proc/x", out=False),
     case("train", ["--S", "1", "--R", "1", "--D", "1"], 0),
     case("train", ["--S", "1", "--R", "1", "--D", "1", "--optimizer", "gd", "--compare-flow", "--no-plots"], 0),

@@ -39,8 +39,35 @@ def test_sweep_reduced_and_full_rows(tmp_path, capsys):
     res = analyze_flow(FlowConfig(task=TaskConfig(S=16, R=2, D=4), alpha=1e-3), progress=False)
     for k in ("t1", "t2", "t3"):
         assert c[k][i] == pytest.approx(getattr(res.phases, k), rel=1e-6)
+    # issue 13: the reduced rows' plateau_loss is the reduced prediction, equal to the full flow's plateau
+    assert abs(c["plateau_loss"][i] - res.phases.plateau.loss) < 1e-6
+    assert np.all(np.isfinite(c["plateau_loss"])), c["plateau_loss"]  # every row here has t2 > t1
     sl = json.loads((out / "slopes.json").read_text())
     assert sl["n_full"] == 3 and sl["n_reduced"] == 15
+
+
+def test_reduced_plateau_against_brute_force_and_at_extreme_scales():
+    """analysis.predict.plateaus (bracket + Illinois on the closed-form slope) against a brute-force minimum
+    of |t dL/dt| from ReducedSolution.state on 20,001 points, and unchanged by a 16x finer first grid at
+    tiny alpha, where the stages turn sharply in log t; NaN where a phase does not exist."""
+    S, R, D = np.array([16, 32, 64, 16]), np.array([4, 25, 8, 4]), np.array([8, 32, 2, 8])
+    alpha = np.array([1e-5, 4e-6, 1e-2, 1e-250])
+    pt = predict.phase_times(S, R, D, alpha)
+    got = predict.plateaus(S, R, D, alpha, pt["t1"], pt["t2"])
+    n = 20001
+    for j in range(S.size):
+        sol = predict.ReducedSolution(predict.Modes(*(np.full(n, v[j]) for v in (S, R, D, alpha))))
+        x = np.linspace(math.log(pt["t1"][j]), math.log(pt["t2"][j]), n)
+        st = sol.state(np.exp(x), warm=False)
+        score = np.abs(np.exp(x) * st["dloss_dt"])
+        k = int(np.argmin(score))
+        assert got["loss"][j] == pytest.approx(st["loss"][k], abs=1e-9 + score[k] * (x[1] - x[0]))
+        assert abs(math.log(got["t"][j]) - x[k]) <= x[1] - x[0]
+    fine = predict.plateaus(S, R, D, alpha, pt["t1"], pt["t2"], grid=257)
+    np.testing.assert_allclose(got["loss"], fine["loss"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got["t"], fine["t"], rtol=1e-10)
+    none = predict.plateaus([4, 4], [2, 2], [1, 2], [1e-3, 1e-3], [5.0, np.nan], [np.nan, 7.0])
+    assert np.all(np.isnan(none["loss"])) and np.all(np.isnan(none["t"]))
 
 
 def test_fitted_slopes_match_predicted(tmp_path):
