@@ -240,7 +240,7 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
         bar = tqdm(full_idx, desc="full-system runs", unit="run", disable=(None if progress is None else not progress))
         flow_progress = progress is not False and not sys.stderr.isatty()
         for i in bar:
-            # off a terminal a long full run reports a line every ~30 s (dynamics.flow._Progress)
+            # off a terminal a long full run reports a line every ~30 s (dynamics.flow.FlowProgress)
             res = analyze_flow(full_config(cols, i, facts=facts, seed=seed, zipf=zipf, eps_conv=eps_conv,
                                            full_rtol=full_rtol), progress=flow_progress)
             out["finished"][i] = float(res.status in ("converged", "t_max"))  # not max_steps / failed

@@ -30,7 +30,7 @@ from .threads import torch_threads
 from .tolerances import RowAtol, auto_atol
 from .trajectory import Trajectory
 
-TRAJECTORY_COLUMNS = ("t", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap",
+TRAJECTORY_COLUMNS = ("t", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap", "p_true",
                       "invariant_drift")
 _CLASSES = ("subject", "relation", "noise", "eos")
 _SINGLE_THREAD_BELOW = 200_000  # state entries
@@ -121,16 +121,21 @@ class FlowMonitor:
         Wt, K = self.layout.unpack(y)
         m = self.obj.metrics(Wt, K)
         _, rate = self.obj.loss_rate(Wt, K)
-        d = drift(self.q0, conserved_quantities(self.layout, Wt, K))
         row = dict(t=t, loss=m["loss"], relation_loss=m["relation_loss"], subject_loss=m["subject_loss"],
-                   accuracy=m["accuracy"], hallucination_gap=m["hallucination_gap"],
-                   invariant_drift=d.pop("balance"))
-        for k, v in d.items():
-            row[f"{k}_drift"] = v
+                   accuracy=m["accuracy"], hallucination_gap=m["hallucination_gap"], p_true=m["p_true"])
+        row.update(self.state_columns(Wt, K))
         row["dloss_dt"] = float(rate)
         for name, sl in self.class_rows.items():
             row[f"W_{name}"] = float(Wt[sl].pow(2).sum(1).mean().sqrt())  # per-token RMS of |W[:, z]|
             row[f"K_{name}"] = float(K[sl].pow(2).mean().sqrt())
+        return row
+
+    def state_columns(self, Wt, K) -> dict:
+        """invariant_drift (the balance law) and ``<law>_drift`` of every other conserved quantity."""
+        d = drift(self.q0, conserved_quantities(self.layout, Wt, K))
+        row = dict(invariant_drift=d.pop("balance"))
+        for k, v in d.items():
+            row[f"{k}_drift"] = v
         return row
 
 
@@ -146,14 +151,14 @@ def save_times(t_first: float, t_max: float, samples_per_octave: int) -> np.ndar
     return np.concatenate(parts)
 
 
-def _time_grid_start(obj: PopulationObjective, Wt, K) -> float:
+def time_grid_start(obj: PopulationObjective, Wt, K) -> float:
     """One e-folding time of the fastest token at the start: 1 / max_z speed_z |dL/du_z|."""
     _, G = obj.grad_u(Wt, K)
     lam = float((obj.speed * G.norm(dim=1)).max())
     return 1.0 / lam if lam > 0 and math.isfinite(lam) else 1.0
 
 
-class _Progress:
+class FlowProgress:
     """A tqdm bar on a terminal; elsewhere one line on stderr every ~30 s, so a log shows the run is alive."""
 
     def __init__(self, enabled: bool | None, t_max: float):
@@ -185,6 +190,70 @@ class _Progress:
             self.bar.close()
 
 
+def check_method_size(config: FlowConfig, layout) -> None:
+    if config.backend == "scipy" and config.method in IMPLICIT and layout.size > 20000:
+        raise ConfigError(f"method = {config.method!r} would form a dense {layout.size} x {layout.size} "
+                          "Jacobian; use DOP853 or the native backend for this size")
+
+
+@dataclass(frozen=True)
+class FlowNumerics:
+    """Solver settings of one flow, fixed at its initial state and kept across stages of an experiment.
+
+    atol: the automatic atol is tied to the *initial* state's smallest entry, so a later stage starting
+    from a grown state keeps the same absolute floor (and the same per-row floor, ``row_atol``).
+    threads: 1 for small states (each op is microseconds of work: a second thread only adds
+    synchronisation, and on a busy machine an oversubscribed pool makes tiny ops 50x slower), else 0.
+    """
+
+    rtol: float
+    atol: float
+    row_atol: RowAtol | None
+    threads: int
+
+    def describe(self, config: FlowConfig) -> dict:
+        return dict(backend=config.backend, method=config.method, rtol=self.rtol, atol=self.atol,
+                    atol_row_floor=self.row_atol is not None)  # atol raised to 1e-3 rtol max_a |W[a, z]| per row
+
+
+def flow_numerics(config: FlowConfig, layout, y0: torch.Tensor, device) -> FlowNumerics:
+    rtol = config.resolved_rtol
+    atol = config.atol if config.atol is not None else auto_atol(y0, rtol)
+    # automatic atol with the native solver: a floor relative to each token's row, updated after every step
+    row_atol = RowAtol(layout, y0, rtol, atol) if config.atol is None and config.backend == "native" else None
+    threads = 1 if layout.size < _SINGLE_THREAD_BELOW and torch.device(device).type == "cpu" else 0
+    return FlowNumerics(rtol=rtol, atol=atol, row_atol=row_atol, threads=threads)
+
+
+def solve(config: FlowConfig, obj: PopulationObjective, y0: torch.Tensor, t0: float, t_end: float, ts, save,
+          num: FlowNumerics, *, events=(), stop: Event | None = None, bar=None, last_saved=None) -> Solution:
+    """Integrate dy/dt = -grad L of ``obj`` from (t0, y0) to t_end or the stop event (the engine's Solution).
+
+    save(t, y) is called at the times ``ts``; when the run ends before t_end (stop, step budget, failure)
+    it is called once more at the final time unless ``last_saved()`` already equals it.
+    Call inside ``torch_threads(num.threads)`` and ``torch.inference_mode()``.
+    """
+    steps = [0]
+    row_atol = num.row_atol
+
+    def on_step(t, y):
+        steps[0] += 1
+        if bar is not None:
+            bar(t, y, steps[0])
+        if row_atol is not None and steps[0] % 8 == 1:  # the row maxima move slowly: every 8th step is plenty
+            stepper.atol = row_atol(y)
+
+    stepper = make_stepper(config.backend, config.method, obj.flow_rhs, t0, y0, rtol=num.rtol, atol=num.atol,
+                           t_bound=t_end)
+    sol = integrate(stepper, t_end, saveat=SaveAt(ts, save), events=events, stop=stop, max_steps=config.max_steps,
+                    on_step=on_step)
+    if sol.status != "t_end" and (last_saved is None or last_saved() != sol.t_final):
+        # the run ends on the stop crossing, or where the step budget ran out or the solver failed
+        # (the last finite state): its row closes the table
+        save(sol.t_final, sol.y_final)
+    return sol
+
+
 def run_flow(config: FlowConfig, *, levels=(), progress: bool | None = None) -> FlowRun:
     """Integrate the exact flow of ``config``; locate the first times the loss falls to each of ``levels``.
 
@@ -198,15 +267,11 @@ def run_flow(config: FlowConfig, *, levels=(), progress: bool | None = None) -> 
     layout = obj.layout
     Wt0, K0 = initial_state(config, task, dtype, device)
     y0 = layout.pack(Wt0, K0)
-    rtol = config.resolved_rtol
-    atol = config.atol if config.atol is not None else auto_atol(y0, rtol)
-    if config.backend == "scipy" and config.method in IMPLICIT and layout.size > 20000:
-        raise ConfigError(f"method = {config.method!r} would form a dense {layout.size} x {layout.size} "
-                          "Jacobian; use DOP853 or the native backend for this size")
+    check_method_size(config, layout)
     monitor = FlowMonitor(obj, conserved_quantities(layout, Wt0, K0))
     target = config.resolved_loss_target
     levels = tuple(float(x) for x in levels)
-    bar = _Progress(progress, config.t_max)
+    bar = FlowProgress(progress, config.t_max)
     rows: list[dict] = []
 
     def save(t, y):
@@ -215,35 +280,15 @@ def run_flow(config: FlowConfig, *, levels=(), progress: bool | None = None) -> 
         rows.append(row)
         return row["loss"]
 
-    steps = [0]
-
-    # automatic atol with the native solver: a floor relative to each token's row, updated after every step
-    row_atol = RowAtol(layout, y0, rtol, atol) if config.atol is None and config.backend == "native" else None
-
-    def on_step(t, y):
-        steps[0] += 1
-        bar(t, y, steps[0])
-        if row_atol is not None and steps[0] % 8 == 1:  # the row maxima move slowly: every 8th step is plenty
-            stepper.atol = row_atol(y)
-
-    # Small states: one thread. Each op is microseconds of work, so a second thread only adds
-    # synchronisation, and on a busy machine an oversubscribed pool makes tiny ops 50x slower.
-    threads = 1 if layout.size < _SINGLE_THREAD_BELOW and device.type == "cpu" else 0
+    num = flow_numerics(config, layout, y0, device)
     try:
-        with torch_threads(threads), torch.inference_mode():  # nothing here is differentiated
-            stepper = make_stepper(config.backend, config.method, obj.flow_rhs, 0.0, y0, rtol=rtol, atol=atol,
-                                   t_bound=config.t_max)
-            ts = save_times(_time_grid_start(obj, Wt0, K0), config.t_max, config.samples_per_octave)
+        with torch_threads(num.threads), torch.inference_mode():  # nothing here is differentiated
+            ts = save_times(time_grid_start(obj, Wt0, K0), config.t_max, config.samples_per_octave)
             integ0 = time.perf_counter()
-            sol = integrate(stepper, config.t_max, saveat=SaveAt(ts, save),
-                            events=[Event("loss", monitor.loss, levels)] if levels else [],
-                            stop=Event("loss_target", monitor.loss, (target,)), max_steps=config.max_steps,
-                            on_step=on_step)
+            sol = solve(config, obj, y0, 0.0, config.t_max, ts, save, num,
+                        events=[Event("loss", monitor.loss, levels)] if levels else [],
+                        stop=Event("loss_target", monitor.loss, (target,)), bar=bar, last_saved=lambda: rows[-1]["t"])
             integration_seconds = time.perf_counter() - integ0
-            if sol.status != "t_end" and rows[-1]["t"] != sol.t_final:
-                # the run ends on the target crossing, or where the step budget ran out or the solver failed
-                # (the last finite state): its row closes the table
-                save(sol.t_final, sol.y_final)
             final_loss = monitor.loss(sol.t_final, sol.y_final)
     finally:
         bar.close()
@@ -256,11 +301,9 @@ def run_flow(config: FlowConfig, *, levels=(), progress: bool | None = None) -> 
     for k in traj:
         if k.endswith("_drift") and k != "invariant_drift":
             conservation[k[: -len("_drift")]] = float(np.max(traj[k]))
-    solver = dict(backend=config.backend, method=config.method, rtol=rtol, atol=atol,
-                  atol_row_floor=row_atol is not None,  # atol raised to 1e-3 rtol max_a |W[a, z]| per row
-                  **{k: v for k, v in sol.stats.items() if k != "last_dt"},
+    solver = dict(**num.describe(config), **{k: v for k, v in sol.stats.items() if k != "last_dt"},
                   direct_fallbacks=obj.fallbacks, saved_points=len(rows), status=status)
     crossings = dict(zip(levels, sol.events["loss"])) if levels else {}
     return FlowRun(config=config, status=status, message=sol.message, trajectory=traj, crossings=crossings,
                    conservation=conservation, solver=solver, wall_seconds=time.perf_counter() - wall0,
-                   integration_seconds=integration_seconds, objective=obj, solution=sol, threads=threads)
+                   integration_seconds=integration_seconds, objective=obj, solution=sol, threads=num.threads)

@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     out = args.out or default_out_dir(args, parser)
     check_out(out, overwrite=args.overwrite)  # before any computation
 
-    # progress: a bar on a terminal, elsewhere one line on stderr every ~30 s (dynamics.flow._Progress)
+    # progress: a bar on a terminal, elsewhere one line on stderr every ~30 s (dynamics.flow.FlowProgress)
     result = run_mode(args.mode, config, progress=not args.quiet)
     result.save(out, plots=not args.no_plots, overwrite=args.overwrite)
     if not args.quiet:

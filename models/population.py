@@ -25,6 +25,7 @@ and ``ref - target`` (a gap) apart.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,6 +37,20 @@ _TINY = 1e-250  # below this a shifted normaliser may have lost terms to underfl
 _CHUNK_ELEMENTS = 1 << 22  # direct paths work on at most this many (s, r, a) logits at once
 
 
+@dataclass(frozen=True, eq=False)
+class EvalSet:
+    """An evaluation weighting v(s, r) prepared for :meth:`PopulationObjective.metrics`.
+
+    w: (S, R) weights; P_own: (R, D) p_v(a|r) on each relation's block; negH: (R,) sum_a p log p;
+    H_A_given_R: the relation-only loss H_v(A|R) in nats.
+    """
+
+    w: torch.Tensor
+    P_own: torch.Tensor
+    negH: torch.Tensor
+    H_A_given_R: float
+
+
 class PopulationObjective:
     """Exact population cross-entropy of model 1 on a :class:`Task`, on one torch device/dtype.
 
@@ -43,14 +58,19 @@ class PopulationObjective:
     Gradients are per real token: the noise row is the gradient for one noise token.
     """
 
-    def __init__(self, task: Task, *, dtype=torch.float64, device="cpu"):
+    def __init__(self, task: Task, *, weights: np.ndarray | None = None, dtype=torch.float64, device="cpu"):
+        """weights: (S, R) fact weights w(s, r) >= 0 summing to 1 (SPEC §6; default the task's p(s) q(r))."""
         self.task = task
         self.layout: Layout = layout_of(task)
         self.dtype, self.device = dtype, torch.device(device)
         L, S, R, A = self.layout, task.S, task.R, task.num_answers
         kw = dict(dtype=dtype, device=self.device)
-        w = task.fact_weights  # (S, R) p(s) q(r)
-        self.w = torch.as_tensor(w, **kw)
+        w = task.fact_weights if weights is None else np.asarray(weights, dtype=np.float64)  # (S, R)
+        if w.shape != (S, R) or not np.all(w >= 0) or not abs(w.sum() - 1.0) < 1e-12:
+            raise ValueError(f"weights must be an (S, R) = ({S}, {R}) array of nonnegative numbers summing to 1 "
+                             "(use models.weights.normalized)")
+        self.weights = w
+        self.w = torch.as_tensor(np.array(w), **kw)  # a copy: w may be a read-only array
         self.answers = torch.as_tensor(np.array(task.answers), dtype=torch.long, device=self.device)  # (S, R)
         Ys = np.zeros((S, A))
         Yr = np.zeros((R, A))
@@ -63,16 +83,10 @@ class PopulationObjective:
         a = task.answers
         self._ys_idx = torch.as_tensor((np.arange(S)[:, None] * A + a).reshape(-1), device=self.device)
         self._yr_idx = torch.as_tensor((np.arange(R)[None, :] * A + a).reshape(-1), device=self.device)
-        self._neg_w = -torch.as_tensor(w.reshape(-1), **kw)  # (S*R,)
-        P = task.p_answer_given_relation()  # (R, |A|) p(a|r)
+        self._neg_w = -torch.as_tensor(np.array(w).reshape(-1), **kw)  # (S*R,)
+        P = task.p_answer_given_relation(None if weights is None else w)  # (R, |A|) p(a|r) under w
         self.P = torch.as_tensor(P, **kw)
-        D = task.D
-        own = np.repeat(np.arange(R), D)[None, :] == np.arange(R)[:, None]  # (R, |A|) r's own block
-        if np.any(P[~own]):
-            raise ValueError("p(a|r) must vanish outside relation r's block (answers outside their block)")
-        self._P_own = torch.as_tensor(P[own].reshape(R, D), **kw)  # (R, D) p(a|r) on r's block
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.negH = torch.as_tensor(np.where(P > 0, P * np.log(P), 0.0).sum(1), **kw)  # (R,)
+        self.train_set = self.eval_set(w, _P=P)  # the metrics of SPEC §3 use the training weights
         self.mult_noise = float(task.T - 3)
         self.speed = torch.as_tensor(L.speed(), **kw)  # (C,)
         self.count = torch.as_tensor(L.count(), **kw)  # (C,)
@@ -131,11 +145,12 @@ class PopulationObjective:
         return self._direct(xs, ur)
 
     # ------------------------------------------------------------------ loss and gradient
-    def loss(self, Wt, K) -> torch.Tensor:
+    def loss(self, Wt, K, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The population loss (0-d tensor) under the training weights, or under ``weights`` (S, R) if given."""
         xs, ur = self._parts(Wt, K)
         _, _, Zp = self._normalise(xs, ur)
         lse, ref = self._log_normalisers(xs, ur, Zp)
-        return (self.w * self._fact_losses(xs, ur, lse, ref)).sum()
+        return ((self.w if weights is None else weights) * self._fact_losses(xs, ur, lse, ref)).sum()
 
     def _grad_u_into(self, Wt, K, G, need_loss: bool = True):
         """Fill G (C, |A|) with dL/du per real token; return the loss (0-d tensor, or None)."""
@@ -235,43 +250,72 @@ class PopulationObjective:
         return xs[s] + ur[r]
 
     # ------------------------------------------------------------------ metrics (SPEC §3)
-    @torch.no_grad()
-    def metrics(self, Wt, K, *, accuracy: bool = True) -> dict:
-        """Loss, relation-only loss, subject-only loss, accuracy and hallucination gap.
+    def eval_set(self, weights: np.ndarray, _P: np.ndarray | None = None) -> "EvalSet":
+        """Precompute an evaluation weighting v(s, r) (SPEC §6): (S, R) nonnegative, summing to 1."""
+        task, R, D = self.task, self.task.R, self.task.D
+        v = np.asarray(weights, dtype=np.float64)
+        P = task.p_answer_given_relation(v) if _P is None else _P  # (R, |A|) p_v(a|r)
+        own = np.repeat(np.arange(R), D)[None, :] == np.arange(R)[:, None]  # (R, |A|) r's own block
+        if np.any(P[~own]):
+            raise ValueError("p(a|r) must vanish outside relation r's block (answers outside their block)")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            negH = np.where(P > 0, P * np.log(P), 0.0).sum(1)  # (R,) sum_a p log p
+        kw = dict(dtype=self.dtype, device=self.device)
+        return EvalSet(w=torch.as_tensor(np.array(v), **kw), P_own=torch.as_tensor(P[own].reshape(R, D), **kw),
+                       negH=torch.as_tensor(negH, **kw), H_A_given_R=float(-(v.sum(0) @ negH)))
 
-        All are averages over facts with weights p(s) q(r). Accuracy counts a fact as
-        correct when its true answer's logit is strictly the largest.
+    @torch.no_grad()
+    def metrics(self, Wt, K, *, accuracy: bool = True, sets: dict | None = None) -> dict:
+        """Loss, relation-only loss, subject-only loss, hallucination gap, p_true and accuracy (SPEC §3).
+
+        Averages over facts with the training weights w(s, r); with ``sets`` (name -> :class:`EvalSet`)
+        returns name -> the same dict under each set's weights instead, from one pass over the logits.
+        ``p_true`` is the mean probability of the true answer, E exp(-loss_sr); accuracy counts a fact
+        as correct when its true answer's logit is strictly the largest.
         """
         S, R, D = self.task.S, self.task.R, self.task.D
         xs, ur = self._parts(Wt, K)
         _, _, Zp = self._normalise(xs, ur)  # from here on xs, ur are relative logits
         lse, ref = self._log_normalisers(xs, ur, Zp)  # log Z_sr = ref_sr + lse_sr (ref None: 0)
-        w = self.w
-        loss = (w * self._fact_losses(xs, ur, lse, ref)).sum()
+        fact = self._fact_losses(xs, ur, lse, ref)  # (S, R)
         # relation-only: -log of the mass on r's block = lse - logsumexp over the block of (xi - ref)
         ar = torch.arange(R, device=xs.device)
         blk = xs.view(S, R, D) + ur.view(R, R, D)[ar, ar][None]  # (S, R, D) logits of (s, r) on r's block
         if ref is not None:
             blk = blk - ref[..., None]
-        relation_loss = (w * (lse - torch.logsumexp(blk, dim=-1))).sum()
+        relation = lse - torch.logsumexp(blk, dim=-1)  # (S, R)
         # subject-only: mass on {a*(s, r') : r'}; blocks are disjoint so the R answers are distinct
         a = self.answers  # (S, R')
         star = xs.gather(1, a)[None] + ur[:, a]  # (R, S, R') logit of fact (s, r) at a*(s, r')
         if ref is not None:
             star = star - ref.T[..., None]
-        subject_loss = (w * (lse - torch.logsumexp(star, dim=-1).T)).sum()
-        # hallucination gap E KL(p(.|r) || p_hat(.|s, r)); p(.|r) lives on r's block and sums to 1, so
-        # KL = sum_a p log p - sum_a p (xi - ref) + lse, every term of the size of the logit gaps
-        lin = (blk * self._P_own[None]).sum(-1)  # (S, R) sum_a p(a|r) (xi_sr(a) - ref_sr)
-        gap = (w * (self.negH[None, :] - lin + lse)).sum()
-        out = dict(loss=float(loss), relation_loss=float(relation_loss), subject_loss=float(subject_loss),
-                   hallucination_gap=float(gap))
-        if accuracy:
-            out["accuracy"] = float(self.accuracy(xs, ur))  # order of the relative logits = order of the logits
-        return out
+        subject = lse - torch.logsumexp(star, dim=-1).T  # (S, R)
+        p_true = torch.exp(-fact)  # (S, R)
+        correct = self._correct(xs, ur) if accuracy else None  # order of the relative logits = of the logits
+
+        def reduce(es: EvalSet) -> dict:
+            w = es.w
+            # hallucination gap E KL(p(.|r) || p_hat(.|s, r)); p(.|r) lives on r's block and sums to 1, so
+            # KL = sum_a p log p - sum_a p (xi - ref) + lse, every term of the size of the logit gaps
+            lin = (blk * es.P_own[None]).sum(-1)  # (S, R) sum_a p(a|r) (xi_sr(a) - ref_sr)
+            out = dict(loss=float((w * fact).sum()), relation_loss=float((w * relation).sum()),
+                       subject_loss=float((w * subject).sum()),
+                       hallucination_gap=float((w * (es.negH[None, :] - lin + lse)).sum()),
+                       p_true=float((w * p_true).sum()))
+            if correct is not None:
+                out["accuracy"] = float((w * correct).sum())
+            return out
+
+        if sets is None:
+            return reduce(self.train_set)
+        return {name: reduce(es) for name, es in sets.items()}
 
     def accuracy(self, xs, ur) -> torch.Tensor:
-        """Weighted fraction of facts whose true answer has the strictly largest logit.
+        """Weighted fraction (training weights) of facts whose true answer has the strictly largest logit."""
+        return (self.w * self._correct(xs, ur)).sum()
+
+    def _correct(self, xs, ur) -> torch.Tensor:
+        """(S, R) 1.0 where the fact's true answer has the strictly largest logit, else 0.0.
 
         Exact, but avoids the S*R*|A| pass for most facts: the best wrong answer inside
         r's block is computed exactly (S*|A| work); outside the block its logit is at most
@@ -310,4 +354,4 @@ class PopulationObjective:
                 xi.scatter_(1, a[s_i, r_i][:, None], -math.inf)
                 correct[s_i, r_i] = (t_i > xi.amax(1)).to(xs.dtype)
         self.accuracy_direct_facts = n
-        return (self.w * correct).sum()
+        return correct

@@ -142,11 +142,21 @@ class Task:
         """(S, R) probabilities p(s) q(r) of each fact."""
         return np.outer(self.p, self.q)
 
-    def p_answer_given_relation(self) -> np.ndarray:
-        """(R, |A|) array of p(a | r) = sum_s p(s) 1[a*(s, r) = a] (zero outside r's block)."""
+    def p_answer_given_relation(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """(R, |A|) array of p(a | r) under fact weights w (default p(s) q(r); zero outside r's block).
+
+        p(a | r) = sum_s w(s, r) 1[a*(s, r) = a] / q(r) with q(r) = sum_s w(s, r) (SPEC §6); a relation
+        with q(r) = 0 gets a zero row (it carries no weight in any average).
+        """
+        if weights is None:  # the product form: p(a|r) = sum_s p(s) 1[a*(s, r) = a], no division
+            w, q = np.broadcast_to(self.p[:, None], (self.S, self.R)), np.ones(self.R)
+        else:
+            w = np.asarray(weights, dtype=np.float64)
+            q = w.sum(0)
         P = np.zeros((self.R, self.num_answers))
         for r in range(self.R):
-            np.add.at(P[r], self.answers[:, r], self.p)
+            if q[r] > 0:
+                np.add.at(P[r], self.answers[:, r], w[:, r] / q[r])
         return P
 
     @property
@@ -157,10 +167,15 @@ class Task:
     @property
     def H_A_given_R(self) -> float:
         """H(A|R) = sum_r q(r) H(p(.|r)) in nats: the loss of the relation-only predictor."""
-        P = self.p_answer_given_relation()
+        return self.entropy_given_relation()
+
+    def entropy_given_relation(self, weights: np.ndarray | None = None) -> float:
+        """H(A|R) in nats under fact weights w (default p(s) q(r)): sum_r q(r) H(p(.|r))."""
+        P = self.p_answer_given_relation(weights)
+        q = self.q if weights is None else np.asarray(weights, dtype=np.float64).sum(0)
         with np.errstate(divide="ignore", invalid="ignore"):
             ent = -np.where(P > 0, P * np.log(P), 0.0).sum(axis=1)
-        return float(self.q @ ent)
+        return float(q @ ent)
 
 
 def zipf(n: int, beta: float) -> np.ndarray:

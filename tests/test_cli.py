@@ -29,9 +29,14 @@ def test_cli_writes_every_file(tmp_path, capsys):
     for key in ("n_steps", "nfe", "status"):
         assert key in res["solver"]
     header = (out / "trajectory.csv").read_text().splitlines()[0].split(",")
-    assert header[:7] == ["t", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap",
+    assert header[:8] == ["t", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap", "p_true",
                           "invariant_drift"]
     data = np.loadtxt(out / "trajectory.csv", delimiter=",", skiprows=1)
+    # mean probability of the true answer: 1/|A| from the symmetric start, exp(-loss) <= p_true <= 1 after
+    # (Jensen: E exp(-l) >= exp(-E l))
+    p_true = data[:, 6]
+    assert p_true[0] == pytest.approx(1 / 32, rel=1e-12)
+    assert np.all(p_true >= np.exp(-data[:, 1]) * (1 - 1e-12)) and np.all(p_true <= 1)
     assert data.shape[0] >= 200 and data.shape[1] == len(header)
     # the phase times in the JSON are where the saved curve crosses the thresholds
     t, L = data[:, 0], data[:, 1]
