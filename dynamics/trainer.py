@@ -191,16 +191,19 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- evaluation
 class HeldOutEvaluator:
-    """Metrics of SPEC §3 averaged over a fixed held-out set of sequences (drawn once, seeded)."""
+    """Metrics of SPEC §3 averaged over a fixed held-out set of sequences (drawn once, seeded).
 
-    def __init__(self, task: Task, size: int, device, seed: int, chunk: int = 1 << 16):
+    weights: optional (S, R) fact weights v(s, r) (SPEC §6): the sequences' facts are drawn from v and the
+    hallucination gap uses p_v(a|r); default the task's p(s) q(r)."""
+
+    def __init__(self, task: Task, size: int, device, seed: int, chunk: int = 1 << 16, weights=None):
         self.task = task
-        sampler = TaskSampler(task, device=device, seed=seed)
+        sampler = TaskSampler(task, device=device, seed=seed, weights=weights)
         self.batch: Batch = sampler.sample(size)
         self.chunk = chunk
         dev = torch.device(device)
         self.answers = sampler.answers  # (S, R)
-        P = task.p_answer_given_relation()  # (R, |A|) p(a|r)
+        P = task.p_answer_given_relation(weights)  # (R, |A|) p(a|r) (under v when given)
         with np.errstate(divide="ignore", invalid="ignore"):
             negH = np.where(P > 0, P * np.log(P), 0.0).sum(1)  # (R,)
         self.P = torch.as_tensor(P, dtype=torch.float32, device=dev)
@@ -263,10 +266,97 @@ class TrainResult:
         return self.history.to_dataframe()
 
 
-class SampledTrainer:
-    """Online SGD (models 1, 2) or Adam (model 2) in float32 on fresh batches of the sampler."""
+@dataclass(frozen=True)
+class StageOutcome:
+    """One stage of :func:`train_schedule`: steps [step_start, step_end] and why it ended: ``time`` (its
+    until_time, round(time / lr) steps), ``loss`` (until_loss reached at an evaluation), ``steps`` (the
+    config's ``steps``, the most any one stage may take) or ``diverged``; ``weights`` its (S, R) training
+    weights."""
 
-    def __init__(self, config: TrainConfig, task: Task | None = None):
+    name: str
+    index: int
+    step_start: int
+    step_end: int
+    reason: str
+    weights: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def steps(self) -> int:
+        return self.step_end - self.step_start
+
+
+@dataclass(repr=False)
+class ScheduleResult(TrainResult):
+    """A :func:`train_schedule` run. Its history has, besides the TrainResult columns (whose metrics are on
+    the ``train`` set, the current stage's weights), ``stage`` (stage index of the row) and
+    ``<set>_<metric>`` for every other evaluation set (NaN while a set is empty). Every stage has a row at
+    its start and at its end, so a boundary step appears twice (end of one stage, start of the next), as in
+    the flow's trajectory. ``stages``: a StageOutcome per stage run; ``schedule``: the Stage objects."""
+
+    stages: tuple = ()
+    schedule: tuple = field(default=(), repr=False)
+    eval_sets: tuple = ()
+
+
+@dataclass(frozen=True)
+class _Leg:
+    """One stage as the trainers' run loop sees it: at most ``steps`` steps, ending early when the loss on
+    evaluation set ``on`` is <= ``loss`` at an evaluation, else with ``end_reason``. ``weights``: training
+    weights; ``sets``: name -> (S, R) evaluation weights (None: empty). The plain run is one leg with
+    ``sets`` None (training metrics only, the history of HISTORY_COLUMNS)."""
+
+    steps: int
+    index: int = 0
+    name: str = ""
+    weights: np.ndarray | None = None
+    loss: float | None = None
+    on: str = "train"
+    end_reason: str = "steps"
+    sets: dict | None = None
+
+    def reached(self, m: dict) -> bool:
+        """Whether evaluation ``m`` (set name -> metrics) ends this leg by its loss rule."""
+        return self.loss is not None and m.get(self.on) is not None and m[self.on]["loss"] <= self.loss
+
+
+def _new_history(legs) -> dict:
+    hist = {k: [] for k in HISTORY_COLUMNS}
+    if legs[0].sets is not None:
+        hist["stage"] = []
+        for name in legs[0].sets:
+            if name != "train":
+                hist.update({f"{name}_{k}": [] for k in METRICS})
+    return hist
+
+
+def _append_row(hist: dict, step: int, leg: _Leg, m: dict, train_loss: float) -> None:
+    """One history row: m is set name -> metrics (an empty set absent); the train set's are the plain columns."""
+    hist["step"].append(step)
+    for k in METRICS:
+        hist[k].append(m["train"][k])
+    hist["train_loss"].append(train_loss)
+    if leg.sets is not None:
+        hist["stage"].append(leg.index)
+        for name in leg.sets:
+            if name != "train":
+                d = m.get(name)
+                for k in METRICS:
+                    hist[f"{name}_{k}"].append(math.nan if d is None else d[k])
+
+
+def _finish(legs, outcomes, **kw) -> TrainResult:
+    if legs[0].sets is None:
+        return TrainResult(**kw)
+    return ScheduleResult(**kw, stages=tuple(outcomes))
+
+
+class SampledTrainer:
+    """Online SGD (models 1, 2) or Adam (model 2) in float32 on fresh batches of the sampler.
+
+    weights: optional (S, R) fact weights to sample from (SPEC §6; default the task's p(s) q(r));
+    :meth:`set_weights` switches them, keeping the model, the optimizer state and the generator."""
+
+    def __init__(self, config: TrainConfig, task: Task | None = None, weights=None):
         self.config = c = config
         self.task = task if task is not None else make_task(c.task)
         self.device = resolve_device(c.device)
@@ -278,8 +368,9 @@ class SampledTrainer:
             self.model = SoftmaxAttentionModel(self.task, c.d, c.init_scale, seed=c.seed, dtype=torch.float32,
                                                device=dev)
         self.params = [p for p in self.model.parameters()]
-        self.sampler = TaskSampler(self.task, device=dev, seed=c.seed + 1)
+        self.sampler = TaskSampler(self.task, device=dev, seed=c.seed + 1, weights=weights)
         self.evaluator = HeldOutEvaluator(self.task, c.eval_size, dev, seed=c.seed + 1_000_003)
+        self._set_evaluators = {}  # set name -> (weights, HeldOutEvaluator) of staged runs
         self.adam = None
         if c.optimizer == "adam":
             self.adam = torch.optim.Adam(self.params, lr=c.lr, capturable=(dev.type == "cuda"))
@@ -392,70 +483,117 @@ class SampledTrainer:
         self.model.train()
         return m
 
-    def run(self, progress: bool | None = None) -> TrainResult:
-        with torch_threads(self.config.threads if self.device.type == "cpu" else 0):
-            return self._run(progress)
+    def set_weights(self, weights) -> None:
+        """Sample the facts from (S, R) ``weights`` from now on (None: the task's p(s) q(r)). A captured CUDA
+        graph keeps working between two weightings (the sampler rewrites its CDF in place); it is dropped
+        (captured again) when the sampler changes path between the product and weights."""
+        if (weights is None) != (self.sampler.cdf_w is None):
+            self.graph = None
+        self.sampler.set_weights(weights)
 
-    def _run(self, progress):
+    def _evaluators(self, leg: _Leg) -> dict:
+        """set name -> HeldOutEvaluator for the leg: the plain run's evaluator, or for a staged run one per
+        non-empty evaluation set, on eval_size held-out sequences drawn from that set's weights (seeded;
+        kept while a set's weights do not change)."""
+        if leg.sets is None:
+            return {"train": self.evaluator}
+        c, out = self.config, {}
+        for j, (name, v) in enumerate(leg.sets.items()):
+            if v is None:
+                continue
+            old = self._set_evaluators.get(name)
+            if old is None or not np.array_equal(old[0], v):
+                seed = c.seed + 1_000_003 + 1 + j + 4096 * leg.index
+                old = (v, HeldOutEvaluator(self.task, c.eval_size, self.device, seed=seed, weights=v))
+                self._set_evaluators[name] = old
+            out[name] = old[1]
+        return out
+
+    def run(self, progress: bool | None = None, plan=None) -> TrainResult:
+        """Train for ``config.steps`` steps (plan: the stages of :func:`train_schedule`, built there)."""
+        with torch_threads(self.config.threads if self.device.type == "cpu" else 0):
+            return self._run(progress, plan)
+
+    def _run(self, progress, plan=None):
         from tqdm.auto import tqdm
 
         c = self.config
-        hist = {k: [] for k in HISTORY_COLUMNS}
+        legs = tuple(plan) if plan is not None else (_Leg(steps=c.steps),)
+        hist = _new_history(legs)
         last_sum, last_step = 0.0, 0
         diverged_at = None
+        evaluators = {}
 
-        def record(step) -> bool:
-            """Append the evaluation at ``step``; False (nothing appended) once a loss is not finite or above
-            the divergence limit (here or in a batch since the last evaluation)."""
+        def record(step, leg) -> dict | None:
+            """Append the evaluation at ``step`` and return it (set name -> metrics); None (nothing appended) once
+            a loss is not finite or above the divergence limit (here or in a batch since the last evaluation)."""
             nonlocal last_sum, last_step, diverged_at
-            m = self.evaluate()
+            if leg.sets is None:
+                m = {"train": self.evaluate()}
+            else:
+                self.model.eval()
+                m = {name: ev(self.model) for name, ev in evaluators.items()}
+                self.model.train()
             tot = float(self.train_sum)  # host syncs: only at evaluations
             first_bad = int(self._first_bad)  # 1-based step whose batch loss was not finite or above the limit
-            if first_bad != _NEVER or not math.isfinite(tot) or not m["loss"] <= float(self._limit):
+            if first_bad != _NEVER or not math.isfinite(tot) or not m["train"]["loss"] <= float(self._limit):
                 diverged_at = first_bad - 1 if first_bad != _NEVER else step
-                return False
+                return None
             if step == 0:
-                self._limit.fill_(DIVERGENCE_FACTOR * max(self.task.log_A, m["loss"]))
-            hist["step"].append(step)
-            for k in METRICS:
-                hist[k].append(m[k])
-            hist["train_loss"].append((tot - last_sum) / (step - last_step) if step > last_step else math.nan)
+                self._limit.fill_(DIVERGENCE_FACTOR * max(self.task.log_A, m["train"]["loss"]))
+            _append_row(hist, step, leg, m, (tot - last_sum) / (step - last_step) if step > last_step else math.nan)
             last_sum, last_step = tot, step
-            return True
+            return m
 
-        ok = record(0)
-        step = 0
-        bar = tqdm(total=c.steps, desc=f"{c.model}/{c.optimizer}", unit=" steps",
-                   disable=(None if progress is None else not progress))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
         train_time = 0.0
-        if ok and self.device.type == "cuda" and c.cuda_graph and c.steps > 8:
-            done = self.capture(warmup=3)
-            step += done - 1  # warm-up steps trained the model; the capture did not
-            bar.update(step)
-        while ok and step < c.steps:
-            n = min(c.eval_every - step % c.eval_every, c.steps - step)
-            for _ in range(n):
-                self.step()
-            step += n
-            bar.update(n)
-            if step % c.eval_every == 0 or step == c.steps:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                train_time += time.perf_counter() - t0
-                ok = record(step)  # stops at the first evaluation that finds a diverged loss
-                t0 = time.perf_counter()
+
+        def evaluate_at(step, leg) -> str | None:
+            """Record the evaluation at ``step`` (outside the training time); the reason it ends the leg, if any."""
+            nonlocal t0, train_time
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            train_time += time.perf_counter() - t0
+            m = record(step, leg)  # stops at the first evaluation that finds a diverged loss
+            t0 = time.perf_counter()
+            return "diverged" if m is None else ("loss" if leg.reached(m) else None)
+
+        step = 0
+        outcomes = []
+        bar = tqdm(total=sum(leg.steps for leg in legs), desc=f"{c.model}/{c.optimizer}", unit=" steps",
+                   disable=(None if progress is None else not progress))
+        for leg in legs:
+            if leg.sets is not None:
+                self.set_weights(leg.weights)
+            evaluators = self._evaluators(leg)
+            start, end = step, step + leg.steps
+            reason = evaluate_at(step, leg)
+            if reason is None and self.graph is None and self.device.type == "cuda" and c.cuda_graph \
+                    and end - step > 8:
+                done = self.capture(warmup=3)
+                step += done - 1  # warm-up steps trained the model; the capture did not
+                bar.update(done - 1)
+            while reason is None and step < end:
+                n = min(c.eval_every - (step - start) % c.eval_every, end - step)
+                for _ in range(n):
+                    self.step()
+                step += n
+                bar.update(n)
+                if (step - start) % c.eval_every == 0 or step == end:
+                    reason = evaluate_at(step, leg)
+            outcomes.append(StageOutcome(leg.name, leg.index, start, step, reason or leg.end_reason, leg.weights))
+            if reason == "diverged":
+                break
         bar.close()
         history = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
         if c.model == "linear":
             history["flow_time"] = history["step"] * c.lr
         train_time = max(train_time, 1e-12)
-        return TrainResult(config=c, task=self.task, device=self.device, history=Trajectory(history, "step"),
-                           train_seconds=train_time, sequences_per_second=step * c.batch / train_time,
-                           steps_per_second=step / train_time, model=self.model,
-                           status="completed" if ok else "diverged", diverged_at=diverged_at)
+        return _finish(legs, outcomes, config=c, task=self.task, device=self.device,
+                       history=Trajectory(history, "step"), train_seconds=train_time,
+                       sequences_per_second=step * c.batch / train_time, steps_per_second=step / train_time,
+                       model=self.model, status="completed" if diverged_at is None else "diverged",
+                       diverged_at=diverged_at)
 
 
 class GDTrainer:
@@ -464,14 +602,20 @@ class GDTrainer:
     The compressed state (Wt (C, |A|), K (C,)) is updated with :meth:`PopulationObjective.value_and_grad`,
     whose rows are per real token (the noise row is the gradient of one noise token), so the step
     equals a GD step on the full parameters (W, K) (noise columns stay identical). Step k is flow time k*lr.
+    weights: optional (S, R) fact weights of the objective (SPEC §6; default p(s) q(r)); :meth:`set_weights`
+    switches them, keeping the state.
     """
 
-    def __init__(self, config: TrainConfig, task: Task | None = None):
+    def __init__(self, config: TrainConfig, task: Task | None = None, weights=None):
         self.config = c = config
         self.task = task if task is not None else make_task(c.task)
         self.device = torch.device("cpu") if c.device == "auto" else resolve_device(c.device)
-        self.obj = PopulationObjective(self.task, dtype=torch.float64, device=self.device)
+        self.obj = PopulationObjective(self.task, weights=weights, dtype=torch.float64, device=self.device)
         self.Wt, self.K = init_linear(self.task, c.init, c.init_scale, dtype=torch.float64, device=self.device)
+
+    def set_weights(self, weights) -> None:
+        """Descend the exact loss under (S, R) ``weights`` from now on (None: the task's p(s) q(r))."""
+        self.obj = PopulationObjective(self.task, weights=weights, dtype=torch.float64, device=self.device)
 
     def step(self) -> float:
         """One GD step; returns the exact loss of the state it started from (computed with the gradient)."""
@@ -480,65 +624,155 @@ class GDTrainer:
         self.K.sub_(gK, alpha=self.config.lr)  # (C,)
         return float(loss)
 
-    def run(self, progress: bool | None = None) -> TrainResult:
+    def run(self, progress: bool | None = None, plan=None) -> TrainResult:
+        """Train for ``config.steps`` steps (plan: the stages of :func:`train_schedule`, built there)."""
         with torch_threads(self.config.threads if self.device.type == "cpu" else 0):
-            return self._run(progress)
+            return self._run(progress, plan)
 
-    def _run(self, progress):
+    def _run(self, progress, plan=None):
         from tqdm.auto import tqdm
 
         c = self.config
-        hist = {k: [] for k in HISTORY_COLUMNS}
+        legs = tuple(plan) if plan is not None else (_Leg(steps=c.steps),)
+        hist = _new_history(legs)
         limit = math.inf  # DIVERGENCE_FACTOR x max(log|A|, L(0)) once L(0) is known
-
-        def record(step) -> bool:
-            """Append the exact metrics at ``step``; False (nothing appended) if the loss is not finite or above
-            the divergence limit."""
-            nonlocal limit
-            m = self.obj.metrics(self.Wt, self.K)
-            if not m["loss"] <= limit:  # NaN <= x is False
-                return False
-            if step == 0:
-                limit = DIVERGENCE_FACTOR * max(self.task.log_A, m["loss"])
-            hist["step"].append(step)
-            for k in METRICS:
-                hist[k].append(m[k])
-            hist["train_loss"].append(m["loss"])
-            return True
-
-        diverged_at = None if record(0) else 0
-        t0 = time.perf_counter()
+        sets = None  # staged runs: set name -> EvalSet of the current stage
         ev = 0.0
-        done = 0
-        bar = tqdm(total=c.steps, desc="linear/gd", unit=" steps",
+
+        def record(step, leg) -> dict | None:
+            """Append the exact metrics at ``step`` and return them (set name -> metrics); None (nothing appended)
+            if the loss is not finite or above the divergence limit."""
+            nonlocal limit, ev
+            e0 = time.perf_counter()
+            m = {"train": self.obj.metrics(self.Wt, self.K)} if sets is None else \
+                self.obj.metrics(self.Wt, self.K, sets=sets)
+            ev += time.perf_counter() - e0
+            if not m["train"]["loss"] <= limit:  # NaN <= x is False
+                return None
+            if step == 0:
+                limit = DIVERGENCE_FACTOR * max(self.task.log_A, m["train"]["loss"])
+            _append_row(hist, step, leg, m, m["train"]["loss"])
+            return m
+
+        t0 = time.perf_counter()
+        diverged_at = None
+        step = 0
+        outcomes = []
+        bar = tqdm(total=sum(leg.steps for leg in legs), desc="linear/gd", unit=" steps",
                    disable=(None if progress is None else not progress))
-        for k in range(1, c.steps + 1) if diverged_at is None else ():
-            if not self.step() <= limit:  # the loss of the state after k - 1 steps (CPU: no sync cost)
-                diverged_at = k - 1
-                break
-            done = k
-            bar.update(1)
-            if k % c.eval_every == 0 or k == c.steps:
-                e0 = time.perf_counter()
-                ok = record(k)
-                ev += time.perf_counter() - e0
-                if not ok:
-                    diverged_at = k
+        for leg in legs:
+            if leg.sets is not None:
+                self.set_weights(leg.weights)
+                sets = {n: (self.obj.train_set if n == "train" else self.obj.eval_set(v))
+                        for n, v in leg.sets.items() if v is not None}
+            start, end = step, step + leg.steps
+            m = record(step, leg)
+            if m is None:
+                diverged_at = step
+            reason = "diverged" if m is None else ("loss" if leg.reached(m) else None)
+            while reason is None and step < end:
+                k = step + 1
+                if not self.step() <= limit:  # the loss of the state after k - 1 steps (CPU: no sync cost)
+                    diverged_at, reason = k - 1, "diverged"
                     break
+                step = k
+                bar.update(1)
+                if (k - start) % c.eval_every == 0 or k == end:
+                    m = record(k, leg)
+                    if m is None:
+                        diverged_at, reason = k, "diverged"
+                    elif leg.reached(m):
+                        reason = "loss"
+            outcomes.append(StageOutcome(leg.name, leg.index, start, step, reason or leg.end_reason, leg.weights))
+            if reason == "diverged":
+                break
         bar.close()
         train_time = time.perf_counter() - t0 - ev
         history = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
         history["flow_time"] = history["step"] * c.lr
-        return TrainResult(config=c, task=self.task, device=self.device, history=Trajectory(history, "step"),
-                           train_seconds=train_time, sequences_per_second=None,
-                           steps_per_second=done / max(train_time, 1e-12), model=(self.Wt, self.K),
-                           status="completed" if diverged_at is None else "diverged", diverged_at=diverged_at)
+        return _finish(legs, outcomes, config=c, task=self.task, device=self.device,
+                       history=Trajectory(history, "step"), train_seconds=train_time, sequences_per_second=None,
+                       steps_per_second=step / max(train_time, 1e-12), model=(self.Wt, self.K),
+                       status="completed" if diverged_at is None else "diverged", diverged_at=diverged_at)
 
 
 def train(config: TrainConfig, progress: bool | None = None, task: Task | None = None) -> TrainResult:
     """Run the trainer the config names and return its history."""
     trainer = GDTrainer(config, task) if config.optimizer == "gd" else SampledTrainer(config, task)
     return trainer.run(progress=progress)
+
+
+def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progress: bool | None = None,
+                   task: Task | None = None) -> ScheduleResult:
+    """Train through the stages of a multi-stage experiment (SPEC §6; :class:`dynamics.schedule.Stage`) in
+    order, with one model and one optimizer state (and one sampling generator) carried from stage to stage.
+
+    Each stage trains on its resolved Distribution w: sampled batches from w (SGD, Adam) or the exact
+    population loss under w (GD). Stop rules, the same for both models (flow time t = step * lr):
+    - ``time``: round(time / lr) steps;
+    - ``loss`` on set ``on``: checked at every evaluation (the stage's start, every ``eval_every`` steps
+      counted from the stage's start, its end); the stage ends at the first evaluation whose loss on that set
+      is <= the level. GD measures it with the exact population metrics of the set; the sampled trainers
+      (SGD of either model, Adam) with the held-out evaluator, eval_size sequences drawn (seeded) from the
+      set's weights, the numbers the history records;
+    - every stage ends after at most ``config.steps`` steps (reason ``steps``).
+    eval_sets: names of dynamics.schedule's built-in sets (``train``: the current stage's weights, ``all``,
+    ``seen``, ``unseen``, ``top10``, ``middle``, ``bottom50``) or EvalSpec objects; ``train`` is always
+    measured. Returns a :class:`ScheduleResult` (the history gets ``stage`` and, for model 1, ``flow_time``).
+    """
+    from types import SimpleNamespace
+
+    from .schedule import BUILTIN_SETS, EvalSpec, Stage, frequency_bins, resolve_sets
+
+    c = config
+    stages = tuple(stages)
+    if not stages:
+        raise ConfigError("a schedule needs at least one stage")
+    if not all(isinstance(st, Stage) for st in stages):
+        raise ConfigError("stages must be dynamics.schedule.Stage objects")
+    names = [st.name for st in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"stage names must be distinct, got {names}")
+    specs, seen_names = [], set()
+    for e in ("train",) + tuple(e for e in eval_sets if e != "train"):
+        n = e.name if isinstance(e, EvalSpec) else e
+        if not isinstance(e, EvalSpec) and e not in BUILTIN_SETS:
+            raise ConfigError(f"evaluation set {e!r} is not built in ({', '.join(BUILTIN_SETS)}); define it "
+                              "with dynamics.schedule.EvalSpec")
+        if n in seen_names:
+            raise ConfigError(f"evaluation set {n!r} is listed twice")
+        specs.append(e)
+        seen_names.add(n)
+    for st in stages:
+        if st.until.loss is not None and st.until.on not in seen_names:
+            raise ConfigError(f"stage {st.name!r}: until_loss is measured on {st.until.on!r}, which is not an "
+                              f"evaluation set; choose one of: {', '.join(sorted(seen_names))}")
+    task = task if task is not None else make_task(c.task)
+    weights = [st.train.resolve(task) for st in stages]  # every recipe checked before any work
+    bins = frequency_bins(weights[0])
+    seen = np.zeros(task.S, dtype=bool)
+    legs = []
+    for i, (st, w) in enumerate(zip(stages, weights)):
+        seen = seen | (w.sum(1) > 0)
+        sets = resolve_sets(SimpleNamespace(eval_sets=tuple(specs)), task, w, seen, bins)
+        if st.until.loss is not None and sets[st.until.on] is None:
+            raise ConfigError(f"stage {st.name!r}: until_loss is measured on {st.until.on!r}, which is empty in "
+                              "this stage; stop on another set or by until_time")
+        steps, end = c.steps, "steps"
+        if st.until.time is not None:
+            n = int(round(st.until.time / c.lr))
+            if n < 1:
+                raise ConfigError(f"stage {st.name!r}: until_time = {st.until.time:g} is less than half a step "
+                                  f"(lr = {c.lr:g}); lengthen the stage or lower lr")
+            if n <= c.steps:
+                steps, end = n, "time"
+        legs.append(_Leg(steps=steps, index=i, name=st.name, weights=w, loss=st.until.loss, on=st.until.on,
+                         end_reason=end, sets=sets))
+    cls = GDTrainer if c.optimizer == "gd" else SampledTrainer
+    result = cls(c, task, weights=weights[0]).run(progress=progress, plan=legs)
+    result.schedule = stages
+    result.eval_sets = tuple(e.name if isinstance(e, EvalSpec) else e for e in specs)
+    return result
 
 
 # ----------------------------------------------------------------------------- pairing with the flow
@@ -592,3 +826,67 @@ def flow_gap(result: TrainResult, flow: dict | None = None) -> dict:
     k = int(np.argmax(gap))
     return dict(flow_gap=float(gap[k]), at_step=int(h["step"][k]), at_flow_time=float(h["flow_time"][k]),
                 flow_loss=flow["loss"], gap=gap, flow=flow)
+
+
+def schedule_flow_gap(result: ScheduleResult, stages=None, flow_config: FlowConfig | None = None,
+                      rtol: float = PAIRING_RTOL) -> dict:
+    """Pair a model-1 :func:`train_schedule` run with the exact multi-stage flow from the same initialization.
+
+    The flow (:func:`dynamics.schedule.run_experiment`, rtol 1e-11) runs the same stages (default the
+    result's own) with the stage boundaries the run actually used: stage k is followed for steps_k * lr
+    units of flow time (steps_k: the steps it took, whatever ended it), so both switch distribution at the
+    same flow times. Each recorded evaluation (stage k, step j) is compared with the flow at j * lr, under
+    stage k's training weights (a boundary row with the stage it belongs to):
+    flow_gap = max |L_train - L_flow|, where it is reached, and the curves. flow_config: solver settings
+    (backend, method, device, ...) for the flow; its task, init and t_max are replaced by the run's.
+    """
+    import dataclasses
+
+    from .schedule import ExperimentConfig, Stage, Stop, run_experiment
+
+    c, h = result.config, result.history
+    if c.model != "linear":
+        raise ConfigError("the exact flow exists for model = 'linear' only")
+    stages = tuple(stages) if stages is not None else tuple(result.schedule)
+    outs = result.stages
+    if len(stages) < len(outs) or [st.name for st in stages[:len(outs)]] != [o.name for o in outs]:
+        raise ConfigError("stages do not match the run's stages")
+    ran = [(st, o) for st, o in zip(stages, outs) if o.steps > 0]  # a stage that ended at its start: no time
+    flow_stages = tuple(Stage(st.name, st.train, Stop(time=o.steps * c.lr)) for st, o in ran)
+    base = flow_config if flow_config is not None else FlowConfig(task=c.task)
+    times = h["flow_time"]
+    fc = dataclasses.replace(base, task=c.task, init=c.init, alpha=c.init_scale, init_file=None, rtol=rtol,
+                             t_max=max([st.until.time for st in flow_stages], default=1.0))
+    flow = {"t": np.asarray(times, dtype=np.float64)}
+    for col in FLOW_COLUMNS:
+        flow[col] = np.full(len(times), np.nan)
+    if flow_stages:
+        run = run_experiment(ExperimentConfig(flow=fc, stages=flow_stages, eval_sets=("train",)), progress=False)
+        if run.status != "completed":
+            raise RuntimeError(f"the flow stopped early: {run.status} {run.stages[-1].message}")
+        by_index = {o.index: fr for (_, o), fr in zip(ran, run.stages)}
+    else:  # every stage ended at step 0: the state never moved
+        run, by_index = None, {}
+    task = result.task
+    objs = {}
+    init_state = None
+    for i, (k, t) in enumerate(zip(h["stage"].astype(int), times)):
+        if k not in objs:
+            objs[k] = PopulationObjective(task, weights=outs[k].weights)
+        if run is None:
+            if init_state is None:
+                init_state = init_linear(task, c.init, c.init_scale)
+            Wt, K = init_state
+            m = objs[k].metrics(Wt, K)
+        else:
+            fr = by_index.get(k) or run.stage_at(t)
+            tt = min(max(float(t), fr.t_start), fr.t_end)  # step * lr vs the flow's summed boundaries: ~1 ulp
+            with run.numerics():
+                Wt, K = fr.objective.layout.unpack(fr.solution(tt))
+                m = objs[k].metrics(Wt, K)
+        for col in FLOW_COLUMNS:
+            flow[col][i] = m[col]
+    gap = np.abs(h["loss"] - flow["loss"])
+    j = int(np.argmax(gap))
+    return dict(flow_gap=float(gap[j]), at_step=int(h["step"][j]), at_flow_time=float(times[j]),
+                at_stage=int(h["stage"][j]), flow_loss=flow["loss"], gap=gap, flow=flow, run=run)

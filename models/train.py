@@ -73,6 +73,12 @@ def build_parser() -> ArgumentParser:
     m.add_argument("--threads", type=int, default=1, help="CPU threads while training, 0 = torch default "
                    "(default 1: fastest for these small matrices)")
     m.add_argument("--no-cuda-graph", action="store_true", help="do not capture the step in a CUDA graph")
+    m.add_argument("--experiment", default=None, metavar="FILE",
+                   help="train through the stages of an experiment file (the format of frd-experiment --help): "
+                        "its [task] replaces the task flags, each stage samples (SGD/Adam) or weights (GD) its own "
+                        "distribution and stops after until_time / lr steps or at the first evaluation with its "
+                        "loss on `on` <= until_loss; --steps is the most any one stage may take. Writes "
+                        "history.csv (a stage column, <set>_<metric> columns), results.json and experiment.png")
     o = p.add_argument_group("output")
     o.add_argument("--compare-flow", action="store_true", help="linear model: integrate the exact flow from "
                    "the same init, report flow_gap = max_k |L_train(k) - L_flow(k*lr)| and overlay it")
@@ -130,6 +136,8 @@ def main(argv=None) -> int:
     from analysis.training import analyze_training
     from dynamics import resolve_device
 
+    if a.experiment is not None:
+        return run_experiment_file(a, parser)
     config = config_from_args(a)
     config.check_memory(compare_flow=a.compare_flow)  # estimated from the configuration, before allocating
     a.out = a.out or default_out_dir(a, parser)
@@ -165,6 +173,62 @@ def main(argv=None) -> int:
             why = (f"the loss became non-finite or grew above 100 x its start at step {k} of {config.steps} "
                    f"(lr {config.lr:g}); try a smaller --lr; the history up to there is in {a.out}")
         sys.stderr.write(f"error: training diverged: {why}\n")
+        return EXIT_UNFINISHED
+    return 0
+
+
+def run_experiment_file(a, parser) -> int:
+    """--experiment: the file's task, stages and evaluation sets, trained by the configured trainer."""
+    import dataclasses
+    import os
+
+    from common.io import output_dir, write_csv, write_json
+    from dynamics.experiment_file import load_experiment
+    from dynamics.trainer import schedule_flow_gap, train_schedule
+
+    exp = load_experiment(a.experiment)
+    config = dataclasses.replace(config_from_args(a), task=exp.flow.task)
+    config.check_memory(compare_flow=a.compare_flow)
+    a.S, a.R, a.D = config.task.S, config.task.R, config.task.D
+    out = a.out or default_out_dir(a, parser) + "-" + os.path.splitext(os.path.basename(a.experiment))[0]
+    check_out(out, overwrite=a.overwrite)
+    result = train_schedule(config, exp.stages, eval_sets=exp.eval_sets, progress=not a.quiet)
+    pairing = schedule_flow_gap(result, exp.stages, exp.flow) if a.compare_flow else None
+    h = result.history
+    time_col = "flow_time" if "flow_time" in h else "step"
+    stages = [dict(name=o.name, index=o.index, step_start=o.step_start, step_end=o.step_end, reason=o.reason,
+                   t_start=o.step_start * (config.lr if time_col == "flow_time" else 1),
+                   t_end=o.step_end * (config.lr if time_col == "flow_time" else 1)) for o in result.stages]
+    summary = dict(config=config.to_dict(), experiment=a.experiment, status=result.status, stages=stages,
+                   time_unit="flow time (step * lr)" if time_col == "flow_time" else "steps",
+                   final={k: float(h[k][-1]) for k in h if k not in ("step", "stage")} if len(h["step"]) else None)
+    if pairing is not None:
+        summary["flow_gap"] = pairing["flow_gap"]
+        summary["flow_gap_at"] = dict(step=pairing["at_step"], flow_time=pairing["at_flow_time"],
+                                      stage=pairing["at_stage"])
+    cols = {k: h[k] for k in h}
+    if pairing is not None:
+        cols["flow_loss"] = pairing["flow"]["loss"]
+    with output_dir(out, overwrite=a.overwrite) as d:
+        write_json(os.path.join(d, "results.json"), summary)
+        write_csv(os.path.join(d, "history.csv"), cols)
+        if not a.no_plots:
+            from figures.experiment import save_experiment_figures
+
+            traj = {("t" if k == time_col else k): v for k, v in cols.items()}
+            # the trainer's train-set metrics are the plain columns: name them as a set for the figure
+            for k in ("loss", "relation_loss", "subject_loss", "hallucination_gap", "p_true", "accuracy"):
+                if k in traj:
+                    traj[f"train_{k}"] = traj.pop(k)
+            save_experiment_figures(d, traj, stages, log_A=result.task.log_A)
+    if not a.quiet:
+        for st in stages:
+            print(f"stage {st['name']}: steps {st['step_start']} -> {st['step_end']} (ended by {st['reason']})")
+        if pairing is not None:
+            print(f"flow_gap {pairing['flow_gap']:.4f} at step {pairing['at_step']}")
+        print(f"wrote {out}")
+    if result.status == "diverged":
+        sys.stderr.write(f"error: training diverged; the history up to there is in {out}\n")
         return EXIT_UNFINISHED
     return 0
 

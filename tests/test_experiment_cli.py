@@ -160,3 +160,36 @@ def test_shipped_experiment_files_are_valid(name):
     cfg = load_experiment(os.path.join(root, "experiments", f"{name}.toml"))
     assert cfg.flow.task.S == 256 and cfg.flow.task.facts == "balanced"
     assert all(s.until.loss is not None or s.until.time is not None for s in cfg.stages)
+
+
+def test_train_cli_runs_an_experiment_file_and_tracks_the_flow(tmp_path):
+    """models.train --experiment: GD through two stages switches at until_time / lr steps and stays within
+    the one-stage GD-vs-flow gap's order of the exact two-stage flow (the step-size error of GD at lr 0.1)."""
+    from models.train import main as train_main
+
+    f = write(tmp_path, """
+        [task]
+        S = 16
+        R = 4
+        D = 8
+        [distributions.first]
+        subjects = "0:8"
+        [[stages]]
+        name = "warmup"
+        train = "first"
+        until_time = 100.0
+        [[stages]]
+        name = "all"
+        train = {}
+        until_time = 200.0
+        """)
+    out = tmp_path / "tr"
+    assert train_main(["--experiment", f, "--optimizer", "gd", "--init", "balanced", "--init-scale", "1e-2",
+                       "--compare-flow", "--out", str(out), "--quiet", "--no-plots"]) == 0
+    res = json.load(open(out / "results.json"))
+    assert [(s["step_start"], s["step_end"], s["reason"]) for s in res["stages"]] == [(0, 1000, "time"),
+                                                                                     (1000, 3000, "time")]
+    hist = pd.read_csv(out / "history.csv")
+    assert set(hist["stage"]) == {0, 1}
+    assert 0 < res["flow_gap"] < 0.05
+    assert np.nanmax(np.abs(hist["loss"] - hist["flow_loss"])) == pytest.approx(res["flow_gap"], rel=1e-12)
