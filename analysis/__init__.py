@@ -22,6 +22,7 @@ _LAZY = {
     "analyze_flow": "results", "FlowResult": "results", "theory_of": "results",
     "run_sweep": "sweep", "SweepResult": "sweep", "derive_reduction": "derive", "DeriveResult": "derive", "summarize_training": "training", "history_columns": "training",
     "analyze_training": "training", "TrainingResult": "training",
+    "analyze_experiment": "experiment", "ExperimentResult": "experiment", "experiment_phases": "experiment",
 }
 
 __all__ = list(_LAZY)

@@ -109,6 +109,7 @@ class ClassMetrics:
                     hallucination_gap=np.logaddexp(a, math.log(D - 1) if D > 1 else -np.inf) - a / D
                     - math.log(D) + LR)
         cols["accuracy"] = cols["accuracy"].astype(np.float64)
+        cols["p_true"] = np.exp(-(LS + LR))  # every fact has the same loss in the class-symmetric state
         cols["invariant_drift"] = np.abs(q["balance"] - q0["balance"]).max(0)
         for name in q:
             if name != "balance":

@@ -26,7 +26,11 @@ _LAZY = {
     "torch_threads": "threads",
     "HISTORY_COLUMNS": "trainer", "GDTrainer": "trainer", "HeldOutEvaluator": "trainer", "SampledTrainer": "trainer",
     "TrainConfig": "trainer", "TrainResult": "trainer", "flow_at": "trainer", "flow_gap": "trainer",
-    "resolve_device": "trainer", "train": "trainer",
+    "resolve_device": "trainer", "train": "trainer", "train_schedule": "trainer", "schedule_flow_gap": "trainer",
+    "ScheduleResult": "trainer",
+    "EvalSpec": "schedule", "ExperimentConfig": "schedule", "ExperimentRun": "schedule", "Stage": "schedule",
+    "StageRun": "schedule", "Stop": "schedule", "run_experiment": "schedule",
+    "load_experiment": "experiment_file",
 }
 
 __all__ = sorted(_LAZY)
