@@ -233,13 +233,13 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
     t0 = time.perf_counter()
     full_idx = np.nonzero(~red)[0]
     if full_idx.size:
-        from tqdm.auto import tqdm
+        from common.progress import Progress
 
         from .results import analyze_flow
 
-        bar = tqdm(full_idx, desc="full-system runs", unit="run", disable=(None if progress is None else not progress))
+        bar = Progress(int(full_idx.size), "full-system runs", unit=" runs", enabled=progress)
         flow_progress = progress is not False and not sys.stderr.isatty()
-        for i in bar:
+        for i in full_idx:
             # off a terminal a long full run reports a line every ~30 s (dynamics.flow.FlowProgress)
             res = analyze_flow(full_config(cols, i, facts=facts, seed=seed, zipf=zipf, eps_conv=eps_conv,
                                            full_rtol=full_rtol), progress=flow_progress)
@@ -249,6 +249,8 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
                 out[k][i] = np.nan if v is None else v
             if res.phases.plateau is not None:
                 out["plateau_loss"][i] = res.phases.plateau.loss
+            bar.update(1)
+        bar.close()
     full_seconds = time.perf_counter() - t0
     out["plateau_length"] = out["t2"] - out["t1"]
     return SweepResult(columns=out, slopes=slopes(out, eps_conv), n_reduced=int(red.sum()),

@@ -1,7 +1,7 @@
 """Throughput of the sampled trainers: sequences/s and steps/s of one full training step
 (sampling on the device + forward + backward + update), on the CPU and on CUDA when present.
 
-    python bench/throughput.py --out bench_throughput.json [--threads 2] [--large-batch 262144]
+    python bench/throughput.py --out runs/bench_throughput.json [--threads 2] [--large-batch 262144]
 
 Cases: model 1 SGD at batch 1024 (CPU goal >= 1e6 sequences/s); model 2 SGD and Adam at
 batch 1024 (H100 goal >= 5,000 steps/s) and at a large batch (H100 goal >= 5e7 sequences/s).
@@ -62,8 +62,8 @@ def case(model, optimizer, batch, device, graph, seconds, lr=0.1, d=64, manual_g
 @guarded
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python bench/throughput.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench_throughput.json",
-                   help="JSON file for the results, written whole at the end (default bench_throughput.json); "
+    p.add_argument("--out", default="runs/bench_throughput.json",
+                   help="JSON file for the results, written whole at the end (default runs/bench_throughput.json); "
                         "an existing file is refused unless --overwrite")
     add_overwrite(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")

@@ -515,7 +515,7 @@ class SampledTrainer:
             return self._run(progress, plan)
 
     def _run(self, progress, plan=None):
-        from tqdm.auto import tqdm
+        from common.progress import Progress
 
         c = self.config
         legs = tuple(plan) if plan is not None else (_Leg(steps=c.steps),)
@@ -560,8 +560,8 @@ class SampledTrainer:
 
         step = 0
         outcomes = []
-        bar = tqdm(total=sum(leg.steps for leg in legs), desc=f"{c.model}/{c.optimizer}", unit=" steps",
-                   disable=(None if progress is None else not progress))
+        # a bar on a terminal, a line every 30 s with ETA elsewhere (no carriage returns in log files)
+        bar = Progress(sum(leg.steps for leg in legs), f"{c.model}/{c.optimizer}", enabled=progress)
         for leg in legs:
             if leg.sets is not None:
                 self.set_weights(leg.weights)
@@ -630,7 +630,7 @@ class GDTrainer:
             return self._run(progress, plan)
 
     def _run(self, progress, plan=None):
-        from tqdm.auto import tqdm
+        from common.progress import Progress
 
         c = self.config
         legs = tuple(plan) if plan is not None else (_Leg(steps=c.steps),)
@@ -658,8 +658,7 @@ class GDTrainer:
         diverged_at = None
         step = 0
         outcomes = []
-        bar = tqdm(total=sum(leg.steps for leg in legs), desc="linear/gd", unit=" steps",
-                   disable=(None if progress is None else not progress))
+        bar = Progress(sum(leg.steps for leg in legs), "linear/gd", enabled=progress)
         for leg in legs:
             if leg.sets is not None:
                 self.set_weights(leg.weights)

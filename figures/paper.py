@@ -25,7 +25,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=program_name("figures.paper"),
                        description="Two-panel sequential-learning figure (exact flow of model 1 | model 2 trained "
                                    "with SGD or Adam) and model 1's SGD-vs-flow overlay, as PNG and PDF.")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder, created as a whole at the end; "
+    p.add_argument("--out", default="runs/paper", metavar="DIR", help="output folder (default runs/paper), created as a whole at the end; "
                    "an existing non-empty folder is refused unless --overwrite")
     add_overwrite(p)
     p.add_argument("--S", type=int, default=16, help="subjects (default 16)")
