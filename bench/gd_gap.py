@@ -9,20 +9,25 @@ Prints one line per lr and the README line; writes nothing.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--eval-every", type=int, default=64,
+                   help="evaluate (and pair with the flow) every this many steps (default 64, as models.train)")
+    a = p.parse_args(argv)
     from dynamics import TrainConfig, flow_gap, train
     from models.task import TaskConfig
 
     gaps = []
     for lr in (1.0, 0.5, 0.25):
         cfg = TrainConfig(task=TaskConfig(S=16, R=4, D=8), model="linear", optimizer="gd", init="balanced",
-                          init_scale=1e-5, lr=lr, steps=round(1200 / lr), eval_every=64)
+                          init_scale=1e-5, lr=lr, steps=round(1200 / lr), eval_every=a.eval_every)
         g = flow_gap(train(cfg, progress=False))
         gaps.append(g["flow_gap"])
         print(f"lr {lr:g}: flow_gap {g['flow_gap']:.4f} at step {g['at_step']} (flow time {g['at_flow_time']:.4g})")

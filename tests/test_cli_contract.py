@@ -355,7 +355,6 @@ TABLE = [
     case("paper", ["--d", "0"], match="d = 0"),
     case("paper", ["--device", "meta"], match="meta"),
     case("paper", ["--softmax-optimizer", "lbfgs"], match="--softmax-optimizer"),
-    case("paper", [], match="--out", out=False),
     case("paper", ["--out", "/proc/x"], match="/proc/x", out=False),
     case("paper", ["--D", "1"], 0),
     case("paper", ["--S", "1", "--R", "1", "--D", "1"], 0),
