@@ -119,12 +119,11 @@ class FlowMonitor:
 
     def row(self, t: float, y: torch.Tensor) -> dict:
         Wt, K = self.layout.unpack(y)
-        m = self.obj.metrics(Wt, K)
-        _, rate = self.obj.loss_rate(Wt, K)
+        m = self.obj.metrics(Wt, K, rate=True)  # dL/dt from the same exponentials as the metrics
         row = dict(t=t, loss=m["loss"], relation_loss=m["relation_loss"], subject_loss=m["subject_loss"],
                    accuracy=m["accuracy"], hallucination_gap=m["hallucination_gap"], p_true=m["p_true"])
         row.update(self.state_columns(Wt, K))
-        row["dloss_dt"] = float(rate)
+        row["dloss_dt"] = m["dloss_dt"]
         for name, sl in self.class_rows.items():
             row[f"W_{name}"] = float(Wt[sl].pow(2).sum(1).mean().sqrt())  # per-token RMS of |W[:, z]|
             row[f"K_{name}"] = float(K[sl].pow(2).mean().sqrt())

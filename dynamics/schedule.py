@@ -253,7 +253,7 @@ class _Monitor:
 
     def row(self, t: float, y: torch.Tensor) -> dict:
         Wt, K = self.layout.unpack(y)
-        m = self.obj.metrics(Wt, K, sets=self.sets)
+        m = self.obj.metrics(Wt, K, sets=self.sets, rate=True)  # rate: dL/dt of the training loss
         row = dict(stage=self.stage, t=t)
         for name in self.names:
             d = m.get(name)
@@ -265,8 +265,7 @@ class _Monitor:
                 else:
                     row[f"{name}_{k}"] = d[k]
         row.update(self.base.state_columns(Wt, K))
-        _, rate = self.obj.loss_rate(Wt, K)
-        row["train_dloss_dt"] = float(rate)
+        row["train_dloss_dt"] = m["dloss_dt"]
         return row
 
     def loss_fn(self, name: str):

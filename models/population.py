@@ -154,10 +154,14 @@ class PopulationObjective:
 
     def _grad_u_into(self, Wt, K, G, need_loss: bool = True):
         """Fill G (C, |A|) with dL/du per real token; return the loss (0-d tensor, or None)."""
-        L = self.layout
-        S, R = L.S, L.R
         xs, ur = self._parts(Wt, K)
         Es, Er, Zp = self._normalise(xs, ur)
+        return self._grad_from(xs, ur, Es, Er, Zp, G, need_loss)
+
+    def _grad_from(self, xs, ur, Es, Er, Zp, G, need_loss: bool):
+        """The gradient pass after :meth:`_normalise` (shared by the RHS and the monitor's metrics)."""
+        L = self.layout
+        S, R = L.S, L.R
         Gs, Gr = G[:S], G[S:S + R]  # views: (S, |A|), (R, |A|)
         if bool((Zp > _TINY).all()):
             M = self.w / Zp  # (S, R) p(s)q(r)/Z_sr
@@ -173,6 +177,11 @@ class PopulationObjective:
         torch.sum(Gs, 0, out=G[L.eos])  # (|A|,) EOS is in every sequence
         torch.mul(G[L.eos], (self.task.T - 3) / self.task.N, out=G[L.noise])  # a noise token: (T-3)/N per sequence
         return loss
+
+    def _rate_from_grad(self, Wt, K, G) -> torch.Tensor:
+        """dL/dt = -sum over all real tokens of |grad|^2 (noise row counted N times), from G = dL/du."""
+        sq = K * K * torch.linalg.vecdot(G, G) + torch.linalg.vecdot(G, Wt) ** 2  # (C,)
+        return -(self.count * sq).sum()
 
     def grad_u(self, Wt, K):
         """Loss and its gradient with respect to the products, per real token.
@@ -209,8 +218,7 @@ class PopulationObjective:
         L = self.layout
         G = self._buffer("_G", (L.C, L.A))
         loss = self._grad_u_into(Wt, K, G)
-        sq = K * K * torch.linalg.vecdot(G, G) + torch.linalg.vecdot(G, Wt) ** 2  # (C,)
-        return loss, -(self.count * sq).sum()
+        return loss, self._rate_from_grad(Wt, K, G)
 
     # ------------------------------------------------------------------ direct (reference) paths
     def _chunks(self):
@@ -265,39 +273,60 @@ class PopulationObjective:
                        negH=torch.as_tensor(negH, **kw), H_A_given_R=float(-(v.sum(0) @ negH)))
 
     @torch.no_grad()
-    def metrics(self, Wt, K, *, accuracy: bool = True, sets: dict | None = None) -> dict:
+    def metrics(self, Wt, K, *, accuracy: bool = True, sets: dict | None = None, rate: bool = False) -> dict:
         """Loss, relation-only loss, subject-only loss, hallucination gap, p_true and accuracy (SPEC §3).
 
         Averages over facts with the training weights w(s, r); with ``sets`` (name -> :class:`EvalSet`)
         returns name -> the same dict under each set's weights instead, from one pass over the logits.
         ``p_true`` is the mean probability of the true answer, E exp(-loss_sr); accuracy counts a fact
-        as correct when its true answer's logit is strictly the largest.
+        as correct when its true answer's logit is strictly the largest. ``rate``: also ``dloss_dt``, the
+        training loss's rate along the exact flow (as :meth:`loss_rate`), from the same exponentials
+        (a monitor row then costs about one right-hand side instead of three).
         """
         S, R, D = self.task.S, self.task.R, self.task.D
         xs, ur = self._parts(Wt, K)
-        _, _, Zp = self._normalise(xs, ur)  # from here on xs, ur are relative logits
+        Es, Er, Zp = self._normalise(xs, ur)  # from here on xs, ur are relative logits
+        dloss_dt = None
+        if rate:  # the gradient pass reads xs, ur, Es, Er, Zp and writes only G
+            G = self._buffer("_G", (self.layout.C, self.layout.A))
+            self._grad_from(xs, ur, Es, Er, Zp, G, need_loss=False)
+            dloss_dt = float(self._rate_from_grad(Wt, K, G))
         lse, ref = self._log_normalisers(xs, ur, Zp)  # log Z_sr = ref_sr + lse_sr (ref None: 0)
         fact = self._fact_losses(xs, ur, lse, ref)  # (S, R)
-        # relation-only: -log of the mass on r's block = lse - logsumexp over the block of (xi - ref)
         ar = torch.arange(R, device=xs.device)
-        blk = xs.view(S, R, D) + ur.view(R, R, D)[ar, ar][None]  # (S, R, D) logits of (s, r) on r's block
-        if ref is not None:
-            blk = blk - ref[..., None]
-        relation = lse - torch.logsumexp(blk, dim=-1)  # (S, R)
-        # subject-only: mass on {a*(s, r') : r'}; blocks are disjoint so the R answers are distinct
+        ur_own = ur.view(R, R, D)[ar, ar]  # (R, D) relation r's logits on its own block
         a = self.answers  # (S, R')
-        star = xs.gather(1, a)[None] + ur[:, a]  # (R, S, R') logit of fact (s, r) at a*(s, r')
-        if ref is not None:
-            star = star - ref.T[..., None]
-        subject = lse - torch.logsumexp(star, dim=-1).T  # (S, R)
+        relation = subject = None
+        if ref is None:
+            # Fast path: the masses are sums of products of the exponentials already at hand (no new exp):
+            # relation r's block, sum_{a in A_r} Es[s, a] Er[r, a], and subject s's answers,
+            # sum_r' Es[s, a*(s, r')] Er[r, a*(s, r')] (the R answers are distinct: blocks are disjoint).
+            mass_r = torch.einsum("srd,rd->sr", Es.view(S, R, D), Er.view(R, R, D)[ar, ar])  # (S, R)
+            mass_s = torch.einsum("sq,rsq->sr", Es.gather(1, a), Er[:, a])  # (S, R)
+            if bool((mass_r > _TINY).all()) and bool((mass_s > _TINY).all()):
+                relation = lse - torch.log(mass_r)  # (S, R)
+                subject = lse - torch.log(mass_s)  # (S, R)
+        if relation is None:
+            # a mass may have underflowed: log-sum-exp over the block and over the subject's answers
+            blk = xs.view(S, R, D) + ur_own[None]  # (S, R, D) logits of (s, r) on r's block
+            if ref is not None:
+                blk = blk - ref[..., None]
+            relation = lse - torch.logsumexp(blk, dim=-1)  # (S, R)
+            star = xs.gather(1, a)[None] + ur[:, a]  # (R, S, R') logit of fact (s, r) at a*(s, r')
+            if ref is not None:
+                star = star - ref.T[..., None]
+            subject = lse - torch.logsumexp(star, dim=-1).T  # (S, R)
         p_true = torch.exp(-fact)  # (S, R)
         correct = self._correct(xs, ur) if accuracy else None  # order of the relative logits = of the logits
 
         def reduce(es: EvalSet) -> dict:
             w = es.w
-            # hallucination gap E KL(p(.|r) || p_hat(.|s, r)); p(.|r) lives on r's block and sums to 1, so
-            # KL = sum_a p log p - sum_a p (xi - ref) + lse, every term of the size of the logit gaps
-            lin = (blk * es.P_own[None]).sum(-1)  # (S, R) sum_a p(a|r) (xi_sr(a) - ref_sr)
+            # hallucination gap E KL(p(.|r) || p_hat(.|s, r)); p(.|r) lives on r's block and sums to 1 (or is
+            # 0 where q(r) = 0), so KL = sum_a p log p - sum_a p (xi - ref) + lse, every term of the size of
+            # the logit gaps
+            lin = torch.einsum("srd,rd->sr", xs.view(S, R, D), es.P_own) + (ur_own * es.P_own).sum(-1)[None]
+            if ref is not None:
+                lin = lin - ref * es.P_own.sum(-1)[None]
             out = dict(loss=float((w * fact).sum()), relation_loss=float((w * relation).sum()),
                        subject_loss=float((w * subject).sum()),
                        hallucination_gap=float((w * (es.negH[None, :] - lin + lse)).sum()),
@@ -307,8 +336,12 @@ class PopulationObjective:
             return out
 
         if sets is None:
-            return reduce(self.train_set)
-        return {name: reduce(es) for name, es in sets.items()}
+            out = reduce(self.train_set)
+        else:
+            out = {name: reduce(es) for name, es in sets.items()}
+        if dloss_dt is not None:
+            out["dloss_dt"] = dloss_dt
+        return out
 
     def accuracy(self, xs, ur) -> torch.Tensor:
         """Weighted fraction (training weights) of facts whose true answer has the strictly largest logit."""
