@@ -12,10 +12,11 @@ Writes into --out (a new folder put in place as a whole; an existing non-empty o
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
-from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, describe_device, guarded, program_name
+from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, guarded, program_name
 from common.errors import check_int, check_positive
 from common.io import check_out, output_dir, save_figure, write_json
 from models.task import TaskConfig
@@ -50,6 +51,56 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def device_name(device) -> str:
+    """The device a run used, for a figure title: the GPU's name, or "CPU" (no remark about absent GPUs)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return dev.type.upper()
+
+
+def _nice_ceil(x: float) -> float:
+    """The smallest of 1, 2, 5 x 10^k that is >= x > 0."""
+    e = math.floor(math.log10(x))
+    for m in (1.0, 2.0, 5.0, 10.0):
+        if m * 10.0 ** e >= x * (1 - 1e-12):
+            return m * 10.0 ** e
+    return 10.0 ** (e + 1)
+
+
+def step_axis(ax, steps, t1, t2, t3, eval_every: int) -> float | None:
+    """A step axis for a run evaluated every ``eval_every`` steps: linear from 0 to a threshold past t1 (twice
+    t1, rounded up to 1, 2 or 5 x 10^k; without t1 ten evaluations), logarithmic beyond (symlog), running 25 %
+    past the last step in the log part so a phase line at the end stays inside. Returns the threshold, or
+    None when the run ends inside it (the axis stays linear)."""
+    import numpy as np
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    steps = np.asarray(steps, dtype=np.float64)
+    last = float(steps[-1]) if steps.size else 0.0
+    base = 2.0 * t1 if t1 is not None and t1 > 0 else 10.0 * eval_every
+    lt = _nice_ceil(max(base, float(eval_every), 1.0))
+    if last <= 2 * lt:  # nothing worth a log part: the linear axis of loss_axes (0 to 5 % past the end)
+        return None
+    ax.set_xscale("symlog", linthresh=lt, linscale=1.0)
+    right = max([last] + [x for x in (t1, t2, t3) if x is not None]) * 1.25
+    ax.set_xlim(0, right)
+    decades = range(math.floor(math.log10(lt)), math.floor(math.log10(right)) + 1)
+    ticks = [0.0, lt / 2, lt] + [10.0 ** k for k in decades if lt * 1.5 <= 10.0 ** k <= right]
+    if len(ticks) < 5:  # a short log part: 2 and 5 x 10^k as well
+        ticks = sorted(set(ticks) | {m * 10.0 ** k for k in decades for m in (1, 2, 5)
+                                     if lt * 1.5 <= m * 10.0 ** k <= right})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v == 0 or v >= 1 else f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.axvline(lt, color="0.5", lw=0.6, ls=(0, (1, 3)), gid="linthresh",
+               label=f"step axis: linear up to {lt:,.0f}, log beyond")
+    ax.set_xlabel(f"training step (linear scale up to {lt:,.0f}, log scale beyond)")
+    return lt
+
+
 @guarded
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
@@ -65,7 +116,7 @@ def main(argv=None) -> int:
     from dynamics import FlowConfig, TrainConfig, flow_gap, train
     from dynamics.trainer import LR_MAX
 
-    from .flow import loss_axes
+    from .flow import legend_outside, loss_axes
     from .train import overlay_axes
 
     task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N)
@@ -105,35 +156,30 @@ def main(argv=None) -> int:
     pairing = flow_gap(sgd_run)
     sgd_sum = summarize_training(sgd_run, pairing)
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(18, 4.8), constrained_layout=True)
     tr, ph, th = flow.trajectory, flow.phases, flow.theory
     loss_axes(axes[0], tr["t"], tr["loss"], tr["relation_loss"], tr["subject_loss"], log_A=th["log_A"],
-              H_A_given_R=th["H_A_given_R"], t1=ph.t1, t2=ph.t2, t3=ph.t3,
+              H_A_given_R=th["H_A_given_R"], t1=ph.t1, t2=ph.t2, t3=ph.t3, plateau=ph.plateau,
               title=f"Model 1: exact gradient flow (linear attention, one-hot)\nbalanced init {a.alpha:g}")
     h, sp = soft_run.history, soft_sum["phases"]["steps"]
     opt = "SGD" if a.softmax_optimizer == "sgd" else "Adam"
-    left = float(h["step"][1]) if len(h["step"]) > 1 else 1.0  # the log axis starts at the first evaluation
-
-    def on_log_axis(x):  # a phase reached before it (e.g. at step 0: loss already below its level) is not drawn:
-        return x if x is not None and x >= left else None  # its label would sit far off the axis
-
+    # the trainer evaluates every eval_every steps (a linear schedule): a dot per evaluation, and a step axis
+    # linear over stage 1 and logarithmic beyond (symlog), so stage 1 is not drawn as long straight segments
     loss_axes(axes[1], h["step"], h["loss"], h["relation_loss"], h["subject_loss"],
               log_A=soft_sum["theory"]["log_A"], H_A_given_R=soft_sum["theory"]["H_A_given_R"],
-              t1=on_log_axis(sp["t1"]), t2=on_log_axis(sp["t2"]), t3=on_log_axis(sp["t3"]), xlabel="training step",
-              title=f"Model 2: softmax attention, random embeddings (d={a.d})\n{opt} lr {a.softmax_lr:g}, "
-                    f"batch 1024, held-out loss ({soft_sum['device']})")
-    # log steps: the short first plateau and the hallucination plateau stay visible next to the long stage 3
-    axes[1].set_xscale("log")
-    if h["step"][-1] > left:
-        axes[1].set_xlim(left, float(h["step"][-1]))
-    axes[1].set_xlabel("training step (log scale)")
+              t1=sp["t1"], t2=sp["t2"], t3=sp["t3"], plateau=sp["plateau"], xlabel="training step", markers=True,
+              legend=False, title=f"Model 2: softmax attention, random embeddings (d={a.d})\n{opt} lr "
+                                  f"{a.softmax_lr:g}, batch 1024, held-out loss every {soft.eval_every} steps (dots), "
+                                  f"on {device_name(soft_run.device)}")
+    step_axis(axes[1], h["step"], sp["t1"], sp["t2"], sp["t3"], soft.eval_every)
+    legend_outside(axes[1])
     fig.suptitle(f"Sequential learning of factual recall: S={a.S}, R={a.R}, D={a.D}, T={a.T}, N={a.N} "
                  f"(stage 1: uniform, stage 2: relation only = hallucination, stage 3: facts)", fontsize=11)
-    fig2, ax2 = plt.subplots(figsize=(7.5, 4.4), constrained_layout=True)
+    fig2, ax2 = plt.subplots(figsize=(10, 4.4), constrained_layout=True)
     hs = sgd_run.history
     overlay_axes(ax2, hs["step"], sgd.lr, hs, pairing["flow"], label="SGD", gap=pairing["flow_gap"])
     ax2.set_title(f"Model 1: SGD (uniform init 1e-5, lr 0.1, batch 1024, {a.sgd_steps} steps) vs exact flow\n"
-                  f"S={a.S}, R={a.R}, D={a.D}, T={a.T}, N={a.N}; {describe_device(sgd_run.device)}",
+                  f"S={a.S}, R={a.R}, D={a.D}, T={a.T}, N={a.N}; on {device_name(sgd_run.device)}",
                   fontsize=10)
     with output_dir(a.out, overwrite=a.overwrite) as d:
         for ext in ("png", "pdf"):

@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .flow import loss_axes  # noqa: E402
+from .flow import legend_outside, loss_axes  # noqa: E402
 
 
 def run_title(config) -> str:
@@ -21,20 +21,21 @@ def run_title(config) -> str:
 
 
 def overlay_axes(ax, step, lr, loss, flow, *, label="SGD", gap=None):
-    """Model-1 run (loss vs flow time step*lr) drawn over the exact flow at the same times."""
+    """Model-1 run (loss vs flow time step*lr) drawn over the exact flow at the same times; the legend (titled
+    with the largest gap, when given) lies to the right of the axes."""
     t = np.asarray(step) * lr
     for k, col, c in (("loss", "loss", "k"), ("relation_loss", "relation-only", "tab:blue"),
                       ("subject_loss", "subject-only", "tab:red")):
-        ax.plot(flow["t"], flow[k], color=c, lw=3, alpha=0.35, label=f"exact flow: {col}")
-    ax.plot(t, loss["loss"], "k--", lw=1.2, label=f"{label}: loss")
-    ax.plot(t, loss["relation_loss"], "--", color="tab:blue", lw=1.2, label=f"{label}: relation-only")
-    ax.plot(t, loss["subject_loss"], "--", color="tab:red", lw=1.2, label=f"{label}: subject-only")
+        ax.plot(flow["t"], flow[k], color=c, lw=3, alpha=0.35, label=f"exact flow: {col}", gid=f"flow:{k}")
+    ax.plot(t, loss["loss"], "k--", lw=1.2, label=f"{label}: loss", gid="run:loss")
+    ax.plot(t, loss["relation_loss"], "--", color="tab:blue", lw=1.2, label=f"{label}: relation-only",
+            gid="run:relation_loss")
+    ax.plot(t, loss["subject_loss"], "--", color="tab:red", lw=1.2, label=f"{label}: subject-only",
+            gid="run:subject_loss")
     ax.set_xlabel(f"flow time t = step x lr (lr = {lr:g})")
     ax.set_ylabel("loss (nats)")
-    if gap is not None:
-        ax.text(0.98, 0.97, f"max |L_{label} - L_flow| = {gap:.3f}", transform=ax.transAxes, ha="right",
-                va="top", fontsize=9, bbox=dict(fc="white", ec="0.7"))
-    ax.legend(fontsize=7, loc="center right")
+    legend_outside(ax, title=None if gap is None else f"max |L_{label} - L_flow| = {gap:.3f}",
+                   title_fontsize=8)
     return ax
 
 
@@ -44,9 +45,9 @@ def plot_run(result, summary, pairing):
     h, c = result.history, result.config
     th, ph = summary["theory"], summary["phases"]["steps"]
     ncol = 2 if pairing is not None else 1
-    fig, axes = plt.subplots(1, ncol, figsize=(7 * ncol, 4.4), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(1, ncol, figsize=(9.5 * ncol, 4.4), constrained_layout=True, squeeze=False)
     loss_axes(axes[0, 0], h["step"], h["loss"], h["relation_loss"], h["subject_loss"], log_A=th["log_A"],
-              H_A_given_R=th["H_A_given_R"], t1=ph["t1"], t2=ph["t2"], t3=ph["t3"],
+              H_A_given_R=th["H_A_given_R"], t1=ph["t1"], t2=ph["t2"], t3=ph["t3"], plateau=ph.get("plateau"),
               xlabel="training step", title=run_title(c))
     if pairing is not None:
         overlay_axes(axes[0, 1], h["step"], c.lr, h, pairing["flow"], label=c.optimizer.upper(),
