@@ -7,7 +7,7 @@ same objects.
 TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 SCIPY_METHODS = ("DOP853", "RK45", "RK23", "LSODA", "BDF", "Radau")
 IMPLICIT = ("LSODA", "BDF", "Radau")  # may form a dense P x P Jacobian by finite differences
-NATIVE_METHODS = ("dopri5",)
+NATIVE_METHODS = ("dopri5", "rock4")  # rock4: stabilized explicit (dynamics.rock), for stiff plateaus
 DEFAULT_METHOD = {"native": "dopri5", "torchdiffeq": "dopri5", "scipy": "DOP853"}
 METHODS = {"native": NATIVE_METHODS, "torchdiffeq": TORCHDIFFEQ_METHODS, "scipy": SCIPY_METHODS}
 BACKENDS = tuple(DEFAULT_METHOD)

@@ -1,6 +1,7 @@
 """The solver backends, each a stepper for :mod:`dynamics.engine` (protocol in :mod:`dynamics.steps`).
 
-- ``native``: the stage-major DOPRI5 of :mod:`dynamics.dopri` (the default; fastest here);
+- ``native``: the stage-major DOPRI5 of :mod:`dynamics.dopri` (the default; fastest here), or ``rock4``, the
+  stabilized explicit ROCK4 of :mod:`dynamics.rock` (for stiff plateaus of large states);
 - ``torchdiffeq``: torchdiffeq's adaptive Runge-Kutta methods, an independent implementation;
 - ``scipy``: scipy.integrate's OdeSolver classes (DOP853, RK45, ..., and the implicit LSODA/BDF/Radau
   for small problems), stepped one accepted step at a time with their own dense output.
@@ -199,6 +200,10 @@ def make_stepper(backend: str, method: str, f, t0: float, y0: torch.Tensor, *, r
     """
     check_method(backend, method)
     if backend == "native":
+        if method == "rock4":
+            from .rock import Rock4Stepper
+
+            return Rock4Stepper(lambda y, out: f(y, out=out), t0, y0, rtol, atol)
         from .dopri import Dopri5Stepper
 
         return Dopri5Stepper(lambda y, out: f(y, out=out), t0, y0, rtol, atol)
