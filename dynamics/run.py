@@ -53,7 +53,9 @@ def build_parser() -> ArgumentParser:
                    help="ODE integrator: native (default: Dormand-Prince 5(4) with stages stored row-wise, "
                         "the fastest here), torchdiffeq or scipy (independent implementations for cross-checks)")
     g.add_argument("--method", default=None,
-                   help=f"solver: native {{dopri5}}; torchdiffeq {{{', '.join(TORCHDIFFEQ_METHODS)}}} "
+                   help=f"solver: native {{dopri5, rock4}} (default dopri5 below 500,000 parameters, rock4 from "
+                        f"there: the stabilized explicit ROCK4 is cheaper on the stiff plateaus of large flows); "
+                        f"torchdiffeq {{{', '.join(TORCHDIFFEQ_METHODS)}}} "
                         f"(default dopri5); scipy {{{', '.join(SCIPY_METHODS)}}} (default DOP853)")
     g.add_argument("--rtol", type=float, default=None,
                    help="relative tolerance (default 1e-9 in float64, 1e-5 in float32); allowed 1e-14 to 1e-3 "
