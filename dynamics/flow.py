@@ -160,12 +160,13 @@ def time_grid_start(obj: PopulationObjective, Wt, K) -> float:
 class FlowProgress:
     """A tqdm bar on a terminal; elsewhere one line on stderr every ~30 s, so a log shows the run is alive."""
 
-    def __init__(self, enabled: bool | None, t_max: float):
+    def __init__(self, enabled: bool | None, t_max: float, target: float | None = None):
         self.tty = sys.stderr.isatty()
         self.enabled = self.tty if enabled is None else enabled
         self.bar = None
         self.last = time.monotonic()
         self.t_max = t_max
+        self.target = target  # the loss that ends the run: a flow has no step total, its progress is the loss
         if self.enabled and self.tty:
             from tqdm.auto import tqdm
 
@@ -178,10 +179,12 @@ class FlowProgress:
         if self.bar is not None:
             self.bar.update(1)
             if steps % 16 == 0:
-                self.bar.set_postfix_str(f"t={t:.4g} loss={self.loss:.4g}")
+                goal = f"->{self.target:g}" if self.target is not None else ""
+                self.bar.set_postfix_str(f"t={t:.4g} loss={self.loss:.4g}{goal}")
         elif time.monotonic() - self.last >= _PROGRESS_SECONDS:
             self.last = time.monotonic()
-            sys.stderr.write(f"flow: t = {t:.6g} of at most {self.t_max:g}, loss {self.loss:.6g}, {steps} steps\n")
+            goal = f" (stops at {self.target:g})" if self.target is not None else ""
+            sys.stderr.write(f"flow: t = {t:.6g} of at most {self.t_max:g}, loss {self.loss:.6g}{goal}, {steps} steps\n")
             sys.stderr.flush()
 
     def close(self):
@@ -270,7 +273,7 @@ def run_flow(config: FlowConfig, *, levels=(), progress: bool | None = None) -> 
     monitor = FlowMonitor(obj, conserved_quantities(layout, Wt0, K0))
     target = config.resolved_loss_target
     levels = tuple(float(x) for x in levels)
-    bar = FlowProgress(progress, config.t_max)
+    bar = FlowProgress(progress, config.t_max, target)
     rows: list[dict] = []
 
     def save(t, y):

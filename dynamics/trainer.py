@@ -20,6 +20,7 @@ with ``diverged_at`` (the step); "completed" otherwise.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,9 +43,9 @@ from .trajectory import Trajectory
 
 LR_MAX = 1e30  # a step size the float32 trainers can multiply a gradient by
 MAX_THREADS = 1024  # torch's thread pool crashes (segfault) when asked for ~1e5 threads
-HISTORY_COLUMNS = ("step", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap",
+HISTORY_COLUMNS = ("step", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap", "p_true",
                    "train_loss")
-METRICS = HISTORY_COLUMNS[1:6]
+METRICS = HISTORY_COLUMNS[1:7]  # p_true: mean probability of the true answer (informative where accuracy is not)
 _NEVER = 2**62  # "no bad loss yet" in the sampled trainer's device-side divergence tracking
 # Divergence: a loss that is not finite, or above DIVERGENCE_FACTOR x max(log|A|, the loss at step 0). Training
 # starts near the uniform prediction (loss log|A|); a stable step size never multiplies the loss by 100, while a
@@ -70,7 +71,9 @@ class TrainConfig:
     init / init_scale: model 1 ``balanced`` | ``uniform`` with scale alpha (as the flow);
     model 2: std of W_KQ, W_OV entries is init_scale / sqrt(d). d: model 2 embedding dimension (default
     256, the paper figure's; at 64 the head shows both plateaus but its loss stalls above 0.3 nats).
-    eval_every: evaluate every this many steps; eval_size: held-out sequences (>= 8192).
+    eval_every: evaluate every this many steps; eval_geometric: also this many evaluations per doubling of
+    the step count (steps 1, 2, 3, 4, 5, 6, 8, ... rounded from 2^(i/g); 0: none), so that a log-step axis
+    shows the early steps; eval_size: held-out sequences (>= 8192).
     eps_conv: loss level that counts as converged (t3). device: auto | cpu | cuda[:i].
     cuda_graph: capture the training step in a CUDA graph on CUDA devices.
     manual_grad: model 2's gradient by :meth:`SoftmaxAttentionModel.loss_and_grad_` (hand-written, fewer
@@ -90,6 +93,7 @@ class TrainConfig:
     d: int = 256
     seed: int = 0
     eval_every: int = 50
+    eval_geometric: int = 0
     eval_size: int = 8192
     eps_conv: float = 1e-2
     device: str = "auto"
@@ -110,7 +114,8 @@ class TrainConfig:
                               "the linear model")
         object.__setattr__(self, "lr", check_positive("lr", self.lr, maximum=LR_MAX,
                                                       why="larger steps overflow float32, the sampled trainers' type"))
-        for name, lo in (("batch", 1), ("steps", 1), ("d", 1), ("eval_every", 1), ("eval_size", 8192)):
+        for name, lo in (("batch", 1), ("steps", 1), ("d", 1), ("eval_every", 1), ("eval_geometric", 0),
+                         ("eval_size", 8192)):
             object.__setattr__(self, name, check_int(name, getattr(self, name), lo))
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0, MAX_SEED))
         object.__setattr__(self, "threads", check_int("threads", self.threads, 0, MAX_THREADS))
@@ -210,7 +215,7 @@ class HeldOutEvaluator:
         self.negH = torch.as_tensor(negH, dtype=torch.float32, device=dev)
 
     def metric_sums(self, logits: torch.Tensor, b: Batch) -> torch.Tensor:
-        """(5,) sums over the batch of: loss, relation-only loss, subject-only loss, correct, gap."""
+        """(6,) sums over the batch of: loss, relation-only loss, subject-only loss, correct, gap, p_true."""
         n = logits.shape[0]
         R, D = self.task.R, self.task.D
         logp = torch.log_softmax(logits.float(), dim=1)  # (n, |A|)
@@ -222,18 +227,49 @@ class HeldOutEvaluator:
         best_other = logits.scatter(1, b.targets[:, None], -math.inf).amax(1)  # (n,)
         correct = (target_logit > best_other).float()  # (n,) strictly largest, as the population metric
         gap = self.negH[b.r] - (self.P[b.r] * logp).sum(1)  # (n,) KL(p(.|r) || p_hat)
-        return torch.stack([ce.sum(), rel.sum(), subj.sum(), correct.sum(), gap.sum()])  # (5,)
+        return torch.stack([ce.sum(), rel.sum(), subj.sum(), correct.sum(), gap.sum(), torch.exp(-ce).sum()])  # (6,)
 
     @torch.no_grad()
     def __call__(self, model) -> dict:
         b, n = self.batch, self.batch.tokens.shape[0]
-        tot = torch.zeros(5, dtype=torch.float32, device=b.tokens.device)
+        tot = torch.zeros(6, dtype=torch.float32, device=b.tokens.device)
         for lo in range(0, n, self.chunk):
             sl = slice(lo, min(n, lo + self.chunk))
             part = Batch(b.tokens[sl], b.targets[sl], b.s[sl], b.r[sl])
             tot += self.metric_sums(model(part.tokens), part)
         v = (tot.double() / n).tolist()
-        return dict(loss=v[0], relation_loss=v[1], subject_loss=v[2], accuracy=v[3], hallucination_gap=v[4])
+        return dict(loss=v[0], relation_loss=v[1], subject_loss=v[2], accuracy=v[3], hallucination_gap=v[4],
+                    p_true=v[5])
+
+
+class EvalSchedule:
+    """The steps (counted from a stage's start) at which a trainer evaluates: multiples of ``every``, and
+    with ``per_octave`` > 0 also round(2^(i / per_octave)) for i = 0, 1, ... (a geometric schedule)."""
+
+    def __init__(self, every: int, per_octave: int, steps: int):
+        self.every = every
+        geo = set()
+        if per_octave > 0 and steps > 0:
+            i = 0
+            while True:
+                k = int(round(2.0 ** (i / per_octave)))
+                if k > steps:
+                    break
+                geo.add(k)
+                i += 1
+        self.geo = sorted(geo)
+
+    def next_after(self, offset: int) -> int:
+        """The first evaluation offset strictly after ``offset``."""
+        nxt = offset + self.every - offset % self.every
+        j = bisect.bisect_right(self.geo, offset)
+        return min(nxt, self.geo[j]) if j < len(self.geo) else nxt
+
+    def __contains__(self, offset: int) -> bool:
+        if offset % self.every == 0:
+            return True
+        j = bisect.bisect_left(self.geo, offset)
+        return j < len(self.geo) and self.geo[j] == offset
 
 
 # ----------------------------------------------------------------------------- trainers
@@ -573,13 +609,14 @@ class SampledTrainer:
                 done = self.capture(warmup=3)
                 step += done - 1  # warm-up steps trained the model; the capture did not
                 bar.update(done - 1)
+            sched = EvalSchedule(c.eval_every, c.eval_geometric, end - start)
             while reason is None and step < end:
-                n = min(c.eval_every - (step - start) % c.eval_every, end - step)
+                n = min(sched.next_after(step - start) - (step - start), end - step)
                 for _ in range(n):
                     self.step()
                 step += n
                 bar.update(n)
-                if (step - start) % c.eval_every == 0 or step == end:
+                if (step - start) in sched or step == end:
                     reason = evaluate_at(step, leg)
             outcomes.append(StageOutcome(leg.name, leg.index, start, step, reason or leg.end_reason, leg.weights))
             if reason == "diverged":
@@ -669,6 +706,7 @@ class GDTrainer:
             if m is None:
                 diverged_at = step
             reason = "diverged" if m is None else ("loss" if leg.reached(m) else None)
+            sched = EvalSchedule(c.eval_every, c.eval_geometric, end - start)
             while reason is None and step < end:
                 k = step + 1
                 if not self.step() <= limit:  # the loss of the state after k - 1 steps (CPU: no sync cost)
@@ -676,7 +714,7 @@ class GDTrainer:
                     break
                 step = k
                 bar.update(1)
-                if (k - start) % c.eval_every == 0 or k == end:
+                if (k - start) in sched or k == end:
                     m = record(k, leg)
                     if m is None:
                         diverged_at, reason = k, "diverged"

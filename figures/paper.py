@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     flow_cfg = FlowConfig(task=task, init="balanced", alpha=a.alpha)
     soft = TrainConfig(task=task, model="softmax", optimizer=a.softmax_optimizer, lr=a.softmax_lr,
                        steps=a.softmax_steps, init_scale=a.softmax_init_scale, d=a.d, seed=a.seed,
-                       eval_every=max(1, a.softmax_steps // 200), device=a.device)
+                       eval_every=max(1, a.softmax_steps // 200), eval_geometric=8, device=a.device)
     sgd = TrainConfig(task=task, model="linear", optimizer="sgd", lr=0.1, batch=1024, steps=a.sgd_steps,
                       init="uniform", init_scale=1e-5, seed=a.seed, eval_every=max(1, a.sgd_steps // 128),
                       device=a.device)
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
               log_A=soft_sum["theory"]["log_A"], H_A_given_R=soft_sum["theory"]["H_A_given_R"],
               t1=sp["t1"], t2=sp["t2"], t3=sp["t3"], plateau=sp["plateau"], xlabel="training step", markers=True,
               legend=False, title=f"Model 2: softmax attention, random embeddings (d={a.d})\n{opt} lr "
-                                  f"{a.softmax_lr:g}, batch 1024, held-out loss every {soft.eval_every} steps (dots), "
+                                  f"{a.softmax_lr:g}, batch 1024, held-out loss (dots) every {soft.eval_every} steps, 8 per doubling, "
                                   f"on {device_name(soft_run.device)}")
     step_axis(axes[1], h["step"], sp["t1"], sp["t2"], sp["t3"], soft.eval_every)
     legend_outside(axes[1])

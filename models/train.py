@@ -65,6 +65,9 @@ def build_parser() -> ArgumentParser:
                    "softmax: W_KQ, W_OV entries ~ N(0, scale^2/d) (default 1e-3)")
     m.add_argument("--seed", type=int, default=0, help="seed of sampling, embeddings and init (default 0)")
     m.add_argument("--eval-every", type=int, default=64, help="evaluate every this many steps (default 64)")
+    m.add_argument("--eval-geometric", type=int, default=0, metavar="G",
+                   help="also evaluate G times per doubling of the step count (steps 1, 2, 3, ..., rounded from "
+                        "2^(i/G)), so a log-step axis shows the first steps (default 0: every --eval-every only)")
     m.add_argument("--eval-size", type=int, default=8192, help="held-out sequences, >= 8192 (default 8192)")
     m.add_argument("--eps-conv", type=float, default=1e-2, help="loss that counts as converged, t3 "
                    "(default 0.01)")
@@ -111,12 +114,13 @@ def config_from_args(a):
         check_positive("init_scale", scale, minimum=ALPHA_MIN, maximum=ALPHA_MAX, why=f"--compare-flow: {ALPHA_WHY}")
     return TrainConfig(task=task, model=a.model, optimizer=opt, lr=a.lr, batch=a.batch, steps=a.steps,
                        init=a.init or "uniform", init_scale=scale, d=a.d, seed=a.seed, eval_every=a.eval_every,
+                       eval_geometric=a.eval_geometric,
                        eval_size=a.eval_size, eps_conv=a.eps_conv, device=a.device,
                        cuda_graph=not a.no_cuda_graph, threads=a.threads)
 
 
 # labels of the settings in the default output folder's name ("" = the value alone, as in -adam)
-OUT_LABELS = dict(facts="", task_seed="taskseed", optimizer="", init="", init_scale="scale", eval_every="every",
+OUT_LABELS = dict(facts="", task_seed="taskseed", optimizer="", init="", init_scale="scale", eval_every="every", eval_geometric="geo",
                   eval_size="evalsize", eps_conv="eps", device="", compare_flow="flow")
 
 

@@ -276,7 +276,12 @@ def test_paper_figures_content(tmp_path, monkeypatch):
             assert lo < line.get_xdata()[0] < hi
     # model 2: a dot at every evaluation, step 0 on the axis, stage 1 on the linear part
     (loss,) = gid_lines(ax2, "loss")
-    assert loss.get_marker() not in (None, "", "None") and len(loss.get_xdata()) == 201  # every 2 steps
+    # every 2 steps (400 // 200) and 8 per doubling of the step count: step 0 plus the schedule's offsets
+    from dynamics.trainer import EvalSchedule
+
+    sched = EvalSchedule(2, 8, 400)
+    expected = [0] + [k for k in range(1, 401) if k in sched]
+    assert loss.get_marker() not in (None, "", "None") and list(loss.get_xdata()) == expected
     assert ax2.get_xlim()[0] == 0
     t1 = res["softmax"]["phases"]["steps"]["t1"]
     if ax2.get_xscale() == "symlog":
