@@ -84,7 +84,8 @@ def build_parser() -> ArgumentParser:
                         "history.csv (a stage column, <set>_<metric> columns), results.json and experiment.png")
     o = p.add_argument_group("output")
     o.add_argument("--compare-flow", action="store_true", help="linear model: integrate the exact flow from "
-                   "the same init, report flow_gap = max_k |L_train(k) - L_flow(k*lr)| and overlay it")
+                   "the same init, report flow_gap = max_k |L_train(k) - L_flow(k*lr)| over the evaluated steps k "
+                   "(a denser --eval-every can only raise it) and overlay it")
     o.add_argument("--no-plots", action="store_true", help="skip loss.png / loss.pdf")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     o.add_argument("--out", default=None, metavar="DIR",
