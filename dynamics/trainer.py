@@ -745,8 +745,9 @@ def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progres
     order, with one model and one optimizer state (and one sampling generator) carried from stage to stage.
 
     Each stage trains on its resolved Distribution w: sampled batches from w (SGD, Adam) or the exact
-    population loss under w (GD). Stop rules, the same for both models (flow time t = step * lr):
-    - ``time``: round(time / lr) steps;
+    population loss under w (GD). Stop rules:
+    - ``time``: model 1 (whose step k is flow time k * lr): round(time / lr) steps; model 2 (no flow to
+      pair with): ``time`` counts optimizer steps, round(time);
     - ``loss`` on set ``on``: checked at every evaluation (the stage's start, every ``eval_every`` steps
       counted from the stage's start, its end); the stage ends at the first evaluation whose loss on that set
       is <= the level. GD measures it with the exact population metrics of the set; the sampled trainers
@@ -797,10 +798,12 @@ def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progres
                               "this stage; stop on another set or by until_time")
         steps, end = c.steps, "steps"
         if st.until.time is not None:
-            n = int(round(st.until.time / c.lr))
+            per_step = c.lr if c.model == "linear" else 1.0  # model 2: until_time is a number of steps
+            n = int(round(st.until.time / per_step))
             if n < 1:
                 raise ConfigError(f"stage {st.name!r}: until_time = {st.until.time:g} is less than half a step "
-                                  f"(lr = {c.lr:g}); lengthen the stage or lower lr")
+                                  + (f"(lr = {c.lr:g}); lengthen the stage or lower lr" if c.model == "linear"
+                                     else "(for the softmax model until_time counts steps)"))
             if n <= c.steps:
                 steps, end = n, "time"
         legs.append(_Leg(steps=steps, index=i, name=st.name, weights=w, loss=st.until.loss, on=st.until.on,

@@ -79,7 +79,8 @@ def build_parser() -> ArgumentParser:
     m.add_argument("--experiment", default=None, metavar="FILE",
                    help="train through the stages of an experiment file (the format of frd-experiment --help): "
                         "its [task] replaces the task flags, each stage samples (SGD/Adam) or weights (GD) its own "
-                        "distribution and stops after until_time / lr steps or at the first evaluation with its "
+                        "distribution and stops after until_time / lr steps (linear model: step k is flow time "
+                        "k*lr; softmax model: until_time counts steps) or at the first evaluation with its "
                         "loss on `on` <= until_loss; --steps is the most any one stage may take. Writes "
                         "history.csv (a stage column, <set>_<metric> columns), results.json and experiment.png")
     o = p.add_argument_group("output")

@@ -248,7 +248,8 @@ def test_adam_schedule_carries_model_and_optimizer_state():
     tc = TaskConfig(S=8, R=2, D=4, T=8, N=5)
     cfg = TrainConfig(task=tc, model="softmax", optimizer="adam", lr=1e-2, batch=128, steps=30, eval_every=10,
                       init_scale=1e-2, d=16, device="cpu", seed=1)
-    stages = (Stage("a", Distribution(subjects="0:4"), Stop(time=0.2)), Stage("b", Distribution(), Stop(time=0.3)))
+    # model 2 has no flow time: until_time counts optimizer steps
+    stages = (Stage("a", Distribution(subjects="0:4"), Stop(time=20)), Stage("b", Distribution(), Stop(time=30)))
     a = train_schedule(cfg, stages, eval_sets=("all",))
     b = train_schedule(cfg, stages, eval_sets=("all",))
     for k in a.history:
