@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .steps import StepSizeCollapse, initial_step
+from .steps import StepSizeCollapse, scaled_rms, starting_step
 
 # Dormand & Prince (1980), RK5(4)7M: nodes, stage matrix, 5th-order weights, error weights.
 C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -110,20 +110,10 @@ class Dopri5Stepper:
 
     def _norm(self, err, y0, y1) -> float:
         """RMS of err / (atol + rtol max(|y0|, |y1|)); overwrites err and the work arrays."""
-        scale, scratch = self._scale, self._scratch
-        torch.maximum(torch.abs(y0, out=scale), torch.abs(y1, out=scratch), out=scale)
-        scale.mul_(self.rtol).add_(self.atol)
-        return float(torch.linalg.vector_norm(err.div_(scale)) / math.sqrt(err.numel()))
+        return scaled_rms(err, y0, y1, self.rtol, self.atol, self._scale, self._scratch)
 
     def _initial_step(self, span: float) -> float:
-        y0, f0 = self.y, self.k[0]
-        scale = y0.abs() * self.rtol + self.atol
-
-        def rms(v):
-            return float(torch.linalg.vector_norm(v / scale)) / math.sqrt(v.numel())
-
-        return initial_step(rms(f0), rms(y0), lambda h0: rms(self._eval(y0 + h0 * f0, torch.empty_like(y0)) - f0),
-                            ORDER, span)
+        return starting_step(self._eval, self.y, self.k[0], self.rtol, self.atol, ORDER, span)
 
     def _stages(self, y, k, hs, ytmp, counter="nfe"):
         """Fill k[1:7] for a step of size hs from y (k[0] = f(y) given); ytmp ends as the 5th-order y1."""

@@ -60,7 +60,7 @@ from array import array
 import torch
 
 from .rock4_tables import FPA, FPB, FPBE, MS, RECF
-from .steps import StepSizeCollapse, initial_step
+from .steps import StepSizeCollapse, scaled_rms, starting_step
 
 ORDER = 4
 SAFETY, MIN_FACTOR = 0.8, 0.1
@@ -178,20 +178,10 @@ class Rock4Stepper:
 
     def _norm(self, err, y0, y1) -> float:
         """RMS of err / (atol + rtol max(|y0|, |y1|)); overwrites err and the work arrays."""
-        scale, scratch = self._scale, self._scratch
-        torch.maximum(torch.abs(y0, out=scale), torch.abs(y1, out=scratch), out=scale)
-        scale.mul_(self.rtol).add_(self.atol)
-        return float(torch.linalg.vector_norm(err.div_(scale)) / math.sqrt(err.numel()))
+        return scaled_rms(err, y0, y1, self.rtol, self.atol, self._scale, self._scratch)
 
     def _initial_step(self, span: float) -> float:
-        y0, f0 = self.y, self.f0
-        scale = y0.abs() * self.rtol + self.atol
-
-        def rms(v):
-            return float(torch.linalg.vector_norm(v / scale)) / math.sqrt(v.numel())
-
-        return initial_step(rms(f0), rms(y0), lambda h0: rms(self._eval(y0 + h0 * f0, torch.empty_like(y0)) - f0),
-                            ORDER, span)
+        return starting_step(self._eval, self.y, self.f0, self.rtol, self.atol, ORDER, span)
 
     def _estimate_rho(self) -> float:
         """Spectral radius of df/dy at y by nonlinear power iteration (see the module docstring), x RHO_SAFETY."""

@@ -12,6 +12,10 @@ A *stepper* advances y' = f(y) one accepted step at a time:
 """
 from __future__ import annotations
 
+import math
+
+import torch
+
 
 class SolverFailure(RuntimeError):
     """The solver cannot go on (the message says where and why)."""
@@ -32,3 +36,23 @@ def initial_step(f0_norm: float, y0_norm: float, f1_diff_norm, order: int, span:
     d2 = f1_diff_norm(h0) / h0
     h1 = max(1e-6, h0 * 1e-3) if max(f0_norm, d2) <= 1e-15 else (0.01 / max(f0_norm, d2)) ** (1 / order)
     return min(100 * h0, h1, span)
+
+
+def scaled_rms(err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol: float, atol, scale: torch.Tensor,
+               scratch: torch.Tensor) -> float:
+    """RMS of err / (atol + rtol max(|y0|, |y1|)) (Hairer, Norsett & Wanner, §II.4); atol a float or a (P,)
+    tensor. Overwrites err, and uses scale and scratch ((P,) work arrays) to avoid allocations."""
+    torch.maximum(torch.abs(y0, out=scale), torch.abs(y1, out=scratch), out=scale)
+    scale.mul_(rtol).add_(atol)
+    return float(torch.linalg.vector_norm(err.div_(scale)) / math.sqrt(err.numel()))
+
+
+def starting_step(f, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol, order: int, span: float) -> float:
+    """:func:`initial_step` for y' = f(y) from (y0, f0 = f(y0)), norms scaled by atol + rtol |y0|;
+    f(y, out) is called once."""
+    scale = y0.abs() * rtol + atol
+
+    def rms(v):
+        return float(torch.linalg.vector_norm(v / scale)) / math.sqrt(v.numel())
+
+    return initial_step(rms(f0), rms(y0), lambda h0: rms(f(y0 + h0 * f0, torch.empty_like(y0)) - f0), order, span)
