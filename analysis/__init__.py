@@ -7,8 +7,7 @@ sympy), so ``import analysis`` and the command lines' ``--help`` stay cheap:
     from analysis import analyze_flow            # integrate the exact flow and find its phases
     from analysis import phase_times, escape_rates, hallucination_stage_exists, run_reduced
 """
-import importlib
-import os
+from common.lazy import lazy_exports
 
 _LAZY = {
     "confirmation_report": "confirm",
@@ -25,19 +24,4 @@ _LAZY = {
     "analyze_experiment": "experiment", "ExperimentResult": "experiment", "experiment_phases": "experiment",
 }
 
-__all__ = list(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    elif os.path.exists(os.path.join(os.path.dirname(__file__), f"{name}.py")):  # analysis.predict etc.
-        value = importlib.import_module(f".{name}", __name__)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _LAZY)

@@ -9,8 +9,7 @@ orthogonal embeddings) and the trainers of both models (GD, SGD, Adam) with thei
     run = train(TrainConfig(task=TaskConfig(S=16, R=4, D=8), optimizer="sgd", steps=1000))
     flow_gap(run)["flow_gap"]
 """
-import importlib
-import os
+from common.lazy import lazy_exports
 
 # name -> submodule; loaded on first use, so that ``import dynamics.choices`` (the command lines' --help)
 # does not import torch
@@ -33,19 +32,4 @@ _LAZY = {
     "load_experiment": "experiment_file",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    elif os.path.exists(os.path.join(os.path.dirname(__file__), f"{name}.py")):  # dynamics.trainer etc.
-        value = importlib.import_module(f".{name}", __name__)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _LAZY)

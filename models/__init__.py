@@ -3,8 +3,7 @@
 Names load on first use (``from models import TaskConfig`` imports models.task only), so the command lines'
 ``--help`` does not import torch.
 """
-import importlib
-import os
+from common.lazy import lazy_exports
 
 _LAZY = {
     "INIT_KINDS": "linear", "Layout": "linear", "compress": "linear", "expand": "linear", "init_linear": "linear",
@@ -17,19 +16,4 @@ _LAZY = {
     "zipf": "task",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    elif os.path.exists(os.path.join(os.path.dirname(__file__), f"{name}.py")):  # models.population etc.
-        value = importlib.import_module(f".{name}", __name__)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _LAZY)
