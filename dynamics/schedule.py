@@ -103,6 +103,30 @@ class EvalSpec:
             raise ConfigError(f"evaluation set name {self.name!r} is built in; choose another name")
 
 
+def checked_sets(eval_sets, stages) -> tuple:
+    """The evaluation sets, validated: built-in names or :class:`EvalSpec` objects, each once, with ``train``
+    prepended when not listed (the training loss is always reported), and every stage's ``until_loss`` set
+    among them. ConfigError otherwise."""
+    sets = tuple(eval_sets)
+    seen = set()
+    for e in sets:
+        n = e.name if isinstance(e, EvalSpec) else e
+        if not isinstance(e, EvalSpec) and e not in BUILTIN_SETS:
+            raise ConfigError(f"evaluation set {e!r} is not built in ({', '.join(BUILTIN_SETS)}); "
+                              "define it with dynamics.schedule.EvalSpec (an [eval_sets.NAME] table in a file)")
+        if n in seen:
+            raise ConfigError(f"evaluation set {n!r} is listed twice")
+        seen.add(n)
+    if "train" not in seen:
+        sets = ("train",) + sets
+        seen.add("train")
+    for st in stages:
+        if st.until.loss is not None and st.until.on not in seen:
+            raise ConfigError(f"stage {st.name!r}: until_loss is measured on {st.until.on!r}, which is not "
+                              f"an evaluation set; choose one of: {', '.join(sorted(seen))}")
+    return sets
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A multi-stage experiment. ``flow`` gives the task, initialization, solver and ``t_max`` (the longest
@@ -122,24 +146,7 @@ class ExperimentConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"stage names must be distinct, got {names}")
         object.__setattr__(self, "stages", stages)
-        sets = tuple(self.eval_sets)
-        seen = set()
-        for e in sets:
-            n = e.name if isinstance(e, EvalSpec) else e
-            if not isinstance(e, EvalSpec) and e not in BUILTIN_SETS:
-                raise ConfigError(f"evaluation set {e!r} is not built in ({', '.join(BUILTIN_SETS)}); "
-                                  "define it with EvalSpec (an [eval_sets.NAME] table in a file)")
-            if n in seen:
-                raise ConfigError(f"evaluation set {n!r} is listed twice")
-            seen.add(n)
-        if "train" not in seen:  # the training loss is always reported
-            sets = ("train",) + sets
-            seen.add("train")
-        object.__setattr__(self, "eval_sets", sets)
-        for st in stages:
-            if st.until.loss is not None and st.until.on not in seen:
-                raise ConfigError(f"stage {st.name!r}: until_loss is measured on {st.until.on!r}, which is not "
-                                  f"an evaluation set; choose one of: {', '.join(sorted(seen))}")
+        object.__setattr__(self, "eval_sets", checked_sets(self.eval_sets, stages))
 
     @property
     def set_names(self) -> tuple:

@@ -760,7 +760,7 @@ def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progres
     """
     from types import SimpleNamespace
 
-    from .schedule import BUILTIN_SETS, EvalSpec, Stage, frequency_bins, resolve_sets
+    from .schedule import EvalSpec, Stage, checked_sets, frequency_bins, resolve_sets
 
     c = config
     stages = tuple(stages)
@@ -771,20 +771,8 @@ def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progres
     names = [st.name for st in stages]
     if len(set(names)) != len(names):
         raise ConfigError(f"stage names must be distinct, got {names}")
-    specs, seen_names = [], set()
-    for e in ("train",) + tuple(e for e in eval_sets if e != "train"):
-        n = e.name if isinstance(e, EvalSpec) else e
-        if not isinstance(e, EvalSpec) and e not in BUILTIN_SETS:
-            raise ConfigError(f"evaluation set {e!r} is not built in ({', '.join(BUILTIN_SETS)}); define it "
-                              "with dynamics.schedule.EvalSpec")
-        if n in seen_names:
-            raise ConfigError(f"evaluation set {n!r} is listed twice")
-        specs.append(e)
-        seen_names.add(n)
-    for st in stages:
-        if st.until.loss is not None and st.until.on not in seen_names:
-            raise ConfigError(f"stage {st.name!r}: until_loss is measured on {st.until.on!r}, which is not an "
-                              f"evaluation set; choose one of: {', '.join(sorted(seen_names))}")
+    checked = checked_sets(eval_sets, stages)
+    specs = ["train"] + [e for e in checked if e != "train"]  # the train set's metrics are the plain columns
     task = task if task is not None else make_task(c.task)
     weights = [st.train.resolve(task) for st in stages]  # every recipe checked before any work
     bins = frequency_bins(weights[0])
