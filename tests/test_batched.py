@@ -1,0 +1,81 @@
+"""Batched exact flows (dynamics.batched) against single runs of dynamics.flow.run_flow."""
+import math
+
+import pytest
+
+from analysis.phases import thresholds
+from common.errors import ConfigError
+from dynamics.batched import run_flows_batched
+from dynamics.config import FlowConfig
+from dynamics.flow import run_flow
+from models.task import TaskConfig, make_task
+
+
+def random_config(seed=0, **kw):
+    task_kw = {k: kw.pop(k) for k in ("zipf_subjects", "zipf_relations", "S") if k in kw}
+    return FlowConfig(task=TaskConfig(**dict(dict(S=16, R=4, D=8, facts="random", seed=seed), **task_kw)), **kw)
+
+
+def single(config):
+    task = make_task(config.task)
+    levels = thresholds(task.log_A, task.H_A_given_R, config.eps_conv)
+    run = run_flow(config, levels=levels)
+    return dict(zip(("t1", "t2", "t3"), (run.crossings[x] for x in levels)), status=run.status,
+                n_steps=run.solver["n_steps"], nfe=run.solver["nfe"], n_rejected=run.solver["n_rejected"])
+
+
+def rel(a, b):
+    if a is None or b is None:
+        return 0.0 if a is b else math.inf
+    return abs(a - b) / abs(b)
+
+
+CONFIGS = ([random_config(s) for s in range(8)]  # 8 random tables
+           + [random_config(0, alpha=a) for a in (1e-6, 1e-4, 1e-3)]  # a grid of alpha
+           + [random_config(3, zipf_subjects=1.0)])  # Zipf frequencies
+
+
+@pytest.fixture(scope="module")
+def batched():
+    return run_flows_batched(CONFIGS)
+
+
+@pytest.mark.parametrize("i", range(len(CONFIGS)))
+def test_batched_equals_single_run(batched, i):
+    b, s = batched[i], single(CONFIGS[i])
+    assert b["status"] == s["status"] == "converged"
+    for k in ("t1", "t2", "t3"):
+        assert rel(b[k], s[k]) <= 1e-9, (k, b[k], s[k])
+    # the same steps as the single run: per-run step control mirrors dynamics.dopri
+    assert (b["n_steps"], b["n_rejected"], b["nfe"]) == (s["n_steps"], s["n_rejected"], s["nfe"])
+    assert b["final_loss"] <= CONFIGS[i].eps_conv
+
+
+def test_runs_that_finish_early_leave_the_batch(batched):
+    early_target = random_config(5, loss_target=2.0)  # stops after t1, long before the others
+    early_budget = random_config(6, max_steps=40)  # runs out of steps
+    out = run_flows_batched([CONFIGS[0], early_target, CONFIGS[1], early_budget, CONFIGS[2]])
+    assert out[1]["status"] == "converged" and out[1]["t_final"] < out[0]["t1"] * 3
+    assert out[1]["final_loss"] <= 2.0 and out[1]["t2"] is None
+    assert out[3]["status"] == "max_steps" and out[3]["n_steps"] == 40 and out[3]["t1"] is None
+    for j, i in ((0, 0), (2, 1), (4, 2)):  # the others are unaffected
+        for k in ("t1", "t2", "t3", "n_steps", "nfe"):
+            assert rel(out[j][k], batched[i][k]) <= 1e-12, (j, k)
+    s = single(early_target)
+    assert rel(out[1]["t1"], s["t1"]) <= 1e-9 and out[1]["n_steps"] == s["n_steps"]
+
+
+def test_mismatched_configs_are_refused():
+    with pytest.raises(ConfigError, match="one shape"):
+        run_flows_batched([random_config(0), random_config(0, S=8)])
+    with pytest.raises(ConfigError, match="solver setting"):
+        run_flows_batched([random_config(0), random_config(0, rtol=1e-8)])
+    with pytest.raises(ConfigError, match="dopri5"):
+        run_flows_batched([random_config(0, backend="torchdiffeq")])
+    with pytest.raises(ConfigError):
+        run_flows_batched([])
+    for bad in ([random_config(0), random_config(0, S=8)], [random_config(0), random_config(0, rtol=1e-8)]):
+        try:
+            run_flows_batched(bad)
+        except ConfigError as exc:
+            assert "\n" not in str(exc)
