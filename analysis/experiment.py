@@ -7,7 +7,8 @@
 Phase times per stage and evaluation set v follow SPEC §3 with v's own levels: t1 = first time in the stage
 with L_v <= (log|A| + H_v(A|R)) / 2, t2 = first time with L_v <= H_v(A|R) / 2, t3 = first time with
 L_v <= eps_conv (the stage's start time if the level already holds there; None if not reached in the stage).
-Crossings are bracketed on the saved rows and located by Brent's method on the solver's dense output.
+Crossings are bracketed on the saved rows and located by Brent's method on the solver's dense output
+(dynamics.engine.locate_crossing, as the flow's own events).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import brentq
 
+from dynamics.engine import locate_crossing
 from dynamics.schedule import ExperimentConfig, ExperimentRun, run_experiment
 from models.task import make_task
 
@@ -159,8 +160,9 @@ def stage_crossing(run: ExperimentRun, stage, name: str, theta: float) -> float 
     lo, hi = float(t[j - 1]), float(t[j])
     if hi <= lo:
         return hi
-    return float(brentq(lambda s: set_loss_at(run, stage, name, s) - theta, lo, hi,
-                        xtol=1e-13 * max(1.0, hi), rtol=4 * np.finfo(float).eps))
+    # the engine's event locator: Brent's root on the dense output, reported on the crossed side
+    return locate_crossing(lambda s: set_loss_at(run, stage, name, s) - theta, lo, hi, float(L[j - 1]) - theta,
+                           float(L[j]) - theta)
 
 
 def experiment_phases(run: ExperimentRun, log_A: float) -> dict:

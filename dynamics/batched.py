@@ -36,7 +36,6 @@ import time
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 
 from common.errors import ConfigError
 from models.linear import layout_of
@@ -46,6 +45,7 @@ from models.task import make_task
 from .config import FlowConfig
 from .dopri import A as _A_TABLE
 from .dopri import BETA, D as _D_TABLE, E as _E_TABLE, MAX_FACTOR, MIN_FACTOR, ORDER, SAFETY, Dopri5Interp
+from .engine import locate_crossing
 from .flow import initial_state
 from .steps import initial_step
 from .threads import torch_threads
@@ -170,32 +170,6 @@ class BatchedObjective:
                     Wt_i, K_i = L.unpack(Y[i])
                     losses[i] = float(obj.loss(Wt_i, K_i))
         return losses
-
-
-def _first_crossing(g, a: float, b: float, ga: float, gb: float) -> float:
-    """First t in (a, b] where g(t) <= 0, given ga > 0 >= gb: Brent's root, kept on the crossed side.
-
-    The procedure of dynamics.engine (repeated here: a private name of another module).
-    """
-    if ga <= 0:
-        return a
-    xtol = 4 * np.finfo(float).eps * max(abs(a), abs(b)) + 1e-300
-    try:
-        x = brentq(g, a, b, xtol=xtol, rtol=4 * np.finfo(float).eps, maxiter=200)
-    except (ValueError, RuntimeError):
-        return b
-    if g(x) <= 0:
-        return x
-    lo, hi = x, b
-    for _ in range(60):
-        if hi - lo <= xtol:
-            break
-        mid = 0.5 * (lo + hi)
-        if g(mid) <= 0:
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
 
 def run_flows_batched(configs, *, threads: int = 0, return_states: bool = False) -> list[dict]:
@@ -389,7 +363,7 @@ def _run(configs, dtype, device, return_states):
                 return memo[s]
 
             def locate(level, i=i, ta=ta, tb_i=tb_i, loss_at=loss_at):
-                return _first_crossing(lambda s: loss_at(s) - level, ta, tb_i, loss_prev[i] - level,
+                return locate_crossing(lambda s: loss_at(s) - level, ta, tb_i, loss_prev[i] - level,
                                        loss_new[i] - level)
 
             for k in np.nonzero(cross[i])[0]:

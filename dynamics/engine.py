@@ -173,7 +173,7 @@ class _DenseOutput:
         return self.interp(min(i, len(self.steps) - 1))(t)
 
 
-def _first_crossing(g, a: float, b: float, ga: float, gb: float) -> float:
+def locate_crossing(g, a: float, b: float, ga: float, gb: float) -> float:
     """First t in (a, b] where g(t) <= 0, given ga > 0 >= gb: Brent's root, kept on the crossed side."""
     if ga <= 0:
         return a
@@ -279,7 +279,7 @@ def integrate(stepper, t_end: float, *, saveat: SaveAt | None = None, events=(),
                     def g(s, ev=ev, lv=lv, sign=sign):
                         return sign * (float(ev.fn(s, get_interp()(s))) - lv)
 
-                    tc = _first_crossing(g, ta, tb, sign * (prev[ev.name] - lv), sign * (v - lv))
+                    tc = locate_crossing(g, ta, tb, sign * (prev[ev.name] - lv), sign * (v - lv))
                     found[ev.name][k] = tc
                     if ev is stop:
                         t_cut = tc

@@ -103,6 +103,19 @@ class EvalSpec:
             raise ConfigError(f"evaluation set name {self.name!r} is built in; choose another name")
 
 
+def checked_stages(stages) -> tuple:
+    """The stages as a tuple: at least one, each a :class:`Stage`, names distinct. ConfigError otherwise."""
+    stages = tuple(stages)
+    if not stages:
+        raise ConfigError("a schedule needs at least one stage")
+    if not all(isinstance(st, Stage) for st in stages):
+        raise ConfigError("stages must be dynamics.schedule.Stage objects")
+    names = [st.name for st in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"stage names must be distinct, got {names}")
+    return stages
+
+
 def checked_sets(eval_sets, stages) -> tuple:
     """The evaluation sets, validated: built-in names or :class:`EvalSpec` objects, each once, with ``train``
     prepended when not listed (the training loss is always reported), and every stage's ``until_loss`` set
@@ -139,12 +152,7 @@ class ExperimentConfig:
     def __post_init__(self):
         if not isinstance(self.flow, FlowConfig):
             raise ConfigError("flow must be a FlowConfig")
-        stages = tuple(self.stages)
-        if not stages:
-            raise ConfigError("an experiment needs at least one stage")
-        names = [s.name for s in stages]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"stage names must be distinct, got {names}")
+        stages = checked_stages(self.stages)
         object.__setattr__(self, "stages", stages)
         object.__setattr__(self, "eval_sets", checked_sets(self.eval_sets, stages))
 
@@ -227,11 +235,10 @@ def frequency_bins(w1: np.ndarray) -> dict:
     return dict(top10=order[:n_top], middle=order[n_top:S - n_bottom], bottom50=order[S - n_bottom:])
 
 
-def resolve_sets(config: ExperimentConfig, task, w_stage: np.ndarray, seen_subjects: np.ndarray,
-                 bins: dict) -> dict:
+def resolve_sets(eval_sets, task, w_stage: np.ndarray, seen_subjects: np.ndarray, bins: dict) -> dict:
     """set name -> (S, R) weights (None for an empty set) for one stage."""
     out = {}
-    for e in config.eval_sets:
+    for e in eval_sets:
         if isinstance(e, EvalSpec):
             out[e.name] = e.weights.resolve(task)
             continue
@@ -246,6 +253,24 @@ def resolve_sets(config: ExperimentConfig, task, w_stage: np.ndarray, seen_subje
             subj = bins[e]
             out[e] = uniform_over(task, subjects=subj, name=e) if subj.size else None
     return out
+
+
+def stage_plans(eval_sets, stages, task) -> tuple:
+    """(weights, sets) per stage: each stage's resolved training weights (S, R), and its evaluation sets
+    (set name -> (S, R) weights, None where empty: ``seen``/``unseen`` follow the stages so far, the frequency
+    bins the first stage). ConfigError if a stage's until_loss set is empty in that stage."""
+    weights = [st.train.resolve(task) for st in stages]
+    bins = frequency_bins(weights[0])
+    seen = np.zeros(task.S, dtype=bool)
+    plans = []
+    for st, w in zip(stages, weights):
+        seen = seen | (w.sum(1) > 0)
+        sets = resolve_sets(eval_sets, task, w, seen, bins)
+        if st.until.loss is not None and sets[st.until.on] is None:
+            raise ConfigError(f"stage {st.name!r}: until_loss is measured on {st.until.on!r}, which is empty "
+                              "in this stage; stop on another set or by until_time")
+        plans.append(sets)
+    return weights, plans
 
 
 class _Monitor:
@@ -293,23 +318,13 @@ def run_experiment(config: ExperimentConfig, *, progress: bool | None = None) ->
     fc.check_memory()
     task = make_task(fc.task)
     dtype, device = fc.torch_dtype, torch.device(fc.device)
-    weights = [st.train.resolve(task) for st in config.stages]  # every recipe checked before any work
-    bins = frequency_bins(weights[0])
-    seen = np.zeros(task.S, dtype=bool)
-    plans = []
-    for i, (st, w) in enumerate(zip(config.stages, weights)):
-        seen = seen | (w.sum(1) > 0)
-        sets = resolve_sets(config, task, w, seen, bins)
-        if st.until.loss is not None:
-            v = sets[st.until.on]
-            if v is None:
-                raise ConfigError(f"stage {st.name!r}: until_loss is measured on {st.until.on!r}, which is empty "
-                                  "in this stage; stop on another set or by until_time")
-            if st.until.time is None and np.any((v > 0) & (w == 0)):
-                raise ConfigError(f"stage {st.name!r} can never stop: until_loss = {st.until.loss:g} is measured on "
-                                  f"{st.until.on!r}, which holds facts this stage does not train; add until_time "
-                                  "or stop on a set the stage trains")
-        plans.append(sets)
+    weights, plans = stage_plans(config.eval_sets, config.stages, task)  # every recipe checked before any work
+    for st, w, sets in zip(config.stages, weights, plans):
+        v = sets.get(st.until.on)
+        if st.until.loss is not None and st.until.time is None and np.any((v > 0) & (w == 0)):
+            raise ConfigError(f"stage {st.name!r} can never stop: until_loss = {st.until.loss:g} is measured on "
+                              f"{st.until.on!r}, which holds facts this stage does not train; add until_time "
+                              "or stop on a set the stage trains")
     Wt0, K0 = initial_state(fc, task, dtype, device)
     layout_obj = PopulationObjective(task, weights=weights[0], dtype=dtype, device=device)
     layout = layout_obj.layout

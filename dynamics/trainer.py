@@ -758,32 +758,17 @@ def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progres
     ``seen``, ``unseen``, ``top10``, ``middle``, ``bottom50``) or EvalSpec objects; ``train`` is always
     measured. Returns a :class:`ScheduleResult` (the history gets ``stage`` and, for model 1, ``flow_time``).
     """
-    from types import SimpleNamespace
 
-    from .schedule import EvalSpec, Stage, checked_sets, frequency_bins, resolve_sets
+    from .schedule import EvalSpec, checked_sets, checked_stages, stage_plans
 
     c = config
-    stages = tuple(stages)
-    if not stages:
-        raise ConfigError("a schedule needs at least one stage")
-    if not all(isinstance(st, Stage) for st in stages):
-        raise ConfigError("stages must be dynamics.schedule.Stage objects")
-    names = [st.name for st in stages]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"stage names must be distinct, got {names}")
+    stages = checked_stages(stages)
     checked = checked_sets(eval_sets, stages)
     specs = ["train"] + [e for e in checked if e != "train"]  # the train set's metrics are the plain columns
     task = task if task is not None else make_task(c.task)
-    weights = [st.train.resolve(task) for st in stages]  # every recipe checked before any work
-    bins = frequency_bins(weights[0])
-    seen = np.zeros(task.S, dtype=bool)
+    weights, plans = stage_plans(tuple(specs), stages, task)  # every recipe checked before any work
     legs = []
-    for i, (st, w) in enumerate(zip(stages, weights)):
-        seen = seen | (w.sum(1) > 0)
-        sets = resolve_sets(SimpleNamespace(eval_sets=tuple(specs)), task, w, seen, bins)
-        if st.until.loss is not None and sets[st.until.on] is None:
-            raise ConfigError(f"stage {st.name!r}: until_loss is measured on {st.until.on!r}, which is empty in "
-                              "this stage; stop on another set or by until_time")
+    for i, (st, w, sets) in enumerate(zip(stages, weights, plans)):
         steps, end = c.steps, "steps"
         if st.until.time is not None:
             per_step = c.lr if c.model == "linear" else 1.0  # model 2: until_time is a number of steps

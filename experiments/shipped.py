@@ -18,11 +18,12 @@ experiments/*.toml hold the same stages for `python -m dynamics.experiment`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -90,8 +91,6 @@ def finetune(a) -> tuple:
             eval_sets=("all", "train", "unseen", EvalSpec("old", old), EvalSpec("new", new)))
         res = analyze_experiment(cfg, progress=False)
         tr = res.trajectory
-        import numpy as np
-
         st = np.asarray(tr["stage"])
         t = np.asarray(tr["t"])
         pre, ft = st == 0, st == 1
