@@ -34,6 +34,20 @@ def build_parser() -> ArgumentParser:
                    help="initialization scale: balanced K = alpha, W = alpha/sqrt|A| (uniform init with every "
                         "entry alpha gives the same loss curve) (default 1e-5)")
     p.add_argument("--eps-conv", type=float, default=1e-2, help="loss level that defines t3 (default 1e-2)")
+    g = p.add_argument_group("beyond uniform data (per-token rates, staircase, alpha-aware hallucination)")
+    g.add_argument("--zipf-subjects", type=float, default=0.0, metavar="BETA",
+                   help="subject frequencies p(s) ~ (s+1)^-BETA (default 0: uniform)")
+    g.add_argument("--zipf-relations", type=float, default=0.0, metavar="BETA",
+                   help="relation frequencies q(r) ~ (r+1)^-BETA (default 0: uniform)")
+    g.add_argument("--facts", default="structured", choices=("structured", "balanced", "random"),
+                   help="fact table when --facts-file is not given (default structured; balanced needs D | S)")
+    g.add_argument("--facts-file", default=None, metavar="FILE",
+                   help="a user fact table: .npy or header-less CSV of shape S x R, entry [s, r] the global "
+                        "answer index of a*(s, r), inside relation r's block r*D .. r*D+D-1")
+    g.add_argument("--seed", type=int, default=0, help="seed of balanced and random tables (default 0)")
+    g.add_argument("--leading-only", action="store_true",
+                   help="skip the exact integration behind the staircase's t_end and the hallucination stage "
+                        "(the full flow, where the two-mode reduction does not apply) and report leading order only")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder for derivation.json and derivation.md, created as a whole (default "
                         "runs/derive-S{S}-R{R}-D{D} plus every setting that differs from its default, e.g. "
@@ -124,7 +138,13 @@ def algebra() -> dict:
 
 
 def markdown(pred: dict, alg: dict) -> str:
+    from .theory import theory_markdown
+
     c = pred["config"]
+    if not pred.get("reduced", True):
+        return (f"# Gradient flow of model 1 beyond uniform data: S={c['S']}, R={c['R']}, D={c['D']}, "
+                f"alpha={c['alpha']:g}, facts={c['facts']}, zipf_subjects={c['zipf_subjects']:g}, "
+                f"zipf_relations={c['zipf_relations']:g}\n\n{pred['note']}.\n\n" + theory_markdown(pred["general"]))
     L = []
     L.append(f"# Reduced gradient flow of model 1: S={c['S']}, R={c['R']}, D={c['D']}, alpha={c['alpha']:g}\n")
     L.append("Class parameters: subject token $w_1$ (its own answers), $w_0$ (other answers), $k$; relation token "
@@ -170,7 +190,7 @@ def markdown(pred: dict, alg: dict) -> str:
     L.append("\n## Proofs\n")
     for k, v in alg["proofs"].items():
         L.append(f"- [{'x' if v else ' '}] {k}")
-    return "\n".join(L) + "\n"
+    return "\n".join(L) + "\n\n" + theory_markdown(pred["general"])
 
 
 @dataclass(frozen=True)
@@ -182,12 +202,16 @@ class DeriveResult:
     algebra: dict = field(repr=False)
 
     def __repr__(self) -> str:
-        c, p = self.predictions["config"], self.predictions["predicted"]
+        c, p = self.predictions["config"], self.predictions.get("predicted")
 
         def g(x):
             return "None" if x is None else f"{x:.10g}"
 
         proofs = self.algebra["proofs"]
+        h = self.predictions["hallucination"]
+        if p is None:
+            return (f"DeriveResult(S={c['S']}, R={c['R']}, D={c['D']}, alpha={c['alpha']:g}, reduced=False, "
+                    f"staircase={len(self.predictions['staircase'])} levels, hallucination_visible={h['visible']})")
         return (f"DeriveResult(S={c['S']}, R={c['R']}, D={c['D']}, alpha={c['alpha']:g}, "
                 f"hallucination_stage_exists={self.predictions['hallucination_stage_exists']}, t1={g(p['t1'])}, "
                 f"t2={g(p['t2'])}, t3={g(p['t3'])}, proofs={sum(proofs.values())}/{len(proofs)})")
@@ -208,17 +232,46 @@ class DeriveResult:
             write_text(os.path.join(d, "derivation.md"), self.markdown())
 
 
-def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-2) -> DeriveResult:
-    """Derive the reduced flow with sympy and its predictions for (S, R, D, alpha) (needs D | S)."""
+def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-2, *, task=None,
+                     exact: bool = True) -> DeriveResult:
+    """Derive the reduced flow with sympy and its predictions for (S, R, D, alpha), and the general theory
+    (per-token rates, staircase, hallucination: analysis.theory) for ``task`` (a models.TaskConfig; default the
+    structured table of these sizes with uniform frequencies).
+
+    The class reduction and its t1, t2, t3 need uniform frequencies on a structured or balanced table with
+    D | S; elsewhere ``predictions`` holds the general theory only (``reduced`` is false).
+    """
+    from models.task import TaskConfig
+
     from .predict import ALPHA_MAX
+    from .theory import general_theory
 
     S, R, D = (check_int(n, v, 1, MAX_SIZE) for n, v in (("S", S), ("R", R), ("D", D)))
     alpha = check_positive("alpha", alpha, maximum=ALPHA_MAX,
                            why="above it the phase times fall below 1e-200 and the model's logits overflow")
     eps_conv = check_positive("eps_conv", eps_conv)
-    if S % D:
+    task = TaskConfig(S=S, R=R, D=D) if task is None else task
+    if (task.S, task.R, task.D) != (S, R, D):
+        raise ConfigError(f"task sizes {task.S, task.R, task.D} differ from S, R, D = {S, R, D}")
+    uniform = task.zipf_subjects == 0 and task.zipf_relations == 0 and task.facts in ("structured", "balanced")
+    if uniform and S % D:
         raise ConfigError(f"S = {S}, D = {D}: the reduction needs D to divide S (equal subject counts per answer)")
-    return DeriveResult(predictions=predictions(S, R, D, alpha, eps_conv), algebra=algebra())
+    if not alpha < 1:
+        raise ConfigError(f"alpha = {alpha:g}: the staircase and hallucination predictions are expansions in "
+                          "log(1/alpha) and need alpha < 1")
+    general = general_theory(task, alpha, exact=exact)
+    if uniform:
+        pred = predictions(S, R, D, alpha, eps_conv) | {"reduced": True}
+    else:
+        pred = {"config": dict(S=S, R=R, D=D, alpha=alpha, eps_conv=eps_conv), "reduced": False,
+                "note": "the class reduction needs uniform frequencies on a structured or balanced table; "
+                        "see 'general' for this configuration"}
+    pred["config"].update(facts=task.facts, facts_file=task.facts_file, seed=task.seed,
+                          zipf_subjects=task.zipf_subjects, zipf_relations=task.zipf_relations)
+    pred["general"] = general
+    pred["staircase"] = general["staircase"]
+    pred["hallucination"] = general["hallucination"]
+    return DeriveResult(predictions=pred, algebra=algebra())
 
 
 @guarded
@@ -228,13 +281,20 @@ def main(argv=None) -> int:
     S, R, D = (check_int(n, v, 1, MAX_SIZE) for n, v in (("S", a.S), ("R", a.R), ("D", a.D)))
     check_int("T", a.T, 3, MAX_SIZE)
     check_int("N", a.N, 1, MAX_SIZE)
+    from models.task import TaskConfig
+
+    task = TaskConfig(S=S, R=R, D=D, T=a.T, N=a.N, facts="file" if a.facts_file else a.facts,
+                      facts_file=a.facts_file, zipf_subjects=a.zipf_subjects, zipf_relations=a.zipf_relations,
+                      seed=a.seed)
     out = a.out or default_out(f"runs/derive-S{S}-R{R}-D{D}", parser, a, skip=("S", "R", "D"),
                                labels=dict(eps_conv="eps"))
     check_out(out, overwrite=a.overwrite)  # before any computation
-    result = derive_reduction(S, R, D, a.alpha, a.eps_conv)
+    result = derive_reduction(S, R, D, a.alpha, a.eps_conv, task=task, exact=not a.leading_only)
     result.save(out, overwrite=a.overwrite)
     pred, alg = result.predictions, result.algebra
-    if not a.quiet:
+    if not a.quiet and not pred["reduced"]:
+        print(f"{pred['note']}.")
+    if not a.quiet and pred["reduced"]:
         print("reduced equations (d p/dt, per real entry):")
         for k, v in alg["equations"].items():
             print(f"  d{k}/dt = {v}")
@@ -259,6 +319,19 @@ def main(argv=None) -> int:
             print(f"t{i} = {t:.10g}  (leading log(1/alpha^2)/rate = {l0:.6g}, rel err {e['leading_rel']:.2e}; "
                   f"with O(1) term {l1:.6g}, rel err {e['leading_o1_rel']:.2e}; {e['mode']} mode)")
         print(f"proofs: {sum(alg['proofs'].values())}/{len(alg['proofs'])} identities simplify to 0")
+    if not a.quiet:
+        gen = pred["general"]
+        print(f"staircase (t_end by {gen['staircase_method']}; leading order beside):")
+        for lv in gen["staircase"]:
+            te = "-" if lv["t_end"] is None else f"{lv['t_end']:.6g}"
+            tl = "-" if lv["t_end_leading"] is None else f"{lv['t_end_leading']:.6g}"
+            print(f"  level {lv['level']:.6f}  t_end {te}  (leading {tl})  {' '.join(lv['escaping'])}")
+        h = pred["hallucination"]
+        dur = h["duration"]
+        print(f"hallucination stage at alpha={a.alpha:g}: {'visible' if h['visible'] else 'not visible'} "
+              f"({h['method']}; duration {'-' if dur is None else format(dur, '.6g')}, relation-only loss "
+              f"{'-' if h['relation_loss'] is None else format(h['relation_loss'], '.4g')}, H(A|R) "
+              f"{h['H_A_given_R']:.6f})")
         print(f"wrote {out}/derivation.json, derivation.md")
     return 0
 
