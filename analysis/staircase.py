@@ -283,8 +283,9 @@ def reducible(task, weights) -> bool:
 
 
 def exact_crossings(task, weights, alpha: float, thresholds, *, flow_config=None) -> tuple:
-    """First times the exact loss falls to each threshold, and the method used ('two-mode quadrature' or
-    'full flow'). The full flow runs with the configuration's own weights (``flow_config`` or the task's)."""
+    """First times the exact loss falls to each threshold, and the method used: 'two-mode quadrature'
+    (uniform data), 'symmetry-reduced flow' (analysis.lumped, where it evaluates >= 4x fewer logits) or
+    'full flow' (the configuration's own weights: ``flow_config`` or the task's)."""
     thr = [float(x) for x in thresholds]
     if flow_config is None and reducible(task, weights):
         from .predict import Modes, ReducedSolution
@@ -292,6 +293,11 @@ def exact_crossings(task, weights, alpha: float, thresholds, *, flow_config=None
         md = Modes(np.full(len(thr), task.S), task.R, task.D, alpha)
         t = ReducedSolution(md).crossing_time(np.array(thr))
         return [float(x) for x in t], "two-mode quadrature"
+    from .lumped import run_lumped, worth_reducing
+
+    if flow_config is None and worth_reducing(task, weights):
+        sol, _ = run_lumped(task, weights, alpha, levels=thr)
+        return [None if x is None else float(x) for x in sol.events["loss"]], "symmetry-reduced flow"
     from dynamics import FlowConfig, run_flow
 
     cfg = flow_config if flow_config is not None else FlowConfig(task=task.config, alpha=alpha)
