@@ -45,8 +45,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--facts", default="structured", choices=FACTS,
                    help="fact table (default structured); random tables and D not dividing S use the full system")
     p.add_argument("--seed", type=int, default=0, help="seed of balanced/random tables (default 0)")
-    p.add_argument("--zipf-subjects", type=float, default=0.0, metavar="BETA",
-                   help="subject Zipf exponent (default 0; > 0 forces the full system)")
+    p.add_argument("--zipf-subjects", type=float, nargs="+", default=[0.0], metavar="BETA",
+                   help="subject Zipf exponents, p(s) ~ (s+1)^-BETA (default 0; a list sweeps them; > 0 forces the "
+                        "full system, with the leading-order escape schedule of analysis.staircase as the "
+                        "prediction beside it and a figure phase_times_zipf.png)")
+    p.add_argument("--zipf-relations", type=float, nargs="+", default=[0.0], metavar="BETA",
+                   help="relation Zipf exponents, q(r) ~ (r+1)^-BETA (default 0; as --zipf-subjects)")
     p.add_argument("--eps-conv", type=float, default=1e-2, help="loss level that defines t3 (default 1e-2)")
     p.add_argument("--full-rtol", type=float, default=None,
                    help="rtol of full-system runs, in [1e-14, 1e-3] (default: dynamics' 1e-9)")
@@ -87,12 +91,15 @@ def grid_from_args(a) -> dict:
     check_int("max_full", a.max_full, 0)
     check_choice("facts", a.facts, FACTS)
     check_positive("eps_conv", a.eps_conv)
-    check_positive("zipf_subjects", a.zipf_subjects, allow_zero=True)
-    check_grid_size(len(S) * len(R) * len(D) * len(T) * len(N) * len(alphas))
-    # the rows of itertools.product(S, R, D, T, N, alphas), built as arrays (no Python tuple per row)
+    zs = [check_positive("zipf_subjects", x, allow_zero=True) for x in a.zipf_subjects]
+    zr = [check_positive("zipf_relations", x, allow_zero=True) for x in a.zipf_relations]
+    check_grid_size(len(S) * len(R) * len(D) * len(T) * len(N) * len(alphas) * len(zs) * len(zr))
+    # the rows of itertools.product(S, R, D, T, N, alphas, zipf exponents), built as arrays (no tuple per row)
     grids = np.meshgrid(np.array(S), np.array(R), np.array(D), np.array(T), np.array(N),
-                        np.array(alphas, dtype=np.float64), indexing="ij")
-    return {k: g.reshape(-1) for k, g in zip(("S", "R", "D", "T", "N", "alpha"), grids)}
+                        np.array(alphas, dtype=np.float64), np.array(zs, dtype=np.float64),
+                        np.array(zr, dtype=np.float64), indexing="ij")
+    return {k: g.reshape(-1) for k, g in zip(("S", "R", "D", "T", "N", "alpha", "zipf_subjects", "zipf_relations"),
+                                             grids)}
 
 
 # The largest grid a sweep accepts, and its memory: measured peak 320 MB at 10,000 configurations and 425 MB at
@@ -124,9 +131,18 @@ def check_grid_size(n_configs: int, available: int | None = None) -> None:
                           f"machine has {have / 2**30:.1f} GiB available; split the sweep")
 
 
-def reducible_mask(cols, facts: str, zipf: float, seed: int = 0) -> np.ndarray:
+def _zipf(cols, zipf: float = 0.0) -> tuple:
+    """Per-row subject and relation Zipf exponents (the grid's columns, or ``zipf`` for subjects and 0)."""
+    n = cols["S"].size
+    zs = np.asarray(cols["zipf_subjects"], dtype=np.float64) if "zipf_subjects" in cols else np.full(n, float(zipf))
+    zr = np.asarray(cols["zipf_relations"], dtype=np.float64) if "zipf_relations" in cols else np.zeros(n)
+    return zs, zr
+
+
+def reducible_mask(cols, facts: str, zipf: float = 0.0, seed: int = 0) -> np.ndarray:
     """Which rows the reduction covers: D | S, a table with equal subject counts, uniform frequencies."""
-    ok = (cols["S"] % cols["D"] == 0) & (zipf == 0)
+    zs, zr = _zipf(cols, zipf)
+    ok = (cols["S"] % cols["D"] == 0) & (zs == 0) & (zr == 0)
     if facts == "random":
         from models.task import TaskConfig, make_task
 
@@ -193,9 +209,33 @@ def full_config(cols, i: int, *, facts="structured", seed=0, zipf=0.0, eps_conv=
     from dynamics import FlowConfig
     from models.task import TaskConfig
 
+    zs, zr = _zipf(cols, zipf)
     task = TaskConfig(S=int(cols["S"][i]), R=int(cols["R"][i]), D=int(cols["D"][i]), T=int(cols["T"][i]),
-                      N=int(cols["N"][i]), facts=facts, seed=seed, zipf_subjects=zipf)
+                      N=int(cols["N"][i]), facts=facts, seed=seed, zipf_subjects=float(zs[i]),
+                      zipf_relations=float(zr[i]))
     return FlowConfig(task=task, alpha=float(cols["alpha"][i]), eps_conv=eps_conv, rtol=full_rtol)
+
+
+def schedule_phase_times(config) -> dict:
+    """Leading-order t1, t2, t3 of a dynamics.FlowConfig from the escape schedule of analysis.staircase (any
+    weights): the escape time of the first mode whose escape brings the level to or below each threshold of
+    SPEC §3 (thresholds with H(A|R) under the task's weights). Also ``hallucination_visible`` at leading order.
+    """
+    from models.task import make_task
+
+    from .hallucination import leading_order
+    from .staircase import escape_schedule
+
+    task = make_task(config.task)
+    w = task.fact_weights
+    sched = escape_schedule(task, w, config.alpha)
+    H = task.entropy_given_relation(w)
+    out = {}
+    for k, theta in (("t1", 0.5 * (math.log(task.num_answers) + H)), ("t2", 0.5 * H), ("t3", config.eps_conv)):
+        t = next((st.t for st in sched if st.level <= theta), None)
+        out[k] = np.nan if t is None else t
+    out["hallucination_visible"] = bool(leading_order(task, w, config.alpha)["visible"]) and H > 0
+    return out
 
 
 def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full_rtol=None, progress=None,
@@ -219,6 +259,9 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
     r = escape_rates(cols["S"], cols["R"], cols["D"])
     out["rate_subject"], out["rate_relation"] = r["subject"], r["relation"]
     out["hallucination_stage_exists"] = hallucination_stage_exists(cols["S"], cols["R"], cols["D"]).astype(float)
+    out["hallucination_visible_leading"] = np.full(n, np.nan)  # filled for full-system rows
+    zs, zr = _zipf(cols, zipf)
+    out["zipf_subjects"], out["zipf_relations"] = zs, zr
     t0 = time.perf_counter()
     if red.any():
         idx = np.nonzero(red)[0]
@@ -249,6 +292,11 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
                 out[k][i] = np.nan if v is None else v
             if res.phases.plateau is not None:
                 out["plateau_loss"][i] = res.phases.plateau.loss
+            lead = schedule_phase_times(full_config(cols, i, facts=facts, seed=seed, zipf=zipf, eps_conv=eps_conv,
+                                                    full_rtol=full_rtol))
+            for k in ("t1", "t2", "t3"):
+                out[k + "_leading"][i] = lead[k]
+            out["hallucination_visible_leading"][i] = float(lead["hallucination_visible"])
             bar.update(1)
         bar.close()
     full_seconds = time.perf_counter() - t0
@@ -324,6 +372,10 @@ def slopes(cols, eps_conv=1e-2) -> list:
     return res
 
 
+def _varies_zipf(cols) -> bool:
+    return any(np.unique(cols[k]).size > 1 for k in ("zipf_subjects", "zipf_relations") if k in cols)
+
+
 @guarded
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
@@ -333,14 +385,14 @@ def main(argv=None) -> int:
 
         check_rtol("full_rtol", a.full_rtol)
     check_out(a.out, overwrite=a.overwrite)  # before any computation
-    red = reducible_mask(cols, a.facts, a.zipf_subjects, a.seed)
+    red = reducible_mask(cols, a.facts, 0.0, a.seed)
     if (~red).sum() > a.max_full:
         raise ConfigError(f"{int((~red).sum())} configurations need the full system (more than --max-full "
                           f"{a.max_full}); shrink the grid or raise --max-full")
     for i in np.nonzero(~red)[0]:  # every full-system run is validated and its memory estimated up front
-        full_config(cols, i, facts=a.facts, seed=a.seed, zipf=a.zipf_subjects, eps_conv=a.eps_conv,
+        full_config(cols, i, facts=a.facts, seed=a.seed, eps_conv=a.eps_conv,
                     full_rtol=a.full_rtol).check_memory()
-    result = run_sweep(cols, facts=a.facts, seed=a.seed, zipf=a.zipf_subjects, eps_conv=a.eps_conv,
+    result = run_sweep(cols, facts=a.facts, seed=a.seed, eps_conv=a.eps_conv,
                        full_rtol=a.full_rtol, progress=None if not a.quiet else False, max_full=a.max_full)
     result.save(a.out, plots=not a.no_plots, overwrite=a.overwrite)
     out_cols, sl = result.columns, result.slopes
@@ -352,8 +404,9 @@ def main(argv=None) -> int:
                      else f"R={s['R']} D={s['D']} alpha={s['alpha']:.3g}")
             fit = "n/a" if s["fitted"] is None else f"{s['fitted']:.6g}"
             print(f"  d {s['quantity']} / d {s['against']} [{where}]: fitted {fit}, predicted {s['predicted']:.6g}")
-        print(f"wrote {a.out}/sweep.csv, slopes.json"
-              + ("" if a.no_plots else ", phase_times_alpha.png, phase_times_S.png"))
+        figs = ", phase_times_alpha.png, phase_times_S.png" + (
+            ", phase_times_zipf.png" if _varies_zipf(out_cols) else "")
+        print(f"wrote {a.out}/sweep.csv, slopes.json" + ("" if a.no_plots else figs))
     unfinished = int((out_cols["finished"] == 0).sum())
     if unfinished:  # ran but did not finish: results written, exit 3
         sys.stderr.write(f"error: {unfinished} full-system run(s) ran out of steps or failed (column finished = 0 "

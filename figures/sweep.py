@@ -138,7 +138,8 @@ def _coincidence_note(qlabel: str, labels: list[str]) -> str:
     return f"{qlabel}: {text} coincide: concentric markers"
 
 
-def _draw(axes, series, xlabel, *, log_x: bool, xticks=None, total=None):
+def _draw(axes, series, xlabel, *, log_x: bool, xticks=None, total=None,
+          key_note: str = "markers: exact phase times (reduced flow or full run)\nlines: leading order + O(1)"):
     """Draw ``series`` (label, x, columns) on the four quantity panels; returns the legend handles. ``total``:
     the number of series there were, when only some are drawn."""
     styles = _styles(len(series))
@@ -164,8 +165,7 @@ def _draw(axes, series, xlabel, *, log_x: bool, xticks=None, total=None):
         ax.set_ylabel(f"{qlabel}\n(flow time)")
     handles = [Line2D([], [], color=st["color"], marker=st["marker"], mfc="none", ls=st["ls"], lw=1,
                       label=label) for (label, _, _), st in zip(series, styles)]
-    handles.append(Line2D([], [], ls="none", label="markers: exact phase times (reduced flow or full run)\n"
-                                                   "lines: leading order + O(1)"))
+    handles.append(Line2D([], [], ls="none", label=key_note))
     if total is not None and total > len(series):
         notes.insert(0, f"showing {len(series)} of {total:,} series, evenly spaced; every row is in sweep.csv")
     handles += [Line2D([], [], ls="none", label=textwrap.fill(t, 48)) for t in notes]
@@ -255,4 +255,41 @@ def plot_sweep(cols, slopes) -> dict:
     _suptitle(fig, "Phase times against S: markers exact (reduced flow), lines leading order + O(1) "
                    "(t2, t3 grow like S; t1 does not depend on S while the hallucination stage exists)", fontsize=9)
     figs["phase_times_S"] = fig
+    if any(k in cols and np.unique(cols[k]).size > 1 for k in ("zipf_subjects", "zipf_relations")):
+        figs["phase_times_zipf"] = plot_zipf(cols)
     return figs
+
+
+def plot_zipf(cols):
+    """Phase times against the Zipf exponent that varies most (subjects or relations): markers measured on the
+    full flow, lines the leading-order escape schedule of analysis.staircase (no O(1) term), one series per
+    (S, R, D, alpha, other exponent)."""
+    names = [name for name, _ in QUANTITIES]
+    vary = max(("zipf_subjects", "zipf_relations"), key=lambda k: np.unique(cols[k]).size)
+    other = "zipf_relations" if vary == "zipf_subjects" else "zipf_subjects"
+    lead = {f"t{i}": np.asarray(cols[f"t{i}_leading"], dtype=np.float64) for i in (1, 2, 3)}
+    lead["plateau_length"] = lead["t2"] - lead["t1"]
+    key = np.stack([cols["S"], cols["R"], cols["D"], cols["alpha"], cols[other]], axis=1)
+    groups, total = _subsample(_groups(key))
+    series = []
+    for g, idx in groups:
+        idx = idx[np.argsort(cols[vary][idx], kind="stable")]
+        c = {name: np.asarray(cols[name], dtype=np.float64)[idx] for name in names}
+        c.update({"leading:" + name: lead[name][idx] for name in names})
+        series.append((f"S={int(g[0])}, R={int(g[1])}, D={int(g[2])}, alpha={g[3]:.2g}, "
+                       f"{other.replace('zipf_', '')} exponent {g[4]:g}", np.asarray(cols[vary][idx], float), c))
+    fig, axs = plt.subplots(2, 2, figsize=(12.5, 7.8), layout="constrained")
+    axes = list(axs.flat)
+    handles = _draw(axes, series, f"Zipf exponent of the {vary.replace('zipf_', '')}", log_x=False, total=total,
+                    key_note="markers: phase times of the full flow\nlines: leading-order escape schedule\n"
+                             "(saddle to saddle, no O(1) term)")
+    for ax in axes:
+        plotted = np.concatenate([np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.get_lines()]
+                                 or [[]])
+        if np.any(np.isfinite(plotted) & (plotted > 0)):
+            ax.set_yscale("log")
+            label_log_axis(ax.yaxis, *ax.get_ylim())
+    _finish(fig, handles, len(series))
+    _suptitle(fig, "Phase times against frequency imbalance: thresholds of SPEC §3 with H(A|R) under the "
+                   "Zipf weights; markers measured on the exact flow, lines predicted at leading order", fontsize=9)
+    return fig

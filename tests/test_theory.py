@@ -178,3 +178,27 @@ def test_schedule_refuses_alpha_outside_its_range():
     for bad in (0.0, 1.0, float("nan"), -1e-3):
         with pytest.raises(ValueError, match="alpha"):
             escape_schedule(task, alpha=bad)
+
+
+def test_sweep_over_zipf_exponents_puts_predictions_beside_measurements(tmp_path):
+    import pandas as pd
+
+    from analysis.sweep import main
+
+    out = tmp_path / "zipf"
+    assert main(["--S", "16", "--R", "4", "--D", "8", "--alpha", "1e-8", "--zipf-subjects", "0", "1",
+                 "--zipf-relations", "0", "0.5", "--out", str(out), "--quiet"]) == 0
+    d = pd.read_csv(out / "sweep.csv")
+    assert len(d) == 4 and set(d["zipf_subjects"]) == {0.0, 1.0} and set(d["zipf_relations"]) == {0.0, 0.5}
+    full = d[d["reduced"] == 0]
+    assert len(full) == 3
+    for _, row in full.iterrows():  # measured on the full flow, predicted by the escape schedule
+        cfg = FlowConfig(task=TaskConfig(S=16, R=4, D=8, zipf_subjects=row.zipf_subjects,
+                                         zipf_relations=row.zipf_relations), alpha=1e-8)
+        run = run_flow(cfg, levels=(0.5 * (math.log(32) + make_task(cfg.task).entropy_given_relation()),))
+        assert row.t1 == pytest.approx(list(run.crossings.values())[0], rel=1e-6)
+        for k in ("t1", "t2"):  # leading order: within 25 % at alpha = 1e-8 (the O(1) terms are left out)
+            assert abs(row[f"{k}_leading"] - row[k]) <= 0.25 * row[k], (k, row[f"{k}_leading"], row[k])
+        # t3 needs the last margins to grow to log(1/eps) after their escape: leading order is a lower bound
+        assert 0.5 * row.t3 <= row.t3_leading <= row.t3
+    assert (out / "phase_times_zipf.png").stat().st_size > 10_000
