@@ -292,3 +292,42 @@ def worth_reducing(task, weights=None, factor: float = 4.0) -> bool:
         return False
     cs, cr = find_classes(task, weights).sizes
     return cs * cr * cr * factor <= task.S * task.R * task.R
+
+
+# ----------------------------------------------------------------------------- symbolic form (sympy)
+def symbolic_reduced_loss(cl: Classes, D: int, T: int):
+    """The reduced loss L_red as a sympy expression of the reduced coordinates, for the classes ``cl``.
+
+    Returns (L_red, coords): coords maps each name of :class:`LumpedFlow`'s layout to a sympy Array-like
+    nested list of symbols of the same shape. The same formula as :meth:`LumpedFlow.loss`, written
+    symbolically so that tests can prove, by simplification to 0, that -(1/m) dL_red/dtheta is the full
+    flow restricted to the symmetric subspace.
+    """
+    import sympy as sp
+
+    Cs, Cr = len(cl.m), len(cl.n)
+
+    def arr(name, *shape):
+        if not shape:
+            return sp.Symbol(name)
+        if len(shape) == 1:
+            return [sp.Symbol(f"{name}_{i}") for i in range(shape[0])]
+        return [arr(f"{name}_{i}", *shape[1:]) for i in range(shape[0])]
+
+    X, Ks, Yo, Y, Kr = arr("X", Cs, Cr, D), arr("Ks", Cs), arr("Yo", Cr, D), arr("Y", Cr, Cr, D), arr("Kr", Cr)
+    Zn, Kn, Ze, Ke = arr("Zn", Cr, D), sp.Symbol("Kn"), arr("Ze", Cr, D), sp.Symbol("Ke")
+    b = [[(T - 3) * Zn[k][j] * Kn + Ze[k][j] * Ke for j in range(D)] for k in range(Cr)]
+    L = 0
+    for c in range(Cs):
+        for k in range(Cr):
+            P = sp.nsimplify(cl.wfact[c, k]) * int(cl.m[c]) * int(cl.n[k])
+            if P == 0:
+                continue
+            own = [X[c][k][j] * Ks[c] + Yo[k][j] * Kr[k] + b[k][j] for j in range(D)]
+            Z = sum(sp.exp(x) for x in own)
+            for k2 in range(Cr):
+                mult = int(cl.n[k2]) - (1 if k2 == k else 0)
+                Z += mult * sum(sp.exp(X[c][k2][j] * Ks[c] + Y[k][k2][j] * Kr[k] + b[k2][j]) for j in range(D))
+            L += P * (sp.log(Z) - own[int(cl.jstar[c, k])])
+    coords = dict(X=X, Ks=Ks, Yo=Yo, Y=Y, Kr=Kr, Zn=Zn, Kn=[Kn], Ze=Ze, Ke=[Ke])
+    return L, coords
