@@ -38,8 +38,7 @@ import math
 import numpy as np
 from scipy.optimize import brentq
 
-from .lumped import worth_reducing
-from .staircase import RESOLVED_EFOLDS, escape_schedule, reducible
+from .staircase import RESOLVED_EFOLDS, escape_schedule, pick_method
 
 RHO = 0.1  # visibility: the loss within 10 % of H(A|R) while the relation-only loss is within 10 % of 0
 
@@ -102,11 +101,13 @@ def _stage(rel_at, loss_at, ts: np.ndarray, H: float, rho: float) -> dict:
 
 
 def hallucination(task, weights=None, alpha: float = 1e-5, *, rho: float = RHO, exact: bool = True,
-                  flow_config=None) -> dict:
+                  flow_config=None, method: str = "auto") -> dict:
     """The hallucination stage at this alpha: a dict with ``visible``, ``duration`` (flow time), ``relation_loss``
     (nats), ``distance`` (d / H), ``H_A_given_R``, ``t_start``, ``t_end``, ``method`` and ``leading_order``.
 
     exact=False gives only the leading-order view (no integration); ``visible`` is then the leading-order one.
+    method: ``auto`` (quadrature for uniform data, the symmetry-reduced flow for large flows it shrinks, else
+    the full flow), ``quadrature``, ``reduced`` or ``full``; a ``flow_config`` means the full flow of it.
     """
     w = task.fact_weights if weights is None else np.asarray(weights, dtype=np.float64)
     if not 0 < rho < 1:
@@ -120,7 +121,8 @@ def hallucination(task, weights=None, alpha: float = 1e-5, *, rho: float = RHO, 
         out.update(visible=lead["visible"], duration=lead["duration"] if lead["visible"] else 0.0,
                    relation_loss=None, distance=None, t_start=None, t_end=None, method="leading order")
         return out
-    if flow_config is None and reducible(task, w):
+    how = pick_method(task, w, flow_config, method)
+    if how == "quadrature":
         from .predict import Modes, ReducedSolution
 
         sol = ReducedSolution(Modes(np.array([task.S], float), task.R, task.D, alpha))
@@ -132,7 +134,7 @@ def hallucination(task, weights=None, alpha: float = 1e-5, *, rho: float = RHO, 
         ts = np.concatenate([[0.0], np.geomspace(t_hi * 1e-4, t_hi, 400)])
         res = _stage(lambda t: float(st(t)["relation_loss"][0]), lambda t: float(st(t)["loss"][0]), ts, H, rho)
         res["method"] = "two-mode quadrature"
-    elif flow_config is None and worth_reducing(task, w):
+    elif how == "reduced":
         from .lumped import run_lumped
 
         sol, flow = run_lumped(task, w, alpha, loss_target=0.5 * (1 - rho) * H)

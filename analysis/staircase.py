@@ -236,7 +236,7 @@ def _resolved(task, schedule: list, resolve: float) -> list:
 
 
 def staircase(task, weights=None, alpha: float = 1e-5, *, exact: bool = True, resolve: float = RESOLVED_EFOLDS,
-              flow_config=None) -> Staircase:
+              flow_config=None, method: str = "auto") -> Staircase:
     """The staircase of plateaus (module docstring). ``task``: a models.task.Task; ``weights`` (S, R) or None.
 
     exact: also compute each ``t_end`` on the exact flow (``flow_config``: the dynamics.FlowConfig to integrate
@@ -255,22 +255,20 @@ def staircase(task, weights=None, alpha: float = 1e-5, *, exact: bool = True, re
             lv.append(L)
             ef.append(e)
             idx.append(k)
-    if lv[-1] > 1e-12:  # the schedule stopped above 0 (modes that never grow): say so through the last level
-        pass
     thresholds = [0.5 * (a + b) for a, b in zip(lv[:-1], lv[1:])]
     lead, escaping = [], []
     for theta in thresholds:
         j = next((k for k, st in enumerate(sched) if st.level <= theta), None)
         lead.append(None if j is None else sched[j].t)
         escaping.append(() if j is None else sched[j].modes)
-    exact_t, method = [None] * len(thresholds), None
+    exact_t, used = [None] * len(thresholds), None
     if exact and thresholds:
-        exact_t, method = exact_crossings(task, w, alpha, thresholds, flow_config=flow_config)
+        exact_t, used = exact_crossings(task, w, alpha, thresholds, flow_config=flow_config, method=method)
     out = [StaircaseLevel(L, exact_t[i] if i < len(thresholds) else None,
                           lead[i] if i < len(thresholds) else None,
                           escaping[i] if i < len(thresholds) else (), ef[i])
            for i, L in enumerate(lv)]
-    return Staircase(out, sched, alpha, method)
+    return Staircase(out, sched, alpha, used)
 
 
 def reducible(task, weights) -> bool:
@@ -282,20 +280,43 @@ def reducible(task, weights) -> bool:
     return bool(np.allclose(w, 1.0 / (task.S * task.R), rtol=1e-12, atol=0))
 
 
-def exact_crossings(task, weights, alpha: float, thresholds, *, flow_config=None) -> tuple:
+EXACT_METHODS = ("auto", "quadrature", "reduced", "full")
+
+
+def pick_method(task, weights, flow_config, method: str) -> str:
+    """The exact method: ``auto`` is quadrature for uniform data, reduced for large flows it shrinks, else full."""
+    from .lumped import worth_reducing
+
+    if method not in EXACT_METHODS:
+        raise ValueError(f"method = {method!r}; choose one of {', '.join(EXACT_METHODS)}")
+    if flow_config is not None:
+        if method not in ("auto", "full"):
+            raise ValueError(f"method = {method!r} with a flow_config: a flow_config asks for the full flow")
+        return "full"
+    if method == "quadrature" and not reducible(task, weights):
+        raise ValueError("method = 'quadrature' needs uniform weights on a structured or balanced table")
+    if method != "auto":
+        return method
+    if reducible(task, weights):
+        return "quadrature"
+    return "reduced" if worth_reducing(task, weights) else "full"
+
+
+def exact_crossings(task, weights, alpha: float, thresholds, *, flow_config=None, method: str = "auto") -> tuple:
     """First times the exact loss falls to each threshold, and the method used: 'two-mode quadrature'
     (uniform data), 'symmetry-reduced flow' (analysis.lumped, where it evaluates >= 4x fewer logits) or
     'full flow' (the configuration's own weights: ``flow_config`` or the task's)."""
     thr = [float(x) for x in thresholds]
-    if flow_config is None and reducible(task, weights):
+    how = pick_method(task, weights, flow_config, method)
+    if how == "quadrature":
         from .predict import Modes, ReducedSolution
 
         md = Modes(np.full(len(thr), task.S), task.R, task.D, alpha)
         t = ReducedSolution(md).crossing_time(np.array(thr))
         return [float(x) for x in t], "two-mode quadrature"
-    from .lumped import run_lumped, worth_reducing
+    from .lumped import run_lumped
 
-    if flow_config is None and worth_reducing(task, weights):
+    if how == "reduced":
         sol, _ = run_lumped(task, weights, alpha, levels=thr)
         return [None if x is None else float(x) for x in sol.events["loss"]], "symmetry-reduced flow"
     from dynamics import FlowConfig, run_flow

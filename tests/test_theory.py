@@ -113,29 +113,62 @@ def test_staircase_quadrature_times_match_the_full_flow(S, R, D, alpha):
         assert abs(a.t_end - b.t_end) <= 1e-6 * b.t_end  # far inside the 0.5 % of the acceptance
 
 
-@pytest.mark.parametrize("cfg", [TaskConfig(S=16, R=4, D=8, zipf_relations=1.0),
-                                 TaskConfig(S=12, R=3, D=4, facts="random", seed=1)])
-def test_resolved_levels_are_where_the_full_flow_dwells(cfg):
-    """At alpha = 1e-30 the flow's flattest point between consecutive t_end lies within 0.5 % of every level whose
-    plateau lasts >= 10 e-folds (the gap to the level closes like 1/e-folds)."""
-    alpha = 1e-30
+STAIRCASE_CASES = ["zipf-subjects", "zipf-relations", "zipf-both", "random", "user-unbalanced"]
+
+
+def _staircase_config(name, tmp_path):
+    if name == "user-unbalanced":
+        return _unbalanced_table(tmp_path)
+    return {"zipf-subjects": TaskConfig(S=16, R=4, D=8, zipf_subjects=1.0),
+            "zipf-relations": TaskConfig(S=16, R=4, D=8, zipf_relations=1.0),
+            "zipf-both": TaskConfig(S=16, R=4, D=8, zipf_subjects=1.0, zipf_relations=0.5),
+            "random": TaskConfig(S=12, R=3, D=4, facts="random", seed=1)}[name]
+
+
+@pytest.mark.parametrize("name", STAIRCASE_CASES)
+def test_reduced_staircase_times_match_the_full_flow(name, tmp_path):
+    """t_end from the symmetry-reduced flow (an independent implementation: class logits, closed-form gradient)
+    against the full flow's crossings of the same thresholds: within 0.5 % (found: < 1e-6)."""
+    cfg = _staircase_config(name, tmp_path)
     task = make_task(cfg)
-    sc = staircase(task, alpha=alpha)
+    red = staircase(task, alpha=1e-8, method="reduced")
+    full = staircase(task, alpha=1e-8, method="full")
+    assert red.exact_method == "symmetry-reduced flow" and full.exact_method == "full flow"
+    assert len(red.levels) >= 3 and [lv.level for lv in red.levels] == [lv.level for lv in full.levels]
+    for a, b in zip(red.levels[:-1], full.levels[:-1]):
+        assert abs(a.t_end - b.t_end) <= 1e-6 * b.t_end  # far inside the acceptance's 0.5 %
+    # the leading-order times are reported beside them, not hidden: finite and within 25 % at this alpha
+    errs = [e for e in red.leading_errors() if e is not None]
+    assert errs and max(abs(e) for e in errs) < 0.25
+
+
+@pytest.mark.parametrize("name", STAIRCASE_CASES)
+def test_resolved_levels_are_where_the_full_flow_dwells(name, tmp_path):
+    """At alpha = 1e-30 the flow's flattest point between consecutive t_end lies within 0.5 % of every level whose
+    plateau lasts >= 20 e-folds, and within 1/e-folds (relative) of every level of >= 5: the gap to the level
+    closes like 1/e-folds (the relation-only and subject margins grow logarithmically after their escape)."""
+    alpha = 1e-30
+    cfg = _staircase_config(name, tmp_path)
+    task = make_task(cfg)
+    sc = staircase(task, alpha=alpha, method="full")
     run = run_flow(FlowConfig(task=cfg, alpha=alpha, samples_per_octave=256))
     t = np.asarray(run.trajectory["t"])
     L = np.asarray(run.trajectory["loss"])
     slope = np.abs(t * np.asarray(run.trajectory["dloss_dt"]))
     ends = [0.0] + [lv.t_end for lv in sc.levels[:-1]]
-    checked = 0
+    tight = 0
     for k in range(1, len(sc.levels) - 1):
         lv = sc.levels[k]
-        if not lv.efolds >= 10:
+        if not lv.efolds >= 5:
             continue
         win = (t > ends[k]) & (t < ends[k + 1])
         i = np.flatnonzero(win)[np.argmin(slope[win])]
-        assert abs(L[i] - lv.level) <= 5e-3 * lv.level, (k, L[i], lv.level)
-        checked += 1
-    assert checked >= 1
+        rel = abs(L[i] - lv.level) / lv.level
+        assert rel <= 1.0 / lv.efolds, (k, L[i], lv.level, lv.efolds)
+        if lv.efolds >= 20:
+            assert rel <= 5e-3, (k, L[i], lv.level, lv.efolds)
+            tight += 1
+    assert tight >= 1
 
 
 HALLUCINATION_CASES = [  # (config, alpha, visible on the full flow)
