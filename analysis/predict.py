@@ -17,11 +17,16 @@ Each mode is solved by quadrature: the time to reach margin m is (exactly)::
     tau(m) = (1/lam) [ asinh(m / A0) + I(m) / n ],   I(m) = int_0^m (e^x - 1) / sqrt(A0^2 + x^2) dx
     I(m)  = Ein(m) + (sqrt(A0^2 + m^2) - A0 - m) + R2(m),   Ein(m) = int_0^m (e^x - 1)/x dx = Ei(m) - gamma - log m
 
-with ``R2 = O(A0^2 e^m / m^3)`` computed by Gauss-Legendre quadrature when ``A0 > 1e-6`` (below,
-|R2| < 5e-11 for the margins up to t3, a relative error below 1e-11 in t, and it is dropped).
+with ``R2 = O(A0^2 e^m / m^3)`` computed in closed form when ``A0 > 1e-6`` (:func:`_r2`: a term-by-term
+integrated Taylor series below max(1, 4 A0) and an expansion in (A0/x)^2 with exponential-integral recurrences
+above; exact to a few ulps of I(m)); below, |R2| < 5e-11 for the margins up to t3, a relative error below 1e-11
+in t, and it is dropped.
 Margins at a given time come from inverting tau (safeguarded
 Newton), phase times from solving ``L(t) = theta`` (safeguarded Newton in log t, each step needing
-the two inversions). Everything is float64 and converged to ~1e-12 relative; the error is that
+the two inversions). Both Newton iterations evaluate only the entries not yet converged; the inversion starts
+from a second-order Taylor predictor of log m in log t (from its last solution) and stops once Newton's own
+error estimate |f''/(2 f')| step^2 is 100 times below the tolerance; tau(M_CAP) is computed once per mode.
+Everything is float64 and converged to ~1e-12 relative; the error is that
 of double precision, not of an ODE solver.
 
 Any scale of initialization. ``A0 ~ alpha^2`` underflows for alpha below ~1e-154 (and overflows above
@@ -128,51 +133,121 @@ class Modes:
 # ----------------------------------------------------------------------------- quadrature
 def ein(m):
     """Ein(m) = int_0^m (e^x - 1)/x dx for m >= 0 (series below 0.5 to avoid cancellation)."""
+    return _ein_ei(m)[0]
+
+
+def _ein_ei(m):
+    """(Ein(m), Ei(m)) for m >= 0; Ei(m) is only meaningful where m >= 0.5 (1 elsewhere)."""
     m = np.asarray(m, dtype=np.float64)
     small = m < 0.5
     ms = np.where(small, m, 0.0)
     series = np.zeros_like(m)
     term = np.ones_like(m)
-    for j in range(1, 20):  # sum m^j / (j * j!)
-        term = term * ms / j
-        series = series + term / j
+    if small.any():
+        for j in range(1, 20):  # sum m^j / (j * j!)
+            term = term * ms / j
+            series = series + term / j
     with np.errstate(divide="ignore", invalid="ignore"):
-        big = expi(np.where(small, 1.0, m)) - EULER_GAMMA - np.log(np.where(small, 1.0, m))
-    return np.where(small, series, big)
+        mb = np.where(small, 1.0, m)
+        ei = expi(mb)
+        big = ei - EULER_GAMMA - np.log(mb)
+    return np.where(small, series, big), ei
 
 
-def _r2(m, A0):
-    """R2(m) = int_0^m (e^x - 1 - x) (1/sqrt(A0^2 + x^2) - 1/x) dx, by composite Gauss-Legendre.
+_EI1 = float(expi(1.0))
+_BINOM = [math.comb(2 * k, k) * (-0.25) ** k for k in range(64)]  # binom(-1/2, k): 1/sqrt(1+u) = sum b_k u^k
+_FACT = [float(math.factorial(j)) for j in range(120)]
 
-    Lower part in v = log x over [log m - 40, log m - 2] (8 panels x 12 nodes; the integrand decays
-    like x^2 below), upper part in x over [m e^-2, m] (24 nodes; e^x is entire). m, A0: (B,).
+
+def _r2(m, A0, ei_m=None):
+    """R2(m) = int_0^m (e^x - 1 - x) (1/sqrt(A0^2 + x^2) - 1/x) dx, in closed form up to float64 rounding.
+
+    Split at X = max(1, 4 A0) (``ei_m``: Ei(m) when the caller has it; m, A0: (B,), A0 < 1):
+
+    * ``[0, x0]``, x0 = min(m, X): the Taylor series e^x - 1 - x = sum_{j>=2} x^j / j! integrated term by term,
+      J_j = int_0^x0 x^j (1/h - 1/x) dx (h = sqrt(A0^2 + x^2)) from J_2, J_3 in closed form and the exact
+      recurrence j J_j = x0^{j-1} (h - x0) - (j-1)/(j-2) A0^2 x0^{j-2} - (j-1) A0^2 J_{j-2} (integration by
+      parts). Every J_j < 0 (no cancellation in the sum); the recurrence is stable for x0 > 2 A0 (the homogeneous
+      solution grows by (A0/x0)^2 <= 1/4 per step relative to the particular one); truncated where the remaining
+      terms, bounded by sum x0^j / (j j!), are below 1e-18 x0 <= 1e-18 Ein(x0).
+      For m <= 2 A0 instead 24-node Gauss-Legendre on [0, m]: the integrand is entire but for the poles +-i A0,
+      whose Bernstein ellipse parameter is >= 2.89 there, so the error is below 2.89^-48 ~ 1e-22 relative.
+    * ``[X, m]`` (m > X): 1/h - 1/x = sum_{k>=1} b_k A0^{2k} x^{-2k-1} (b_k = binom(-1/2, k), |b_k| <= 1/2),
+      so the piece is sum_k b_k A0^{2k} [G_{2k+1} - int_X^m (x^{-2k-1} + x^{-2k}) dx] with
+      G_n = int_X^m e^x x^{-n} dx from G_1 = Ei(m) - Ei(X) and the upward recurrence
+      G_n = [e^X X^{1-n} - e^m m^{1-n} + G_{n-1}] / (n - 1) (errors divided by n - 1: absolute error ~ eps e^m/m,
+      i.e. ~ eps I(m)). Truncated after K terms with (A0/X)^{2K+2} <= 1e-17 (A0/X <= 1/4): the tail is below
+      (A0/X)^{2K+2} / (1 - (A0/X)^2) Ein(m) ~ 1e-17 I(m).
+
+    So R2 is exact to a few ulps of I(m), the quantity it is added to (checked against 40-digit mpmath quadrature
+    in tests/test_predict_speed_exact.py), at the cost of ~25 vector operations.
     """
     out = np.zeros_like(m)
     sel = (A0 > _R2_MIN_A0) & (m > 1e-150) & np.isfinite(A0)  # below 1e-150 R2 = O(m^2) is 0 in float64
     if not sel.any():
         return out
-    mm, aa = m[sel].astype(np.float64), A0[sel].astype(np.float64)
-
-    def g(x):  # (e^x - 1 - x)(1/h - 1/x) without cancellation: 1/h - 1/x = -A0^2 / (x h (x + h))
-        a = aa[:, None]
-        h = np.hypot(a, x)
-        return (np.expm1(x) - x) * (-(a / h) * (a / (x * (x + h))))  # A0^2 never formed (no overflow)
-
-    lo, hi = np.log(mm) - 40.0, np.log(mm) - 2.0
-    edges = np.linspace(0.0, 1.0, 9)
-    xg, wg = _GL12
-    total = np.zeros_like(mm)
-    for p in range(8):
-        a = lo + (hi - lo) * edges[p]
-        b = lo + (hi - lo) * edges[p + 1]
-        v = 0.5 * (b - a)[:, None] * xg[None] + 0.5 * (a + b)[:, None]
-        x = np.exp(v)
-        total += 0.5 * (b - a) * ((g(x) * x) @ wg)
-    xg, wg = _GL24
-    a, b = mm * math.exp(-2.0), mm
-    x = 0.5 * (b - a)[:, None] * xg[None] + 0.5 * (a + b)[:, None]
-    total += 0.5 * (b - a) * (g(x) @ wg)
-    out[sel] = total
+    idx = np.flatnonzero(sel)
+    mm, aa = m[idx].astype(np.float64), A0[idx].astype(np.float64)
+    res = np.empty_like(mm)
+    gl = mm <= 2.0 * aa
+    if gl.any():  # tiny margins: the recurrence below would be unstable, Gauss-Legendre is exact
+        ms, As = mm[gl], aa[gl][:, None]
+        xg, wg = _GL24
+        x = 0.5 * ms[:, None] * (xg[None] + 1.0)
+        h = np.hypot(As, x)
+        g = (np.expm1(x) - x) * (-(As / h) * (As / (x * (x + h))))
+        res[gl] = 0.5 * ms * (g @ wg)
+    ser = ~gl
+    if ser.any():
+        ms, As = mm[ser], aa[ser]
+        X = np.maximum(1.0, 4.0 * As)
+        x0 = np.minimum(ms, X)
+        A2 = As * As
+        h = np.hypot(As, x0)
+        r = x0 / (h + x0)
+        # t_j = J_j / (j! A0^2): t_j = P_j (r - (j-1)/(j-2)) / j - A0^2 t_{j-2} / j^2 with P_j = x0^{j-2} / j!
+        t2 = 0.25 * (r - np.arcsinh(x0 / As))
+        t3 = ((h * h + h * x0 + x0 * x0) / (3.0 * (h + x0)) - h + 2.0 * As / 3.0) / 6.0
+        tot = t2 + t3
+        xmax = float(x0.max())
+        N = 3
+        while N < 110 and xmax ** N / ((N + 1) * _FACT[N + 1]) > 1e-18:
+            N += 1
+        P = x0 / 6.0  # P_3
+        for j in range(4, N + 2):
+            P = P * (x0 / j)
+            t = P * ((r - (j - 1) / (j - 2)) / j) - A2 * t2 * (1.0 / (j * j))
+            tot = tot + t
+            t2, t3 = t3, t
+        low = A2 * tot
+        up = ms > X
+        if up.any():
+            mu, Au, Xu = ms[up], As[up], X[up]
+            q = float(np.max((Au / Xu) ** 2))
+            K = max(1, int(math.ceil(math.log(1e-17) / math.log(q))) - 1) if q > 0 else 1
+            ei = expi(mu) if ei_m is None else ei_m[idx][ser][up]
+            one = Xu == 1.0
+            eiX = np.full_like(mu, _EI1) if one.all() else np.where(one, _EI1, expi(Xu))
+            eX = np.full_like(mu, math.e) if one.all() else np.exp(Xu)
+            G = ei - eiX  # G_1
+            em = np.exp(mu)
+            im, iX = 1.0 / mu, 1.0 / Xu
+            pm, pX = em, eX  # e^m m^{1-n}, e^X X^{1-n}
+            qm, qX = np.ones_like(mu), np.ones_like(mu)  # m^{1-n}, X^{1-n}
+            A2u = Au * Au
+            Ak = np.ones_like(mu)
+            s = np.zeros_like(mu)
+            for n in range(2, 2 * K + 2):
+                pm, pX, qm, qX = pm * im, pX * iX, qm * im, qX * iX
+                G = (pX - pm + G) / (n - 1)
+                if n % 2 == 1:  # n = 2k + 1: subtract int_X^m (x^{-2k-1} + x^{-2k}) dx
+                    k = (n - 1) // 2
+                    Ak = Ak * A2u
+                    powers = (qX - qm) / (2 * k) + (qX * Xu - qm * mu) / (2 * k - 1)
+                    s = s + _BINOM[k] * Ak * (G - powers)
+            low[up] += s
+        res[ser] = low
+    out[idx] = res
     return out
 
 
@@ -206,7 +281,8 @@ def tau(m, lam, n, A0, *, log_m=None, log_A0=None):
         with np.errstate(divide="ignore", invalid="ignore"):
             lin = np.where(As <= ms, (As / (h + ms)) * As - As, (ms / (h + As)) * ms - ms)
         lin = np.where(h > 0, lin, 0.0)  # m = A0 = 0
-        I[sm] = ein(ms) + lin + _r2(ms, As)
+        e_in, e_i = _ein_ei(ms)
+        I[sm] = e_in + lin + _r2(ms, As, e_i)
     return (asinh_ratio(log_m, log_A0) + I / n) / lam
 
 
@@ -236,33 +312,74 @@ def mode_loss(m, n):
     return np.log1p(e), -e / (1 + e)
 
 
-def _newton(fun, x0, lo, hi, maxit=50, xtol=2e-13):
-    """Vectorised safeguarded Newton for f increasing with f(lo) <= 0 <= f(hi); bisection fallback."""
-    x = np.clip(x0, lo, hi)
+def _newton(fun, x0, lo, hi, maxit=50, xtol=2e-13, *, subset=False, todo=None):
+    """Vectorised safeguarded Newton for f increasing with f(lo) <= 0 <= f(hi); bisection fallback.
+
+    ``subset=True``: ``fun(x, idx)`` is called with only the entries still iterating (``idx`` their indices, 1-D
+    arrays): a converged entry is not evaluated again (active-set masking). ``todo``: the indices to iterate at
+    all (the others keep their clipped start).
+    """
+    if not subset:
+        x = np.clip(x0, lo, hi)
+        for _ in range(maxit):
+            f, df = fun(x)
+            lo = np.where(f <= 0, x, lo)
+            hi = np.where(f >= 0, x, hi)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                xn = x - f / df
+            bad = ~((xn >= lo) & (xn <= hi))  # NaN-safe; landing on an end is fine
+            xn = np.where(bad, 0.5 * (lo + hi), xn)
+            tol = xtol * np.maximum(1.0, np.abs(x))
+            done = (np.abs(xn - x) <= tol) | (hi - lo <= tol)
+            x = xn
+            if done.all():
+                break
+        return x
+    x0, lo, hi = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (x0, lo, hi)))
+    shape = x0.shape
+    lo, hi = lo.reshape(-1).copy(), hi.reshape(-1).copy()
+    x = np.clip(x0.reshape(-1), lo, hi)
+    act = np.arange(x.size) if todo is None else np.asarray(todo)
     for _ in range(maxit):
-        f, df = fun(x)
-        lo = np.where(f <= 0, x, lo)
-        hi = np.where(f >= 0, x, hi)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            xn = x - f / df
-        bad = ~((xn >= lo) & (xn <= hi))  # NaN-safe; landing on an end is fine
-        xn = np.where(bad, 0.5 * (lo + hi), xn)
-        done = (np.abs(xn - x) <= xtol * np.maximum(1.0, np.abs(x))) | (hi - lo <= xtol * np.maximum(1.0, np.abs(x)))
-        x = xn
-        if done.all():
+        if act.size == 0:
             break
-    return x
+        xa = x[act]
+        r = fun(xa, act)
+        f, df = r[0], r[1]
+        la = np.where(f <= 0, xa, lo[act])
+        ha = np.where(f >= 0, xa, hi[act])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            xn = xa - f / df
+        bad = ~((xn >= la) & (xn <= ha))  # NaN-safe; landing on an end is fine
+        xn = np.where(bad, 0.5 * (la + ha), xn)
+        tol = xtol * np.maximum(1.0, np.abs(xa))
+        step = np.abs(xn - xa)
+        done = (step <= tol) | (ha - la <= tol)
+        if len(r) > 2:  # f'' given: Newton's error after this step is |f'' / (2 f')| step^2 (+ higher order), so
+            # stop without the confirming evaluation when that is 100 times below the tolerance and the step
+            # is small (<= 1e-5: the functions used here vary on scales >= ~1 of x, so the cubic term is
+            # below ~1e-16) and well inside the quadratic regime (|f''/(2 f')| step <= 1e-3)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                k = np.abs(0.5 * r[2] / df) * step
+            done |= ~bad & (step <= 1e-5) & (k <= 1e-3) & (k * step <= 0.01 * tol)
+        x[act], lo[act], hi[act] = xn, la, ha
+        act = act[~done]
+    return x.reshape(shape)
 
 
-def margin_at(t, lam, n, A0, y0=None, *, log_A0=None):
+def margin_at(t, lam, n, A0, y0=None, *, log_A0=None, tau_cap=None):
     """Margin m(t) of a mode (inverse of :func:`tau`); returns (m, log m). Capped at M_CAP.
 
     Works in y = log m and log A0 (pass ``log_A0`` when A0 may underflow, e.g. alpha < 1e-154):
-    at tiny alpha the margins stay below the float64 range for most of stage 1.
+    at tiny alpha the margins stay below the float64 range for most of stage 1. ``y0``: warm start (NaN entries:
+    none); ``tau_cap``: tau(M_CAP) of each entry when the caller has it (it depends on the mode only).
+    Only the entries with 0 < t < tau(M_CAP) are iterated, each until it has converged.
     """
     t, lam, n, A0 = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (t, lam, n, A0)))
+    shape = t.shape
     with np.errstate(divide="ignore"):
-        lA0 = np.log(A0) if log_A0 is None else np.broadcast_to(np.asarray(log_A0, dtype=np.float64), t.shape)
+        lA0 = np.log(A0) if log_A0 is None else np.broadcast_to(np.asarray(log_A0, dtype=np.float64), shape)
+    t, lam, n, A0, lA0 = (x.reshape(-1) for x in (t, lam, n, A0, lA0))
     lt = lam * t
     # bounds: tau(m) >= asinh(m/A0)/lam and tau(m) <= (e^m + n - 1)/(n lam) asinh(m/A0)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
@@ -273,24 +390,38 @@ def margin_at(t, lam, n, A0, y0=None, *, log_A0=None):
     pos = t > 0
     log_lo = np.where(pos, log_lo, -745.0)
     log_hi = np.where(pos, log_hi, -744.0)
-    capped = pos & (tau(np.full_like(t, M_CAP), lam, n, A0, log_A0=lA0) <= t)
+    if tau_cap is None:
+        tau_cap = tau(np.full_like(t, M_CAP), lam, n, A0, log_A0=lA0)
+    capped = pos & (np.broadcast_to(np.asarray(tau_cap, dtype=np.float64), shape).reshape(-1) <= t)
+    lt_all = np.log(np.where(pos, t, 1.0))
+    nl_all = n * lam
 
-    def fun(y):  # log tau(e^y) - log t, increasing in y; derivative (dtau/dy) / tau
+    def fun(y, i):  # log tau(e^y) - log t, increasing in y; derivative (dtau/dy) / tau
         m = np.exp(y)
-        tm = tau(m, lam, n, A0, log_m=y, log_A0=lA0)
+        li, ni, Ai, lAi = lam[i], n[i], A0[i], lA0[i]
+        tm = tau(m, li, ni, Ai, log_m=y, log_A0=lAi)
         # dtau/dy = m / (dm/dt) = (e^m + n - 1) / (lam n) * m / sqrt(A0^2 + m^2), the last factor from log(m/A0)
-        d = y - lA0
+        d = y - lAi
         with np.errstate(over="ignore"):
-            frac = np.where(d > 0, 1.0 / np.sqrt(1.0 + np.exp(-2.0 * np.abs(d))),
-                            np.exp(-np.abs(d)) / np.sqrt(1.0 + np.exp(-2.0 * np.abs(d))))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log(tm) - np.log(np.where(pos, t, 1.0)), (np.exp(m) + n - 1) / (lam * n) * frac / tm
+            e2 = np.exp(-2.0 * np.abs(d))
+            frac = np.where(d > 0, 1.0, np.exp(-np.abs(d))) / np.sqrt(1.0 + e2)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            em = np.exp(m)
+            g = (em + ni - 1) / nl_all[i] * frac / tm
+            # F'' = g (1 + m e^m / (e^m + n - 1) - (m/h)^2 - g), from tau'' = tau' (e^m / (e^m + n - 1) - m / h^2)
+            d2 = g * (1.0 + m / (1.0 + (ni - 1) / em) - frac * frac - g)
+            return np.log(tm) - lt_all[i], g, d2
 
-    start = 0.5 * (log_lo + log_hi) if y0 is None else y0
-    y = _newton(fun, start, log_lo, log_hi)
+    mid = 0.5 * (log_lo + log_hi)
+    if y0 is None:
+        start = mid
+    else:
+        y0 = np.broadcast_to(np.asarray(y0, dtype=np.float64), shape).reshape(-1)
+        start = np.where(np.isfinite(y0), y0, mid)
+    y = _newton(fun, start, log_lo, log_hi, subset=True, todo=np.flatnonzero(pos & ~capped))
     y = np.where(capped, math.log(M_CAP), y)
     m = np.where(pos, np.exp(y), 0.0)
-    return m, y
+    return m.reshape(shape), y.reshape(shape)
 
 
 # ----------------------------------------------------------------------------- the loss along the flow
@@ -299,29 +430,93 @@ class ReducedSolution:
 
     def __init__(self, modes: Modes):
         self.modes = modes
-        self._y = {}
+        self._y = {}  # warm starts: mode -> log margins (B,) of the last evaluation (NaN: none yet)
+        self._tcap = {}  # mode -> tau(M_CAP) (B,), computed once
+        self._pred = {}  # mode -> (log t, dlog tau/dy, its derivative) of the warm starts, for a predictor
 
-    def state(self, t, warm=True):
-        """dict(a, b, loss, relation_loss (= L_R), subject_loss (= L_S), dloss_dt) at times t (B,)."""
+    def _mode_arrays(self, mode):
         md = self.modes
+        act = md.active[mode]
+        return (act, np.where(act, md.lam[mode], 1.0), np.where(act, md.n[mode], 2.0), np.where(act, md.A0[mode], 1.0),
+                np.where(act, md.log_A0[mode], 0.0))
+
+    def tau_cap(self, mode):
+        """tau(M_CAP) of ``mode`` for every configuration (entries of inactive modes: a dummy mode's)."""
+        if mode not in self._tcap:
+            _, lam, n, A0, lA0 = self._mode_arrays(mode)
+            self._tcap[mode] = tau(np.full(self.modes.S.shape, M_CAP), lam, n, A0, log_A0=lA0)
+        return self._tcap[mode]
+
+    def subset(self, keep):
+        """The solution of the configurations ``keep`` (indices), with their warm starts and cached tau(M_CAP)."""
+        md = self.modes
+        sub = ReducedSolution(Modes(md.S[keep], md.R[keep], md.D[keep], md.alpha[keep]))
+        sub._y = {m: y[keep] for m, y in self._y.items()}
+        sub._pred = {m: tuple(v[keep] for v in p) for m, p in self._pred.items()}
+        sub._tcap = {m: v[keep] for m, v in self._tcap.items()}
+        return sub
+
+    def state(self, t, warm=True, idx=None):
+        """dict(a, b, loss, relation_loss (= L_R), subject_loss (= L_S), dloss_dt) at times t (B,).
+
+        ``idx``: evaluate only those configurations (t then has their shape); the warm starts of the others are
+        kept."""
+        md = self.modes
+        if idx is None:
+            def sel(a):
+                return a
+        else:
+            def sel(a):
+                return a[idx]
+        size = md.size if idx is None else len(idx)
         out = {}
         L, dL = 0.0, 0.0
         for mode, key in (("subject", "a"), ("relation", "b")):
-            act = md.active[mode]
-            lam, n, A0 = md.lam[mode], md.n[mode], md.A0[mode]
+            act_all = md.active[mode]
+            act = sel(act_all)
             if act.any():
-                y0 = self._y.get(mode) if warm else None
+                _, lam_a, n_a, A0_a, lA0_a = self._mode_arrays(mode)
+                lam, nn, A0, lA0 = sel(lam_a), sel(n_a), sel(A0_a), sel(lA0_a)
+                n = sel(md.n[mode])
                 tt = np.where(act, t, 0.0)
-                m, y = margin_at(tt, np.where(act, lam, 1.0), np.where(act, n, 2.0),
-                                 np.where(act, A0, 1.0), y0, log_A0=np.where(act, md.log_A0[mode], 0.0))
-                self._y[mode] = y
+                y0 = None
+                if warm and mode in self._y:
+                    y0 = sel(self._y[mode])
+                    if mode in self._pred:  # second-order Taylor predictor in log t from the last solution
+                        lt0, g, d2 = (sel(v) for v in self._pred[mode])
+                        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                            dl = np.log(tt) - lt0
+                            yp = y0 + dl / g - d2 * dl * dl / (2.0 * g ** 3)
+                        y0 = np.where(np.isfinite(yp), yp, y0)
+                m, y = margin_at(tt, lam, nn, A0, y0, log_A0=lA0, tau_cap=sel(self.tau_cap(mode)))
+                # dlog tau / dy at the solution (tau = t) and its derivative, for the next predictor (NaN where
+                # t = 0 or the margin is capped)
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    em = np.exp(m)
+                    frac = m / np.hypot(A0, m)
+                    g = (em + nn - 1) / (lam * nn) * frac / tt
+                    d2 = g * (1.0 + m / (1.0 + (nn - 1) / em) - frac * frac - g)
+                    lt = np.log(tt)
+                ok = (tt > 0) & (m < M_CAP)
+                g = np.where(ok, g, np.nan)
+                if idx is None:
+                    self._y[mode] = y
+                    self._pred[mode] = (lt, g, d2)
+                else:
+                    if mode not in self._y:
+                        self._y[mode] = np.full(md.size, np.nan)
+                    self._y[mode][idx] = y
+                    if mode not in self._pred:
+                        self._pred[mode] = tuple(np.full(md.size, np.nan) for _ in range(3))
+                    for v, w in zip(self._pred[mode], (lt, g, d2)):
+                        v[idx] = w
                 lm, dlm = mode_loss(m, n)
                 rate = mode_rate(m, np.where(act, lam, 0.0), n, np.where(act, A0, 0.0))
                 lm = np.where(act, lm, 0.0)
                 dlm_dt = np.where(act, dlm * rate, 0.0)
                 m = np.where(act, m, 0.0)
             else:
-                m = lm = dlm_dt = np.zeros(md.size)
+                m = lm = dlm_dt = np.zeros(size)
             out[key] = m
             out[f"{mode}_loss"] = lm
             L = L + lm
@@ -332,6 +527,11 @@ class ReducedSolution:
     def crossing_time(self, theta, guess=None):
         """First time L(t) = theta (B,); 0 where L(0) <= theta, nan where theta <= 0 (never reached)."""
         md = self.modes
+        if md.S.ndim != 1:  # the Newton iteration works on 1-D batches
+            flat = ReducedSolution(Modes(*(v.reshape(-1) for v in (md.S, md.R, md.D, md.alpha))))
+            th = np.broadcast_to(np.asarray(theta, dtype=np.float64), md.S.shape).reshape(-1)
+            g = None if guess is None else np.broadcast_to(np.asarray(guess, dtype=np.float64), md.S.shape).reshape(-1)
+            return flat.crossing_time(th, g).reshape(md.S.shape)
         theta = np.broadcast_to(np.asarray(theta, dtype=np.float64), md.S.shape)
         L0 = np.log(md.R * md.D)
         # bracket from the modes alone: L > theta while one mode alone is above theta; L <= theta once
@@ -357,14 +557,15 @@ class ReducedSolution:
         t_lo = np.where(trivial | never, 1.0, t_lo)
         t_hi = np.where(trivial | never, 2.0, t_hi)
         x_lo, x_hi = np.log(np.maximum(t_lo, 1e-300)), np.log(t_hi)
-        self._y = {}
+        # the warm starts of an earlier crossing are kept: the predictor carries them to the new times
 
-        def fun(x):  # theta - L(e^x), increasing in x
+        def fun(x, i):  # theta - L(e^x), increasing in x
             t = np.exp(x)
-            st = self.state(t)
-            return theta - st["loss"], -t * st["dloss_dt"]
+            st = self.state(t, idx=i)
+            return theta[i] - st["loss"], -t * st["dloss_dt"]
 
-        x = _newton(fun, 0.5 * (x_lo + x_hi) if guess is None else np.log(np.maximum(guess, 1e-300)), x_lo, x_hi)
+        x = _newton(fun, 0.5 * (x_lo + x_hi) if guess is None else np.log(np.maximum(guess, 1e-300)), x_lo, x_hi,
+                    subset=True, todo=np.flatnonzero(~(trivial | never)))
         t = np.exp(x)
         t = np.where(trivial, 0.0, t)
         return np.where(never, np.nan, t)
@@ -503,10 +704,7 @@ def _illinois(sol: ReducedSolution, xa, xb, fa, fb, xtol):
             break
         if not going.all():  # drop the converged configurations, keeping the others' warm starts
             keep = np.flatnonzero(going)
-            warm = {m: y[keep] for m, y in sol._y.items()}
-            sol = ReducedSolution(Modes(sol.modes.S[keep], sol.modes.R[keep], sol.modes.D[keep],
-                                        sol.modes.alpha[keep]))
-            sol._y = warm
+            sol = sol.subset(keep)
             act, xn, xa, xb, fa, fb, side, ref = (v[keep] for v in (act, xn, xa, xb, fa, fb, side, ref))
         fn = _log_slope(sol, xn)
         right = fn < 0  # the root is right of xn

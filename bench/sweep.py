@@ -3,9 +3,14 @@ and their SPEC §3 plateaus (sweep.csv's plateau_loss).
 
     python bench/sweep.py                       # 10,000 configs, alpha in [1e-6, 1e-3], 5 repeats
     python bench/sweep.py --alpha-hi 1e-1       # include large alpha (the O(alpha^2) quadrature term is on)
+    python bench/sweep.py --S 16 32 64 128 --alpha-lo 1e-3 --alpha-hi 1e-1 --n 100000 --repeats 3
+    python bench/sweep.py --S 16 32 64 128 --whole --n 10000   # the whole `python -m analysis.sweep --no-plots`
 
-Prints one line per repeat and the median; writes nothing. The first call also pays for the lambdified
-rates (sympy), reported separately.
+Prints one line per repeat and the median (configurations per second for t1..t3, for the plateaus and for
+both); writes nothing. The first call also pays for the lambdified rates (sympy), reported separately.
+--S: subject counts drawn from these values (D from 2 4 8 16 dividing them); default S = D * U{1..63}.
+--whole: time the whole sweep process instead, on the grid S x R {2 4 8 16 32} x D {2 4 8 16} x alphas (log-spaced
+over [alpha-lo, alpha-hi], as many as give about --n configurations; D must divide S).
 """
 from __future__ import annotations
 
@@ -28,12 +33,20 @@ def main(argv=None):
     p.add_argument("--alpha-hi", type=float, default=1e-3,
                    help="largest initialization scale (default 1e-3; 1e-1 turns the O(alpha^2) term on)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported (default 5)")
+    p.add_argument("--S", type=int, nargs="+", default=None, help="subject counts to draw from (default: D * U{1..63})")
+    p.add_argument("--whole", action="store_true", help="time the whole `python -m analysis.sweep --no-plots` process")
     a = p.parse_args(argv)
+    if a.whole:
+        return whole(a)
     from analysis.predict import escape_rates, phase_times, plateaus
 
     rng = np.random.default_rng(0)
-    D = rng.choice([2, 4, 8, 16, 32], a.n)
-    S = D * rng.integers(1, 64, a.n)
+    if a.S is None:
+        D = rng.choice([2, 4, 8, 16, 32], a.n)
+        S = D * rng.integers(1, 64, a.n)
+    else:
+        S = rng.choice(a.S, a.n)
+        D = np.array([rng.choice([d for d in (2, 4, 8, 16) if s % d == 0]) for s in S])
     R = rng.integers(2, 65, a.n)
     alpha = np.exp(rng.uniform(np.log(a.alpha_lo), np.log(a.alpha_hi), a.n))
     t0 = time.perf_counter()
@@ -51,8 +64,42 @@ def main(argv=None):
         bad = int(np.sum(~np.isfinite(p_["t3"])))
         print(f"repeat {i}: {a.n} configurations to t3 in {wall:.3f} s ({1e6 * wall / a.n:.1f} us each), "
               f"{bad} without t3; plateaus in {pwalls[-1]:.3f} s ({int(np.isfinite(pl['loss']).sum())} found)")
-    print(f"median {statistics.median(walls):.3f} s per {a.n} to t3, {statistics.median(pwalls):.3f} s for the "
-          f"plateaus (cpus: {os.cpu_count()})")
+    mw, mp = statistics.median(walls), statistics.median(pwalls)
+    both = statistics.median([w + q for w, q in zip(walls, pwalls)])
+    print(f"median {mw:.3f} s per {a.n} to t3, {mp:.3f} s for the plateaus (cpus: {os.cpu_count()}): "
+          f"{a.n / mw:,.0f} configurations/s (phase times), {a.n / mp:,.0f} /s (plateaus), {a.n / both:,.0f} /s (both)")
+
+
+def whole(a):
+    import shutil
+    import subprocess
+    import tempfile
+
+    S = a.S or [16, 32, 64, 128]
+    R, D = [2, 4, 8, 16, 32], [2, 4, 8, 16]
+    per_alpha = sum(1 for s in S for r in R for d in D if s % d == 0)
+    if any(s % d for s in S for d in D):
+        raise SystemExit("--whole needs every D in 2 4 8 16 to divide every S")
+    n_alpha = max(1, round(a.n / per_alpha))
+    n = per_alpha * n_alpha
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    walls = []
+    for i in range(a.repeats):
+        d = tempfile.mkdtemp()
+        try:
+            cmd = [sys.executable, "-m", "analysis.sweep", "--S", *map(str, S), "--R", *map(str, R),
+                   "--D", *map(str, D),
+                   "--alpha-range", str(a.alpha_lo), str(a.alpha_hi), str(n_alpha), "--no-plots", "--quiet",
+                   "--out", os.path.join(d, "sweep")]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, cwd=root, check=True)
+            walls.append(time.perf_counter() - t0)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        print(f"repeat {i}: whole sweep of {n} configurations in {walls[-1]:.2f} s ({n / walls[-1]:,.0f} /s)")
+    m = statistics.median(walls)
+    print(f"median {m:.2f} s for the whole `python -m analysis.sweep --no-plots` of {n} configurations "
+          f"({n / m:,.0f} configurations/s, imports and CSV included; cpus: {os.cpu_count()})")
 
 
 if __name__ == "__main__":
