@@ -35,6 +35,15 @@ from .task import Task
 
 _TINY = 1e-250  # below this a shifted normaliser may have lost terms to underflow
 _CHUNK_ELEMENTS = 1 << 22  # direct paths work on at most this many (s, r, a) logits at once
+_LOG2_SURE = math.log(2.0) - 1e-6  # a fact loss below this: the true answer has p > 1/2, so the strict argmax
+
+
+def _version(t: torch.Tensor):
+    """torch's in-place write counter of ``t``, or None for inference tensors (which do not keep one)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,6 +112,7 @@ class PopulationObjective:
 
     def _parts(self, Wt, K):
         """Subject+shared logits xs (S, |A|) (a reused buffer) and relation logits ur (R, |A|)."""
+        self._rhs_last = None  # the buffer xs is about to be overwritten: forget the last right-hand side's pieces
         L = self.layout
         S, R = L.S, L.R
         c = (self.mult_noise * K[L.noise]) * Wt[L.noise] + K[L.eos] * Wt[L.eos]  # (|A|,) shared part
@@ -202,13 +212,36 @@ class PopulationObjective:
         L = self.layout
         Wt, K = L.unpack(y)
         G = self._buffer("_G", (L.C, L.A))
-        self._grad_u_into(Wt, K, G, need_loss=False)
+        xs, ur = self._parts(Wt, K)
+        Es, Er, Zp = self._normalise(xs, ur)
+        self._grad_from(xs, ur, Es, Er, Zp, G, need_loss=False)
+        # keep the relative logits and normalisers of this state (references, no copy) until the next evaluation:
+        # a solver's last evaluation of a step is at the step's end, where the loss is asked for next
+        # (:meth:`loss_at_last_rhs`)
+        self._rhs_last = (y, y.data_ptr(), _version(y), y[:: max(1, y.numel() // 61)].clone(), xs, ur, Zp)
         if out is None:
             out = torch.empty_like(y)
         dW, dK = L.unpack(out)
         torch.mul(G, -K[:, None], out=dW)  # dW/dt = -G K
         torch.linalg.vecdot(G, Wt, out=dK).neg_()  # dK/dt = -sum_a G W
         return out
+
+    def loss_at_last_rhs(self, y: torch.Tensor):
+        """The loss (0-d tensor) at the flat state y if the last :meth:`flow_rhs` evaluation was at this very tensor
+        and nothing has evaluated this objective since, else None. Bit for bit :meth:`loss` (the same relative
+        logits and normalisers, the same reduction), without a second forward pass.
+
+        Guard: the same tensor object and storage, no in-place write since that evaluation (torch's version
+        counter, which every in-place operation on the tensor or a view of it increments), and a strided sample
+        of its entries unchanged.
+        """
+        last = getattr(self, "_rhs_last", None)
+        if last is None or last[0] is not y or y.data_ptr() != last[1] or last[2] is None or _version(y) != last[2]:
+            return None  # inference tensors carry no version counter: no proof of "unchanged", no reuse
+        _, _, _, sample, xs, ur, Zp = last
+        if not torch.equal(y[:: max(1, y.numel() // 61)], sample) or not bool((Zp > _TINY).all()):
+            return None
+        return (self.w * self._fact_losses(xs, ur, torch.log(Zp), None)).sum()
 
     def loss_rate(self, Wt, K):
         """(loss, dL/dt) along the exact flow: dL/dt = -sum over all real tokens of |grad|^2.
@@ -317,7 +350,7 @@ class PopulationObjective:
                 star = star - ref.T[..., None]
             subject = lse - torch.logsumexp(star, dim=-1).T  # (S, R)
         p_true = torch.exp(-fact)  # (S, R)
-        correct = self._correct(xs, ur) if accuracy else None  # order of the relative logits = of the logits
+        correct = self._correct(xs, ur, fact) if accuracy else None  # order of the relative logits = of the logits
 
         def reduce(es: EvalSet) -> dict:
             w = es.w
@@ -347,14 +380,19 @@ class PopulationObjective:
         """Weighted fraction (training weights) of facts whose true answer has the strictly largest logit."""
         return (self.w * self._correct(xs, ur)).sum()
 
-    def _correct(self, xs, ur) -> torch.Tensor:
+    def _correct(self, xs, ur, fact=None) -> torch.Tensor:
         """(S, R) 1.0 where the fact's true answer has the strictly largest logit, else 0.0.
 
         Exact, but avoids the S*R*|A| pass for most facts: the best wrong answer inside
         r's block is computed exactly (S*|A| work); outside the block its logit is at most
         (best xs outside the block) + (best ur outside the block). Facts this bound
-        decides are settled; the rest are checked directly.
+        decides are settled; the rest are checked directly. ``fact``: the per-fact losses when at hand; where
+        every fact's true answer has probability above 1/2 (loss below log 2, with a margin far above rounding)
+        it is strictly the most likely one, and nothing else is computed.
         """
+        if fact is not None and bool((fact < _LOG2_SURE).all()):
+            self.accuracy_direct_facts = 0
+            return torch.ones_like(fact)
         S, R, D = self.task.S, self.task.R, self.task.D
         a = self.answers  # (S, R)
         ar = torch.arange(R, device=xs.device)
@@ -377,6 +415,12 @@ class PopulationObjective:
         undecided = (target > inside) & ~sure
         correct = sure.to(xs.dtype)
         idx = undecided.nonzero()  # (n, 2)
+        if R > 1 and idx.shape[0]:
+            # a tighter bound for those: the best over blocks r' != r of (best xs in r') + (best ur[r] in r')
+            s_i, r_i = idx[:, 0], idx[:, 1]
+            ok = target[s_i, r_i] > (bm[s_i] + ur_bm[r_i]).amax(1)  # ur_bm is -inf on r's own block
+            correct[s_i[ok], r_i[ok]] = 1.0
+            idx = idx[~ok]
         n = idx.shape[0]
         if n:
             step = max(1, _CHUNK_ELEMENTS // self.task.num_answers)

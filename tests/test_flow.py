@@ -221,3 +221,101 @@ def test_t_max_stops_run():
     assert res.status == "t_max"
     assert res.trajectory["t"][-1] == pytest.approx(100.0)
     assert res.phases.t1 is None and res.phases.t3 is None
+
+
+def _reference_row(obj, monitor, t, y):
+    """Every column of a trajectory row computed the straightforward way: explicit per-fact probabilities,
+    the gradient from value_and_grad, the conserved quantities and norms directly."""
+    from dynamics.conservation import drift
+
+    task, lay = obj.task, obj.layout
+    Wt, K = lay.unpack(y)
+    S, R, D = task.S, task.R, task.D
+    s = torch.arange(S).repeat_interleave(R)
+    r = torch.arange(R).repeat(S)
+    logits = obj.fact_logits(Wt, K, s, r).reshape(S, R, -1)
+    logp = torch.log_softmax(logits, -1)
+    a = torch.as_tensor(np.array(task.answers))
+    w = torch.as_tensor(task.fact_weights)
+    tgt = logp.gather(2, a[..., None])[..., 0]
+    rel = torch.logsumexp(logp.view(S, R, R, D)[:, torch.arange(R), torch.arange(R)], -1)
+    sub = torch.logsumexp(logp.gather(2, a[:, None, :].expand(S, R, R)), -1)
+    P = torch.as_tensor(task.p_answer_given_relation())  # (R, |A|)
+    with np.errstate(divide="ignore"):
+        plogp = torch.where(P > 0, P * torch.log(P), torch.zeros_like(P))
+    gap = (plogp[None] - P[None] * logp).sum(-1)
+    others = logits.scatter(2, a[..., None], -math.inf).amax(-1)
+    correct = (logits.gather(2, a[..., None])[..., 0] > others).double()
+    _, dW, dK = obj.value_and_grad(Wt, K)
+    count = torch.as_tensor(lay.count())
+    row = dict(t=t, loss=float(-(w * tgt).sum()), relation_loss=float(-(w * rel).sum()),
+               subject_loss=float(-(w * sub).sum()), accuracy=float((w * correct).sum()),
+               hallucination_gap=float((w * gap).sum()), p_true=float((w * tgt.exp()).sum()),
+               dloss_dt=-float((count * ((dW * dW).sum(1) + dK * dK)).sum()))
+    d = drift(monitor.q0, conserved_quantities(lay, Wt, K))
+    row["invariant_drift"] = d.pop("balance")
+    row.update({f"{k}_drift": v for k, v in d.items()})
+    for name, sl in monitor.class_rows.items():
+        row[f"W_{name}"] = float(Wt[sl].pow(2).sum(1).mean().sqrt())
+        row[f"K_{name}"] = float(K[sl].pow(2).mean().sqrt())
+    return row
+
+
+@pytest.mark.parametrize("task_kw", [dict(S=16, R=4, D=8), dict(S=12, R=3, D=4, facts="random", seed=3, T=6, N=3),
+                                     dict(S=16, R=2, D=4, T=3, N=1)])
+def test_monitor_rows_are_exact_at_their_times(task_kw):
+    """The monitor's rows (metrics sharing the gradient pass, accuracy and mass shortcuts) against the
+    straightforward computation at the same states, on every saved time of a run: 1e-12 relative."""
+    from dynamics.flow import FlowMonitor
+
+    res = flow(task_kw, rtol=1e-8)
+    run = res.run
+    obj = run.objective
+    lay = obj.layout
+    Wt0, K0 = initial_state(run.config, obj.task, torch.float64, "cpu")
+    monitor = FlowMonitor(obj, conserved_quantities(lay, Wt0, K0))
+    traj = run.trajectory
+    n = len(traj["t"])
+    with run.numerics():
+        for i in sorted({0, 1, n // 4, n // 2, 3 * n // 4, n - 2, n - 1}):
+            t = float(traj["t"][i])
+            y = run.state_at(t)
+            got, ref = monitor.row(t, y), _reference_row(obj, monitor, t, y)
+            assert set(got) == set(ref)
+            for k, v in ref.items():
+                if k.endswith("_drift"):  # rounding-level quantities: equal to a few ulps of the state
+                    assert got[k] == pytest.approx(v, abs=1e-15), k
+                else:
+                    assert got[k] == pytest.approx(v, rel=1e-12, abs=1e-300), (k, i)
+                    assert traj[k][i] == pytest.approx(got[k], rel=1e-12, abs=1e-300), (k, i)
+
+
+def test_step_end_loss_reuses_the_last_rhs_bit_for_bit(monkeypatch):
+    """The loss at a step's end comes from the solver's last right-hand side there (no second forward pass) and is
+    bit for bit the loss of a fresh evaluation; a modified or different tensor is never answered from it."""
+    task = make_task(TaskConfig(S=12, R=3, D=4, facts="random", seed=2))
+    obj = PopulationObjective(task)
+    g = torch.Generator().manual_seed(1)
+    Wt, K = init_linear(task, "balanced", 0.3)
+    y = obj.layout.pack(Wt + 0.5 * torch.randn(Wt.shape, generator=g), K + 0.5 * torch.randn(K.shape, generator=g))
+    with torch.inference_mode():
+        obj.flow_rhs(y)
+        cached = obj.loss_at_last_rhs(y)
+        assert cached is not None and float(cached) == float(obj.loss(*obj.layout.unpack(y)))
+        assert obj.loss_at_last_rhs(y) is None  # loss() evaluated the objective since
+        obj.flow_rhs(y)
+        assert obj.loss_at_last_rhs(y.clone()) is None  # another tensor
+        y[0] += 1.0
+        assert obj.loss_at_last_rhs(y) is None  # written into since
+    for method in ("rock4", "dopri5"):
+        cfg = FlowConfig(task=TaskConfig(S=16, R=4, D=8), rtol=1e-8, method=method)
+        from dynamics.flow import run_flow
+
+        fast = run_flow(cfg, levels=(2.5, 1.0))
+        with monkeypatch.context() as m:
+            m.setattr(PopulationObjective, "loss_at_last_rhs", lambda self, y: None)
+            slow = run_flow(cfg, levels=(2.5, 1.0))
+        assert fast.crossings == slow.crossings and fast.t_final == slow.t_final, method
+        assert fast.solver["nfe"] == slow.solver["nfe"]
+        for k in fast.trajectory:
+            np.testing.assert_array_equal(fast.trajectory[k], slow.trajectory[k])
