@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from common.errors import ConfigError, check_choice, check_device, check_int, check_positive
+from common.memory import available_memory_bytes  # noqa: F401  (re-exported: dynamics.config's public name)
 from models.task import TaskConfig
 
 from .choices import BACKENDS, DEFAULT_METHOD, IMPLICIT, INITS, METHODS
@@ -162,12 +162,3 @@ class FlowConfig:
         return d
 
 
-def available_memory_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
