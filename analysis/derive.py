@@ -190,7 +190,7 @@ def markdown(pred: dict, alg: dict) -> str:
     L.append("\n## Proofs\n")
     for k, v in alg["proofs"].items():
         L.append(f"- [{'x' if v else ' '}] {k}")
-    return "\n".join(L) + "\n\n" + theory_markdown(pred["general"])
+    return "\n".join(L) + "\n\n" + ("" if pred["general"] is None else theory_markdown(pred["general"]))
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ class DeriveResult:
             return "None" if x is None else f"{x:.10g}"
 
         proofs = self.algebra["proofs"]
-        h = self.predictions["hallucination"]
+        h = self.predictions["hallucination"] or {"visible": None}
         if p is None:
             return (f"DeriveResult(S={c['S']}, R={c['R']}, D={c['D']}, alpha={c['alpha']:g}, reduced=False, "
                     f"staircase={len(self.predictions['staircase'])} levels, hallucination_visible={h['visible']})")
@@ -256,10 +256,11 @@ def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-
     uniform = task.zipf_subjects == 0 and task.zipf_relations == 0 and task.facts in ("structured", "balanced")
     if uniform and S % D:
         raise ConfigError(f"S = {S}, D = {D}: the reduction needs D to divide S (equal subject counts per answer)")
-    if not alpha < 1:
-        raise ConfigError(f"alpha = {alpha:g}: the staircase and hallucination predictions are expansions in "
-                          "log(1/alpha) and need alpha < 1")
-    general = general_theory(task, alpha, exact=exact)
+    if not uniform and not alpha < 1:
+        raise ConfigError(f"alpha = {alpha:g}: beyond uniform data the predictions are expansions in log(1/alpha) "
+                          "and need alpha < 1")
+    # the staircase and hallucination predictions are expansions in log(1/alpha): none for alpha >= 1
+    general = general_theory(task, alpha, exact=exact) if alpha < 1 else None
     if uniform:
         pred = predictions(S, R, D, alpha, eps_conv) | {"reduced": True}
     else:
@@ -269,8 +270,8 @@ def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-
     pred["config"].update(facts=task.facts, facts_file=task.facts_file, seed=task.seed,
                           zipf_subjects=task.zipf_subjects, zipf_relations=task.zipf_relations)
     pred["general"] = general
-    pred["staircase"] = general["staircase"]
-    pred["hallucination"] = general["hallucination"]
+    pred["staircase"] = None if general is None else general["staircase"]
+    pred["hallucination"] = None if general is None else general["hallucination"]
     return DeriveResult(predictions=pred, algebra=algebra())
 
 
@@ -319,13 +320,15 @@ def main(argv=None) -> int:
             print(f"t{i} = {t:.10g}  (leading log(1/alpha^2)/rate = {l0:.6g}, rel err {e['leading_rel']:.2e}; "
                   f"with O(1) term {l1:.6g}, rel err {e['leading_o1_rel']:.2e}; {e['mode']} mode)")
         print(f"proofs: {sum(alg['proofs'].values())}/{len(alg['proofs'])} identities simplify to 0")
-    if not a.quiet:
+    if not a.quiet and pred["general"] is not None:
+        from .staircase import describe_modes
+
         gen = pred["general"]
         print(f"staircase (t_end by {gen['staircase_method']}; leading order beside):")
         for lv in gen["staircase"]:
             te = "-" if lv["t_end"] is None else f"{lv['t_end']:.6g}"
             tl = "-" if lv["t_end_leading"] is None else f"{lv['t_end_leading']:.6g}"
-            print(f"  level {lv['level']:.6f}  t_end {te}  (leading {tl})  {' '.join(lv['escaping'])}")
+            print(f"  level {lv['level']:.6f}  t_end {te}  (leading {tl})  {describe_modes(lv['escaping'])}")
         h = pred["hallucination"]
         dur = h["duration"]
         print(f"hallucination stage at alpha={a.alpha:g}: {'visible' if h['visible'] else 'not visible'} "

@@ -345,3 +345,18 @@ def _with_target(cfg, lowest: float):
     if target > lowest:
         cfg = dataclasses.replace(cfg, loss_target=0.5 * lowest)
     return cfg
+
+
+def describe_modes(modes) -> str:
+    """A short text for a group of modes: 's3', 'r0 r1 r2', or '1024 subjects (s0 ... s1023)' for long groups."""
+    modes = list(modes)
+    if len(modes) <= 6:
+        return " ".join(modes)
+    kinds = {"s": "subjects", "r": "relations"}
+    parts = []
+    for prefix, word in kinds.items():
+        group = [m for m in modes if m.startswith(prefix)]
+        if group:
+            parts.append(f"{len(group)} {word} ({group[0]} ... {group[-1]})" if len(group) > 3 else " ".join(group))
+    parts += [m for m in modes if m[0] not in kinds]
+    return ", ".join(parts)

@@ -55,11 +55,13 @@ def general_theory(task_config, alpha: float, *, exact: bool = True, rho: float 
 
 def theory_markdown(g: dict) -> str:
     """derivation.md's section on the general theory (rates, staircase, hallucination)."""
+    from .staircase import describe_modes
+
     L = ["## Beyond uniform data: per-token rates, staircase, hallucination\n"]
     rt = g["rates"]
     L.append(f"Origin rates (1/time; {rt['note']}):\n")
-    L.append("- subjects: " + ", ".join(f"{x:.6g}" for x in rt["subject"]))
-    L.append("- relations: " + ", ".join(f"{x:.6g}" for x in rt["relation"]))
+    L.append("- subjects: " + _list(rt["subject"]))
+    L.append("- relations: " + _list(rt["relation"]))
     L.append(f"- EOS {rt['eos']:.6g}, one noise token {rt['noise']:.6g}\n")
     L.append("Leading-order escape order (saddle to saddle; a mode escapes when "
              "$\\int_0^t \\lambda_z = \\log(1/\\alpha)$):\n")
@@ -67,7 +69,7 @@ def theory_markdown(g: dict) -> str:
     L.append("|---|---|---|---|")
     for st in g["escape_order"]:
         ef = "—" if st["efolds"] is None else f"{st['efolds']:.3g}"
-        L.append(f"| {_txt(st['t_leading'], '.6g')} | {' '.join(st['modes'])} | {_txt(st['level'], '.6f')} | {ef} |")
+        L.append(f"| {_txt(st['t_leading'], '.6g')} | {describe_modes(st['modes'])} | {_txt(st['level'], '.6f')} | {ef} |")
     L.append(f"\nStaircase (resolved plateaus; t_end by {g['staircase_method']}):\n")
     L.append("| level | t_end | t_end (leading order) | rel. error | ends when |")
     L.append("|---|---|---|---|---|")
@@ -75,7 +77,7 @@ def theory_markdown(g: dict) -> str:
         def h(x, fmt=".6g"):
             return "—" if x is None else format(x, fmt)
         L.append(f"| {h(lv['level'], '.6f')} | {h(lv['t_end'])} | {h(lv['t_end_leading'])} | {h(e, '.3g')} | "
-                 f"{' '.join(lv['escaping'])} |")
+                 f"{describe_modes(lv['escaping'])} |")
     hl = g["hallucination"]
     lo = hl["leading_order"]
     L.append(f"\nHallucination stage at this alpha ({hl['method']}; visible when the loss is within "
@@ -90,3 +92,11 @@ def theory_markdown(g: dict) -> str:
 
 def _txt(x, fmt: str = ".4g") -> str:
     return "—" if x is None else format(x, fmt)
+
+
+def _list(xs, most: int = 24) -> str:
+    """Numbers joined by commas; long lists show the first and last few and say how many."""
+    f = [f"{x:.6g}" for x in xs]
+    if len(f) <= most:
+        return ", ".join(f)
+    return ", ".join(f[:8]) + f", ... ({len(f)} in all; every one in derivation.json) ..., " + ", ".join(f[-4:])
