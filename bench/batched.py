@@ -28,8 +28,9 @@ def main(argv=None):
     p.add_argument("--R", type=int, default=4, help="relations (default 4)")
     p.add_argument("--D", type=int, default=8, help="answers per relation (default 8)")
     p.add_argument("--alpha", type=float, default=1e-5, help="balanced initialization scale (default 1e-5)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads for the batched run (default 0 = torch's default, all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the batched run (default: one below 200,000 batched state entries, "
+                        "as run_flow; 0 = torch's default, all cores)")
     p.add_argument("--singles", type=int, default=None,
                    help="how many of the flows to also run one after another with run_flow (default: all n; "
                         "their rate is flows per second over these)")

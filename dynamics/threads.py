@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+SINGLE_THREAD_BELOW = 200_000  # state entries: below, one thread (spin-waiting threads cost more than they give)
+
 
 class torch_threads:
     """Context manager: torch intra-op threads set to ``n`` (0: unchanged), restored on exit."""
