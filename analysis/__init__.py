@@ -6,6 +6,8 @@ sympy), so ``import analysis`` and the command lines' ``--help`` stay cheap:
 
     from analysis import analyze_flow            # integrate the exact flow and find its phases
     from analysis import phase_times, escape_rates, hallucination_stage_exists, run_reduced
+    from analysis import staircase, hallucination, origin_rates   # any fact weights (beyond uniform data)
+    from analysis import run_grid, SweepSpec                      # resumable sweeps on Dask
 """
 from common.lazy import lazy_exports
 
@@ -22,6 +24,12 @@ _LAZY = {
     "run_sweep": "sweep", "SweepResult": "sweep", "derive_reduction": "derive", "DeriveResult": "derive", "summarize_training": "training", "history_columns": "training",
     "analyze_training": "training", "TrainingResult": "training",
     "analyze_experiment": "experiment", "ExperimentResult": "experiment", "experiment_phases": "experiment",
+    "SweepSpec": "runner", "GridResult": "runner", "BandsResult": "runner", "run_grid": "runner",
+    "run_tasks": "runner", "training_bands": "runner", "product_grid": "runner", "parse_axis": "runner",
+    "origin_rates": "escape", "rates_at": "escape", "jacobian_rates": "escape",
+    "staircase": "staircase", "escape_schedule": "staircase", "Staircase": "staircase",
+    "hallucination": "hallucination", "general_theory": "theory",
+    "LumpedFlow": "lumped", "run_lumped": "lumped", "find_classes": "lumped",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _LAZY)

@@ -16,7 +16,8 @@ from .version import __version__
 
 # console command -> module of every program ([project.scripts] in pyproject.toml is the same table; tested)
 PROGRAMS = {"frd-flow": "dynamics.run", "frd-train": "models.train", "frd-derive": "analysis.derive",
-            "frd-sweep": "analysis.sweep", "frd-paper": "figures.paper", "frd-experiment": "dynamics.experiment"}
+            "frd-sweep": "analysis.sweep", "frd-paper": "figures.paper", "frd-experiment": "dynamics.experiment",
+            "frd-grid": "analysis.grid"}
 
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_UNFINISHED = 0, 2, 3

@@ -89,6 +89,15 @@ def build_parser() -> ArgumentParser:
                    "(a denser --eval-every can only raise it) and overlay it")
     o.add_argument("--no-plots", action="store_true", help="skip loss.png / loss.pdf")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train N seeds (--seed, --seed + 1, ...) through the sweep runner (analysis.grid) and write "
+                        "results.jsonl / results.csv (one row per seed), bands.csv and bands.png (mean, std, min, max "
+                        "over seeds; model 1 around the exact flow, model 2 with its confirmation verdict per seed "
+                        "and overall) into --out, which is resumable: the same command again continues (default 1: "
+                        "one run, the files above)")
+    o.add_argument("--workers", type=int, default=None, metavar="W",
+                   help="with --seeds: local worker processes (default one per CPU core; 1: one seed after another "
+                        "in this process)")
     o.add_argument("--out", default=None, metavar="DIR",
                    help="output folder, created as a whole when the run ends (default "
                         "runs/train-{model}-S{S}-R{R}-D{D} plus every result-changing setting that differs from "
@@ -130,7 +139,7 @@ def default_out_dir(args, parser=None) -> str:
     """runs/train-{model}-S{S}-R{R}-D{D} plus ``-<setting>`` for every result-changing option not at its
     default (threads and CUDA graphs change the speed, not the result, and are left out)."""
     return default_out(f"runs/train-{args.model}-S{args.S}-R{args.R}-D{args.D}", parser or build_parser(), args,
-                       skip=("S", "R", "D", "model", "threads", "no_cuda_graph"), labels=OUT_LABELS,
+                       skip=("S", "R", "D", "model", "threads", "no_cuda_graph", "workers"), labels=OUT_LABELS,
                        first=("optimizer",))
 
 
@@ -145,6 +154,8 @@ def main(argv=None) -> int:
     if a.experiment is not None:
         return run_experiment_file(a, parser)
     config = config_from_args(a)
+    if a.seeds != 1:
+        return run_seeds(a, parser, config)
     config.check_memory(compare_flow=a.compare_flow)  # estimated from the configuration, before allocating
     a.out = a.out or default_out_dir(a, parser)
     check_out(a.out, overwrite=a.overwrite)  # before any computation
@@ -179,6 +190,37 @@ def main(argv=None) -> int:
             why = (f"the loss became non-finite or grew above 100 x its start at step {k} of {config.steps} "
                    f"(lr {config.lr:g}); try a smaller --lr; the history up to there is in {a.out}")
         sys.stderr.write(f"error: training diverged: {why}\n")
+        return EXIT_UNFINISHED
+    return 0
+
+
+def run_seeds(a, parser, config) -> int:
+    """--seeds N: the configuration with seeds --seed .. --seed + N - 1 through analysis.runner (resumable)."""
+    from analysis.runner import SweepSpec, config_fields, run_grid
+    from common.errors import check_int
+
+    n = check_int("seeds", a.seeds, 1, 100_000)
+    if a.workers is not None:
+        check_int("workers", a.workers, 1, 4096)
+    config.check_memory(compare_flow=a.compare_flow)
+    out = a.out or default_out_dir(a, parser)
+    base = config_fields("train", config, compare_flow=a.compare_flow)
+    base.pop("seed")
+    spec = SweepSpec(kind="train", base=base, grid=tuple({"seed": config.seed + k} for k in range(n)), out=out)
+    res = run_grid(spec, workers=a.workers, progress=None if not a.quiet else False, overwrite=a.overwrite,
+                   plots=not a.no_plots)
+    print(f"{n} seeds: {res.summary_line()}")
+    for g in (res.bands.groups if res.bands is not None else []):
+        if g.get("mean_flow_gap") is not None:
+            print(f"max |mean L - L_flow| = {g['mean_flow_gap']:.4f}; the flow lies inside the seeds' min-max at "
+                  f"{100 * g['inside_minmax']:.0f} % of evaluations")
+        if g.get("verdicts") is not None:
+            print("confirmed: " + ", ".join(f"seed {v['seed']} {v['confirmed']}" for v in g["verdicts"])
+                  + f"; overall {g['overall']} ({g['n_confirmed']}/{len(g['verdicts'])})")
+    print(f"wrote {out}")
+    if res.failed_rows or any(r.get("run_status") == "diverged" for r in res.rows):
+        sys.stderr.write(f"error: {len(res.failed_rows)} seed(s) failed and "
+                         f"{sum(r.get('run_status') == 'diverged' for r in res.rows)} diverged (see {out}/results.csv)\n")
         return EXIT_UNFINISHED
     return 0
 

@@ -1,0 +1,233 @@
+"""Command line: sweeps of flows, training runs or experiments over a grid of configuration fields, on Dask,
+resumable (analysis.runner).
+
+    python -m analysis.grid flow --S 16 --R 4 --D 8 --grid alpha=1e-5,1e-4 --grid seed=0:8 --facts balanced \\
+        --out runs/grid
+    python -m analysis.grid train --model linear --steps 8192 --compare-flow --grid seed=0:8 --out runs/sgd-seeds
+    python -m analysis.grid experiment experiments/finetune.toml --grid alpha=1e-5,1e-3 --out runs/exp-grid
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from common.cli import EXIT_UNFINISHED, ArgumentParser, guarded, program_name
+
+GRID_HELP = """\
+The grid: every --grid NAME=VALUES adds an axis and the runs are all combinations (the last axis varies
+fastest); --list FILE gives the runs one by one instead (a JSON list of objects, JSON lines, or a CSV with a
+header of field names); both together: every listed run with every grid combination. VALUES is one of
+  a,b,c               a list: alpha=1e-5,1e-4   facts=balanced,random   compare_flow=true,false
+  LO:HI[:STEP]        the integers range(LO, HI, STEP): seed=0:8 is 0, 1, ..., 7
+  log:LO:HI:COUNT     COUNT log-spaced numbers from LO to HI: alpha=log:1e-6:1e-2:5
+  lin:LO:HI:COUNT     COUNT evenly spaced numbers: lr=lin:0.05:0.2:4
+NAME is a configuration field: flow: S, R, D, T, N, facts, seed (the fact table's), zipf_subjects,
+zipf_relations, alpha, init, rtol, atol, t_max, eps_conv, max_steps, method, ... (dynamics.FlowConfig,
+models.TaskConfig); train: model, optimizer, lr, batch, steps, seed, init, init_scale, d, eval_every,
+eval_size, task_seed, compare_flow, ... (dynamics.TrainConfig); experiment: the file's [task] and [flow]
+keys. --set NAME=VALUE sets any field for every run (the flags --S, --alpha, ... are shorthands).
+
+The sweep folder --out: spec.json; results.jsonl (one line per finished run, appended as it ends: index, key,
+status done/failed, error, the grid fields and the run's numbers; a training run's history too);
+results.csv (the same rows, one per run, rewritten at the end); runs/<key>/ with --keep-runs; for train,
+bands.csv / bands.json / bands.png (mean, std, min, max over seeds of every history column; model 1 around
+the exact flow, model 2 with its confirmation verdict per seed and overall). Running the same command again
+continues: runs already recorded are skipped (after a crash, a killed worker or Ctrl-C), so nothing is lost.
+A different spec in the same --out is refused (naming the difference) unless --overwrite.
+
+A run that fails is recorded with its one-line error and the sweep goes on; a run whose worker process dies
+is retried once, then recorded failed. Each run's memory is estimated before submission and a run no worker
+can hold is refused (exit status 2). Exit status: 0 every run done; 2 bad input (one line, nothing run);
+3 some run failed (results written); 130 SIGINT (Ctrl-C; recorded runs are kept), 143 SIGTERM, 129 SIGHUP."""
+
+FLOW_FLAGS = (("--S", "S", int, "subjects"), ("--R", "R", int, "relations"), ("--D", "D", int,
+              "answers per relation"), ("--T", "T", int, "sequence length"), ("--N", "N", int, "noise tokens"),
+              ("--facts", "facts", str, "fact table: structured, balanced or random"),
+              ("--seed", "seed", int, "seed of the balanced/random fact table"),
+              ("--alpha", "alpha", float, "initialization scale"), ("--init", "init", str, "balanced or uniform"),
+              ("--rtol", "rtol", float, "solver rtol"), ("--eps-conv", "eps_conv", float, "loss level of t3"),
+              ("--t-max", "t_max", float, "longest flow time"), ("--max-steps", "max_steps", int,
+              "solver step budget"))
+TRAIN_FLAGS = (("--S", "S", int, "subjects"), ("--R", "R", int, "relations"), ("--D", "D", int,
+               "answers per relation"), ("--T", "T", int, "sequence length"), ("--N", "N", int, "noise tokens"),
+               ("--facts", "facts", str, "fact table: structured, balanced or random"),
+               ("--task-seed", "task_seed", int, "seed of the balanced/random fact table"),
+               ("--model", "model", str, "linear (model 1) or softmax (model 2)"),
+               ("--optimizer", "optimizer", str, "gd, sgd or adam"), ("--lr", "lr", float, "step size"),
+               ("--batch", "batch", int, "sequences per step"), ("--steps", "steps", int, "optimizer steps"),
+               ("--init", "init", str, "model 1's init: uniform or balanced"),
+               ("--init-scale", "init_scale", float, "init scale"),
+               ("--d", "d", int, "model 2's embedding dimension"),
+               ("--seed", "seed", int, "seed of sampling, embeddings and init (sweep it with --grid seed=0:8)"),
+               ("--eval-every", "eval_every", int, "evaluate every this many steps"),
+               ("--eval-geometric", "eval_geometric", int, "evaluations per doubling of the step count"),
+               ("--eval-size", "eval_size", int, "held-out sequences"),
+               ("--eps-conv", "eps_conv", float, "loss that counts as converged"),
+               ("--device", "device", str, "auto, cpu or cuda[:i]"))
+EXPERIMENT_FLAGS = (("--S", "S", int, "subjects"), ("--R", "R", int, "relations"),
+                    ("--D", "D", int, "answers per relation"), ("--alpha", "alpha", float, "initialization scale"))
+FLAGS = {"flow": FLOW_FLAGS, "train": TRAIN_FLAGS, "experiment": EXPERIMENT_FLAGS}
+
+
+def _common(p, kind: str) -> None:
+    g = p.add_argument_group("configuration (unset fields keep the configuration's defaults: FlowConfig's, TrainConfig's "
+                             "(steps 1000, eval_every 50, init_scale 1e-5 for both models, unlike frd-train) or "
+                             "the experiment file's)")
+    for flag, dest, typ, text in FLAGS[kind]:
+        g.add_argument(flag, dest=f"field_{dest}", type=typ, default=None, metavar=dest.upper() if
+                       typ is not str else "X", help=f"{text} (field {dest}; default: the configuration's)")
+    if kind == "train":
+        g.add_argument("--compare-flow", dest="field_compare_flow", action="store_const", const=True, default=None,
+                       help="model 1: pair every run with the exact flow from its init (flow_gap; the bands get "
+                            "the flow's loss at every evaluation)")
+    g.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="set any field for every run (repeatable): --set rtol=1e-10 --set zipf_subjects=1.0")
+    s = p.add_argument_group("grid")
+    s.add_argument("--grid", action="append", default=[], metavar="NAME=VALUES",
+                   help="an axis of the grid (repeatable; see the grid syntax below)")
+    s.add_argument("--list", default=None, metavar="FILE",
+                   help="the runs as a list: JSON (list of objects), JSON lines or CSV (header = field names)")
+    if kind == "flow":
+        s.add_argument("--batch-flows", type=int, default=1, metavar="B",
+                       help="integrate up to B flows of one shape per task with the batched solver "
+                            "(dynamics.run_flows_batched: native dopri5, float64; phase times and step counts "
+                            "only, equal to the single runs to ~1e-15 relative) (default 1: one run per task)")
+    x = p.add_argument_group("execution")
+    x.add_argument("--scheduler", default="local", metavar="local|tcp://HOST:PORT",
+                   help="local (default): a Dask LocalCluster on this machine, --workers processes of one thread; "
+                        "tcp://HOST:8786: a running Dask scheduler (dask scheduler / dask worker, dask-jobqueue)")
+    x.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local worker processes (default: one per CPU core); 1 runs in this process, one run "
+                        "after another, without Dask (for debugging)")
+    x.add_argument("--max-runs", type=int, default=None, metavar="N",
+                   help="run at most N of the runs not yet recorded, then stop (re-run to continue)")
+    x.add_argument("--retry-failed", action="store_true",
+                   help="run again the runs recorded as failed (default: they are skipped like done ones)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default=None, metavar="DIR",
+                   help=f"the sweep folder (default runs/grid-{kind}); the same command again continues the sweep")
+    add_overwrite_sweep(o)
+    o.add_argument("--keep-runs", action="store_true",
+                   help="also write each run's own folder out/runs/<key>/ (results.json and its trajectory or "
+                        "history)")
+    o.add_argument("--no-plots", action="store_true", help="skip the bands figure (train)")
+    o.add_argument("--quiet", action="store_true", help="no progress and no summary")
+
+
+def add_overwrite_sweep(group) -> None:
+    group.add_argument("--overwrite", action="store_true",
+                       help="start over: an --out holding another sweep (or other files) is emptied first; "
+                            "without it a different spec, or a non-empty folder that holds no sweep, is refused")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=program_name("analysis.grid"), formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Sweep flows, training runs or experiments over a grid of configuration fields "
+                                   "on Dask (a local cluster or a running one), resumable: each finished run is "
+                                   "recorded at once, and the same command again continues where it stopped.",
+                       epilog=GRID_HELP)
+    sub = p.add_subparsers(dest="kind", metavar="{flow,train,experiment}",
+                           parser_class=lambda **kw: ArgumentParser(
+                               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GRID_HELP, **kw))
+    f = sub.add_parser("flow", help="exact gradient flows of model 1 (dynamics.FlowConfig; phases, plateau, "
+                                    "conservation, solver counts per run)",
+                       description="Sweep exact gradient flows (analysis.analyze_flow per run).")
+    _common(f, "flow")
+    t = sub.add_parser("train", help="training runs of model 1 or 2 (dynamics.TrainConfig); bands over seeds",
+                       description="Sweep training runs (analysis.analyze_training per run); bands over seeds.")
+    _common(t, "train")
+    e = sub.add_parser("experiment", help="multi-stage experiments from a TOML file (phase times per stage and "
+                                          "set)", description="Sweep an experiment file's [task] and [flow] keys.")
+    e.add_argument("file", metavar="FILE", help="the experiment file (the format of frd-experiment --help)")
+    _common(e, "experiment")
+    return p
+
+
+def _fields(a, kind: str) -> dict:
+    from common.errors import ConfigError
+
+    from .runner import parse_value
+
+    base = {}
+    for flag, dest, _, _ in FLAGS[kind] + ((None, "compare_flow", None, None),):
+        v = getattr(a, f"field_{dest}", None)
+        if v is not None:
+            base[dest] = v
+    for item in a.set:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ConfigError(f"--set {item!r} is not NAME=VALUE")
+        base[name.strip()] = parse_value(value)
+    return base
+
+
+@guarded
+def main(argv=None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.kind is None:
+        parser.error("choose what to sweep: flow, train or experiment (see --help)")
+    # heavy imports (torch, dask, matplotlib) only after parsing: --help, --version and bad flags answer at once
+    from common.errors import ConfigError, check_int
+
+    from .runner import SweepSpec, canonical_name, parse_axis, product_grid, read_run_list, run_grid
+
+    base = _fields(a, a.kind)
+    axes = [parse_axis(x) for x in a.grid]
+    grid = product_grid(axes)
+    if a.list is not None:
+        listed = read_run_list(a.list)
+        grid = [{**row, **g} for row in listed for g in grid]
+    swept = {canonical_name(a.kind, k) for g in grid for k in g}
+    for name in base:  # a field set for every run and swept too: say so instead of letting the grid win silently
+        if canonical_name(a.kind, name) in swept:
+            raise ConfigError(f"field {name!r} is set for every run (flag or --set) and swept by the grid; "
+                              "give it in one place")
+    if a.workers is not None:
+        check_int("workers", a.workers, 1, 4096)
+    if a.max_runs is not None:
+        check_int("max_runs", a.max_runs, 0)
+    out = a.out or f"runs/grid-{a.kind}"
+    spec = SweepSpec(kind=a.kind, base=base, grid=tuple(grid), out=out,
+                     experiment_file=getattr(a, "file", None), batch=getattr(a, "batch_flows", 1),
+                     keep_runs=a.keep_runs)
+    try:
+        result = run_grid(spec, scheduler=a.scheduler, workers=a.workers, progress=None if not a.quiet else False,
+                           max_runs=a.max_runs, retry_failed=a.retry_failed, overwrite=a.overwrite,
+                           plots=not a.no_plots)
+    except KeyboardInterrupt as exc:
+        jsonl = os.path.join(out, "results.jsonl")
+        if os.path.isfile(jsonl):
+            sys.stderr.write(f"interrupted; the runs finished so far are recorded in {jsonl} (and {out}/results.csv); "
+                             "run the same command again to continue\n")
+            return getattr(exc, "exit_status", 130)
+        raise
+    if not a.quiet:
+        print(f"{a.kind} sweep: {result.summary_line()}")
+        if result.bands is not None:
+            for g in result.bands.groups:
+                line = f"bands [{g['label']}]: {len(g['seeds'])} seeds"
+                if g.get("mean_flow_gap") is not None:
+                    line += (f", max |mean L - L_flow| = {g['mean_flow_gap']:.4f}, flow inside the seeds' min-max at "
+                             f"{100 * g['inside_minmax']:.0f} % of evaluations")
+                if g.get("verdicts") is not None:
+                    per = ", ".join(f"seed {v['seed']} {'confirmed' if v['confirmed'] else 'not confirmed'}"
+                                    for v in g["verdicts"])
+                    line += (f"; {per}; overall {'confirmed' if g['overall'] else 'not confirmed'} "
+                             f"({g['n_confirmed']}/{len(g['verdicts'])})")
+                print(line)
+        print(f"wrote {out}/results.jsonl, results.csv" + (", bands.csv, bands.json" if result.bands is not None
+                                                          else "")
+              + (", bands.png" if result.bands is not None and not a.no_plots else ""))
+    failed = result.failed_rows
+    if failed:
+        first = failed[0]
+        sys.stderr.write(f"error: {len(failed)} run(s) failed (status failed in {out}/results.csv); first: run "
+                         f"{first['index']}: {first.get('error', '')}\n")
+        return EXIT_UNFINISHED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
