@@ -13,6 +13,7 @@ import os
 import sys
 
 from common.cli import EXIT_UNFINISHED, ArgumentParser, guarded, program_name
+from common.signals import import_native
 
 GRID_HELP = """\
 The grid: every --grid NAME=VALUES adds an axis and the runs are all combinations (the last axis varies
@@ -166,6 +167,7 @@ def _fields(a, kind: str) -> dict:
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    import_native("torch")  # a signal during torch's import would abort in C++: held back
     if a.kind is None:
         parser.error("choose what to sweep: flow, train or experiment (see --help)")
     # heavy imports (torch, dask, matplotlib) only after parsing: --help, --version and bad flags answer at once

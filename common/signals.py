@@ -80,3 +80,18 @@ def handling_signals():
         for s, old in previous.items():
             signal.signal(s, old if old is not None else signal.SIG_DFL)
         _State.installed, _State.depth, _State.pending, _State.raised = saved
+
+
+def import_native(*modules: str) -> None:
+    """Import ``modules`` (torch, say) with SIGINT/SIGTERM/SIGHUP held back until they are loaded.
+
+    Inside :func:`handling_signals` a signal raises :class:`Interrupted` in whatever Python frame runs; during
+    torch's import that frame is called from C++ (pybind11), where the exception cannot propagate and the
+    process aborts with "terminate called after throwing an instance of 'pybind11::error_already_set'".
+    Held back, the signal is raised as soon as the import is done, and the program exits as for any signal.
+    """
+    import importlib
+
+    with critical_section():
+        for name in modules:
+            importlib.import_module(name)

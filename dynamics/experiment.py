@@ -10,6 +10,7 @@ import sys
 
 from common.cli import EXIT_CODES_EPILOG, EXIT_UNFINISHED, ArgumentParser, add_overwrite, guarded, program_name
 from common.errors import ConfigError
+from common.signals import import_native
 
 FORMAT = """experiment file (TOML); every table but [[stages]] is optional:
 
@@ -125,6 +126,7 @@ def summary(result) -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import_native("torch")  # a signal during torch's import would abort in C++: held back
     from common.io import check_out
 
     from .experiment_file import load_experiment

@@ -9,6 +9,7 @@ import sys
 
 from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, default_out, guarded, program_name
 from common.io import check_out
+from common.signals import import_native
 from models.task import FACT_KINDS, TaskConfig
 
 # torch-free: the parser is built and the arguments parsed (--help, --version, errors) before torch loads
@@ -146,6 +147,7 @@ def summary(result) -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import_native("torch")  # a signal during torch's import would abort in C++: held back
     config = config_from_args(args)
     from analysis.reduced_flow import check_reduced_memory, run_mode
 

@@ -19,6 +19,7 @@ import sys
 from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, guarded, program_name
 from common.errors import check_int, check_positive
 from common.io import check_out, output_dir, save_figure, write_json
+from common.signals import import_native
 from models.task import TaskConfig
 
 
@@ -104,6 +105,7 @@ def step_axis(ax, steps, t1, t2, t3, eval_every: int) -> float | None:
 @guarded
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    import_native("torch")  # a signal during torch's import would abort in C++: held back
     check_out(a.out, overwrite=a.overwrite)  # before any computation
     # heavy imports (torch, matplotlib) only after parsing: --help, --version and bad flags answer at once
     import matplotlib

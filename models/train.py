@@ -24,6 +24,7 @@ from common.cli import (EXIT_UNFINISHED, ArgumentParser, add_overwrite, default_
                         program_name)
 from common.errors import ConfigError, check_int, check_positive
 from common.io import check_out
+from common.signals import import_native
 # torch-free: the parser is built and the arguments parsed (--help, --version, errors) before torch loads
 from dynamics.choices import INITS, MODELS, OPTIMIZERS
 
@@ -147,6 +148,7 @@ def default_out_dir(args, parser=None) -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    import_native("torch")  # a signal during torch's import would abort in C++: held back
     # heavy imports (torch) only after parsing: --help, --version and bad flags answer at once
     from analysis.training import analyze_training
     from dynamics import resolve_device

@@ -17,6 +17,12 @@ from common.errors import ConfigError
 from common.io import check_out, completed_outputs, output_dir, output_file, write_json, write_text
 from common.signals import Interrupted, critical_section, handling_signals
 
+# A shell runs an asynchronous command without job control (`( cmd & )`) with SIGINT ignored; the programs keep
+# an ignored signal ignored by design (nohup), and children inherit it, so the SIGINT cases cannot be observed.
+SIGINT_IGNORED = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+SKIP_IF_SIGINT_IGNORED = pytest.mark.skipif(SIGINT_IGNORED, reason="SIGINT is ignored in this test process "
+                                                                   "(started in the background without job control)")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOW_FILES = {"results.json", "trajectory.csv", "loss.png", "loss.pdf", "invariant.png"}
 
@@ -202,6 +208,7 @@ def test_signal_inside_a_critical_section_waits_for_its_end():
     assert signal.getsignal(signal.SIGTERM) is before  # restored
 
 
+@SKIP_IF_SIGINT_IGNORED
 def test_second_signal_does_not_cut_the_cleanup():
     order = []
     with pytest.raises(Interrupted) as exc:
@@ -367,6 +374,8 @@ SIGNAL_CASES = [(sig, phase, overwrite, delay)
                          ids=[f"{signal.Signals(s).name}-{ph}-{'overwrite' if o else 'new'}-{d}"
                               for s, ph, o, d in SIGNAL_CASES])
 def test_signal_leaves_complete_new_folder_or_nothing(tmp_path, sig, phase, overwrite, delay):
+    if sig == signal.SIGINT and SIGINT_IGNORED:
+        pytest.skip("SIGINT is ignored in this test process (started in the background without job control)")
     rc, err, out = _signal_run(tmp_path, sig, phase, overwrite, delay)
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
     assert hidden(tmp_path) == [], "temporary folders left behind"
@@ -379,3 +388,19 @@ def test_signal_leaves_complete_new_folder_or_nothing(tmp_path, sig, phase, over
         json.loads((out / "results.json").read_text())
     if phase == "integration" or delay == 0:  # signalled well inside integration, or as the writing starts
         assert rc == 128 + sig and err == "interrupted; nothing was written\n"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc to see when the handler is installed")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_while_torch_imports_exits_cleanly(tmp_path, sig):
+    """A signal right after the handler is installed lands while torch is importing: held back until the import is
+    done (common.signals.import_native), then the program stops as for any signal. Seen once without the hold (a
+    loaded machine, SIGTERM 0.4 s after the handler): the handler ran in a Python frame called from C++ during
+    torch's import and the process aborted with "terminate called after throwing ... pybind11::error_already_set".
+    That frame is hit only by chance, so this test checks the clean exit at startup, not the race itself."""
+    if sig == signal.SIGINT and SIGINT_IGNORED:
+        pytest.skip("SIGINT is ignored in this test process (started in the background without job control)")
+    rc, err, out = _signal_run(tmp_path, sig, "integration", False, 0.0)
+    assert "terminate called" not in err and "Traceback" not in err, err
+    assert rc == 128 + sig and err == "interrupted; nothing was written\n", (rc, err)
+    assert not out.exists() and hidden(tmp_path) == []
