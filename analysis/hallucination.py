@@ -43,9 +43,9 @@ from .staircase import RESOLVED_EFOLDS, escape_schedule, pick_method
 RHO = 0.1  # visibility: the loss within 10 % of H(A|R) while the relation-only loss is within 10 % of 0
 
 
-def leading_order(task, weights, alpha: float) -> dict:
+def leading_order(task, weights, alpha: float, *, schedule: list | None = None) -> dict:
     """The leading-order view of the stage from the escape schedule (module docstring)."""
-    sched = escape_schedule(task, weights, alpha)
+    sched = escape_schedule(task, weights, alpha) if schedule is None else schedule
     t_rel = t_sub = None
     k_rel = None
     for k, st in enumerate(sched):
@@ -101,19 +101,20 @@ def _stage(rel_at, loss_at, ts: np.ndarray, H: float, rho: float) -> dict:
 
 
 def hallucination(task, weights=None, alpha: float = 1e-5, *, rho: float = RHO, exact: bool = True,
-                  flow_config=None, method: str = "auto") -> dict:
+                  flow_config=None, method: str = "auto", schedule: list | None = None) -> dict:
     """The hallucination stage at this alpha: a dict with ``visible``, ``duration`` (flow time), ``relation_loss``
     (nats), ``distance`` (d / H), ``H_A_given_R``, ``t_start``, ``t_end``, ``method`` and ``leading_order``.
 
     exact=False gives only the leading-order view (no integration); ``visible`` is then the leading-order one.
     method: ``auto`` (quadrature for uniform data, the symmetry-reduced flow for large flows it shrinks, else
     the full flow), ``quadrature``, ``reduced`` or ``full``; a ``flow_config`` means the full flow of it.
+    schedule: this configuration's staircase.escape_schedule, when the caller has it already.
     """
     w = task.fact_weights if weights is None else np.asarray(weights, dtype=np.float64)
     if not 0 < rho < 1:
         raise ValueError(f"rho = {rho!r}: the visibility level must lie in (0, 1)")
     H = task.entropy_given_relation(w)
-    lead = leading_order(task, w, alpha)
+    lead = leading_order(task, w, alpha, schedule=schedule)
     if not H > 0:  # every relation determines its answer: there is no stage to see (D = 1, say)
         lead["visible"] = False
     out = dict(H_A_given_R=H, rho=rho, leading_order=lead)

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.errors import ConfigError, check_choice, check_int
+from common.io import jsonable
 
 KINDS = ("flow", "train", "experiment")
 RESULTS_JSONL, RESULTS_CSV, SPEC_JSON = "results.jsonl", "results.csv", "spec.json"
@@ -290,24 +291,6 @@ def run_key(resolved: dict) -> str:
     JSON (sorted keys, no spaces)."""
     text = json.dumps(jsonable(resolved), sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def jsonable(x):
-    """numpy values as plain Python, non-finite floats as None, tuples as lists (for JSON)."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    return x
 
 
 # ----------------------------------------------------------------------------- the spec

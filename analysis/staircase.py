@@ -225,7 +225,7 @@ class Staircase:
                 for lv in self.levels]
 
 
-def _resolved(task, schedule: list, resolve: float) -> list:
+def _resolved(schedule: list, resolve: float) -> list:
     """Indices of the schedule's steps whose level is a resolved plateau (the last step always counts)."""
     keep = []
     for k, st in enumerate(schedule):
@@ -236,16 +236,17 @@ def _resolved(task, schedule: list, resolve: float) -> list:
 
 
 def staircase(task, weights=None, alpha: float = 1e-5, *, exact: bool = True, resolve: float = RESOLVED_EFOLDS,
-              flow_config=None, method: str = "auto") -> Staircase:
+              flow_config=None, method: str = "auto", schedule: list | None = None) -> Staircase:
     """The staircase of plateaus (module docstring). ``task``: a models.task.Task; ``weights`` (S, R) or None.
 
     exact: also compute each ``t_end`` on the exact flow (``flow_config``: the dynamics.FlowConfig to integrate
     when the two-mode reduction does not apply; by default the task's own config at this alpha).
+    schedule: this configuration's :func:`escape_schedule`, when the caller has it already.
     """
     w = task.fact_weights if weights is None else np.asarray(weights, dtype=np.float64)
-    sched = escape_schedule(task, w, alpha)
+    sched = escape_schedule(task, w, alpha) if schedule is None else schedule
     top = math.log(task.num_answers)
-    keep = _resolved(task, sched, resolve)
+    keep = _resolved(sched, resolve)
     levels_ = [top] + [sched[k].level for k in keep]
     eff = [math.inf] + [sched[k].efolds if k != len(sched) - 1 else math.inf for k in keep]
     # drop levels equal to the previous one (an escape that does not lower the loss)
@@ -321,20 +322,19 @@ def exact_crossings(task, weights, alpha: float, thresholds, *, flow_config=None
         return [None if x is None else float(x) for x in sol.events["loss"]], "symmetry-reduced flow"
     from dynamics import FlowConfig, run_flow
 
-    cfg = flow_config if flow_config is not None else FlowConfig(task=task.config, alpha=alpha)
-    if not np.allclose(weights, make_task_weights(cfg), rtol=1e-12, atol=1e-300):
-        raise ValueError("exact_crossings: the flow configuration's weights differ from the staircase's; pass the "
-                         "FlowConfig of the same task")
+    if flow_config is None:
+        cfg = FlowConfig(task=task.config, alpha=alpha)  # the task's own weights
+    else:
+        from models.task import make_task
+
+        cfg = flow_config
+        if not np.allclose(weights, make_task(cfg.task).fact_weights, rtol=1e-12, atol=1e-300):
+            raise ValueError("exact_crossings: the flow configuration's weights differ from the staircase's; pass "
+                             "the FlowConfig of the same task")
     lo = min(thr)
     cfg = _with_target(cfg, lo)
     run = run_flow(cfg, levels=tuple(thr))
     return [None if run.crossings.get(x) is None else float(run.crossings[x]) for x in thr], "full flow"
-
-
-def make_task_weights(cfg) -> np.ndarray:
-    from models.task import make_task
-
-    return make_task(cfg.task).fact_weights
 
 
 def _with_target(cfg, lowest: float):

@@ -234,7 +234,7 @@ def schedule_phase_times(config) -> dict:
     for k, theta in (("t1", 0.5 * (math.log(task.num_answers) + H)), ("t2", 0.5 * H), ("t3", config.eps_conv)):
         t = next((st.t for st in sched if st.level <= theta), None)
         out[k] = np.nan if t is None else t
-    out["hallucination_visible"] = bool(leading_order(task, w, config.alpha)["visible"]) and H > 0
+    out["hallucination_visible"] = bool(leading_order(task, w, config.alpha, schedule=sched)["visible"]) and H > 0
     return out
 
 
@@ -284,16 +284,15 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
         flow_progress = progress is not False and not sys.stderr.isatty()
         for i in full_idx:
             # off a terminal a long full run reports a line every ~30 s (dynamics.flow.FlowProgress)
-            res = analyze_flow(full_config(cols, i, facts=facts, seed=seed, zipf=zipf, eps_conv=eps_conv,
-                                           full_rtol=full_rtol), progress=flow_progress)
+            cfg = full_config(cols, i, facts=facts, seed=seed, zipf=zipf, eps_conv=eps_conv, full_rtol=full_rtol)
+            res = analyze_flow(cfg, progress=flow_progress)
             out["finished"][i] = float(res.status in ("converged", "t_max"))  # not max_steps / failed
             for k in ("t1", "t2", "t3"):
                 v = getattr(res.phases, k)
                 out[k][i] = np.nan if v is None else v
             if res.phases.plateau is not None:
                 out["plateau_loss"][i] = res.phases.plateau.loss
-            lead = schedule_phase_times(full_config(cols, i, facts=facts, seed=seed, zipf=zipf, eps_conv=eps_conv,
-                                                    full_rtol=full_rtol))
+            lead = schedule_phase_times(cfg)
             for k in ("t1", "t2", "t3"):
                 out[k + "_leading"][i] = lead[k]
             out["hallucination_visible_leading"][i] = float(lead["hallucination_visible"])

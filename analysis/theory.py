@@ -29,8 +29,8 @@ def general_theory(task_config, alpha: float, *, exact: bool = True, rho: float 
     w = task.fact_weights
     r = origin_rates(task, w)
     sched = escape_schedule(task, w, alpha)
-    sc = staircase(task, w, alpha, exact=exact)
-    hal = hallucination(task, w, alpha, rho=RHO if rho is None else rho, exact=exact)
+    sc = staircase(task, w, alpha, exact=exact, schedule=sched)  # one schedule for all three
+    hal = hallucination(task, w, alpha, rho=RHO if rho is None else rho, exact=exact, schedule=sched)
     lead = hal.pop("leading_order")
     errs = sc.leading_errors()
     f = product_rate_formulas()

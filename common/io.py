@@ -75,24 +75,27 @@ def write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-def _jsonable(x):
+def jsonable(x):
+    """numpy values as plain Python, non-finite floats as None, tuples as lists (for JSON)."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
     if isinstance(x, (np.floating, float)):
         x = float(x)
         return x if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
     return x
 
 
 def write_json(path: str, obj) -> None:
     """Write ``obj`` as indented JSON (numpy values converted, non-finite floats as null) atomically."""
-    write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    write_text(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
 def write_csv(path: str, columns: dict) -> None:
