@@ -112,6 +112,10 @@ class FlowMonitor:
         L = self.layout
         self.class_rows = dict(subject=slice(0, L.S), relation=slice(L.S, L.S + L.R),
                                noise=slice(L.noise, L.noise + 1), eos=slice(L.eos, L.eos + 1))
+        avg = torch.zeros(L.C, len(self.class_rows), dtype=obj.dtype, device=obj.device)  # (C, 4) class means
+        for j, sl in enumerate(self.class_rows.values()):
+            avg[sl, j] = 1.0 / (sl.stop - sl.start)
+        self._class_mean = avg
 
     def loss(self, t: float, y: torch.Tensor) -> float:
         # at a step's end the solver has just evaluated the right-hand side there (FSAL): reuse its forward pass
@@ -129,11 +133,11 @@ class FlowMonitor:
                    accuracy=m["accuracy"], hallucination_gap=m["hallucination_gap"], p_true=m["p_true"])
         row.update(self.state_columns(Wt, K))
         row["dloss_dt"] = m["dloss_dt"]
-        w2 = torch.linalg.vecdot(Wt, Wt)  # (C,) |W[:, z]|^2, one pass for every class
-        k2 = K * K
-        for name, sl in self.class_rows.items():
-            row[f"W_{name}"] = float(w2[sl].mean().sqrt())  # per-token RMS of |W[:, z]|
-            row[f"K_{name}"] = float(k2[sl].mean().sqrt())
+        sq = torch.stack((torch.linalg.vecdot(Wt, Wt), K * K))  # (2, C) |W[:, z]|^2 and K_z^2
+        (w_rms, k_rms) = (sq @ self._class_mean).sqrt_().tolist()  # per-token RMS in each class, one pass
+        for j, name in enumerate(self.class_rows):
+            row[f"W_{name}"] = w_rms[j]
+            row[f"K_{name}"] = k_rms[j]
         return row
 
     def state_columns(self, Wt, K) -> dict:

@@ -135,15 +135,22 @@ class PopulationObjective:
         return Es, Er, Zp
 
     def _target_logit(self, xs, ur):
-        a = self.answers  # (S, R)
-        return xs.gather(1, a) + ur.T.gather(0, a)  # (S, R) xi_sr(a*(s, r))
+        """(S, R) xi_sr(a*(s, r)), the target logits on the parts given (a new tensor)."""
+        ix = self._metric_indices()
+        return xs.view(-1).take(ix["ans_s"]).add_(ur.view(-1).take(ix["ans_r"]))
 
-    def _fact_losses(self, xs, ur, lse, ref):
+    def _fact_losses(self, xs, ur, lse, ref, out=None):
         """(S, R) per-fact cross-entropies lse - (target - ref) on relative logits (ref None: 0)."""
         target = self._target_logit(xs, ur)
         if ref is not None:
-            target = target - ref  # minus a gap of the same fact: no large numbers left
-        return lse - target
+            target.sub_(ref)  # minus a gap of the same fact: no large numbers left
+        return torch.sub(lse, target, out=out)
+
+    def _weighted(self, fact, weights=None) -> torch.Tensor:
+        """sum_sr w_sr fact_sr (0-d): the one reduction of per-fact losses into the loss (loss, RHS reuse, metrics)."""
+        # torch's sum reduces in cascades (error ~ log n ulp), BLAS dot accumulates in sequence (~ n ulp): at
+        # S*R ~ 3e4 facts that is 1e-13 against 1e-16 relative
+        return ((self.w if weights is None else weights) * fact).sum()
 
     def _log_normalisers(self, xs, ur, Zp):
         """(lse, ref) with log Z_sr = ref_sr + lse_sr relative to the shifted parts (ref None: 0).
@@ -160,7 +167,7 @@ class PopulationObjective:
         xs, ur = self._parts(Wt, K)
         _, _, Zp = self._normalise(xs, ur)
         lse, ref = self._log_normalisers(xs, ur, Zp)
-        return ((self.w if weights is None else weights) * self._fact_losses(xs, ur, lse, ref)).sum()
+        return self._weighted(self._fact_losses(xs, ur, lse, ref), weights)
 
     def _grad_u_into(self, Wt, K, G, need_loss: bool = True):
         """Fill G (C, |A|) with dL/du per real token; return the loss (0-d tensor, or None)."""
@@ -173,7 +180,8 @@ class PopulationObjective:
         L = self.layout
         S, R = L.S, L.R
         Gs, Gr = G[:S], G[S:S + R]  # views: (S, |A|), (R, |A|)
-        if bool((Zp > _TINY).all()):
+        self._zp_ok = bool((Zp > _TINY).all())
+        if self._zp_ok:
             M = self.w / Zp  # (S, R) p(s)q(r)/Z_sr
             torch.mm(M, Er, out=Gs).mul_(Es)  # (S, |A|) sum_r w_sr p_hat_sr(a)
             torch.mm(M.T, Es, out=Gr).mul_(Er)  # (R, |A|)
@@ -181,7 +189,7 @@ class PopulationObjective:
         else:
             self.fallbacks += 1
             lse, ref = self._direct(xs, ur, Gs, Gr)
-        loss = (self.w * self._fact_losses(xs, ur, lse, ref)).sum() if need_loss else None
+        loss = self._weighted(self._fact_losses(xs, ur, lse, ref)) if need_loss else None
         Gs.view(-1).index_add_(0, self._ys_idx, self._neg_w)  # - Ys
         Gr.view(-1).index_add_(0, self._yr_idx, self._neg_w)  # - Yr
         torch.sum(Gs, 0, out=G[L.eos])  # (|A|,) EOS is in every sequence
@@ -218,7 +226,8 @@ class PopulationObjective:
         # keep the relative logits and normalisers of this state (references, no copy) until the next evaluation:
         # a solver's last evaluation of a step is at the step's end, where the loss is asked for next
         # (:meth:`loss_at_last_rhs`)
-        self._rhs_last = (y, y.data_ptr(), _version(y), y[:: max(1, y.numel() // 61)].clone(), xs, ur, Zp)
+        self._rhs_last = (y, y.data_ptr(), _version(y), y[:: max(1, y.numel() // 61)].clone(), xs, ur, Zp,
+                          self._zp_ok)
         if out is None:
             out = torch.empty_like(y)
         dW, dK = L.unpack(out)
@@ -238,10 +247,10 @@ class PopulationObjective:
         last = getattr(self, "_rhs_last", None)
         if last is None or last[0] is not y or y.data_ptr() != last[1] or last[2] is None or _version(y) != last[2]:
             return None  # inference tensors carry no version counter: no proof of "unchanged", no reuse
-        _, _, _, sample, xs, ur, Zp = last
-        if not torch.equal(y[:: max(1, y.numel() // 61)], sample) or not bool((Zp > _TINY).all()):
+        _, _, _, sample, xs, ur, Zp, zp_ok = last
+        if not zp_ok or not torch.equal(y[:: max(1, y.numel() // 61)], sample):
             return None
-        return (self.w * self._fact_losses(xs, ur, torch.log(Zp), None)).sum()
+        return self._weighted(self._fact_losses(xs, ur, torch.log(Zp), None))
 
     def loss_rate(self, Wt, K):
         """(loss, dL/dt) along the exact flow: dL/dt = -sum over all real tokens of |grad|^2.
@@ -305,6 +314,29 @@ class PopulationObjective:
         return EvalSet(w=torch.as_tensor(np.array(v), **kw), P_own=torch.as_tensor(P[own].reshape(R, D), **kw),
                        negH=torch.as_tensor(negH, **kw), H_A_given_R=float(-(v.sum(0) @ negH)))
 
+    def _metric_indices(self):
+        """Flat index tensors of the metrics' fast path (built once; they depend only on the task).
+
+        own (R, D): ur.view(-1)[own] is relation r's logits on its own block; ans_s (S, R): xs.view(-1)[ans_s] is
+        xs[s, a*(s, r)]; ans_r (S, R): ur.view(-1)[ans_r] is ur[r, a*(s, r)];
+        ans_flat (S*R,): the true answers a*(s, r) in row-major order; blk_ans (S*R,): the true answers' places in an
+        (S, R, D) block array; ar: arange(R); diag (R, R): -inf on the diagonal, 0 off it.
+        """
+        idx = getattr(self, "_midx", None)
+        if idx is None:
+            S, R, D, A = self.task.S, self.task.R, self.task.D, self.task.num_answers
+            dev = self.device
+            a = self.answers  # (S, R)
+            r = torch.arange(R, device=dev)
+            s = torch.arange(S, device=dev)
+            idx = dict(own=r[:, None] * (A + D) + torch.arange(D, device=dev)[None, :],  # (R, D) r*A + r*D + d
+                       ans_s=s[:, None] * A + a, ans_r=r[None, :] * A + a,
+                       ans_flat=a.reshape(-1),
+                       blk_ans=((s[:, None] * R + r[None, :]) * D + (a - r[None, :] * D)).reshape(-1),
+                       ar=r, diag=torch.diag(torch.full((R,), -math.inf, dtype=self.dtype, device=dev)))  # (R, R)
+            self._midx = idx
+        return idx
+
     @torch.no_grad()
     def metrics(self, Wt, K, *, accuracy: bool = True, sets: dict | None = None, rate: bool = False) -> dict:
         """Loss, relation-only loss, subject-only loss, hallucination gap, p_true and accuracy (SPEC §3).
@@ -315,57 +347,70 @@ class PopulationObjective:
         as correct when its true answer's logit is strictly the largest. ``rate``: also ``dloss_dt``, the
         training loss's rate along the exact flow (as :meth:`loss_rate`), from the same exponentials
         (a monitor row then costs about one right-hand side instead of three).
+
+        The per-fact quantities are rows of one (5, S, R) array reduced by one matrix-vector product per set:
+        a monitor row is dominated by the number of tensor operations at moderate sizes, not by arithmetic.
         """
         S, R, D = self.task.S, self.task.R, self.task.D
+        ix = self._metric_indices()
         xs, ur = self._parts(Wt, K)
         Es, Er, Zp = self._normalise(xs, ur)  # from here on xs, ur are relative logits
         dloss_dt = None
         if rate:  # the gradient pass reads xs, ur, Es, Er, Zp and writes only G
             G = self._buffer("_G", (self.layout.C, self.layout.A))
             self._grad_from(xs, ur, Es, Er, Zp, G, need_loss=False)
-            dloss_dt = float(self._rate_from_grad(Wt, K, G))
+            dloss_dt = self._rate_from_grad(Wt, K, G)
         lse, ref = self._log_normalisers(xs, ur, Zp)  # log Z_sr = ref_sr + lse_sr (ref None: 0)
-        fact = self._fact_losses(xs, ur, lse, ref)  # (S, R)
-        ar = torch.arange(R, device=xs.device)
-        ur_own = ur.view(R, R, D)[ar, ar]  # (R, D) relation r's logits on its own block
-        a = self.answers  # (S, R')
-        relation = subject = None
+        F = self._buffer("_facts5", (5, S, R))  # fact, relation, subject, p_true, correct
+        fact = self._fact_losses(xs, ur, lse, ref, out=F[0])  # (S, R) per-fact cross-entropy
+        ur_own = ur.view(-1).take(ix["own"])  # (R, D) relation r's logits on its own block
+        done = False
         if ref is None:
             # Fast path: the masses are sums of products of the exponentials already at hand (no new exp):
             # relation r's block, sum_{a in A_r} Es[s, a] Er[r, a], and subject s's answers,
             # sum_r' Es[s, a*(s, r')] Er[r, a*(s, r')] (the R answers are distinct: blocks are disjoint).
-            mass_r = torch.einsum("srd,rd->sr", Es.view(S, R, D), Er.view(R, R, D)[ar, ar])  # (S, R)
-            mass_s = torch.einsum("sq,rsq->sr", Es.gather(1, a), Er[:, a])  # (S, R)
-            if bool((mass_r > _TINY).all()) and bool((mass_s > _TINY).all()):
-                relation = lse - torch.log(mass_r)  # (S, R)
-                subject = lse - torch.log(mass_s)  # (S, R)
-        if relation is None:
+            mass = F[1:3]  # (2, S, R)
+            torch.sum(Es.view(S, R, D) * Er.view(-1).take(ix["own"]), -1, out=mass[0])
+            Ec = Er.T.contiguous().index_select(0, ix["ans_flat"]).view(S, R, R)  # (S, R', R) Er[r, a*(s, r')]
+            torch.bmm(Es.view(-1).take(ix["ans_s"])[:, None, :], Ec, out=mass[1].view(S, 1, R))
+            if bool((mass > _TINY).all()):
+                torch.sub(lse, mass.log_(), out=mass)  # relation, subject losses
+                done = True
+        if not done:
             # a mass may have underflowed: log-sum-exp over the block and over the subject's answers
+            a = self.answers
             blk = xs.view(S, R, D) + ur_own[None]  # (S, R, D) logits of (s, r) on r's block
             if ref is not None:
                 blk = blk - ref[..., None]
-            relation = lse - torch.logsumexp(blk, dim=-1)  # (S, R)
+            torch.sub(lse, torch.logsumexp(blk, dim=-1), out=F[1])
             star = xs.gather(1, a)[None] + ur[:, a]  # (R, S, R') logit of fact (s, r) at a*(s, r')
             if ref is not None:
                 star = star - ref.T[..., None]
-            subject = lse - torch.logsumexp(star, dim=-1).T  # (S, R)
-        p_true = torch.exp(-fact)  # (S, R)
-        correct = self._correct(xs, ur, fact) if accuracy else None  # order of the relative logits = of the logits
+            torch.sub(lse, torch.logsumexp(star, dim=-1).T, out=F[2])
+        torch.exp(fact.neg(), out=F[3])  # p_true per fact
+        rows = 5
+        if accuracy:  # the order of the relative logits is the order of the logits
+            self._correct(xs, ur, fact, out=F[4])
+        else:
+            rows = 4
+        Fm = F[1:rows].view(rows - 1, S * R)  # (rows - 1, S*R): relation, subject, p_true[, correct]
+        lse_ref = lse if ref is None else lse + ref
 
         def reduce(es: EvalSet) -> dict:
-            w = es.w
+            w = es.w.view(-1)
             # hallucination gap E KL(p(.|r) || p_hat(.|s, r)); p(.|r) lives on r's block and sums to 1 (or is
-            # 0 where q(r) = 0), so KL = sum_a p log p - sum_a p (xi - ref) + lse, every term of the size of
-            # the logit gaps
-            lin = torch.einsum("srd,rd->sr", xs.view(S, R, D), es.P_own) + (ur_own * es.P_own).sum(-1)[None]
-            if ref is not None:
-                lin = lin - ref * es.P_own.sum(-1)[None]
-            out = dict(loss=float((w * fact).sum()), relation_loss=float((w * relation).sum()),
-                       subject_loss=float((w * subject).sum()),
-                       hallucination_gap=float((w * (es.negH[None, :] - lin + lse)).sum()),
-                       p_true=float((w * p_true).sum()))
-            if correct is not None:
-                out["accuracy"] = float((w * correct).sum())
+            # 0 where q(r) = 0, and then so is w), so KL = sum_a p log p - sum_a p (xi - ref) + lse, every term of
+            # the size of the logit gaps
+            lin = torch.sum(xs.view(S, R, D) * es.P_own, -1).add_((ur_own * es.P_own).sum(-1))  # (S, R)
+            # the loss by the very reduction of :meth:`loss` (bit for bit the loss the events see); the other rows
+            # by one weighted cascade sum (a BLAS matrix-vector product would sum in sequence, less accurately)
+            lin = torch.sub(lse_ref, lin, out=lin).view(1, -1)
+            vals = torch.cat((self._weighted(fact, es.w)[None], (torch.cat((Fm, lin)) * w).sum(-1)))
+            v = vals.tolist()
+            out = dict(loss=v[0], relation_loss=v[1], subject_loss=v[2], hallucination_gap=v[-1] - es.H_A_given_R,
+                       p_true=v[3])
+            if accuracy:
+                out["accuracy"] = v[4]
             return out
 
         if sets is None:
@@ -373,15 +418,15 @@ class PopulationObjective:
         else:
             out = {name: reduce(es) for name, es in sets.items()}
         if dloss_dt is not None:
-            out["dloss_dt"] = dloss_dt
+            out["dloss_dt"] = float(dloss_dt)
         return out
 
     def accuracy(self, xs, ur) -> torch.Tensor:
         """Weighted fraction (training weights) of facts whose true answer has the strictly largest logit."""
         return (self.w * self._correct(xs, ur)).sum()
 
-    def _correct(self, xs, ur, fact=None) -> torch.Tensor:
-        """(S, R) 1.0 where the fact's true answer has the strictly largest logit, else 0.0.
+    def _correct(self, xs, ur, fact=None, *, out=None) -> torch.Tensor:
+        """(S, R) 1.0 where the fact's true answer has the strictly largest logit, else 0.0 (into ``out`` if given).
 
         Exact, but avoids the S*R*|A| pass for most facts: the best wrong answer inside
         r's block is computed exactly (S*|A| work); outside the block its logit is at most
@@ -390,31 +435,35 @@ class PopulationObjective:
         every fact's true answer has probability above 1/2 (loss below log 2, with a margin far above rounding)
         it is strictly the most likely one, and nothing else is computed.
         """
+        if out is None:
+            out = torch.empty(self.task.S, self.task.R, dtype=xs.dtype, device=xs.device)
         if fact is not None and bool((fact < _LOG2_SURE).all()):
             self.accuracy_direct_facts = 0
-            return torch.ones_like(fact)
+            return out.fill_(1.0)
         S, R, D = self.task.S, self.task.R, self.task.D
+        ix = self._metric_indices()
         a = self.answers  # (S, R)
-        ar = torch.arange(R, device=xs.device)
         target = self._target_logit(xs, ur)  # (S, R)
-        blk = xs.view(S, R, D) + ur.view(R, R, D)[ar, ar][None]  # (S, R, D) logits on r's own block
-        blk.scatter_(2, (a - ar[None] * D)[..., None], -math.inf)
+        blk = xs.view(S, R, D) + ur.view(-1).take(ix["own"])  # (S, R, D) logits on r's own block
+        blk.view(-1).index_fill_(0, ix["blk_ans"], -math.inf)
         inside = blk.amax(2)  # (S, R) best wrong answer inside the block
-        bm = xs.view(S, R, D).amax(2)  # (S, R') best subject+shared logit per block
-        top2 = bm.topk(min(2, R), dim=1)
         if R > 1:
+            bm = xs.view(S, R, D).amax(2)  # (S, R') best subject+shared logit per block
+            top2 = bm.topk(2, dim=1)
             # best over blocks r' != r: the top block unless it is r itself, then the second
-            xs_out = torch.where(top2.indices[:, :1] == ar[None], top2.values[:, 1:2], top2.values[:, :1])
-            ur_bm = ur.view(R, R, D).amax(2)  # (R, R') best relation logit per block
-            ur_bm[ar, ar] = -math.inf
-            ur_out = ur_bm.amax(1)  # (R,)
-            outside = xs_out + ur_out[None]  # (S, R) upper bound of wrong answers outside the block
+            xs_out = torch.where(top2.indices[:, :1] == ix["ar"][None],
+                                 top2.values[:, 1:2], top2.values[:, :1])
+            ur_bm = ur.view(R, R, D).amax(2).add_(ix["diag"])  # (R, R') best relation logit per block, -inf on r
+            outside = xs_out + ur_bm.amax(1)[None]  # (S, R) upper bound of wrong answers outside the block
+            sure = torch.gt(target, torch.maximum(inside, outside, out=outside), out=out)
         else:
-            outside = torch.full_like(target, -math.inf)
-        sure = target > torch.maximum(inside, outside)
-        undecided = (target > inside) & ~sure
-        correct = sure.to(xs.dtype)
-        idx = undecided.nonzero()  # (n, 2)
+            sure = torch.gt(target, inside, out=out)
+        if R > 1:
+            undecided = (target > inside).logical_and_(sure == 0)
+            idx = undecided.nonzero()  # (n, 2)
+        else:
+            idx = torch.empty(0, 2, dtype=torch.long, device=xs.device)
+        correct = out
         if R > 1 and idx.shape[0]:
             # a tighter bound for those: the best over blocks r' != r of (best xs in r') + (best ur[r] in r')
             s_i, r_i = idx[:, 0], idx[:, 1]
