@@ -5,7 +5,9 @@
 Configurations the reduction covers (equal subject counts per answer, uniform frequencies) are solved all
 at once by the exact quadrature of the reduced flow (analysis.predict.phase_times: each configuration
 stops at its own t3). The others go through the full system (analysis.analyze_flow) one by one, with a
-progress bar. Writes sweep.csv (one row per configuration), slopes.json (fitted and predicted slopes of
+progress bar; with --batch-flows B (B >= 2) up to B of them of one shape (S, R, D, T, N) are integrated together
+by dynamics.batched.run_flows_batched (phase times only: plateau_loss is left empty there, column batched = 1).
+Writes sweep.csv (one row per configuration), slopes.json (fitted and predicted slopes of
 t1, t2, t3 and t2 - t1 against log(1/alpha) and against S) and figures.
 """
 from __future__ import annotations
@@ -56,6 +58,13 @@ def build_parser() -> ArgumentParser:
                    help="rtol of full-system runs, in [1e-14, 1e-3] (default: dynamics' 1e-9)")
     p.add_argument("--max-full", type=int, default=200,
                    help="refuse grids needing more than this many full-system runs (default 200)")
+    p.add_argument("--batch-flows", type=int, default=0, metavar="B",
+                   help="full-system runs: 0 or 1 (default 0) integrates one run at a time, with its trajectory "
+                        "and plateau (plateau_loss); B >= 2 integrates up to B flows of one shape (S, R, D, T, N) "
+                        f"together as one batched state (dynamics.batched.run_flows_batched; B at most "
+                        f"{MAX_BATCH_FLOWS:,}): the same steps and phase times, in less time, but "
+                        "no trajectory, so plateau_loss is left empty for those rows (column batched = 1); runs "
+                        "the batched solver cannot take (states of ROCK4 size) still go one at a time")
     p.add_argument("--out", default="runs/sweep", metavar="DIR",
                    help="output folder, created as a whole (default runs/sweep); an existing non-empty folder "
                         "is refused unless --overwrite")
@@ -89,6 +98,7 @@ def grid_from_args(a) -> dict:
     N = [check_int("N", x, 1, MAX_SIZE) for x in a.N]
     check_int("seed", a.seed, 0, MAX_SEED)
     check_int("max_full", a.max_full, 0)
+    check_int("batch-flows", a.batch_flows, 0, MAX_BATCH_FLOWS)
     check_choice("facts", a.facts, FACTS)
     check_positive("eps_conv", a.eps_conv)
     zs = [check_positive("zipf_subjects", x, allow_zero=True) for x in a.zipf_subjects]
@@ -108,6 +118,7 @@ def grid_from_args(a) -> dict:
 # all before plateau_loss was filled for reduced rows; with it 2.3 GB peak and 366 s (on a shared machine; the
 # phase times alone took 144 s there and the plateaus about as long again), writing sweep.csv included.
 MAX_CONFIGS = 1_000_000
+MAX_BATCH_FLOWS = 100_000  # as analysis.grid's --batch-flows
 _BASE_BYTES, _BYTES_PER_CONFIG = 512 * 2**20, 4096
 
 
@@ -238,13 +249,64 @@ def schedule_phase_times(config) -> dict:
     return out
 
 
+def _record_full(out: dict, i: int, config, status: str, times) -> None:
+    """Write row ``i``'s full-system results into ``out``: finished (status), t1, t2, t3 (``times``: name ->
+    float or None, None -> NaN) and the leading-order columns of schedule_phase_times(config)."""
+    out["finished"][i] = float(status in ("converged", "t_max"))  # not max_steps / failed (times partial)
+    for k in ("t1", "t2", "t3"):
+        v = times[k]
+        out[k][i] = np.nan if v is None else v
+    lead = schedule_phase_times(config)
+    for k in ("t1", "t2", "t3"):
+        out[k + "_leading"][i] = lead[k]
+    out["hallucination_visible_leading"][i] = float(lead["hallucination_visible"])
+
+
+def _run_full_batched(cols, idx, out: dict, bar, batch_flows: int, **kw) -> np.ndarray:
+    """Integrate the full-system rows ``idx`` ((m,) ints) with dynamics.batched.run_flows_batched: grouped by
+    shape (S, R, D, T, N), each group in near-equal chunks of at most ``batch_flows`` runs; fills ``out`` as the
+    one-by-one path does except plateau_loss (no trajectory: stays NaN) and sets out["batched"] = 1. ``kw``:
+    full_config's. Returns the rows the batched solver cannot take (a method other than dopri5: states from
+    dynamics.config.ROCK4_MIN_SIZE entries), for one-by-one runs."""
+    from dynamics.batched import check_batch, run_flows_batched
+
+    configs = {int(i): full_config(cols, i, **kw) for i in idx}
+    ok, rest = [], []
+    for i in configs:
+        try:
+            check_batch([configs[i]])
+        except ConfigError:
+            rest.append(i)
+        else:
+            ok.append(i)
+    ok = np.array(ok, dtype=np.int64)
+    key = np.stack([np.asarray(cols[k])[ok] for k in ("S", "R", "D", "T", "N")], axis=1)
+    for _, pos in _groups(key, np.ones(ok.size, dtype=bool)):
+        rows = ok[pos]
+        # near-equal chunks (5 runs, B = 4: 3 + 2, not 4 + 1): no run is left to a batch of its own needlessly
+        for chunk in np.array_split(rows, -(-rows.size // batch_flows)):
+            results = run_flows_batched([configs[int(i)] for i in chunk])
+            for i, res in zip(chunk, results):
+                _record_full(out, int(i), configs[int(i)], res["status"], res)
+                out["batched"][i] = 1.0
+            bar.update(int(chunk.size))
+    return np.array(rest, dtype=np.int64)
+
+
 def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full_rtol=None, progress=None,
-              max_full=200) -> SweepResult:
-    """Phase times for every row of ``cols`` (grid columns, name -> (n,) array), with fitted slopes."""
+              max_full=200, batch_flows=0) -> SweepResult:
+    """Phase times for every row of ``cols`` (grid columns, name -> (n,) array), with fitted slopes.
+
+    Full-system rows run one at a time through analysis.analyze_flow (``batch_flows`` 0 or 1), or, with
+    ``batch_flows`` = B >= 2, up to B of one shape (S, R, D, T, N) at a time through the batched solver
+    (dynamics.batched.run_flows_batched: the same phase times, but no trajectory, so their plateau_loss stays
+    NaN; column ``batched`` = 1 on those rows, 0 elsewhere, in both modes).
+    """
     from .predict import escape_rates, hallucination_stage_exists, plateaus
     from .reduced_phases import phase_times  # NaN (null), not an error, where a phase does not exist (D = 1)
 
     max_full = check_int("max_full", max_full, 0)
+    batch_flows = check_int("batch_flows", batch_flows, 0, MAX_BATCH_FLOWS)
     n = cols["S"].size
     red = reducible_mask(cols, facts, zipf, seed)
     if (~red).sum() > max_full:
@@ -256,6 +318,7 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
         out[k] = np.full(n, np.nan)
     out["reduced"] = red.astype(np.float64)
     out["finished"] = np.ones(n)  # 0 where a full-system run ran out of steps or failed (its times are partial)
+    out["batched"] = np.zeros(n)  # 1 where the batched solver ran the row (no plateau_loss); in every CSV
     r = escape_rates(cols["S"], cols["R"], cols["D"])
     out["rate_subject"], out["rate_relation"] = r["subject"], r["relation"]
     out["hallucination_stage_exists"] = hallucination_stage_exists(cols["S"], cols["R"], cols["D"]).astype(float)
@@ -282,20 +345,16 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
 
         bar = Progress(int(full_idx.size), "full-system runs", unit=" runs", enabled=progress)
         flow_progress = progress is not False and not sys.stderr.isatty()
+        kw = dict(facts=facts, seed=seed, zipf=zipf, eps_conv=eps_conv, full_rtol=full_rtol)
+        if batch_flows >= 2:
+            full_idx = _run_full_batched(cols, full_idx, out, bar, batch_flows, **kw)
         for i in full_idx:
             # off a terminal a long full run reports a line every ~30 s (dynamics.flow.FlowProgress)
-            cfg = full_config(cols, i, facts=facts, seed=seed, zipf=zipf, eps_conv=eps_conv, full_rtol=full_rtol)
+            cfg = full_config(cols, i, **kw)
             res = analyze_flow(cfg, progress=flow_progress)
-            out["finished"][i] = float(res.status in ("converged", "t_max"))  # not max_steps / failed
-            for k in ("t1", "t2", "t3"):
-                v = getattr(res.phases, k)
-                out[k][i] = np.nan if v is None else v
+            _record_full(out, i, cfg, res.status, {k: getattr(res.phases, k) for k in ("t1", "t2", "t3")})
             if res.phases.plateau is not None:
                 out["plateau_loss"][i] = res.phases.plateau.loss
-            lead = schedule_phase_times(cfg)
-            for k in ("t1", "t2", "t3"):
-                out[k + "_leading"][i] = lead[k]
-            out["hallucination_visible_leading"][i] = float(lead["hallucination_visible"])
             bar.update(1)
         bar.close()
     full_seconds = time.perf_counter() - t0
@@ -402,7 +461,8 @@ def main(argv=None) -> int:
         full_config(cols, i, facts=a.facts, seed=a.seed, eps_conv=a.eps_conv,
                     full_rtol=a.full_rtol).check_memory()
     result = run_sweep(cols, facts=a.facts, seed=a.seed, eps_conv=a.eps_conv,
-                       full_rtol=a.full_rtol, progress=None if not a.quiet else False, max_full=a.max_full)
+                       full_rtol=a.full_rtol, progress=None if not a.quiet else False, max_full=a.max_full,
+                       batch_flows=a.batch_flows)
     result.save(a.out, plots=not a.no_plots, overwrite=a.overwrite)
     out_cols, sl = result.columns, result.slopes
     if not a.quiet:

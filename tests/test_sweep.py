@@ -10,6 +10,7 @@ import pytest
 from analysis import predict
 from analysis.derive import main as derive_main
 from analysis.sweep import main as sweep_main
+from analysis.sweep import run_sweep
 from analysis import analyze_flow
 from dynamics import FlowConfig
 from models import TaskConfig
@@ -95,6 +96,8 @@ def test_fitted_slopes_match_predicted(tmp_path):
     (["--alpha-range", "1e-3", "1e-6", "3"], "below"),
     (["--S", "12", "--D", "8", "--max-full", "0"], "max-full"),
     (["--facts", "zipf"], "facts"),
+    (["--batch-flows", "-1"], "batch-flows = -1 is too small; batch-flows must be an integer in [0, 100000]"),
+    (["--batch-flows", "100001"], "batch-flows = 100001 is too large"),
 ])
 def test_sweep_bad_input_one_line_nothing_written(tmp_path, capsys, argv, match):
     out = tmp_path / "o"
@@ -104,6 +107,59 @@ def test_sweep_bad_input_one_line_nothing_written(tmp_path, capsys, argv, match)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and match in err and "Traceback" not in err
     assert not out.exists()
+
+
+# Full-system rows for the batched solver: random tables (unequal subject counts, so never reducible), two
+# shapes (S = 8 and 12), three alphas; about 1 s per one-by-one run on 2 cores.
+BATCH_ALPHAS = (1e-5, 1e-4, 1e-3)
+
+
+def _random_grid(S_values):
+    rows = [(S, a) for S in S_values for a in BATCH_ALPHAS]
+    n = len(rows)
+    return dict(S=np.array([r[0] for r in rows], dtype=float), R=np.full(n, 2.0), D=np.full(n, 4.0),
+                T=np.full(n, 32.0), N=np.full(n, 20.0), alpha=np.array([r[1] for r in rows]))
+
+
+@pytest.fixture(scope="module")
+def one_by_one():
+    """run_sweep's one-by-one full-system runs (analyze_flow, with plateaus) over both shapes."""
+    return run_sweep(_random_grid((8, 12)), facts="random", progress=False).columns
+
+
+def _same_times(got, ref, rows):
+    for k in ("t1", "t2", "t3"):
+        assert np.all(np.isfinite(got[k])), (k, got[k])
+        np.testing.assert_allclose(got[k], ref[k][rows], rtol=1e-9, atol=0, err_msg=k)
+    for k in ("finished", "t1_leading", "t2_leading", "t3_leading", "hallucination_visible_leading",
+              "plateau_length"):
+        np.testing.assert_allclose(got[k], ref[k][rows], rtol=1e-9, atol=0, err_msg=k)
+
+
+def test_batched_full_rows_equal_one_by_one(one_by_one):
+    """batch_flows=4 on one shape (three runs, one batch) against the one-by-one rows: the same t1, t2, t3 to
+    1e-9; column batched 1 there and 0 one by one; plateau_loss NaN only where batched (no trajectory)."""
+    got = run_sweep(_random_grid((8,)), facts="random", progress=False, batch_flows=4).columns
+    rows = np.nonzero(one_by_one["S"] == 8)[0]
+    assert rows.size == 3 and np.all(got["reduced"] == 0)
+    _same_times(got, one_by_one, rows)
+    assert np.all(got["batched"] == 1) and np.all(one_by_one["batched"] == 0)
+    assert np.all(np.isnan(got["plateau_loss"])) and np.all(np.isfinite(one_by_one["plateau_loss"]))
+    assert list(got) == list(one_by_one)  # one CSV schema, whatever the flag
+
+
+def test_batched_two_shapes_each_batched_separately(one_by_one, monkeypatch):
+    """Two shapes with batch_flows=2: each shape's three runs in chunks of 2 and 1 (never mixing shapes, which
+    run_flows_batched would refuse), every row filled and equal to one by one; the bar advances per chunk."""
+    from common.progress import Progress
+
+    steps = []
+    update = Progress.update
+    monkeypatch.setattr(Progress, "update", lambda self, n=1: (steps.append(n), update(self, n))[1])
+    got = run_sweep(_random_grid((8, 12)), facts="random", progress=False, batch_flows=2).columns
+    _same_times(got, one_by_one, np.arange(6))
+    assert np.all(got["batched"] == 1) and np.all(np.isnan(got["plateau_loss"]))
+    assert sorted(steps) == [1, 1, 2, 2]
 
 
 def test_derive_writes_json_and_markdown(tmp_path, capsys):
