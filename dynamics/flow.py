@@ -133,7 +133,7 @@ class FlowMonitor:
                    accuracy=m["accuracy"], hallucination_gap=m["hallucination_gap"], p_true=m["p_true"])
         row.update(self.state_columns(Wt, K))
         row["dloss_dt"] = m["dloss_dt"]
-        sq = torch.stack((torch.linalg.vecdot(Wt, Wt), K * K))  # (2, C) |W[:, z]|^2 and K_z^2
+        sq = torch.stack((torch.linalg.vector_norm(Wt, dim=1).square_(), K * K))  # (2, C) |W[:, z]|^2 and K_z^2
         (w_rms, k_rms) = (sq @ self._class_mean).sqrt_().tolist()  # per-token RMS in each class, one pass
         for j, name in enumerate(self.class_rows):
             row[f"W_{name}"] = w_rms[j]
