@@ -71,7 +71,14 @@ def hermite_crossing(t0, t1, L0, L1, d0, d1, theta) -> float:
     k = int(np.argmax(vals <= 0))
     if k == 0:
         return float(t0)
-    return float(brentq(cubic, grid[k - 1], grid[k], xtol=1e-14 * max(1.0, abs(t1)), rtol=1e-15))
+    a, b = float(grid[k - 1]), float(grid[k])
+    # the scalar evaluation may round differently from the array one: where the root sits within rounding of
+    # a grid point the two can disagree in sign, and that grid point is the root
+    if cubic(a) <= 0:
+        return a
+    if cubic(b) > 0:
+        return b
+    return float(brentq(cubic, a, b, xtol=1e-14 * max(1.0, abs(t1)), rtol=1e-15))
 
 
 def first_crossing(t, L, theta, dLdt=None) -> float | None:
@@ -96,7 +103,14 @@ def first_crossing(t, L, theta, dLdt=None) -> float | None:
         lo = max(lo, int(np.argmax(t > 0)))
         x = np.log(t[lo:hi])
         f = PchipInterpolator(x, L[lo:hi])
-        return float(math.exp(brentq(lambda u: float(f(u)) - theta, x[i - lo], x[j - lo])))
+        a, b = x[i - lo], x[j - lo]
+        # the interpolant reproduces the samples only to rounding: a sample within rounding of theta (the last
+        # row of a run stopped at its target sits exactly on it) is the crossing
+        if float(f(a)) - theta <= 0:
+            return float(t[i])
+        if float(f(b)) - theta > 0:
+            return float(t[j])
+        return float(math.exp(brentq(lambda u: float(f(u)) - theta, a, b)))
     return float(t[i] + (t[j] - t[i]) * (L[i] - theta) / (L[i] - L[j]))
 
 

@@ -356,7 +356,7 @@ def _run(configs, dtype, device, return_states):
         for i in np.nonzero(cross.any(1) | stop)[0]:
             j = int(run[i])
             ta, tb_i, hh = float(t[i]), float(t_new[i]), float(hs[i])
-            interp = Dopri5Interp(ta, tb_i, hh, Y[i].clone(), ytmp[i].clone(), K[i, 0], K[i, 6],
+            interp = Dopri5Interp(ta, tb_i, hh, Y[i], ytmp[i], K[i, 0], K[i, 6],
                                   torch.mv(K[i].T, d_row * hh))
             obj = objs[j]
             memo = {}
