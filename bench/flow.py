@@ -5,7 +5,8 @@
     python bench/flow.py --S 256 --R 8 --D 8 --monitor --extra "--rtol 1e-7"   # monitor fraction, in-process
 
 --monitor runs run_flow in this process with timers around the monitor (FlowMonitor.row: the saved rows;
-FlowMonitor.loss: the loss at every step's end for the events) and around the right-hand side, and prints the
+FlowMonitor.loss: the loss at every step's end for the events; the interpolants' evaluations: the states at the
+saved times and in event searches) and around the right-hand side, and prints the
 monitor's share of the integration time and its cost in right-hand-side equivalents (monitor CPU time / mean CPU
 time of one right-hand side in the same run: on a shared machine a ratio of times measured side by side is far
 steadier than seconds).
@@ -64,7 +65,10 @@ def monitor_share(a):
     import models.population as MP
     from dynamics.run import build_parser, config_from_args
 
-    acc = dict(row=[0.0, 0.0, 0], loss=[0.0, 0.0, 0], rhs=[0.0, 0.0, 0])
+    import dynamics.dopri as DP
+    import dynamics.rock as RK
+
+    acc = dict(row=[0.0, 0.0, 0], loss=[0.0, 0.0, 0], interp=[0.0, 0.0, 0], rhs=[0.0, 0.0, 0])
 
     def timed(name, fn):
         def wrapper(*args, **kw):
@@ -81,6 +85,9 @@ def monitor_share(a):
     F.FlowMonitor.row = timed("row", F.FlowMonitor.row)
     F.FlowMonitor.loss = timed("loss", F.FlowMonitor.loss)
     MP.PopulationObjective.flow_rhs = timed("rhs", MP.PopulationObjective.flow_rhs)
+    # states at saved times and at event searches come from the step's interpolant: monitor work too
+    DP.Dopri5Interp.__call__ = timed("interp", DP.Dopri5Interp.__call__)
+    RK.HermiteInterp.__call__ = timed("interp", RK.HermiteInterp.__call__)
     monitors = []
     init = F.FlowMonitor.__init__
 
@@ -99,17 +106,19 @@ def monitor_share(a):
         cpu = time.process_time() - c0
         s, integ = run.solver, run.integration_seconds
         rhs_cpu = acc["rhs"][1] / max(1, acc["rhs"][2])
-        mon_w = acc["row"][0] + acc["loss"][0]
-        mon_c = acc["row"][1] + acc["loss"][1]
+        mon_w = acc["row"][0] + acc["loss"][0] + acc["interp"][0]
+        mon_c = acc["row"][1] + acc["loss"][1] + acc["interp"][1]
         reused = monitors[-1].reused if monitors else 0
         print(f"repeat {i}: {a.S}/{a.R}/{a.D} {s['method']} {s['n_steps']} steps, {s['nfe']} RHS evaluations "
               f"({acc['rhs'][2]} timed), {acc['row'][2]} rows, {acc['loss'][2]} step-end losses ({reused} reused "
               f"from the solver's last RHS); integration {integ:.2f} s wall, {cpu:.2f} s CPU")
         print(f"  monitor: {mon_w:.2f} s wall = {100 * mon_w / integ:.1f} % of the integration "
-              f"(rows {acc['row'][0]:.2f} s, losses {acc['loss'][0]:.2f} s); CPU {mon_c:.2f} s = "
+              f"(rows {acc['row'][0]:.2f} s, losses {acc['loss'][0]:.2f} s, {acc['interp'][2]} interpolated states "
+              f"{acc['interp'][0]:.2f} s); CPU {mon_c:.2f} s = "
               f"{100 * mon_c / cpu:.1f} %; in RHS equivalents: rows {acc['row'][1] / rhs_cpu:.0f} "
               f"({acc['row'][1] / max(1, acc['row'][2]) / rhs_cpu:.2f} per row), losses "
-              f"{acc['loss'][1] / rhs_cpu:.0f}, RHS {acc['rhs'][2]}: monitor share "
+              f"{acc['loss'][1] / rhs_cpu:.0f}, interpolation {acc['interp'][1] / rhs_cpu:.0f}, RHS {acc['rhs'][2]}: "
+              f"monitor share "
               f"{100 * mon_c / rhs_cpu / (acc['rhs'][2] + mon_c / rhs_cpu):.1f} % of RHS + monitor work")
 
 

@@ -5,10 +5,14 @@ and their SPEC §3 plateaus (sweep.csv's plateau_loss).
     python bench/sweep.py --alpha-hi 1e-1       # include large alpha (the O(alpha^2) quadrature term is on)
     python bench/sweep.py --S 16 32 64 128 --alpha-lo 1e-3 --alpha-hi 1e-1 --n 100000 --repeats 3
     python bench/sweep.py --S 16 32 64 128 --whole --n 10000   # the whole `python -m analysis.sweep --no-plots`
+    python bench/sweep.py --full 32              # 32 full-system rows (random table), one by one vs --batch-flows
 
 Prints one line per repeat and the median (configurations per second for t1..t3, for the plateaus and for
 both); writes nothing. The first call also pays for the lambdified rates (sympy), reported separately.
 --S: subject counts drawn from these values (D from 2 4 8 16 dividing them); default S = D * U{1..63}.
+--full K: time analysis.sweep.run_sweep on K full-system rows (S16/R4/D8, facts random, alphas log-spaced over
+[alpha-lo, alpha-hi]) one by one (with trajectories and plateaus) and with batch_flows = K (phase times only), and
+print the largest relative difference of t1, t2, t3 between the two.
 --whole: time the whole sweep process instead, on the grid S x R {2 4 8 16 32} x D {2 4 8 16} x alphas (log-spaced
 over [alpha-lo, alpha-hi], as many as give about --n configurations; D must divide S).
 """
@@ -35,9 +39,13 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported (default 5)")
     p.add_argument("--S", type=int, nargs="+", default=None, help="subject counts to draw from (default: D * U{1..63})")
     p.add_argument("--whole", action="store_true", help="time the whole `python -m analysis.sweep --no-plots` process")
+    p.add_argument("--full", type=int, default=0, metavar="K",
+                   help="time K full-system rows one by one and batched instead (see above)")
     a = p.parse_args(argv)
     if a.whole:
         return whole(a)
+    if a.full:
+        return full_rows(a)
     from analysis.predict import escape_rates, phase_times, plateaus
 
     rng = np.random.default_rng(0)
@@ -68,6 +76,23 @@ def main(argv=None):
     both = statistics.median([w + q for w, q in zip(walls, pwalls)])
     print(f"median {mw:.3f} s per {a.n} to t3, {mp:.3f} s for the plateaus (cpus: {os.cpu_count()}): "
           f"{a.n / mw:,.0f} configurations/s (phase times), {a.n / mp:,.0f} /s (plateaus), {a.n / both:,.0f} /s (both)")
+
+
+def full_rows(a):
+    from analysis.sweep import run_sweep
+
+    k = a.full
+    cols = dict(S=np.full(k, 16.0), R=np.full(k, 4.0), D=np.full(k, 8.0), T=np.full(k, 32.0), N=np.full(k, 20.0),
+                alpha=np.geomspace(a.alpha_lo, a.alpha_hi, k))
+    out = {}
+    for name, b in (("one by one", 0), (f"batch_flows={k}", k)):
+        t0 = time.perf_counter()
+        out[name] = run_sweep(cols, facts="random", progress=False, batch_flows=b).columns
+        wall = time.perf_counter() - t0
+        print(f"{name}: {k} full-system rows in {wall:.2f} s = {k / wall:.1f} rows/s")
+    one, bat = out.values()
+    worst = max(float(np.max(np.abs(bat[c] - one[c]) / np.abs(one[c]))) for c in ("t1", "t2", "t3"))
+    print(f"max relative difference of t1, t2, t3 (batched vs one by one): {worst:.1e} (cpus: {os.cpu_count()})")
 
 
 def whole(a):

@@ -82,6 +82,24 @@ def test_replayed_dense_output_is_bit_identical():
     assert lean.stats["replayed_steps"] > 0
 
 
+def test_replay_starts_from_the_nearest_rebuilt_step():
+    """Queries that alternate between neighbouring steps (a Brent search) replay each step about once, not from the
+    checkpoint every time; the values stay bit-identical to the kept interpolants."""
+    full = integrate(stepper("native", "dopri5", rtol=1e-11), 10.0)
+    lean = integrate(stepper("native", "dopri5", rtol=1e-11), 10.0, dense_budget_bytes=0)
+    dense = lean._dense
+    i = len(dense.steps) - 3
+    c = max(j for j in dense.checkpoints if j <= i)
+    assert i - c >= 100  # a zero budget thins the checkpoints out: long replay chains
+    mids = [0.5 * (dense.steps[k][0] + dense.steps[k][1]) for k in (i, i + 1)]
+    before = lean.stats["replayed_steps"]
+    for _ in range(10):
+        for t in mids:
+            assert torch.equal(full(t), lean(t)), t
+    replayed = lean.stats["replayed_steps"] - before
+    assert replayed == (i - c + 1) + 1, replayed  # the chain to step i once, then step i + 1 from step i
+
+
 def test_step_budget_is_reported():
     sol = integrate(stepper("native", "dopri5"), 10.0, max_steps=5)
     assert sol.status == "max_steps" and "5 steps" in sol.message and sol.t_final < 10.0
