@@ -192,3 +192,26 @@ def test_accuracy_shortcut_equals_brute_force_argmax(seed):
     ref = float((torch.as_tensor(task.fact_weights).reshape(-1) * (target > others)).sum())
     xs, ur = obj._parts(Wt, K)
     assert float(obj.accuracy(xs, ur)) == pytest.approx(ref, abs=1e-15)
+
+
+def test_metrics_of_eval_sets_equal_objectives_trained_on_those_weights():
+    """metrics(sets=...) reduces one pass over the logits under each set's weights: each set's numbers equal those
+    of a separate objective whose training weights are that set's (its own p(a|r), H(A|R) and KL terms)."""
+    task = make_task(TaskConfig(S=10, R=3, D=4, facts="random", seed=3, zipf_subjects=0.7))
+    obj = PopulationObjective(task)
+    Wt, K = random_state(task, 7, scale=1.2)
+    rng = np.random.default_rng(0)
+    v1 = rng.random((task.S, task.R))
+    v1 /= v1.sum()
+    v2 = np.zeros((task.S, task.R))
+    v2[:4, 1:] = 1.0  # a set that misses relation 0 entirely (q_v(0) = 0)
+    v2 /= v2.sum()
+    got = obj.metrics(Wt, K, sets={"one": obj.eval_set(v1), "two": obj.eval_set(v2)})
+    for name, v in (("one", v1), ("two", v2)):
+        ref = PopulationObjective(task, weights=v).metrics(Wt, K)
+        assert set(got[name]) == set(ref)
+        for k in ref:
+            assert got[name][k] == pytest.approx(ref[k], rel=1e-13, abs=1e-15), (name, k)
+    plain = obj.metrics(Wt, K)
+    lean = obj.metrics(Wt, K, accuracy=False)
+    assert set(lean) == set(plain) - {"accuracy"} and all(lean[k] == plain[k] for k in lean)
