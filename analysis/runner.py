@@ -1061,7 +1061,12 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
                   experiment=experiment, keep=spec.keep_runs, batched=spec.batch > 1) for tr in task_runs]
     labels = [f"run {tr[0].index} ({_describe(tr[0].params)}, key {tr[0].key})" if len(tr) == 1 else
               f"a batch of {len(tr)} runs from run {tr[0].index}" for tr in task_runs]
-    memory = [sum(r.memory_bytes for r in tr) for tr in task_runs]
+    if spec.batch > 1:  # one batched state: the runs share the direct-path chunks (dynamics.batched's estimate)
+        from dynamics.batched import batch_memory_estimate_bytes
+
+        memory = [batch_memory_estimate_bytes([build_config("flow", r.fields) for r in tr]) for tr in task_runs]
+    else:
+        memory = [sum(r.memory_bytes for r in tr) for tr in task_runs]
     by_key = {r.key: r for r in runs}
     counts = dict(done=0, failed=0)
     from common.progress import Progress

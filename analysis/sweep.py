@@ -268,7 +268,8 @@ def _run_full_batched(cols, idx, out: dict, bar, batch_flows: int, **kw) -> np.n
     one-by-one path does except plateau_loss (no trajectory: stays NaN) and sets out["batched"] = 1. ``kw``:
     full_config's. Returns the rows the batched solver cannot take (a method other than dopri5: states from
     dynamics.config.ROCK4_MIN_SIZE entries), for one-by-one runs."""
-    from dynamics.batched import check_batch, run_flows_batched
+    from common.memory import available_memory_bytes
+    from dynamics.batched import batch_memory_estimate_bytes, check_batch, run_flows_batched
 
     configs = {int(i): full_config(cols, i, **kw) for i in idx}
     ok, rest = [], []
@@ -281,15 +282,25 @@ def _run_full_batched(cols, idx, out: dict, bar, batch_flows: int, **kw) -> np.n
             ok.append(i)
     ok = np.array(ok, dtype=np.int64)
     key = np.stack([np.asarray(cols[k])[ok] for k in ("S", "R", "D", "T", "N")], axis=1)
+    chunks = []
     for _, pos in _groups(key, np.ones(ok.size, dtype=bool)):
         rows = ok[pos]
         # near-equal chunks (5 runs, B = 4: 3 + 2, not 4 + 1): no run is left to a batch of its own needlessly
-        for chunk in np.array_split(rows, -(-rows.size // batch_flows)):
-            results = run_flows_batched([configs[int(i)] for i in chunk])
-            for i, res in zip(chunk, results):
-                _record_full(out, int(i), configs[int(i)], res["status"], res)
-                out["batched"][i] = 1.0
-            bar.update(int(chunk.size))
+        chunks += np.array_split(rows, -(-rows.size // batch_flows))
+    have = available_memory_bytes()
+    for chunk in chunks:  # every batch checked before any is integrated
+        need = batch_memory_estimate_bytes([configs[int(i)] for i in chunk])
+        if need > 0.8 * have:
+            c = configs[int(chunk[0])].task
+            raise ConfigError(f"a batch of {chunk.size} flows of S = {c.S}, R = {c.R}, D = {c.D} needs about "
+                              f"{need / 2**30:.1f} GiB but this machine has {have / 2**30:.1f} GiB available; "
+                              "lower --batch-flows")
+    for chunk in chunks:
+        results = run_flows_batched([configs[int(i)] for i in chunk])
+        for i, res in zip(chunk, results):
+            _record_full(out, int(i), configs[int(i)], res["status"], res)
+            out["batched"][i] = 1.0
+        bar.update(int(chunk.size))
     return np.array(rest, dtype=np.int64)
 
 

@@ -2,6 +2,7 @@
 
     python bench/batched.py                 # 64 random-table S16/R4/D8 flows, both ways
     python bench/batched.py --n 256 --singles 8
+    python bench/batched.py --n 64 --singles 0 --rtol 1e-6 --accuracy   # faster, and how exact
 
 Prints flows per second for both ways (integration to t3, phase times located) and the largest relative
 difference of t1, t2, t3 between a batched run and its single run.
@@ -28,20 +29,29 @@ def main(argv=None):
     p.add_argument("--R", type=int, default=4, help="relations (default 4)")
     p.add_argument("--D", type=int, default=8, help="answers per relation (default 8)")
     p.add_argument("--alpha", type=float, default=1e-5, help="balanced initialization scale (default 1e-5)")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="relative tolerance of every flow, batched and single alike (default: dynamics' 1e-9)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the batched run (default: one below 200,000 batched state entries, "
                         "as run_flow; 0 = torch's default, all cores)")
     p.add_argument("--singles", type=int, default=None,
                    help="how many of the flows to also run one after another with run_flow (default: all n; "
                         "their rate is flows per second over these)")
+    p.add_argument("--accuracy", action="store_true",
+                   help="also run the same flows batched at rtol 1e-12 and print the largest relative error of t1, t2, "
+                        "t3 at --rtol against them")
     a = p.parse_args(argv)
-    configs = [FlowConfig(task=TaskConfig(S=a.S, R=a.R, D=a.D, facts="random", seed=s), alpha=a.alpha)
+    configs = [FlowConfig(task=TaskConfig(S=a.S, R=a.R, D=a.D, facts="random", seed=s), alpha=a.alpha, rtol=a.rtol)
                for s in range(a.n)]
     t0 = time.perf_counter()
     out = run_flows_batched(configs, threads=a.threads)
     tb = time.perf_counter() - t0
     print(f"batched: {a.n} flows in {tb:.2f} s = {a.n / tb:.1f} flows/s "
           f"(threads {a.threads}; steps {min(o['n_steps'] for o in out)}..{max(o['n_steps'] for o in out)})")
+    if a.accuracy:
+        ref = run_flows_batched([FlowConfig(task=c.task, alpha=c.alpha, rtol=1e-12) for c in configs], threads=a.threads)
+        err = max(abs(o[k] - r[k]) / abs(r[k]) for o, r in zip(out, ref) for k in ("t1", "t2", "t3"))
+        print(f"max relative error of t1, t2, t3 at rtol {configs[0].resolved_rtol:g} against rtol 1e-12: {err:.1e}")
     m = a.n if a.singles is None else min(a.singles, a.n)
     worst = 0.0
     t0 = time.perf_counter()

@@ -30,10 +30,13 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.add_argument("--batch", type=int, default=0,
                    help="also run the sweep with the batched solver, this many flows per task (default 0: not)")
+    p.add_argument("--rtol", type=float, default=None, help="relative tolerance of every flow (default: dynamics' 1e-9)")
     p.add_argument("--skip-serial", action="store_true",
                    help="skip the serial and the plain cluster sweeps (time only the batched ones)")
     a = p.parse_args(argv)
     base = dict(S=a.S, R=a.R, D=a.D, facts="random", alpha=a.alpha)
+    if a.rtol is not None:
+        base["rtol"] = a.rtol
     grid = tuple({"seed": s} for s in range(a.n))
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

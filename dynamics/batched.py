@@ -89,6 +89,23 @@ def check_batch(configs) -> None:
         raise ConfigError(f"batched flows run in float64 only (got dtype = {c0.dtype!r})")
 
 
+def batch_memory_estimate_bytes(configs) -> int:
+    """Rough peak memory (bytes) of ``run_flows_batched(configs)``.
+
+    The largest run's own estimate (FlowConfig.memory_estimate_bytes: its chunked direct paths and work arrays,
+    which the batch needs for one run at a time) plus, for every further run, its rows of the batched arrays: the
+    7 stages and about 8 work arrays of its (P,) state and its objective's (S + R + 2) x |A| arrays. A sum of the
+    runs' own estimates would count the 100 MB of direct-path chunks once per run (12 GiB for 128 small flows).
+    """
+    configs = list(configs)
+    if not configs:
+        return 0
+    first = max(int(c.memory_estimate_bytes()) for c in configs)
+    t = configs[0].task
+    per_run = 8 * (15 * configs[0].state_size() + 12 * (t.S + t.R + 2) * t.R * t.D)
+    return first + (len(configs) - 1) * per_run
+
+
 class BatchedObjective:
     """The exact population flow of B tasks of one shape: ``rhs(Y, out)`` on states (B, P).
 

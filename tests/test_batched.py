@@ -79,3 +79,17 @@ def test_mismatched_configs_are_refused():
             run_flows_batched(bad)
         except ConfigError as exc:
             assert "\n" not in str(exc)
+
+
+def test_batch_memory_estimate_counts_the_shared_chunks_once():
+    """A batch holds one run's direct-path chunks and work arrays plus every run's state rows: 128 small flows need
+    far less than 128 runs' own estimates (which each count ~100 MB of chunks), and more runs cost more."""
+    from dynamics.batched import batch_memory_estimate_bytes
+
+    one = FlowConfig(task=TaskConfig(S=16, R=4, D=8, facts="random", seed=0))
+    many = [FlowConfig(task=TaskConfig(S=16, R=4, D=8, facts="random", seed=s)) for s in range(128)]
+    single = one.memory_estimate_bytes()
+    est = batch_memory_estimate_bytes(many)
+    assert single < est < single + 128 * 2**20 < 128 * single
+    P = one.state_size()
+    assert batch_memory_estimate_bytes(many[:64]) - batch_memory_estimate_bytes(many[:32]) >= 32 * 15 * 8 * P

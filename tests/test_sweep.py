@@ -11,6 +11,7 @@ from analysis import predict
 from analysis.derive import main as derive_main
 from analysis.sweep import main as sweep_main
 from analysis.sweep import run_sweep
+from common.errors import ConfigError
 from analysis import analyze_flow
 from dynamics import FlowConfig
 from models import TaskConfig
@@ -196,3 +197,17 @@ def test_derive_refuses_unequal_counts(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "divide" in err and len(err.strip().splitlines()) == 1 and not out.exists()
     assert not os.listdir(tmp_path)
+
+
+def test_batched_sweep_refuses_a_batch_that_does_not_fit_before_any_work(monkeypatch):
+    """Each batch's memory (dynamics.batched.batch_memory_estimate_bytes) is checked before anything runs."""
+    import common.memory
+    import dynamics.batched as batched
+
+    calls = []
+    monkeypatch.setattr(batched, "run_flows_batched", lambda configs: calls.append(configs))
+    monkeypatch.setattr(common.memory, "available_memory_bytes", lambda: 64 * 2**20)
+    with pytest.raises(ConfigError, match=r"a batch of 3 flows of S = 8, R = 2, D = 4 needs about [\d.]+ GiB but this "
+                                          r"machine has 0.1 GiB available; lower --batch-flows"):
+        run_sweep(_random_grid((8,)), facts="random", progress=False, batch_flows=3)
+    assert calls == []
