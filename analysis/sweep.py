@@ -61,7 +61,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch-flows", type=int, default=0, metavar="B",
                    help="full-system runs: 0 or 1 (default 0) integrates one run at a time, with its trajectory "
                         "and plateau (plateau_loss); B >= 2 integrates up to B flows of one shape (S, R, D, T, N) "
-                        f"together as one batched state (dynamics.batched.run_flows_batched; B at most "
+                        f"together as one batched state, a waiting run taking the place of each that finishes "
+                        f"(dynamics.batched.run_flows_batched with slots = B; B at most "
                         f"{MAX_BATCH_FLOWS:,}): the same steps and phase times, in less time, but "
                         "no trajectory, so plateau_loss is left empty for those rows (column batched = 1); runs "
                         "the batched solver cannot take (states of ROCK4 size) still go one at a time")
@@ -264,8 +265,8 @@ def _record_full(out: dict, i: int, config, status: str, times) -> None:
 
 def _run_full_batched(cols, idx, out: dict, bar, batch_flows: int, **kw) -> np.ndarray:
     """Integrate the full-system rows ``idx`` ((m,) ints) with dynamics.batched.run_flows_batched: grouped by
-    shape (S, R, D, T, N), each group in near-equal chunks of at most ``batch_flows`` runs; fills ``out`` as the
-    one-by-one path does except plateau_loss (no trajectory: stays NaN) and sets out["batched"] = 1. ``kw``:
+    shape (S, R, D, T, N), each group in one call with at most ``batch_flows`` runs at once (its ``slots``); fills
+    ``out`` as the one-by-one path does except plateau_loss (no trajectory: stays NaN) and sets out["batched"] = 1. ``kw``:
     full_config's. Returns the rows the batched solver cannot take (a method other than dopri5: states from
     dynamics.config.ROCK4_MIN_SIZE entries), for one-by-one runs."""
     from common.memory import available_memory_bytes
@@ -282,25 +283,22 @@ def _run_full_batched(cols, idx, out: dict, bar, batch_flows: int, **kw) -> np.n
             ok.append(i)
     ok = np.array(ok, dtype=np.int64)
     key = np.stack([np.asarray(cols[k])[ok] for k in ("S", "R", "D", "T", "N")], axis=1)
-    chunks = []
-    for _, pos in _groups(key, np.ones(ok.size, dtype=bool)):
-        rows = ok[pos]
-        # near-equal chunks (5 runs, B = 4: 3 + 2, not 4 + 1): no run is left to a batch of its own needlessly
-        chunks += np.array_split(rows, -(-rows.size // batch_flows))
+    groups = [ok[pos] for _, pos in _groups(key, np.ones(ok.size, dtype=bool))]
     have = available_memory_bytes()
-    for chunk in chunks:  # every batch checked before any is integrated
-        need = batch_memory_estimate_bytes([configs[int(i)] for i in chunk])
+    for rows in groups:  # every group checked before any is integrated
+        need = batch_memory_estimate_bytes([configs[int(i)] for i in rows], slots=batch_flows)
         if need > 0.8 * have:
-            c = configs[int(chunk[0])].task
-            raise ConfigError(f"a batch of {chunk.size} flows of S = {c.S}, R = {c.R}, D = {c.D} needs about "
-                              f"{need / 2**30:.1f} GiB but this machine has {have / 2**30:.1f} GiB available; "
-                              "lower --batch-flows")
-    for chunk in chunks:
-        results = run_flows_batched([configs[int(i)] for i in chunk])
-        for i, res in zip(chunk, results):
+            c = configs[int(rows[0])].task
+            raise ConfigError(f"a batch of {min(batch_flows, rows.size)} flows of S = {c.S}, R = {c.R}, D = {c.D} "
+                              f"needs about {need / 2**30:.1f} GiB but this machine has {have / 2**30:.1f} GiB "
+                              "available; lower --batch-flows")
+    for rows in groups:
+        # one call per shape: at most batch_flows at once, a waiting run starting as soon as one finishes
+        results = run_flows_batched([configs[int(i)] for i in rows], slots=batch_flows,
+                                    on_done=lambda j, res: bar.update(1))
+        for i, res in zip(rows, results):
             _record_full(out, int(i), configs[int(i)], res["status"], res)
             out["batched"][i] = 1.0
-        bar.update(int(chunk.size))
     return np.array(rest, dtype=np.int64)
 
 

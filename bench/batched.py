@@ -3,6 +3,7 @@
     python bench/batched.py                 # 64 random-table S16/R4/D8 flows, both ways
     python bench/batched.py --n 256 --singles 8
     python bench/batched.py --n 64 --singles 0 --rtol 1e-6 --accuracy   # faster, and how exact
+    python bench/batched.py --n 512 --singles 0 --slots 128               # continuous batching
 
 Prints flows per second for both ways (integration to t3, phase times located) and the largest relative
 difference of t1, t2, t3 between a batched run and its single run.
@@ -34,6 +35,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the batched run (default: one below 200,000 batched state entries, "
                         "as run_flow; 0 = torch's default, all cores)")
+    p.add_argument("--slots", type=int, default=None,
+                   help="at most this many flows at once, a waiting flow taking the place of each that finishes "
+                        "(default: all n at once)")
     p.add_argument("--singles", type=int, default=None,
                    help="how many of the flows to also run one after another with run_flow (default: all n; "
                         "their rate is flows per second over these)")
@@ -44,10 +48,10 @@ def main(argv=None):
     configs = [FlowConfig(task=TaskConfig(S=a.S, R=a.R, D=a.D, facts="random", seed=s), alpha=a.alpha, rtol=a.rtol)
                for s in range(a.n)]
     t0 = time.perf_counter()
-    out = run_flows_batched(configs, threads=a.threads)
+    out = run_flows_batched(configs, threads=a.threads, slots=a.slots)
     tb = time.perf_counter() - t0
     print(f"batched: {a.n} flows in {tb:.2f} s = {a.n / tb:.1f} flows/s "
-          f"(threads {a.threads}; steps {min(o['n_steps'] for o in out)}..{max(o['n_steps'] for o in out)})")
+          f"(threads {a.threads}; slots {a.slots or a.n}; steps {min(o['n_steps'] for o in out)}..{max(o['n_steps'] for o in out)})")
     if a.accuracy:
         ref = run_flows_batched([FlowConfig(task=c.task, alpha=c.alpha, rtol=1e-12) for c in configs], threads=a.threads)
         err = max(abs(o[k] - r[k]) / abs(r[k]) for o, r in zip(out, ref) for k in ("t1", "t2", "t3"))

@@ -24,7 +24,8 @@ What is mirrored from the single run (:func:`dynamics.flow.run_flow` with the le
   is compared with theta1, theta2 (SPEC §3, from that run's log|A| and H(A|R)) and eps_conv; a crossing is
   located by Brent's method on the step's 4th-order continuous extension (:class:`dynamics.dopri.Dopri5Interp`),
   with the loss of the run's own PopulationObjective, and reported on the crossed side; the run stops at the
-  first time L <= loss_target and leaves the batch (the batch shrinks as runs finish).
+  first time L <= loss_target and leaves the batch (the batch shrinks as runs finish, or, with ``slots``, a
+  waiting run starts in its place: rows are independent, so a run's arithmetic does not depend on its company).
 
 Only the phase times, counters and final loss are returned (no trajectory, no dense output, no conservation
 monitoring): for those use run_flow on the configuration of interest.
@@ -37,7 +38,7 @@ import time
 import numpy as np
 import torch
 
-from common.errors import ConfigError
+from common.errors import ConfigError, check_int
 from models.linear import layout_of
 from models.population import PopulationObjective
 from models.task import make_task
@@ -89,21 +90,25 @@ def check_batch(configs) -> None:
         raise ConfigError(f"batched flows run in float64 only (got dtype = {c0.dtype!r})")
 
 
-def batch_memory_estimate_bytes(configs) -> int:
-    """Rough peak memory (bytes) of ``run_flows_batched(configs)``.
+def batch_memory_estimate_bytes(configs, slots: int | None = None) -> int:
+    """Rough peak memory (bytes) of ``run_flows_batched(configs, slots=slots)``.
 
     The largest run's own estimate (FlowConfig.memory_estimate_bytes: its chunked direct paths and work arrays,
     which the batch needs for one run at a time) plus, for every further run, its rows of the batched arrays: the
     7 stages and about 8 work arrays of its (P,) state and its objective's (S + R + 2) x |A| arrays. A sum of the
     runs' own estimates would count the 100 MB of direct-path chunks once per run (12 GiB for 128 small flows).
+    With ``slots`` only that many runs hold batch rows at once; a waiting run holds its objective's tables (about
+    four (S + R + 2) x |A| arrays).
     """
     configs = list(configs)
     if not configs:
         return 0
+    active = len(configs) if slots is None else max(1, min(int(slots), len(configs)))
     first = max(int(c.memory_estimate_bytes()) for c in configs)
     t = configs[0].task
     per_run = 8 * (15 * configs[0].state_size() + 12 * (t.S + t.R + 2) * t.R * t.D)
-    return first + (len(configs) - 1) * per_run
+    per_waiting = 8 * 4 * (t.S + t.R + 2) * t.R * t.D
+    return first + (active - 1) * per_run + (len(configs) - active) * per_waiting
 
 
 class BatchedObjective:
@@ -113,21 +118,27 @@ class BatchedObjective:
     ``objectives[i]`` is run i's own PopulationObjective (fallback and event losses).
     """
 
-    def __init__(self, objectives: list, *, dtype=torch.float64, device="cpu"):
+    def __init__(self, objectives: list, *, dtype=torch.float64, device="cpu", rows=None):
         self.objectives = list(objectives)
         self.layout = objectives[0].layout
         self.dtype, self.device = dtype, torch.device(device)
         kw = dict(dtype=dtype, device=self.device)
-        self.w = torch.stack([o.w for o in objectives]).to(**kw)  # (B, S, R)
-        self.Ys = torch.stack([o.Ys for o in objectives]).to(**kw)  # (B, S, |A|)
-        self.Yr = torch.stack([o.Yr for o in objectives]).to(**kw)  # (B, R, |A|)
-        self.answers = torch.stack([o.answers for o in objectives]).to(self.device)  # (B, S, R)
+        # every run's tables (indexed by run); the active rows are gathered from them
+        self._w = torch.stack([o.w for o in objectives]).to(**kw)  # (n, S, R)
+        self._Ys = torch.stack([o.Ys for o in objectives]).to(**kw)  # (n, S, |A|)
+        self._Yr = torch.stack([o.Yr for o in objectives]).to(**kw)  # (n, R, |A|)
+        self._answers = torch.stack([o.answers for o in objectives]).to(self.device)  # (n, S, R)
         T, N = objectives[0].task.T, objectives[0].task.N
         self.mult_noise = float(T - 3)
         self.noise_speed = (T - 3) / N
-        self.idx = torch.arange(len(objectives), device=self.device)  # run index of each row
         self.fallbacks = np.zeros(len(objectives), dtype=np.int64)
         self._bufs = {}
+        self._set(torch.arange(len(objectives), device=self.device) if rows is None
+                  else torch.as_tensor(rows, dtype=torch.long, device=self.device))
+
+    def _set(self, idx: torch.Tensor) -> None:
+        self.idx = idx  # (B,) run index of each active row
+        self.w, self.Ys, self.Yr, self.answers = self._w[idx], self._Ys[idx], self._Yr[idx], self._answers[idx]
 
     def buffer(self, name: str, shape) -> torch.Tensor:
         """A work array reused across calls (fresh ~1 MB tensors per call cost page faults, not math)."""
@@ -140,8 +151,19 @@ class BatchedObjective:
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows ``keep`` (a LongTensor of row positions)."""
-        self.w, self.Ys, self.Yr = self.w[keep], self.Ys[keep], self.Yr[keep]
-        self.answers, self.idx = self.answers[keep], self.idx[keep]
+        self._set(self.idx[keep])
+
+    def admit(self, runs) -> None:
+        """Append rows for the runs ``runs`` (run indices) after the active ones."""
+        self._set(torch.cat([self.idx, torch.as_tensor(runs, dtype=torch.long, device=self.device)]))
+
+    def view(self, runs) -> "BatchedObjective":
+        """The same objective on the rows ``runs`` only (its own work arrays; fallback counts shared)."""
+        v = object.__new__(BatchedObjective)
+        v.__dict__.update(self.__dict__)
+        v._bufs = {}
+        v._set(torch.as_tensor(runs, dtype=torch.long, device=self.device))
+        return v
 
     def rhs(self, Y: torch.Tensor, out: torch.Tensor, need_loss: bool = False):
         """Write dY/dt = -grad L per row into ``out`` (B, P); return the losses (B,) numpy if need_loss."""
@@ -189,28 +211,38 @@ class BatchedObjective:
         return losses
 
 
-def run_flows_batched(configs, *, threads: int | None = None, return_states: bool = False) -> list[dict]:
+def run_flows_batched(configs, *, threads: int | None = None, return_states: bool = False,
+                      slots: int | None = None, on_done=None) -> list[dict]:
     """Integrate every FlowConfig of ``configs`` (one shape, one solver setting) as one batched state.
 
     Returns one dict per config, in order: t1, t2, t3 (None where not reached), status (``converged``,
     ``t_max``, ``max_steps`` or ``failed``), message, t_final, final_loss, n_steps, n_rejected, nfe,
     direct_fallbacks, levels (theta1, theta2, theta3), atol; with ``return_states`` also final_state
-    (the packed (P,) state at t_final). threads: torch threads (0: torch's default; None: one thread when the
-    batched state (B x P entries) is below dynamics.threads.SINGLE_THREAD_BELOW on the CPU, as run_flow does:
-    measured 0.7 flows/s with two spin-waiting threads on a loaded 2-core machine against 11.9 with one).
+    (the packed (P,) state at t_final).
+
+    slots: at most this many runs are integrated at once (default: all of them); when a run finishes, the next
+    waiting config starts in its place, so the batch stays full while configs wait (continuous batching: runs
+    differ in step count by 2x or more, and a batch that only shrinks spends its last steps nearly empty). Memory
+    is that of ``slots`` runs (batch_memory_estimate_bytes(configs, slots=...)). Every run takes the steps of
+    its single run whatever the slots. on_done(i, result): called as run i finishes (progress reporting).
+    threads: torch threads (0: torch's default; None: one thread when the batched state (slots x P entries) is
+    below dynamics.threads.SINGLE_THREAD_BELOW on the CPU, as run_flow does: measured 0.7 flows/s with two
+    spin-waiting threads on a loaded 2-core machine against 11.9 with one).
     """
     configs = list(configs)
     check_batch(configs)
+    slots = len(configs) if slots is None else check_int("slots", slots, 1, None)
+    slots = min(slots, len(configs))
     c0 = configs[0]
     dtype, device = c0.torch_dtype, torch.device(c0.device)
     if threads is None:
         P = layout_of(make_task(c0.task)).size
-        threads = 1 if len(configs) * P < SINGLE_THREAD_BELOW and device.type == "cpu" else 0
+        threads = 1 if slots * P < SINGLE_THREAD_BELOW and device.type == "cpu" else 0
     with torch_threads(threads), torch.inference_mode():
-        return _run(configs, dtype, device, return_states)
+        return _run(configs, dtype, device, return_states, slots, on_done)
 
 
-def _run(configs, dtype, device, return_states):
+def _run(configs, dtype, device, return_states, slots, on_done):
     wall0 = time.perf_counter()
     B0 = len(configs)
     tasks = [make_task(c.task) for c in configs]
@@ -222,15 +254,9 @@ def _run(configs, dtype, device, return_states):
     n = C * A
     rtol = configs[0].resolved_rtol
     fixed_atol = configs[0].atol
-    bobj = BatchedObjective(objs, dtype=dtype, device=device)
-    y0s = []
-    for c, t in zip(configs, tasks):
-        Wt0, K0 = initial_state(c, t, dtype, device)
-        y0s.append(layout.pack(Wt0, K0))
-    Y = torch.stack(y0s)  # (B, P)
-    atol0 = np.array([fixed_atol if fixed_atol is not None else auto_atol(y, rtol) for y in y0s])
+    bobj = BatchedObjective(objs, dtype=dtype, device=device, rows=[])
+    atol0 = np.zeros(B0)
     row_floor = fixed_atol is None  # RowAtol: the native backend with the automatic atol
-    ATOL = torch.as_tensor(atol0, dtype=dtype, device=device)[:, None].expand(B0, P).clone()  # (B, P)
     levels = np.array([_phase_levels(t, c.eps_conv) for t, c in zip(tasks, configs)])  # (B, 3)
     target = np.array([c.resolved_loss_target for c in configs])
     t_bound = np.array([c.t_max for c in configs], dtype=np.float64)
@@ -238,41 +264,46 @@ def _run(configs, dtype, device, return_states):
 
     # per-run results (indexed by run) and per-row state (indexed by position in the active batch)
     res = [dict(t1=None, t2=None, t3=None, status=None, message="", t_final=0.0, final_loss=math.nan,
-                n_steps=0, n_rejected=0, nfe=0, direct_fallbacks=0, levels=tuple(levels[i]), atol=float(atol0[i]))
+                n_steps=0, n_rejected=0, nfe=0, direct_fallbacks=0, levels=tuple(levels[i]), atol=math.nan)
            for i in range(B0)]
     found = np.full((B0, 3), np.nan)  # level crossings
     nfe = np.zeros(B0, dtype=np.int64)
     n_rej = np.zeros(B0, dtype=np.int64)
     steps = np.zeros(B0, dtype=np.int64)
-
-    run = np.arange(B0)  # run index of each active row
-    t = np.zeros(B0)
-    err_old = np.full(B0, 1e-4)
-    K = torch.empty((B0, 7, P), dtype=dtype, device=device)  # stages, (B, 7, P)
-    loss_prev = bobj.rhs(Y, K[:, 0], need_loss=True)
-    nfe += 1
-    # initial loss crossings (the engine reports a level already crossed at t0 at t0)
-    for i in range(B0):
-        for k in range(3):
-            if loss_prev[i] <= levels[i, k]:
-                found[i, k] = 0.0
-
-    # the starting step (dynamics.steps.initial_step, with the atol of the start)
-    f0 = K[:, 0]
-    scale = Y.abs() * rtol + ATOL
     sq = math.sqrt(P)
-    f0n = (torch.linalg.vector_norm(f0 / scale, dim=1) / sq).numpy()
-    y0n = (torch.linalg.vector_norm(Y / scale, dim=1) / sq).numpy()
-    span = t_bound - t
-    h0 = np.where((y0n < 1e-5) | (f0n < 1e-5), 1e-6, 0.01 * y0n / np.where(f0n > 0, f0n, 1.0))
-    h0 = np.minimum(h0, span)
-    f1 = torch.empty_like(Y)
-    bobj.rhs(Y + torch.as_tensor(h0, dtype=dtype)[:, None] * f0, f1)
-    nfe += 1
-    d1n = (torch.linalg.vector_norm((f1 - f0) / scale, dim=1) / sq).numpy()
-    h = np.array([initial_step(float(f0n[i]), float(y0n[i]), lambda _h, v=float(d1n[i]): v, ORDER, float(span[i]))
-                  for i in range(B0)])
-    del f1, scale
+
+    def start(js: np.ndarray):
+        """The first stage, loss, crossings at t0 and starting step of the runs ``js`` (as the engine's start)."""
+        m = len(js)
+        ys = []
+        for j in js:
+            Wt0, K0 = initial_state(configs[j], tasks[j], dtype, device)
+            ys.append(layout.pack(Wt0, K0))
+            atol0[j] = fixed_atol if fixed_atol is not None else auto_atol(ys[-1], rtol)
+            res[j]["atol"] = float(atol0[j])
+        Y_s = torch.stack(ys)  # (m, P)
+        ATOL_s = torch.as_tensor(atol0[js], dtype=dtype, device=device)[:, None].expand(m, P).clone()  # (m, P)
+        K_s = torch.empty((m, 7, P), dtype=dtype, device=device)  # stages, (m, 7, P)
+        view = bobj.view(js)
+        loss_s = view.rhs(Y_s, K_s[:, 0], need_loss=True)
+        nfe[js] += 1
+        # initial loss crossings (the engine reports a level already crossed at t0 at t0)
+        found[js] = np.where(loss_s[:, None] <= levels[js], 0.0, found[js])
+        # the starting step (dynamics.steps.initial_step, with the atol of the start)
+        f0 = K_s[:, 0]
+        scale = Y_s.abs() * rtol + ATOL_s
+        f0n = (torch.linalg.vector_norm(f0 / scale, dim=1) / sq).numpy()
+        y0n = (torch.linalg.vector_norm(Y_s / scale, dim=1) / sq).numpy()
+        span = t_bound[js]
+        h0 = np.where((y0n < 1e-5) | (f0n < 1e-5), 1e-6, 0.01 * y0n / np.where(f0n > 0, f0n, 1.0))
+        h0 = np.minimum(h0, span)
+        f1 = torch.empty_like(Y_s)
+        view.rhs(Y_s + torch.as_tensor(h0, dtype=dtype)[:, None] * f0, f1)
+        nfe[js] += 1
+        d1n = (torch.linalg.vector_norm((f1 - f0) / scale, dim=1) / sq).numpy()
+        h_s = np.array([initial_step(float(f0n[i]), float(y0n[i]), lambda _h, v=float(d1n[i]): v, ORDER,
+                                     float(span[i])) for i in range(m)])
+        return Y_s, K_s, ATOL_s, loss_s, h_s
 
     a_rows = [torch.tensor(a, dtype=dtype, device=device) for a in _A_TABLE]
     e_row = torch.tensor(_E_TABLE, dtype=dtype, device=device)
@@ -293,25 +324,46 @@ def _run(configs, dtype, device, return_states):
             r[name] = None if np.isnan(found[j, k]) else float(found[j, k])
         if return_states:
             states[j] = y_fin.clone()
+        if on_done is not None:
+            on_done(j, r)
 
-    done = np.zeros(len(run), dtype=bool)
-    # runs already at their target at t0 stop there
-    for i in range(len(run)):
-        if loss_prev[i] <= target[run[i]]:
-            finish(i, "converged", "", 0.0, Y[i], loss_prev[i])
-            done[i] = True
+    pending = np.arange(B0)  # runs not yet started, in order
+    run = np.zeros(0, dtype=np.int64)  # run index of each active row
+    Y = torch.empty((0, P), dtype=dtype, device=device)
+    K = torch.empty((0, 7, P), dtype=dtype, device=device)
+    ATOL = torch.empty((0, P), dtype=dtype, device=device)
+    t, h, err_old, loss_prev = np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0)
+    done = np.zeros(0, dtype=bool)
 
     while True:
         # ---- drop finished runs
         if done.any():
             keep_np = np.nonzero(~done)[0]
-            if keep_np.size == 0:
-                break
             keep = torch.as_tensor(keep_np, device=device)
             Y, K, ATOL = Y[keep], K[keep], ATOL[keep]
             bobj.select(keep)
             run, t, h, err_old, loss_prev = run[keep_np], t[keep_np], h[keep_np], err_old[keep_np], loss_prev[keep_np]
             done = np.zeros(len(run), dtype=bool)
+        # ---- start waiting runs in the free slots (continuous batching: the batch stays full)
+        free = slots - len(run)
+        if free > 0 and pending.size:
+            js, pending = pending[:free], pending[free:]
+            Y_s, K_s, ATOL_s, loss_s, h_s = start(js)
+            Y, K, ATOL = torch.cat([Y, Y_s]), torch.cat([K, K_s]), torch.cat([ATOL, ATOL_s])
+            bobj.admit(js)
+            B_old = len(run)
+            run = np.concatenate([run, js])
+            t = np.concatenate([t, np.zeros(len(js))])
+            h = np.concatenate([h, h_s])
+            err_old = np.concatenate([err_old, np.full(len(js), 1e-4)])
+            loss_prev = np.concatenate([loss_prev, loss_s])
+            done = np.zeros(len(run), dtype=bool)
+            for i in range(B_old, len(run)):  # runs already at their target at t0 stop there
+                if loss_prev[i] <= target[run[i]]:
+                    finish(i, "converged", "", 0.0, Y[i], loss_prev[i])
+                    done[i] = True
+            if done.any():
+                continue
         B = len(run)
         if B == 0:
             break
@@ -407,7 +459,9 @@ def _run(configs, dtype, device, return_states):
             K[:, 0] = torch.where(acc_t, K[:, 6], K[:, 0])
         t = np.where(acc, t_new, t)
         loss_prev = np.where(acc, loss_new, loss_prev)
-        for i in ia:
+        collapsed = ~np.isfinite(h) | (h <= 0) | (t + h == t)
+        ends = acc & (~finite | (t >= t_bound[run]) | collapsed)
+        for i in sorted(set(np.nonzero(ends)[0].tolist()) | set(cut)):  # only rows that end here: no per-row loop
             if not finite[i]:
                 finish(i, "failed", f"the state became non-finite at t = {t[i]:.6g}", t[i], Y[i], math.nan)
                 done[i] = True
@@ -422,7 +476,7 @@ def _run(configs, dtype, device, return_states):
             elif t[i] >= t_bound[run[i]]:
                 finish(i, "t_max", "", t[i], Y[i], loss_prev[i])
                 done[i] = True
-            elif not np.isfinite(h[i]) or h[i] <= 0 or t[i] + h[i] == t[i]:
+            elif collapsed[i]:
                 finish(i, "failed", f"dopri5: the step size collapsed to {h[i]:.3g} at t = {t[i]:.6g}", t[i], Y[i])
                 done[i] = True
         if row_floor:  # dynamics.tolerances.RowAtol after accepted steps 1, 9, 17, ... of each run

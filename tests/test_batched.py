@@ -93,3 +93,42 @@ def test_batch_memory_estimate_counts_the_shared_chunks_once():
     assert single < est < single + 128 * 2**20 < 128 * single
     P = one.state_size()
     assert batch_memory_estimate_bytes(many[:64]) - batch_memory_estimate_bytes(many[:32]) >= 32 * 15 * 8 * P
+
+
+def test_slots_refill_the_batch_and_change_nothing(batched, monkeypatch):
+    """Continuous batching: with slots=3 at most three runs are integrated at once, a waiting run starting as one
+    finishes (here also one stopped early by its target and one by its step budget); every run takes the same
+    steps and phase times as in the all-at-once batch, and on_done reports each run once, as it finishes."""
+    import dynamics.batched as mod
+
+    widths = []
+    rhs = mod.BatchedObjective.rhs
+    monkeypatch.setattr(mod.BatchedObjective, "rhs",
+                        lambda self, Y, out, need_loss=False: (widths.append(Y.shape[0]), rhs(self, Y, out, need_loss))[1])
+    extra = [random_config(5, loss_target=2.0), random_config(6, max_steps=40)]
+    configs = [CONFIGS[0], extra[0], *CONFIGS[1:6], extra[1], *CONFIGS[6:]]
+    seen = []
+    out = run_flows_batched(configs, slots=3, on_done=lambda i, r: seen.append((i, r["status"])))
+    assert max(widths) == 3 and widths.count(3) > len(widths) // 2  # full most of the time
+    assert sorted(i for i, _ in seen) == list(range(len(configs)))
+    assert dict(seen) == {i: r["status"] for i, r in enumerate(out)}
+    ref = batched[:1] + [None] + batched[1:6] + [None] + batched[6:]
+    for o, r in zip(out, ref):
+        if r is not None:
+            assert (o["n_steps"], o["nfe"], o["n_rejected"]) == (r["n_steps"], r["nfe"], r["n_rejected"])
+            assert all(rel(o[k], r[k]) <= 1e-12 for k in ("t1", "t2", "t3"))
+    assert out[1]["status"] == "converged" and out[1]["final_loss"] <= 2.0
+    assert out[7]["status"] == "max_steps" and out[7]["n_steps"] == 40
+
+
+def test_slots_are_checked_and_bound_the_memory_estimate():
+    from dynamics.batched import batch_memory_estimate_bytes
+
+    with pytest.raises(ConfigError, match=r"slots = 0 is too small"):
+        run_flows_batched([random_config(0)], slots=0)
+    many = [random_config(s) for s in range(64)]
+    full = batch_memory_estimate_bytes(many)
+    assert batch_memory_estimate_bytes(many, slots=64) == batch_memory_estimate_bytes(many, slots=1000) == full
+    P = many[0].state_size()
+    # 48 runs fewer in the batch: at least their 7 stages of (P,) doubles fewer
+    assert full - batch_memory_estimate_bytes(many, slots=16) >= 48 * 7 * 8 * P

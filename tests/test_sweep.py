@@ -150,17 +150,23 @@ def test_batched_full_rows_equal_one_by_one(one_by_one):
 
 
 def test_batched_two_shapes_each_batched_separately(one_by_one, monkeypatch):
-    """Two shapes with batch_flows=2: each shape's three runs in chunks of 2 and 1 (never mixing shapes, which
-    run_flows_batched would refuse), every row filled and equal to one by one; the bar advances per chunk."""
+    """Two shapes with batch_flows=2: one batched call per shape (never mixing shapes, which run_flows_batched
+    would refuse) with at most 2 runs at once, every row filled and equal to one by one; the bar advances per run."""
+    import dynamics.batched as batched
     from common.progress import Progress
 
-    steps = []
+    steps, calls = [], []
     update = Progress.update
     monkeypatch.setattr(Progress, "update", lambda self, n=1: (steps.append(n), update(self, n))[1])
+    real = batched.run_flows_batched
+    monkeypatch.setattr(batched, "run_flows_batched",
+                        lambda configs, **kw: (calls.append(({c.task.S for c in configs}, len(configs), kw["slots"])),
+                                               real(configs, **kw))[1])
     got = run_sweep(_random_grid((8, 12)), facts="random", progress=False, batch_flows=2).columns
     _same_times(got, one_by_one, np.arange(6))
     assert np.all(got["batched"] == 1) and np.all(np.isnan(got["plateau_loss"]))
-    assert sorted(steps) == [1, 1, 2, 2]
+    assert sorted(calls, key=lambda c: min(c[0])) == [({8}, 3, 2), ({12}, 3, 2)]
+    assert steps == [1] * 6
 
 
 def test_derive_writes_json_and_markdown(tmp_path, capsys):
