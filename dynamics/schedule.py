@@ -50,6 +50,11 @@ DEFAULT_SETS = BUILTIN_SETS
 SET_METRICS = ("loss", "relation_loss", "subject_loss", "hallucination_gap", "p_true", "accuracy", "excess")
 
 
+def excess(metrics: dict, entropy: float) -> float:
+    """An evaluation set's excess loss: its loss minus H_v(A|R), the loss of the best relation-only predictor."""
+    return metrics["loss"] - entropy
+
+
 @dataclass(frozen=True)
 class Stop:
     """When a stage ends: after ``time`` units of flow time, or when the loss on evaluation set ``on`` falls
@@ -216,7 +221,7 @@ class ExperimentRun:
             Wt, K = st.objective.layout.unpack(self.state_at(t))
             m = st.objective.metrics(Wt, K, sets=self.stage_sets[st.index])
         for name, d in m.items():
-            d["excess"] = d["loss"] - st.entropies[name]
+            d["excess"] = excess(d, st.entropies[name])
         return m
 
     @property
@@ -293,7 +298,7 @@ class _Monitor:
                 if d is None:
                     row[f"{name}_{k}"] = math.nan
                 elif k == "excess":
-                    row[f"{name}_{k}"] = d["loss"] - self.entropies[name]
+                    row[f"{name}_{k}"] = excess(d, self.entropies[name])
                 else:
                     row[f"{name}_{k}"] = d[k]
         row.update(self.base.state_columns(Wt, K))
