@@ -43,11 +43,12 @@ def main(argv=None):
         def sweep(name, **kw):
             spec = SweepSpec(kind="flow", base=base, grid=grid, out=os.path.join(tmp, name),
                              batch=kw.pop("batch", 1))
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             res = run_grid(spec, **kw)
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             assert res.done == a.n, res
             rows[name] = res.rows
+            print(f"  ({name}: this process used {cpu:.2f} s of CPU in {wall:.2f} s)")
             return wall
 
         if not a.skip_serial:
