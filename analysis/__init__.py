@@ -14,7 +14,7 @@ from common.lazy import lazy_exports
 _LAZY = {
     "confirmation_report": "confirm",
     "Phases": "phases", "Plateau": "phases", "detect_phases": "phases", "first_crossing": "phases",
-    "flow_phases": "phases", "flow_plateau": "phases", "hermite_crossing": "phases", "plateau_index": "phases",
+    "flow_phases": "phases", "flow_plateau": "phases", "batched_plateau": "phases", "hermite_crossing": "phases", "plateau_index": "phases",
     "thresholds": "phases",
     "escape_rates": "predict", "hallucination_stage_exists": "predict", "phase_times": "predict",
     "plateau_levels": "predict", "Modes": "predict", "ReducedSolution": "predict",

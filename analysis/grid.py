@@ -92,8 +92,9 @@ def _common(p, kind: str) -> None:
     if kind == "flow":
         s.add_argument("--batch-flows", type=int, default=1, metavar="B",
                        help="integrate up to B flows of one shape per task with the batched solver "
-                            "(dynamics.run_flows_batched: native dopri5, float64; phase times and step counts "
-                            "only, equal to the single runs to ~1e-15 relative) (default 1: one run per task)")
+                            "(dynamics.run_flows_batched: native dopri5, float64; phase times, plateau and step "
+                            "counts, no conservation drifts; equal to the single runs to ~1e-12 relative) "
+                            "(default 1: one run per task)")
     x = p.add_argument_group("execution")
     x.add_argument("--scheduler", default="local", metavar="local|tcp://HOST:PORT",
                    help="local (default): a Dask LocalCluster on this machine, --workers processes of one thread; "

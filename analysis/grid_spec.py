@@ -261,7 +261,7 @@ class SweepSpec:
     keep the configuration's defaults), ``grid`` (one dict of field overrides per run), ``out`` (the sweep
     folder), ``experiment_file`` (kind experiment: the TOML file whose [task] and [flow] the fields override),
     ``batch`` (kind flow: up to this many flows of one shape per task, integrated together by
-    dynamics.run_flows_batched: phase times and step counts only, no plateau, conservation or trajectory;
+    dynamics.run_flows_batched: phase times, plateau and step counts, no conservation or trajectory;
     1: one run per task) and ``keep_runs`` (write each run's own folder under out/runs/)."""
 
     kind: str

@@ -207,6 +207,17 @@ def flow_plateau(run, t1: float, t2: float) -> Plateau | None:
                    hallucination_gap=m["hallucination_gap"])
 
 
+def batched_plateau(result: dict) -> Plateau | None:
+    """The plateau of one run_flows_batched(..., plateau=True) result: :func:`flow_plateau` on its
+    ``plateau_window``, which is taken out of ``result`` (its interpolants are freed); None where t1 or t2 was not
+    reached or t2 <= t1 (as :func:`flow_phases`)."""
+    window = result.pop("plateau_window", None)
+    t1, t2 = result.get("t1"), result.get("t2")
+    if window is None or t1 is None or t2 is None or not t2 > t1:
+        return None
+    return flow_plateau(window, t1, t2)
+
+
 def flow_phases(run, *, log_A: float, H_A_given_R: float, eps_conv: float = 1e-2) -> Phases:
     """Phases of an exact flow run (dynamics.FlowRun) integrated with the loss levels ``thresholds(...)``.
 

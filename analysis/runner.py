@@ -67,11 +67,14 @@ def _where() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+PLATEAU_FIELDS = ("t", "loss", "relation_loss", "subject_loss", "hallucination_gap")  # flow rows' plateau_* columns
+
+
 def _flow_row(res) -> dict:
     ph = res.phases
     row = dict(run_status=res.status, message=res.message, t1=ph.t1, t2=ph.t2, t3=ph.t3)
     pl = ph.plateau
-    for k in ("t", "loss", "relation_loss", "subject_loss", "hallucination_gap"):
+    for k in PLATEAU_FIELDS:
         row[f"plateau_{k}"] = None if pl is None else getattr(pl, k)
     row["final_loss"] = float(res.trajectory["loss"][-1])
     row["t_final"] = float(res.trajectory["t"][-1])
@@ -158,10 +161,17 @@ def execute(task: dict) -> list[dict]:
     if task.get("batched"):
         from dynamics.batched import run_flows_batched
 
+        from .phases import batched_plateau
+
         t0 = time.perf_counter()
         try:
             configs = [build_config("flow", r["fields"]) for r in task["runs"]]
-            results = run_flows_batched(configs, threads=1)
+            plateaus = {}
+
+            def locate(j, res):  # each run's plateau as it finishes
+                plateaus[j] = batched_plateau(res)
+
+            results = run_flows_batched(configs, threads=1, plateau=True, on_done=locate)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded, the sweep goes on
@@ -169,9 +179,12 @@ def execute(task: dict) -> list[dict]:
             return [dict(index=r["index"], key=r["key"], status="failed", error=line, worker=_where())
                     for r in task["runs"]]
         wall = time.perf_counter() - t0
-        for r, res in zip(task["runs"], results):
+        for j, (r, res) in enumerate(zip(task["runs"], results)):
+            pl = plateaus.get(j)
             row = dict(index=r["index"], key=r["key"], status="done", error="", run_status=res["status"],
-                       message=res["message"], t1=res["t1"], t2=res["t2"], t3=res["t3"], final_loss=res["final_loss"],
+                       message=res["message"], t1=res["t1"], t2=res["t2"], t3=res["t3"],
+                       **{f"plateau_{k}": None if pl is None else getattr(pl, k) for k in PLATEAU_FIELDS},
+                       final_loss=res["final_loss"],
                        t_final=res["t_final"], n_steps=res["n_steps"], n_rejected=res["n_rejected"],
                        nfe=res["nfe"], batched=len(results), wall_seconds=wall / len(results), worker=_where())
             out.append(row)

@@ -6,7 +6,7 @@ Configurations the reduction covers (equal subject counts per answer, uniform fr
 at once by the exact quadrature of the reduced flow (analysis.predict.phase_times: each configuration
 stops at its own t3). The others go through the full system (analysis.analyze_flow) one by one, with a
 progress bar; with --batch-flows B (B >= 2) up to B of them of one shape (S, R, D, T, N) are integrated together
-by dynamics.batched.run_flows_batched (phase times only: plateau_loss is left empty there, column batched = 1).
+by dynamics.batched.run_flows_batched (phase times and plateau_loss, no trajectory; column batched = 1).
 Writes sweep.csv (one row per configuration), slopes.json (fitted and predicted slopes of
 t1, t2, t3 and t2 - t1 against log(1/alpha) and against S) and figures.
 """
@@ -63,9 +63,9 @@ def build_parser() -> ArgumentParser:
                         "and plateau (plateau_loss); B >= 2 integrates up to B flows of one shape (S, R, D, T, N) "
                         f"together as one batched state, a waiting run taking the place of each that finishes "
                         f"(dynamics.batched.run_flows_batched with slots = B; B at most "
-                        f"{MAX_BATCH_FLOWS:,}): the same steps and phase times, in less time, but "
-                        "no trajectory, so plateau_loss is left empty for those rows (column batched = 1); runs "
-                        "the batched solver cannot take (states of ROCK4 size) still go one at a time")
+                        f"{MAX_BATCH_FLOWS:,}): the same steps, phase times and plateau_loss, in less time "
+                        "(column batched = 1); runs the batched solver cannot take (states of ROCK4 size) still "
+                        "go one at a time")
     p.add_argument("--out", default="runs/sweep", metavar="DIR",
                    help="output folder, created as a whole (default runs/sweep); an existing non-empty folder "
                         "is refused unless --overwrite")
@@ -266,11 +266,13 @@ def _record_full(out: dict, i: int, config, status: str, times) -> None:
 def _run_full_batched(cols, idx, out: dict, bar, batch_flows: int, **kw) -> np.ndarray:
     """Integrate the full-system rows ``idx`` ((m,) ints) with dynamics.batched.run_flows_batched: grouped by
     shape (S, R, D, T, N), each group in one call with at most ``batch_flows`` runs at once (its ``slots``); fills
-    ``out`` as the one-by-one path does except plateau_loss (no trajectory: stays NaN) and sets out["batched"] = 1. ``kw``:
-    full_config's. Returns the rows the batched solver cannot take (a method other than dopri5: states from
+    ``out`` as the one-by-one path does (plateau_loss from each run's PlateauWindow) and sets out["batched"] = 1.
+    ``kw``: full_config's. Returns the rows the batched solver cannot take (a method other than dopri5: states from
     dynamics.config.ROCK4_MIN_SIZE entries), for one-by-one runs."""
     from common.memory import available_memory_bytes
     from dynamics.batched import batch_memory_estimate_bytes, check_batch, run_flows_batched
+
+    from .phases import batched_plateau
 
     configs = {int(i): full_config(cols, i, **kw) for i in idx}
     ok, rest = [], []
@@ -294,8 +296,16 @@ def _run_full_batched(cols, idx, out: dict, bar, batch_flows: int, **kw) -> np.n
                               "available; lower --batch-flows")
     for rows in groups:
         # one call per shape: at most batch_flows at once, a waiting run starting as soon as one finishes
-        results = run_flows_batched([configs[int(i)] for i in rows], slots=batch_flows,
-                                    on_done=lambda j, res: bar.update(1))
+        results = [None] * rows.size
+
+        def done(j, res, rows=rows, results=results):  # each run's plateau as it finishes
+            pl = batched_plateau(res)
+            if pl is not None:
+                out["plateau_loss"][rows[j]] = pl.loss
+            results[j] = res
+            bar.update(1)
+
+        run_flows_batched([configs[int(i)] for i in rows], slots=batch_flows, on_done=done, plateau=True)
         for i, res in zip(rows, results):
             _record_full(out, int(i), configs[int(i)], res["status"], res)
             out["batched"][i] = 1.0
@@ -308,8 +318,8 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
 
     Full-system rows run one at a time through analysis.analyze_flow (``batch_flows`` 0 or 1), or, with
     ``batch_flows`` = B >= 2, up to B of one shape (S, R, D, T, N) at a time through the batched solver
-    (dynamics.batched.run_flows_batched: the same phase times, but no trajectory, so their plateau_loss stays
-    NaN; column ``batched`` = 1 on those rows, 0 elsewhere, in both modes).
+    (dynamics.batched.run_flows_batched: the same phase times and plateau_loss, no trajectory; column
+    ``batched`` = 1 on those rows, 0 elsewhere, in both modes).
     """
     from .predict import escape_rates, hallucination_stage_exists, plateaus
     from .reduced_phases import phase_times  # NaN (null), not an error, where a phase does not exist (D = 1)
@@ -327,7 +337,7 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
         out[k] = np.full(n, np.nan)
     out["reduced"] = red.astype(np.float64)
     out["finished"] = np.ones(n)  # 0 where a full-system run ran out of steps or failed (its times are partial)
-    out["batched"] = np.zeros(n)  # 1 where the batched solver ran the row (no plateau_loss); in every CSV
+    out["batched"] = np.zeros(n)  # 1 where the batched solver ran the row; in every CSV
     r = escape_rates(cols["S"], cols["R"], cols["D"])
     out["rate_subject"], out["rate_relation"] = r["subject"], r["relation"]
     out["hallucination_stage_exists"] = hallucination_stage_exists(cols["S"], cols["R"], cols["D"]).astype(float)

@@ -74,7 +74,7 @@ def main(argv=None):
         if a.batch > 1:
             tb = sweep("batched", workers=1, batch=a.batch)
             print(f"batched solver, {a.batch} flows per task, in process: {a.n} runs in {tb:.2f} s = "
-                  f"{a.n / tb:.2f} runs/s (phase times and step counts only)")
+                  f"{a.n / tb:.2f} runs/s (phase times, plateaus and step counts)")
             same = all(x["key"] == y["key"] and all(x[k] == y[k] for k in ("t1", "t2", "t3", "nfe"))
                        for x, y in zip(rows["batched"], rows["batched-cluster"]))
             print(f"batched numbers on the cluster equal to those in process: {same}")

@@ -93,6 +93,8 @@ def full_rows(a):
     one, bat = out.values()
     worst = max(float(np.max(np.abs(bat[c] - one[c]) / np.abs(one[c]))) for c in ("t1", "t2", "t3"))
     print(f"max relative difference of t1, t2, t3 (batched vs one by one): {worst:.1e} (cpus: {os.cpu_count()})")
+    pl = float(np.max(np.abs(bat["plateau_loss"] - one["plateau_loss"]) / np.abs(one["plateau_loss"])))
+    print(f"max relative difference of plateau_loss (batched vs one by one): {pl:.1e}")
 
 
 def whole(a):

@@ -21,7 +21,7 @@ _LAZY = {
     "TRAJECTORY_COLUMNS": "flow", "FlowMonitor": "flow", "FlowRun": "flow", "initial_state": "flow",
     "run_flow": "flow", "save_times": "flow",
     "BACKENDS": "solvers", "make_stepper": "solvers",
-    "run_flows_batched": "batched",
+    "run_flows_batched": "batched", "PlateauWindow": "batched",
     "Trajectory": "trajectory",
     "torch_threads": "threads",
     "HISTORY_COLUMNS": "trainer", "GDTrainer": "trainer", "HeldOutEvaluator": "trainer", "SampledTrainer": "trainer",

@@ -27,11 +27,14 @@ What is mirrored from the single run (:func:`dynamics.flow.run_flow` with the le
   first time L <= loss_target and leaves the batch (the batch shrinks as runs finish, or, with ``slots``, a
   waiting run starts in its place: rows are independent, so a run's arithmetic does not depend on its company).
 
-Only the phase times, counters and final loss are returned (no trajectory, no dense output, no conservation
-monitoring): for those use run_flow on the configuration of interest.
+Only the phase times, counters and final loss are returned (no trajectory, no conservation monitoring: for
+those use run_flow on the configuration of interest), and with ``plateau=True`` each run's PlateauWindow: the
+steps around its smallest ``t |dL/dt|`` between t1 and t2 (read from the FSAL stage at every step end), on which
+analysis.phases.flow_plateau locates the plateau as on a single run.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -95,7 +98,8 @@ def batch_memory_estimate_bytes(configs, slots: int | None = None) -> int:
 
     The largest run's own estimate (FlowConfig.memory_estimate_bytes: its chunked direct paths and work arrays,
     which the batch needs for one run at a time) plus, for every further run, its rows of the batched arrays: the
-    7 stages and about 8 work arrays of its (P,) state and its objective's (S + R + 2) x |A| arrays. A sum of the
+    7 stages, about 8 work arrays and the plateau window's 10 rows of its (P,) state, and its objective's
+    (S + R + 2) x |A| arrays. A sum of the
     runs' own estimates would count the 100 MB of direct-path chunks once per run (12 GiB for 128 small flows).
     With ``slots`` only that many runs hold batch rows at once; a waiting run holds its objective's tables (about
     four (S + R + 2) x |A| arrays).
@@ -106,7 +110,8 @@ def batch_memory_estimate_bytes(configs, slots: int | None = None) -> int:
     active = len(configs) if slots is None else max(1, min(int(slots), len(configs)))
     first = max(int(c.memory_estimate_bytes()) for c in configs)
     t = configs[0].task
-    per_run = 8 * (15 * configs[0].state_size() + 12 * (t.S + t.R + 2) * t.R * t.D)
+    # 7 stages, ~8 work arrays and (plateau=True; counted always) the window's two interpolants of 5 rows
+    per_run = 8 * (25 * configs[0].state_size() + 12 * (t.S + t.R + 2) * t.R * t.D)
     per_waiting = 8 * 4 * (t.S + t.R + 2) * t.R * t.D
     return first + (active - 1) * per_run + (len(configs) - active) * per_waiting
 
@@ -211,8 +216,45 @@ class BatchedObjective:
         return losses
 
 
+class PlateauWindow:
+    """The dense output of one batched run around its smallest ``t |dL/dt|`` at a step end in [t1, t2]: the
+    steps ending there and after it, enough to locate SPEC §3's plateau exactly
+    (analysis.phases.flow_plateau takes it as it takes a FlowRun).
+
+    ``trajectory``: t, loss, dloss_dt at the step ends of those steps (and the start of the first); ``state_at``
+    on their interpolants; ``objective``, ``numerics()`` and ``metrics_at`` as FlowRun's. The single run brackets
+    with its saved samples instead, so the two agree (to the root finder's tolerance) where ``t |dL/dt|`` has one
+    minimum near its smallest sample, as on every flow tested.
+    """
+
+    def __init__(self, objective, ts, losses, rates, interps, threads: int):
+        self.objective = objective
+        self.trajectory = dict(t=np.array(ts, dtype=np.float64), loss=np.array(losses, dtype=np.float64),
+                               dloss_dt=np.array(rates, dtype=np.float64))
+        self._interps = list(interps)  # Dopri5Interp, consecutive steps
+        self.threads = threads
+
+    @contextlib.contextmanager
+    def numerics(self):
+        """Context for evaluations on this window: the single run's thread count, no autograd."""
+        with torch_threads(self.threads), torch.inference_mode():
+            yield
+
+    def state_at(self, t: float) -> torch.Tensor:
+        """Packed state (P,) at t in the window (the step that ends at or after t, as the single run's)."""
+        for it in self._interps:
+            if t <= it.t1:
+                return it(t)
+        return self._interps[-1](t)
+
+    def metrics_at(self, t: float) -> dict:
+        with self.numerics():
+            Wt, K = self.objective.layout.unpack(self.state_at(t))
+            return self.objective.metrics(Wt, K)
+
+
 def run_flows_batched(configs, *, threads: int | None = None, return_states: bool = False,
-                      slots: int | None = None, on_done=None) -> list[dict]:
+                      slots: int | None = None, on_done=None, plateau: bool = False) -> list[dict]:
     """Integrate every FlowConfig of ``configs`` (one shape, one solver setting) as one batched state.
 
     Returns one dict per config, in order: t1, t2, t3 (None where not reached), status (``converged``,
@@ -225,6 +267,8 @@ def run_flows_batched(configs, *, threads: int | None = None, return_states: boo
     differ in step count by 2x or more, and a batch that only shrinks spends its last steps nearly empty). Memory
     is that of ``slots`` runs (batch_memory_estimate_bytes(configs, slots=...)). Every run takes the steps of
     its single run whatever the slots. on_done(i, result): called as run i finishes (progress reporting).
+    plateau: also return ``plateau_window`` (a PlateauWindow where t1 and t2 were both reached, else None):
+    analysis.phases.flow_plateau(window, t1, t2) gives the run's plateau (SPEC §3) as on a single run.
     threads: torch threads (0: torch's default; None: one thread when the batched state (slots x P entries) is
     below dynamics.threads.SINGLE_THREAD_BELOW on the CPU, as run_flow does: measured 0.7 flows/s with two
     spin-waiting threads on a loaded 2-core machine against 11.9 with one).
@@ -239,10 +283,10 @@ def run_flows_batched(configs, *, threads: int | None = None, return_states: boo
         P = layout_of(make_task(c0.task)).size
         threads = 1 if slots * P < SINGLE_THREAD_BELOW and device.type == "cpu" else 0
     with torch_threads(threads), torch.inference_mode():
-        return _run(configs, dtype, device, return_states, slots, on_done)
+        return _run(configs, dtype, device, return_states, slots, on_done, plateau)
 
 
-def _run(configs, dtype, device, return_states, slots, on_done):
+def _run(configs, dtype, device, return_states, slots, on_done, plateau):
     wall0 = time.perf_counter()
     B0 = len(configs)
     tasks = [make_task(c.task) for c in configs]
@@ -271,6 +315,19 @@ def _run(configs, dtype, device, return_states, slots, on_done):
     n_rej = np.zeros(B0, dtype=np.int64)
     steps = np.zeros(B0, dtype=np.int64)
     sq = math.sqrt(P)
+    if plateau:  # the plateau window of each run (PlateauWindow): smallest t|dL/dt| at step ends in [t1, t2]
+        # tokens per packed entry (dL/dt = -sum count F^2, F the right-hand side), as analysis.phases uses
+        counts = torch.stack([layout.pack(o.count[:, None].expand(C, A), o.count) for o in objs])  # (n, P)
+        best = np.full(B0, np.inf)  # smallest t|dL/dt| at a step end in [t1, t2] so far
+        last_rate = np.full(B0, np.nan)  # dL/dt at the run's last step end
+        # per run: ts, losses, rates of the window's samples (start of the best step, its end, the next end) and
+        # the steps' h; per active row: WB (B, 2, 5, P) the two steps' interpolant rows (Dopri5Interp's layout)
+        win_t, win_L, win_r = np.full((B0, 3), np.nan), np.full((B0, 3), np.nan), np.full((B0, 3), np.nan)
+        win_h = np.full((B0, 2), np.nan)
+        win_n = np.zeros(B0, dtype=np.int64)  # steps kept: 0 (none yet), 1 or 2
+        need_next = np.zeros(B0, dtype=bool)  # the step after the best one is still to be kept
+        closed = np.zeros(B0, dtype=bool)  # t2 passed: the window is complete
+        win_threads = 1 if P < SINGLE_THREAD_BELOW and torch.device(device).type == "cpu" else 0
 
     def start(js: np.ndarray):
         """The first stage, loss, crossings at t0 and starting step of the runs ``js`` (as the engine's start)."""
@@ -287,6 +344,8 @@ def _run(configs, dtype, device, return_states, slots, on_done):
         view = bobj.view(js)
         loss_s = view.rhs(Y_s, K_s[:, 0], need_loss=True)
         nfe[js] += 1
+        if plateau:
+            last_rate[js] = (-(counts[js] * K_s[:, 0] * K_s[:, 0]).sum(1)).numpy()
         # initial loss crossings (the engine reports a level already crossed at t0 at t0)
         found[js] = np.where(loss_s[:, None] <= levels[js], 0.0, found[js])
         # the starting step (dynamics.steps.initial_step, with the atol of the start)
@@ -324,9 +383,72 @@ def _run(configs, dtype, device, return_states, slots, on_done):
             r[name] = None if np.isnan(found[j, k]) else float(found[j, k])
         if return_states:
             states[j] = y_fin.clone()
+        if plateau:
+            ok = r["t1"] is not None and r["t2"] is not None and win_n[j] > 0
+            r["plateau_window"] = None
+            if ok:
+                m = int(win_n[j])
+                rows = WB[i_row, :m].clone()  # (m, 5, P): the row's slot is reused after it leaves
+                its = [Dopri5Interp.from_rows(float(win_t[j, q]), float(win_t[j, q + 1]), float(win_h[j, q]), rows[q])
+                       for q in range(m)]
+                r["plateau_window"] = PlateauWindow(objs[j], win_t[j, :m + 1], win_L[j, :m + 1], win_r[j, :m + 1],
+                                                    its, threads=win_threads)
         if on_done is not None:
             on_done(j, r)
 
+    def _track_plateau(ia):
+        """Keep, per accepted run between t1 and t2, the step whose end has the smallest t|dL/dt| and the step
+        after it (with t1 and t2 in one step: that step), reading dL/dt from the FSAL stage f(y_new); the steps'
+        interpolant rows are written into the run's slot of WB by a few batched operations per step."""
+        rows = ia[~np.isnan(found[run[ia], 0]) & ~closed[run[ia]]]
+        if rows.size == 0:
+            return
+        js = run[rows]
+        idx = torch.as_tensor(rows, device=device)
+        F = K[idx, 6]  # (m, P) right-hand side at the new states
+        rates = (-(counts[torch.as_tensor(js, device=device)] * F * F).sum(1)).numpy()
+        tn, t2 = t_new[rows], found[js, 1]
+        before_t2 = np.isnan(t2) | (tn <= t2)
+        score = np.abs(tn * rates)
+        new_best = before_t2 & (score < best[js])
+        second = ~new_best & need_next[js]
+        only = ~np.isnan(t2) & ~new_best & ~second & (win_n[js] == 0)  # t1 and t2 in this one step
+        first = new_best | only
+        keep = first | second
+        if keep.any():
+            kr = rows[keep]
+            ki = torch.as_tensor(kr, device=device)
+            hk = torch.as_tensor(hs[kr], dtype=dtype, device=device)[:, None]  # (k, 1)
+            y0, y1 = Y[ki], ytmp[ki]  # (k, P)
+            st = torch.empty((kr.size, 5, P), dtype=dtype, device=device)  # Dopri5Interp's rows, batched
+            st[:, 0], st[:, 1] = y0, y1
+            torch.sub(y0, y1, out=st[:, 2]).add_(K[ki, 0] * hk)  # bspl = h k0 - (y1 - y0)
+            torch.sub(y1, y0, out=st[:, 3]).sub_(K[ki, 6] * hk).sub_(st[:, 2])  # r4 = (y1 - y0) - h k6 - bspl
+            torch.bmm((d_row[None, :] * hk)[:, None, :], K[ki], out=st[:, 4:5])  # r5 = h sum_j d_j k_j
+            f_pos = np.nonzero(first[keep])[0]
+            s_pos = np.nonzero(second[keep])[0]
+            if f_pos.size:
+                WB[torch.as_tensor(kr[f_pos], device=device), 0] = st[torch.as_tensor(f_pos, device=device)]
+            if s_pos.size:
+                WB[torch.as_tensor(kr[s_pos], device=device), 1] = st[torch.as_tensor(s_pos, device=device)]
+        jf, fr = js[first], rows[first]
+        best[js[new_best]] = score[new_best]
+        win_t[jf, 0], win_t[jf, 1], win_t[jf, 2] = t[fr], tn[first], np.nan
+        win_L[jf, 0], win_L[jf, 1], win_L[jf, 2] = loss_prev[fr], loss_new[fr], np.nan
+        win_r[jf, 0], win_r[jf, 1], win_r[jf, 2] = last_rate[jf], rates[first], np.nan
+        win_h[jf, 0] = hs[fr]
+        win_n[jf] = 1
+        need_next[jf] = new_best[first]
+        js2, sr = js[second], rows[second]
+        win_t[js2, 2], win_L[js2, 2], win_r[js2, 2], win_h[js2, 1] = tn[second], loss_new[sr], rates[second], hs[sr]
+        win_n[js2] = 2
+        need_next[js2] = False
+        closed[js[~np.isnan(t2)]] = True
+        last_rate[js] = rates
+        # (an untracked run's last_rate goes stale: a window's first sample matters only where it lies in
+        # [t1, t2], and then it was a tracked step end; else it is unused, and flow_plateau skips it)
+
+    WB = torch.empty((0, 2, 5, P), dtype=dtype, device=device) if plateau else None
     pending = np.arange(B0)  # runs not yet started, in order
     run = np.zeros(0, dtype=np.int64)  # run index of each active row
     Y = torch.empty((0, P), dtype=dtype, device=device)
@@ -341,6 +463,8 @@ def _run(configs, dtype, device, return_states, slots, on_done):
             keep_np = np.nonzero(~done)[0]
             keep = torch.as_tensor(keep_np, device=device)
             Y, K, ATOL = Y[keep], K[keep], ATOL[keep]
+            if plateau:
+                WB = WB[keep]
             bobj.select(keep)
             run, t, h, err_old, loss_prev = run[keep_np], t[keep_np], h[keep_np], err_old[keep_np], loss_prev[keep_np]
             done = np.zeros(len(run), dtype=bool)
@@ -350,6 +474,8 @@ def _run(configs, dtype, device, return_states, slots, on_done):
             js, pending = pending[:free], pending[free:]
             Y_s, K_s, ATOL_s, loss_s, h_s = start(js)
             Y, K, ATOL = torch.cat([Y, Y_s]), torch.cat([K, K_s]), torch.cat([ATOL, ATOL_s])
+            if plateau:
+                WB = torch.cat([WB, torch.empty((len(js), 2, 5, P), dtype=dtype, device=device)])
             bobj.admit(js)
             B_old = len(run)
             run = np.concatenate([run, js])
@@ -449,6 +575,8 @@ def _run(configs, dtype, device, return_states, slots, on_done):
                     if not np.isnan(found[j, k]) and found[j, k] > tc:
                         found[j, k] = np.nan
                 cut[i] = (tc, interp, loss_at)
+        if plateau:
+            _track_plateau(ia)
         # accepted rows: state, FSAL stage, row atol
         acc_t = torch.as_tensor(acc, device=device)[:, None]
         if acc.all():  # the usual case: every run accepted

@@ -70,6 +70,16 @@ class Dopri5Interp:
         rows[4].copy_(r5)
         self.y0, self.y1 = rows[0], rows[1]
 
+    @classmethod
+    def from_rows(cls, t0: float, t1: float, h: float, rows: torch.Tensor) -> "Dopri5Interp":
+        """The interpolant whose (5, P) rows (y0, y1, bspl, r4, r5, as above) were computed elsewhere (batched);
+        ``rows`` is kept, not copied."""
+        self = cls.__new__(cls)
+        self.t0, self.t1, self.h = t0, t1, h
+        self.rows = rows
+        self.y0, self.y1 = rows[0], rows[1]
+        return self
+
     @property
     def nbytes(self) -> int:
         return self.rows.numel() * self.rows.element_size()

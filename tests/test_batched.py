@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from analysis.phases import thresholds
+from analysis.phases import batched_plateau, flow_plateau, thresholds
 from common.errors import ConfigError
 from dynamics.batched import run_flows_batched
 from dynamics.config import FlowConfig
@@ -20,8 +20,11 @@ def single(config):
     task = make_task(config.task)
     levels = thresholds(task.log_A, task.H_A_given_R, config.eps_conv)
     run = run_flow(config, levels=levels)
-    return dict(zip(("t1", "t2", "t3"), (run.crossings[x] for x in levels)), status=run.status,
-                n_steps=run.solver["n_steps"], nfe=run.solver["nfe"], n_rejected=run.solver["n_rejected"])
+    out = dict(zip(("t1", "t2", "t3"), (run.crossings[x] for x in levels)), status=run.status,
+               n_steps=run.solver["n_steps"], nfe=run.solver["nfe"], n_rejected=run.solver["n_rejected"])
+    if out["t1"] is not None and out["t2"] is not None:
+        out["plateau"] = flow_plateau(run, out["t1"], out["t2"])  # bracketed by the saved samples
+    return out
 
 
 def rel(a, b):
@@ -37,7 +40,7 @@ CONFIGS = ([random_config(s) for s in range(8)]  # 8 random tables
 
 @pytest.fixture(scope="module")
 def batched():
-    return run_flows_batched(CONFIGS)
+    return run_flows_batched(CONFIGS, plateau=True)
 
 
 @pytest.mark.parametrize("i", range(len(CONFIGS)))
@@ -49,6 +52,12 @@ def test_batched_equals_single_run(batched, i):
     # the same steps as the single run: per-run step control mirrors dynamics.dopri
     assert (b["n_steps"], b["n_rejected"], b["nfe"]) == (s["n_steps"], s["n_rejected"], s["nfe"])
     assert b["final_loss"] <= CONFIGS[i].eps_conv
+    # the plateau (SPEC §3) from the run's window of steps: bracketed by step ends, not saved samples, the same
+    # minimiser of |t dL/dt| on the same interpolants
+    p = flow_plateau(b["plateau_window"], b["t1"], b["t2"])
+    assert s["plateau"].t < b["t2"] and rel(p.t, s["plateau"].t) <= 1e-9, (p.t, s["plateau"].t)
+    for k in ("loss", "relation_loss", "subject_loss", "hallucination_gap"):
+        assert abs(getattr(p, k) - getattr(s["plateau"], k)) <= 1e-9 * max(1.0, abs(getattr(s["plateau"], k))), k
 
 
 def test_runs_that_finish_early_leave_the_batch(batched):
@@ -108,7 +117,7 @@ def test_slots_refill_the_batch_and_change_nothing(batched, monkeypatch):
     extra = [random_config(5, loss_target=2.0), random_config(6, max_steps=40)]
     configs = [CONFIGS[0], extra[0], *CONFIGS[1:6], extra[1], *CONFIGS[6:]]
     seen = []
-    out = run_flows_batched(configs, slots=3, on_done=lambda i, r: seen.append((i, r["status"])))
+    out = run_flows_batched(configs, slots=3, on_done=lambda i, r: seen.append((i, r["status"])), plateau=True)
     assert max(widths) == 3 and widths.count(3) > len(widths) // 2  # full most of the time
     assert sorted(i for i, _ in seen) == list(range(len(configs)))
     assert dict(seen) == {i: r["status"] for i, r in enumerate(out)}
@@ -119,6 +128,12 @@ def test_slots_refill_the_batch_and_change_nothing(batched, monkeypatch):
             assert all(rel(o[k], r[k]) <= 1e-12 for k in ("t1", "t2", "t3"))
     assert out[1]["status"] == "converged" and out[1]["final_loss"] <= 2.0
     assert out[7]["status"] == "max_steps" and out[7]["n_steps"] == 40
+    # plateau windows survive slot reuse: the same plateau as in the all-at-once batch; none without t2
+    assert batched_plateau(out[1]) is None and batched_plateau(out[7]) is None and "plateau_window" not in out[1]
+    for o, r in zip(out, ref):
+        if r is not None:
+            p, q = batched_plateau(o), flow_plateau(r["plateau_window"], r["t1"], r["t2"])
+            assert rel(p.t, q.t) <= 1e-12 and rel(p.loss, q.loss) <= 1e-12
 
 
 def test_slots_are_checked_and_bound_the_memory_estimate():

@@ -208,6 +208,11 @@ def test_batched_flows_match_single_runs(tmp_path):
         for k in ("t1", "t2", "t3"):
             assert a[k] == pytest.approx(b[k], rel=1e-12)
         assert a["nfe"] == b["nfe"]
+        # the plateau from the batched run's window of steps, as the single run's from its dense output
+        assert b["plateau_t"] is not None
+        for k in ("plateau_t", "plateau_loss", "plateau_relation_loss", "plateau_subject_loss",
+                  "plateau_hallucination_gap"):
+            assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), k
     with pytest.raises(ConfigError, match="batched"):
         plan(SweepSpec(kind="flow", base=dict(TINY, method="rock4"), grid=({"alpha": 1e-3},), batch=2))
 
