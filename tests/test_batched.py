@@ -147,3 +147,23 @@ def test_slots_are_checked_and_bound_the_memory_estimate():
     P = many[0].state_size()
     # 48 runs fewer in the batch: at least their 7 stages of (P,) doubles fewer
     assert full - batch_memory_estimate_bytes(many, slots=16) >= 48 * 7 * 8 * P
+
+
+def test_plateau_window_when_t1_and_t2_fall_in_one_step(monkeypatch):
+    """With theta2 just below theta1 both crossings fall inside one step: the window is that step alone (no step
+    end lies in [t1, t2]) and the plateau is located on it as the single run locates it on its dense output."""
+    import dynamics.batched as mod
+
+    config = random_config(2)
+    task = make_task(config.task)
+    th1 = 0.5 * (task.log_A + task.H_A_given_R)
+    levels = (th1, th1 * (1 - 1e-9), config.eps_conv)
+    monkeypatch.setattr(mod, "_phase_levels", lambda task, eps: levels)
+    out = run_flows_batched([config], plateau=True)[0]
+    w = out["plateau_window"]
+    assert len(w.trajectory["t"]) == 2 and w.trajectory["t"][0] < out["t1"] < out["t2"] < w.trajectory["t"][1]
+    run = run_flow(config, levels=levels)
+    t1, t2 = run.crossings[levels[0]], run.crossings[levels[1]]
+    assert rel(out["t1"], t1) <= 1e-12 and rel(out["t2"], t2) <= 1e-12
+    p, q = batched_plateau(out), flow_plateau(run, t1, t2)
+    assert out["t1"] <= p.t <= out["t2"] and rel(p.t, q.t) <= 1e-9 and rel(p.loss, q.loss) <= 1e-12
