@@ -296,16 +296,13 @@ def _run_full_batched(cols, idx, out: dict, bar, batch_flows: int, **kw) -> np.n
                               "available; lower --batch-flows")
     for rows in groups:
         # one call per shape: at most batch_flows at once, a waiting run starting as soon as one finishes
-        results = [None] * rows.size
-
-        def done(j, res, rows=rows, results=results):  # each run's plateau as it finishes
+        def done(j, res, rows=rows):  # each run's plateau as it finishes (its window is then freed)
             pl = batched_plateau(res)
             if pl is not None:
                 out["plateau_loss"][rows[j]] = pl.loss
-            results[j] = res
             bar.update(1)
 
-        run_flows_batched([configs[int(i)] for i in rows], slots=batch_flows, on_done=done, plateau=True)
+        results = run_flows_batched([configs[int(i)] for i in rows], slots=batch_flows, on_done=done, plateau=True)
         for i, res in zip(rows, results):
             _record_full(out, int(i), configs[int(i)], res["status"], res)
             out["batched"][i] = 1.0

@@ -35,6 +35,7 @@ analysis.phases.flow_plateau locates the plateau as on a single run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 
@@ -52,7 +53,7 @@ from .dopri import BETA, D as _D_TABLE, E as _E_TABLE, MAX_FACTOR, MIN_FACTOR, O
 from .engine import locate_crossing
 from .flow import initial_state
 from .steps import initial_step
-from .threads import SINGLE_THREAD_BELOW, torch_threads
+from .threads import threads_for, torch_threads
 from .tolerances import ATOL_FACTOR, auto_atol
 
 _TINY = 1e-250  # as models.population: below this a shifted normaliser may have lost terms to underflow
@@ -164,8 +165,7 @@ class BatchedObjective:
 
     def view(self, runs) -> "BatchedObjective":
         """The same objective on the rows ``runs`` only (its own work arrays; fallback counts shared)."""
-        v = object.__new__(BatchedObjective)
-        v.__dict__.update(self.__dict__)
+        v = copy.copy(self)
         v._bufs = {}
         v._set(torch.as_tensor(runs, dtype=torch.long, device=self.device))
         return v
@@ -270,7 +270,7 @@ def run_flows_batched(configs, *, threads: int | None = None, return_states: boo
     plateau: also return ``plateau_window`` (a PlateauWindow where t1 and t2 were both reached, else None):
     analysis.phases.flow_plateau(window, t1, t2) gives the run's plateau (SPEC §3) as on a single run.
     threads: torch threads (0: torch's default; None: one thread when the batched state (slots x P entries) is
-    below dynamics.threads.SINGLE_THREAD_BELOW on the CPU, as run_flow does: measured 0.7 flows/s with two
+    below dynamics.threads.SINGLE_THREAD_BELOW on the CPU (threads_for, as run_flow does): measured 0.7 flows/s with two
     spin-waiting threads on a loaded 2-core machine against 11.9 with one).
     """
     configs = list(configs)
@@ -281,7 +281,7 @@ def run_flows_batched(configs, *, threads: int | None = None, return_states: boo
     dtype, device = c0.torch_dtype, torch.device(c0.device)
     if threads is None:
         P = layout_of(make_task(c0.task)).size
-        threads = 1 if slots * P < SINGLE_THREAD_BELOW and device.type == "cpu" else 0
+        threads = threads_for(slots * P, device)
     with torch_threads(threads), torch.inference_mode():
         return _run(configs, dtype, device, return_states, slots, on_done, plateau)
 
@@ -318,16 +318,14 @@ def _run(configs, dtype, device, return_states, slots, on_done, plateau):
     if plateau:  # the plateau window of each run (PlateauWindow): smallest t|dL/dt| at step ends in [t1, t2]
         # tokens per packed entry (dL/dt = -sum count F^2, F the right-hand side), as analysis.phases uses
         counts = torch.stack([layout.pack(o.count[:, None].expand(C, A), o.count) for o in objs])  # (n, P)
-        best = np.full(B0, np.inf)  # smallest t|dL/dt| at a step end in [t1, t2] so far
         last_rate = np.full(B0, np.nan)  # dL/dt at the run's last step end
         # per run: ts, losses, rates of the window's samples (start of the best step, its end, the next end) and
         # the steps' h; per active row: WB (B, 2, 5, P) the two steps' interpolant rows (Dopri5Interp's layout)
         win_t, win_L, win_r = np.full((B0, 3), np.nan), np.full((B0, 3), np.nan), np.full((B0, 3), np.nan)
         win_h = np.full((B0, 2), np.nan)
-        win_n = np.zeros(B0, dtype=np.int64)  # steps kept: 0 (none yet), 1 or 2
-        need_next = np.zeros(B0, dtype=bool)  # the step after the best one is still to be kept
+        win_n = np.zeros(B0, dtype=np.int64)  # steps kept: 0 (none yet), 1 (the next one awaited) or 2
         closed = np.zeros(B0, dtype=bool)  # t2 passed: the window is complete
-        win_threads = 1 if P < SINGLE_THREAD_BELOW and torch.device(device).type == "cpu" else 0
+        win_threads = threads_for(P, device)  # the single run's
 
     def start(js: np.ndarray):
         """The first stage, loss, crossings at t0 and starting step of the runs ``js`` (as the engine's start)."""
@@ -410,8 +408,9 @@ def _run(configs, dtype, device, return_states, slots, on_done, plateau):
         tn, t2 = t_new[rows], found[js, 1]
         before_t2 = np.isnan(t2) | (tn <= t2)
         score = np.abs(tn * rates)
-        new_best = before_t2 & (score < best[js])
-        second = ~new_best & need_next[js]
+        best = np.where(win_n[js] > 0, np.abs(win_t[js, 1] * win_r[js, 1]), np.inf)  # at the kept step's end
+        new_best = before_t2 & (score < best)
+        second = ~new_best & (win_n[js] == 1)  # a tracked run with one step kept awaits the step after it
         only = ~np.isnan(t2) & ~new_best & ~second & (win_n[js] == 0)  # t1 and t2 in this one step
         first = new_best | only
         keep = first | second
@@ -419,12 +418,7 @@ def _run(configs, dtype, device, return_states, slots, on_done, plateau):
             kr = rows[keep]
             ki = torch.as_tensor(kr, device=device)
             hk = torch.as_tensor(hs[kr], dtype=dtype, device=device)[:, None]  # (k, 1)
-            y0, y1 = Y[ki], ytmp[ki]  # (k, P)
-            st = torch.empty((kr.size, 5, P), dtype=dtype, device=device)  # Dopri5Interp's rows, batched
-            st[:, 0], st[:, 1] = y0, y1
-            torch.sub(y0, y1, out=st[:, 2]).add_(K[ki, 0] * hk)  # bspl = h k0 - (y1 - y0)
-            torch.sub(y1, y0, out=st[:, 3]).sub_(K[ki, 6] * hk).sub_(st[:, 2])  # r4 = (y1 - y0) - h k6 - bspl
-            torch.bmm((d_row[None, :] * hk)[:, None, :], K[ki], out=st[:, 4:5])  # r5 = h sum_j d_j k_j
+            st = Dopri5Interp.batched_rows(Y[ki], ytmp[ki], K[ki], hk, d_row)  # (k, 5, P)
             f_pos = np.nonzero(first[keep])[0]
             s_pos = np.nonzero(second[keep])[0]
             if f_pos.size:
@@ -432,17 +426,14 @@ def _run(configs, dtype, device, return_states, slots, on_done, plateau):
             if s_pos.size:
                 WB[torch.as_tensor(kr[s_pos], device=device), 1] = st[torch.as_tensor(s_pos, device=device)]
         jf, fr = js[first], rows[first]
-        best[js[new_best]] = score[new_best]
         win_t[jf, 0], win_t[jf, 1], win_t[jf, 2] = t[fr], tn[first], np.nan
         win_L[jf, 0], win_L[jf, 1], win_L[jf, 2] = loss_prev[fr], loss_new[fr], np.nan
         win_r[jf, 0], win_r[jf, 1], win_r[jf, 2] = last_rate[jf], rates[first], np.nan
         win_h[jf, 0] = hs[fr]
         win_n[jf] = 1
-        need_next[jf] = new_best[first]
         js2, sr = js[second], rows[second]
         win_t[js2, 2], win_L[js2, 2], win_r[js2, 2], win_h[js2, 1] = tn[second], loss_new[sr], rates[second], hs[sr]
         win_n[js2] = 2
-        need_next[js2] = False
         closed[js[~np.isnan(t2)]] = True
         last_rate[js] = rates
         # (an untracked run's last_rate goes stale: a window's first sample matters only where it lies in

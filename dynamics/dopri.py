@@ -80,6 +80,18 @@ class Dopri5Interp:
         self.y0, self.y1 = rows[0], rows[1]
         return self
 
+    @staticmethod
+    def batched_rows(y0, y1, K, h, d) -> torch.Tensor:
+        """The (k, 5, P) rows of k steps at once: y0, y1 (k, P), stages K (k, 7, P), step sizes h (k, 1), the
+        dense-output weights d (7,); the same formulas as __init__ with a per-row h."""
+        k, P = y0.shape
+        st = torch.empty((k, 5, P), dtype=y0.dtype, device=y0.device)
+        st[:, 0], st[:, 1] = y0, y1
+        torch.sub(y0, y1, out=st[:, 2]).add_(K[:, 0] * h)  # bspl = h k0 - (y1 - y0)
+        torch.sub(y1, y0, out=st[:, 3]).sub_(K[:, 6] * h).sub_(st[:, 2])  # r4 = (y1 - y0) - h k6 - bspl
+        torch.bmm((d[None, :] * h)[:, None, :], K, out=st[:, 4:5])  # r5 = h sum_j d_j k_j
+        return st
+
     @property
     def nbytes(self) -> int:
         return self.rows.numel() * self.rows.element_size()

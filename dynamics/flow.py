@@ -26,7 +26,7 @@ from .config import FlowConfig
 from .conservation import conserved_quantities, drift
 from .engine import Event, SaveAt, Solution, integrate
 from .solvers import IMPLICIT, make_stepper
-from .threads import SINGLE_THREAD_BELOW, torch_threads
+from .threads import threads_for, torch_threads
 from .tolerances import RowAtol, auto_atol
 from .trajectory import Trajectory
 
@@ -234,7 +234,7 @@ def flow_numerics(config: FlowConfig, layout, y0: torch.Tensor, device) -> FlowN
     atol = config.atol if config.atol is not None else auto_atol(y0, rtol)
     # automatic atol with the native solver: a floor relative to each token's row, updated after every step
     row_atol = RowAtol(layout, y0, rtol, atol) if config.atol is None and config.backend == "native" else None
-    threads = 1 if layout.size < SINGLE_THREAD_BELOW and torch.device(device).type == "cpu" else 0
+    threads = threads_for(layout.size, device)
     return FlowNumerics(rtol=rtol, atol=atol, row_atol=row_atol, threads=threads)
 
 

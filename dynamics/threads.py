@@ -6,6 +6,12 @@ import torch
 SINGLE_THREAD_BELOW = 200_000  # state entries: below, one thread (spin-waiting threads cost more than they give)
 
 
+def threads_for(entries: int, device) -> int:
+    """Torch threads for a state of ``entries`` entries on ``device``: 1 on the CPU below SINGLE_THREAD_BELOW,
+    else 0 (torch's default)."""
+    return 1 if entries < SINGLE_THREAD_BELOW and torch.device(device).type == "cpu" else 0
+
+
 class torch_threads:
     """Context manager: torch intra-op threads set to ``n`` (0: unchanged), restored on exit."""
 
