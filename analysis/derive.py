@@ -64,8 +64,8 @@ def _f(x):
 
 def predictions(S, R, D, alpha, eps_conv=1e-2) -> dict:
     """Numbers of the derivation for one configuration (the content of derivation.json minus the algebra)."""
-    from .predict import escape_rates, hallucination_stage_exists, plateau, plateau_levels
-    from .reduced_phases import phase_times  # null (not an error) where a phase does not exist (R or D = 1)
+    from analysis.theory.predict import escape_rates, hallucination_stage_exists, plateau, plateau_levels
+    from analysis.theory.reduced_phases import phase_times  # null (not an error) where a phase does not exist (R or D = 1)
 
     r = escape_rates(S, R, D)
     pt = phase_times([S], [R], [D], [alpha], eps_conv)
@@ -114,7 +114,7 @@ def algebra() -> dict:
     """The symbolic part: reduced loss, equations, conserved quantities and proofs, as strings and LaTeX."""
     import sympy as sp
 
-    from . import reduction as rd
+    from analysis.theory import reduction as rd
 
     d = rd.derivation()
     proofs = rd.proofs()
@@ -138,7 +138,7 @@ def algebra() -> dict:
 
 
 def markdown(pred: dict, alg: dict) -> str:
-    from .theory import theory_markdown
+    from analysis.theory.general import theory_markdown
 
     c = pred["config"]
     if not pred.get("reduced", True):
@@ -235,7 +235,7 @@ class DeriveResult:
 def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-2, *, task=None,
                      exact: bool = True) -> DeriveResult:
     """Derive the reduced flow with sympy and its predictions for (S, R, D, alpha), and the general theory
-    (per-token rates, staircase, hallucination: analysis.theory) for ``task`` (a models.TaskConfig; default the
+    (per-token rates, staircase, hallucination: analysis.theory.general) for ``task`` (a models.TaskConfig; default the
     structured table of these sizes with uniform frequencies).
 
     The class reduction and its t1, t2, t3 need uniform frequencies on a structured or balanced table with
@@ -243,8 +243,8 @@ def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-
     """
     from models.task import TaskConfig
 
-    from .predict import ALPHA_MAX
-    from .theory import general_theory
+    from analysis.theory.predict import ALPHA_MAX
+    from analysis.theory.general import general_theory
 
     S, R, D = (check_int(n, v, 1, MAX_SIZE) for n, v in (("S", S), ("R", R), ("D", D)))
     alpha = check_positive("alpha", alpha, maximum=ALPHA_MAX,
@@ -321,7 +321,7 @@ def main(argv=None) -> int:
                   f"with O(1) term {l1:.6g}, rel err {e['leading_o1_rel']:.2e}; {e['mode']} mode)")
         print(f"proofs: {sum(alg['proofs'].values())}/{len(alg['proofs'])} identities simplify to 0")
     if not a.quiet and pred["general"] is not None:
-        from .staircase import describe_modes
+        from analysis.theory.staircase import describe_modes
 
         gen = pred["general"]
         print(f"staircase (t_end by {gen['staircase_method']}; leading order beside):")

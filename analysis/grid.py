@@ -1,5 +1,5 @@
 """Command line: sweeps of flows, training runs or experiments over a grid of configuration fields, on Dask,
-resumable (analysis.runner).
+resumable (analysis.sweeps.runner).
 
     python -m analysis.grid flow --S 16 --R 4 --D 8 --grid alpha=1e-5,1e-4 --grid seed=0:8 --facts balanced \\
         --out runs/grid
@@ -149,7 +149,7 @@ def build_parser() -> ArgumentParser:
 def _fields(a, kind: str) -> dict:
     from common.errors import ConfigError
 
-    from .runner import parse_value
+    from analysis.sweeps.runner import parse_value
 
     base = {}
     for flag, dest, _, _ in FLAGS[kind] + ((None, "compare_flow", None, None),):
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     # heavy imports (torch, dask, matplotlib) only after parsing: --help, --version and bad flags answer at once
     from common.errors import ConfigError, check_int
 
-    from .runner import SweepSpec, canonical_name, parse_axis, product_grid, read_run_list, run_grid
+    from analysis.sweeps.runner import SweepSpec, canonical_name, parse_axis, product_grid, read_run_list, run_grid
 
     base = _fields(a, a.kind)
     axes = [parse_axis(x) for x in a.grid]

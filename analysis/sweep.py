@@ -3,10 +3,10 @@
     python -m analysis.sweep --S 16 32 64 128 --R 4 --D 8 --alpha-range 1e-6 1e-2 9 --out runs/sweep
 
 Configurations the reduction covers (equal subject counts per answer, uniform frequencies) are solved all
-at once by the exact quadrature of the reduced flow (analysis.predict.phase_times: each configuration
+at once by the exact quadrature of the reduced flow (analysis.theory.predict.phase_times: each configuration
 stops at its own t3). The others go through the full system (analysis.analyze_flow) one by one, with a
 progress bar; with --batch-flows B (B >= 2) up to B of them of one shape (S, R, D, T, N) are integrated together
-by dynamics.batched.run_flows_batched (phase times and plateau_loss, no trajectory; column batched = 1).
+by dynamics.flow.batched.run_flows_batched (phase times and plateau_loss, no trajectory; column batched = 1).
 Writes sweep.csv (one row per configuration), slopes.json (fitted and predicted slopes of
 t1, t2, t3 and t2 - t1 against log(1/alpha) and against S) and figures.
 """
@@ -49,7 +49,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of balanced/random tables (default 0)")
     p.add_argument("--zipf-subjects", type=float, nargs="+", default=[0.0], metavar="BETA",
                    help="subject Zipf exponents, p(s) ~ (s+1)^-BETA (default 0; a list sweeps them; > 0 forces the "
-                        "full system, with the leading-order escape schedule of analysis.staircase as the "
+                        "full system, with the leading-order escape schedule of analysis.theory.staircase as the "
                         "prediction beside it and a figure phase_times_zipf.png)")
     p.add_argument("--zipf-relations", type=float, nargs="+", default=[0.0], metavar="BETA",
                    help="relation Zipf exponents, q(r) ~ (r+1)^-BETA (default 0; as --zipf-subjects)")
@@ -62,7 +62,7 @@ def build_parser() -> ArgumentParser:
                    help="full-system runs: 0 or 1 (default 0) integrates one run at a time, with its trajectory "
                         "and plateau (plateau_loss); B >= 2 integrates up to B flows of one shape (S, R, D, T, N) "
                         f"together as one batched state, a waiting run taking the place of each that finishes "
-                        f"(dynamics.batched.run_flows_batched with slots = B; B at most "
+                        f"(dynamics.flow.batched.run_flows_batched with slots = B; B at most "
                         f"{MAX_BATCH_FLOWS:,}): the same steps, phase times and plateau_loss, in less time "
                         "(column batched = 1); runs the batched solver cannot take (states of ROCK4 size) still "
                         "go one at a time")
@@ -134,7 +134,7 @@ def check_grid_size(n_configs: int, available: int | None = None) -> None:
         raise ConfigError(f"the grid has {n_configs:,} configurations (alphas x S x R x D x T x N), needing about "
                           f"{grid_memory_estimate_bytes(n_configs) / 2**30:,.1f} GiB; at most {MAX_CONFIGS:,} are "
                           "allowed; split the sweep")
-    from common.memory import available_memory_bytes  # not dynamics.config: that would load torch
+    from common.memory import available_memory_bytes  # not dynamics.flow.config: that would load torch
 
     need = grid_memory_estimate_bytes(n_configs)
     have = available if available is not None else available_memory_bytes()
@@ -229,14 +229,14 @@ def full_config(cols, i: int, *, facts="structured", seed=0, zipf=0.0, eps_conv=
 
 
 def schedule_phase_times(config) -> dict:
-    """Leading-order t1, t2, t3 of a dynamics.FlowConfig from the escape schedule of analysis.staircase (any
+    """Leading-order t1, t2, t3 of a dynamics.FlowConfig from the escape schedule of analysis.theory.staircase (any
     weights): the escape time of the first mode whose escape brings the level to or below each threshold of
     SPEC §3 (thresholds with H(A|R) under the task's weights). Also ``hallucination_visible`` at leading order.
     """
     from models.task import make_task
 
-    from .hallucination import leading_order
-    from .staircase import escape_schedule
+    from analysis.theory.hallucination import leading_order
+    from analysis.theory.staircase import escape_schedule
 
     task = make_task(config.task)
     w = task.fact_weights
@@ -264,15 +264,15 @@ def _record_full(out: dict, i: int, config, status: str, times) -> None:
 
 
 def _run_full_batched(cols, idx, out: dict, bar, batch_flows: int, **kw) -> np.ndarray:
-    """Integrate the full-system rows ``idx`` ((m,) ints) with dynamics.batched.run_flows_batched: grouped by
+    """Integrate the full-system rows ``idx`` ((m,) ints) with dynamics.flow.batched.run_flows_batched: grouped by
     shape (S, R, D, T, N), each group in one call with at most ``batch_flows`` runs at once (its ``slots``); fills
     ``out`` as the one-by-one path does (plateau_loss from each run's PlateauWindow) and sets out["batched"] = 1.
     ``kw``: full_config's. Returns the rows the batched solver cannot take (a method other than dopri5: states from
-    dynamics.config.ROCK4_MIN_SIZE entries), for one-by-one runs."""
+    dynamics.flow.config.ROCK4_MIN_SIZE entries), for one-by-one runs."""
     from common.memory import available_memory_bytes
-    from dynamics.batched import batch_memory_estimate_bytes, check_batch, run_flows_batched
+    from dynamics.flow.batched import batch_memory_estimate_bytes, check_batch, run_flows_batched
 
-    from .phases import batched_plateau
+    from analysis.phases import batched_plateau
 
     configs = {int(i): full_config(cols, i, **kw) for i in idx}
     ok, rest = [], []
@@ -315,11 +315,11 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
 
     Full-system rows run one at a time through analysis.analyze_flow (``batch_flows`` 0 or 1), or, with
     ``batch_flows`` = B >= 2, up to B of one shape (S, R, D, T, N) at a time through the batched solver
-    (dynamics.batched.run_flows_batched: the same phase times and plateau_loss, no trajectory; column
+    (dynamics.flow.batched.run_flows_batched: the same phase times and plateau_loss, no trajectory; column
     ``batched`` = 1 on those rows, 0 elsewhere, in both modes).
     """
-    from .predict import escape_rates, hallucination_stage_exists, plateaus
-    from .reduced_phases import phase_times  # NaN (null), not an error, where a phase does not exist (D = 1)
+    from analysis.theory.predict import escape_rates, hallucination_stage_exists, plateaus
+    from analysis.theory.reduced_phases import phase_times  # NaN (null), not an error, where a phase does not exist (D = 1)
 
     max_full = check_int("max_full", max_full, 0)
     batch_flows = check_int("batch_flows", batch_flows, 0, MAX_BATCH_FLOWS)
@@ -357,7 +357,7 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
     if full_idx.size:
         from common.progress import Progress
 
-        from .results import analyze_flow
+        from analysis.results.flow import analyze_flow
 
         bar = Progress(int(full_idx.size), "full-system runs", unit=" runs", enabled=progress)
         flow_progress = progress is not False and not sys.stderr.isatty()
@@ -365,7 +365,7 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
         if batch_flows >= 2:
             full_idx = _run_full_batched(cols, full_idx, out, bar, batch_flows, **kw)
         for i in full_idx:
-            # off a terminal a long full run reports a line every ~30 s (dynamics.flow.FlowProgress)
+            # off a terminal a long full run reports a line every ~30 s (dynamics.flow.solve.FlowProgress)
             cfg = full_config(cols, i, **kw)
             res = analyze_flow(cfg, progress=flow_progress)
             _record_full(out, i, cfg, res.status, {k: getattr(res.phases, k) for k in ("t1", "t2", "t3")})
@@ -418,13 +418,13 @@ def slopes(cols, eps_conv=1e-2) -> list:
     next to their leading-order predictions.
 
     Against log(1/alpha): t = 2 log(1/alpha) / lambda + O(1), so the predicted slope is 2/lambda of the mode
-    that crosses the threshold when the modes are separated (analysis.predict.separated_estimates; e.g. relation
+    that crosses the threshold when the modes are separated (analysis.theory.predict.separated_estimates; e.g. relation
     for t1 and subject for t2, t3 when the hallucination stage exists), and its difference for t2 - t1.
     Against S: lambda_S = 2 sqrt(R(D-1)/D) / (S R), so t2 and t3
     are proportional to S at leading order while t1 does not depend on S (hallucination side);
     the predicted slope of t2 is the leading-order-with-O(1) t2 divided by S.
     """
-    from .predict import Modes, separated_estimates
+    from analysis.theory.predict import Modes, separated_estimates
 
     res = []
     key = np.stack([cols["S"], cols["R"], cols["D"], cols["T"], cols["N"]], axis=1)
@@ -464,8 +464,8 @@ def _varies_zipf(cols) -> bool:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     cols = grid_from_args(a)
-    if a.full_rtol is not None:  # the flow's documented range (dynamics.tolerances.RTOL_RANGE), up front
-        from dynamics.tolerances import check_rtol
+    if a.full_rtol is not None:  # the flow's documented range (dynamics.ode.tolerances.RTOL_RANGE), up front
+        from dynamics.ode.tolerances import check_rtol
 
         check_rtol("full_rtol", a.full_rtol)
     check_out(a.out, overwrite=a.overwrite)  # before any computation

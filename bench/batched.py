@@ -1,4 +1,4 @@
-"""Batched exact flows against the same flows run one after another (dynamics.batched vs dynamics.flow).
+"""Batched exact flows against the same flows run one after another (dynamics.flow.batched vs dynamics.flow.solve).
 
     python bench/batched.py                 # 64 random-table S16/R4/D8 flows, both ways
     python bench/batched.py --n 256 --singles 8
@@ -18,9 +18,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from analysis.phases import batched_plateau, flow_plateau, thresholds  # noqa: E402
-from dynamics.batched import run_flows_batched  # noqa: E402
-from dynamics.config import FlowConfig  # noqa: E402
-from dynamics.flow import run_flow  # noqa: E402
+from dynamics.flow.batched import run_flows_batched  # noqa: E402
+from dynamics.flow.config import FlowConfig  # noqa: E402
+from dynamics.flow.solve import run_flow  # noqa: E402
 from models.task import TaskConfig, make_task  # noqa: E402
 
 

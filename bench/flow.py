@@ -61,12 +61,12 @@ def main(argv=None):
 
 def monitor_share(a):
     sys.path.insert(0, ROOT)
-    import dynamics.flow as F
+    import dynamics.flow.solve as F
     import models.population as MP
     from dynamics.run import build_parser, config_from_args
 
-    import dynamics.dopri as DP
-    import dynamics.rock as RK
+    import dynamics.ode.dopri5 as DP
+    import dynamics.ode.rock4 as RK
 
     acc = dict(row=[0.0, 0.0, 0], loss=[0.0, 0.0, 0], interp=[0.0, 0.0, 0], rhs=[0.0, 0.0, 0])
 

@@ -1,4 +1,4 @@
-"""Runs per second of a flow sweep (analysis.runner): in this process one after another, on a Dask LocalCluster,
+"""Runs per second of a flow sweep (analysis.sweeps.runner): in this process one after another, on a Dask LocalCluster,
 and with the batched solver.
 
     python bench/grid.py                       # 24 random-table S16/R4/D8 flows: serial vs 2 local workers
@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from analysis.runner import SweepSpec, open_client, run_grid  # noqa: E402
+from analysis.sweeps.runner import SweepSpec, open_client, run_grid  # noqa: E402
 
 
 def main(argv=None):

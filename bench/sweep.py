@@ -46,7 +46,7 @@ def main(argv=None):
         return whole(a)
     if a.full:
         return full_rows(a)
-    from analysis.predict import escape_rates, phase_times, plateaus
+    from analysis.theory.predict import escape_rates, phase_times, plateaus
 
     rng = np.random.default_rng(0)
     if a.S is None:

@@ -16,10 +16,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from analysis.escape import jacobian_rates, predicted_spectrum  # noqa: E402
-from analysis.hallucination import hallucination  # noqa: E402
-from analysis.lumped import find_classes, run_lumped  # noqa: E402
-from analysis.staircase import staircase  # noqa: E402
+from analysis.theory.escape import jacobian_rates, predicted_spectrum  # noqa: E402
+from analysis.theory.hallucination import hallucination  # noqa: E402
+from analysis.theory.lumped import find_classes, run_lumped  # noqa: E402
+from analysis.theory.staircase import staircase  # noqa: E402
 from dynamics import FlowConfig, run_flow  # noqa: E402
 from models.task import TaskConfig, make_task  # noqa: E402
 
@@ -65,7 +65,7 @@ def hallucination_table():
     print("\n| configuration | alpha | old condition | predicted (method) | leading order | measured on the full "
           "flow | d/H | duration | relation-only loss |")
     print("|---|---|---|---|---|---|---|---|---|")
-    from analysis.predict import hallucination_stage_exists
+    from analysis.theory.predict import hallucination_stage_exists
 
     for cfg, alpha in cases:
         task = make_task(cfg)

@@ -9,12 +9,13 @@ import argparse
 import os
 import sys
 
-from .errors import ConfigError
-from .io import OVERWRITE_HELP, completed_outputs
-from .signals import handling_signals
-from .version import __version__
+from common.errors import ConfigError
+from common.io import OVERWRITE_HELP, completed_outputs
+from common.signals import handling_signals
+from common.version import __version__
 
-# console command -> module of every program ([project.scripts] in pyproject.toml is the same table; tested)
+# console command -> module of every program, as ``python -m`` runs it ([project.scripts] in pyproject.toml is the
+# same table, with ``.__main__`` where the program is a package's __main__; tested)
 PROGRAMS = {"frd-flow": "dynamics.run", "frd-train": "models.train", "frd-derive": "analysis.derive",
             "frd-sweep": "analysis.sweep", "frd-paper": "figures.paper", "frd-experiment": "dynamics.experiment",
             "frd-grid": "analysis.grid"}
@@ -25,6 +26,15 @@ EXIT_CODES_EPILOG = ("Exit status: 0 success; 2 bad input (one line on stderr, n
                      "3 ran but did not finish: diverged, step budget (--max-steps) exhausted or solver failure "
                      "(one line on stderr saying what was written); "
                      "130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP.")
+
+
+def entry_module(module: str) -> str:
+    """The module that defines ``main`` of the program ``python -m module``: ``module`` itself, or its
+    ``__main__`` where ``module`` is a package (``dynamics.experiment``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    return f"{module}.__main__" if spec is not None and spec.submodule_search_locations is not None else module
 
 
 def program_name(module: str) -> str:
@@ -112,7 +122,8 @@ def _is_process_entry(module: str) -> bool:
     if module == "__main__":  # python -m dynamics.run: main was defined in the __main__ module
         return True
     invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return PROGRAMS.get(invoked.removesuffix(".exe").removesuffix("-script.py")) == module
+    program = PROGRAMS.get(invoked.removesuffix(".exe").removesuffix("-script.py"))
+    return program is not None and module in (program, f"{program}.__main__")
 
 
 def guarded(main):

@@ -16,8 +16,8 @@ import shutil
 
 import numpy as np
 
-from .errors import ConfigError
-from .signals import critical_section
+from common.errors import ConfigError
+from common.signals import critical_section
 
 OVERWRITE_HELP = ("replace an existing non-empty --out: the new output is built completely under a hidden "
                   "temporary name and swapped in as a whole, and the old one is deleted only then (an output "

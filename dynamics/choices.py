@@ -1,13 +1,13 @@
 """The names the flow and the trainers accept (backends, methods, initializations, models, optimizers).
 
 Plain tuples with no heavy imports, so the command-line programs can offer them as ``choices`` before
-torch is loaded; :mod:`dynamics.solvers`, :mod:`dynamics.config` and :mod:`dynamics.trainer` use these
+torch is loaded; :mod:`dynamics.ode.solvers`, :mod:`dynamics.flow.config` and :mod:`dynamics.training.trainer` use these
 same objects.
 """
 TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 SCIPY_METHODS = ("DOP853", "RK45", "RK23", "LSODA", "BDF", "Radau")
 IMPLICIT = ("LSODA", "BDF", "Radau")  # may form a dense P x P Jacobian by finite differences
-NATIVE_METHODS = ("dopri5", "rock4")  # rock4: stabilized explicit (dynamics.rock), for stiff plateaus
+NATIVE_METHODS = ("dopri5", "rock4")  # rock4: stabilized explicit (dynamics.ode.rock4), for stiff plateaus
 DEFAULT_METHOD = {"native": "dopri5", "torchdiffeq": "dopri5", "scipy": "DOP853"}
 METHODS = {"native": NATIVE_METHODS, "torchdiffeq": TORCHDIFFEQ_METHODS, "scipy": SCIPY_METHODS}
 BACKENDS = tuple(DEFAULT_METHOD)

@@ -13,7 +13,7 @@ from common.signals import import_native
 from models.task import FACT_KINDS, TaskConfig
 
 # torch-free: the parser is built and the arguments parsed (--help, --version, errors) before torch loads
-from .choices import BACKENDS, INITS, SCIPY_METHODS, TORCHDIFFEQ_METHODS
+from dynamics.choices import BACKENDS, INITS, SCIPY_METHODS, TORCHDIFFEQ_METHODS
 
 
 def build_parser() -> ArgumentParser:
@@ -68,7 +68,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--device", default="cpu", help="torch device for the flow (default cpu)")
     g.add_argument("--mode", default="full", choices=("full", "reduced", "compare"),
                    help="full (default): the whole compressed system; reduced: the 10-parameter class-reduced "
-                        "flow derived with sympy (analysis.reduction; only for structured/balanced tables with "
+                        "flow derived with sympy (analysis.theory.reduction; only for structured/balanced tables with "
                         "D | S, uniform frequencies and balanced/uniform init; orders of magnitude faster); "
                         "compare: both, with max |L_full - L_reduced| in results.json (compare.max_loss_diff)")
     g.add_argument("--max-steps", type=int, default=1_000_000,
@@ -103,7 +103,7 @@ def default_out_dir(args, parser=None) -> str:
 
 def config_from_args(a):
     """The dynamics.FlowConfig of parsed arguments (ConfigError if invalid)."""
-    from .config import FlowConfig
+    from dynamics.flow.config import FlowConfig
 
     task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N,
                       facts="file" if a.facts_file else a.facts, facts_file=a.facts_file,
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import_native("torch")  # a signal during torch's import would abort in C++: held back
     config = config_from_args(args)
-    from analysis.reduced_flow import check_reduced_memory, run_mode
+    from analysis.theory.reduced_flow import check_reduced_memory, run_mode
 
     if args.mode == "reduced":  # 10 class parameters: the full system's estimate does not apply
         check_reduced_memory(config)
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     out = args.out or default_out_dir(args, parser)
     check_out(out, overwrite=args.overwrite)  # before any computation
 
-    # progress: a bar on a terminal, elsewhere one line on stderr every ~30 s (dynamics.flow.FlowProgress)
+    # progress: a bar on a terminal, elsewhere one line on stderr every ~30 s (dynamics.flow.solve.FlowProgress)
     result = run_mode(args.mode, config, progress=not args.quiet)
     result.save(out, plots=not args.no_plots, overwrite=args.overwrite)
     if not args.quiet:

@@ -28,10 +28,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from analysis.experiment import analyze_experiment  # noqa: E402
+from analysis.results.experiment import analyze_experiment  # noqa: E402
 from common.io import output_dir, save_figure, write_csv, write_json  # noqa: E402
-from dynamics.config import FlowConfig  # noqa: E402
-from dynamics.schedule import EvalSpec, ExperimentConfig, Stage, Stop  # noqa: E402
+from dynamics.flow.config import FlowConfig  # noqa: E402
+from dynamics.experiment.schedule import EvalSpec, ExperimentConfig, Stage, Stop  # noqa: E402
 from models.task import TaskConfig  # noqa: E402
 from models.weights import Distribution  # noqa: E402
 

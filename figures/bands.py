@@ -1,4 +1,4 @@
-"""Figures of training runs over seeds (analysis.runner.training_bands): the mean of each loss with a band of
+"""Figures of training runs over seeds (analysis.sweeps.runner.training_bands): the mean of each loss with a band of
 one standard deviation and a lighter min-max band.
 
 - model 1 (linear attention): against flow time step x lr, around the exact gradient flow from the same init
@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .flow import legend_outside  # noqa: E402
+from figures.flow import legend_outside  # noqa: E402
 
 CURVES = (("loss", "loss", "k"), ("relation_loss", "relation-only", "tab:blue"),
           ("subject_loss", "subject-only", "tab:red"))
@@ -43,7 +43,7 @@ def _setting(config) -> str:
 
 
 def plot_bands(group: dict):
-    """The figure of one group of analysis.runner.BandsResult (a dict: columns, config, seeds, theory, and
+    """The figure of one group of analysis.sweeps.runner.BandsResult (a dict: columns, config, seeds, theory, and
     flow / verdicts)."""
     cols, config, seeds = group["columns"], group["config"], group["seeds"]
     th = group["theory"]

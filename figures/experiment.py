@@ -1,4 +1,4 @@
-"""Figures of a multi-stage experiment (dynamics.schedule.run_experiment, SPEC §6): the loss, the probability
+"""Figures of a multi-stage experiment (dynamics.experiment.schedule.run_experiment, SPEC §6): the loss, the probability
 of the true answer and the hallucination measure of every evaluation set against flow time, with the stages;
 and a plain sweep figure (one quantity against one parameter, one line per series).
 

@@ -113,13 +113,13 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from analysis.results import analyze_flow
-    from analysis.training import summarize_training
+    from analysis.results.flow import analyze_flow
+    from analysis.results.training import summarize_training
     from dynamics import FlowConfig, TrainConfig, flow_gap, train
-    from dynamics.trainer import LR_MAX
+    from dynamics.training.trainer import LR_MAX
 
-    from .flow import legend_outside, loss_axes
-    from .train import overlay_axes
+    from figures.flow import legend_outside, loss_axes
+    from figures.train import overlay_axes
 
     task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N)
     prog = False if a.quiet else None

@@ -262,7 +262,7 @@ def plot_sweep(cols, slopes) -> dict:
 
 def plot_zipf(cols):
     """Phase times against the Zipf exponent that varies most (subjects or relations): markers measured on the
-    full flow, lines the leading-order escape schedule of analysis.staircase (no O(1) term), one series per
+    full flow, lines the leading-order escape schedule of analysis.theory.staircase (no O(1) term), one series per
     (S, R, D, alpha, other exponent)."""
     names = [name for name, _ in QUANTITIES]
     vary = max(("zipf_subjects", "zipf_relations"), key=lambda k: np.unique(cols[k]).size)

@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .flow import legend_outside, loss_axes  # noqa: E402
+from figures.flow import legend_outside, loss_axes  # noqa: E402
 
 
 def run_title(config) -> str:

@@ -24,7 +24,7 @@ import torch
 
 from common.errors import ConfigError, check_choice, check_positive
 
-from .task import Task
+from models.task import Task
 
 INIT_KINDS = ("balanced", "uniform")
 

@@ -22,8 +22,8 @@ from torch import nn
 
 from common.errors import check_int, check_positive
 
-from .linear import expand, init_linear
-from .task import Task
+from models.linear import expand, init_linear
+from models.task import Task
 
 
 def token_counts(tokens: torch.Tensor, vocab_size: int, dtype=torch.float32) -> torch.Tensor:

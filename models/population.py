@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .linear import Layout, layout_of
-from .task import Task
+from models.linear import Layout, layout_of
+from models.task import Task
 
 _TINY = 1e-250  # below this a shifted normaliser may have lost terms to underflow
 _CHUNK_ELEMENTS = 1 << 22  # direct paths work on at most this many (s, r, a) logits at once

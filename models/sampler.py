@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .task import Task
+from models.task import Task
 
 
 @dataclass

@@ -28,7 +28,7 @@ from common.signals import import_native
 # torch-free: the parser is built and the arguments parsed (--help, --version, errors) before torch loads
 from dynamics.choices import INITS, MODELS, OPTIMIZERS
 
-from .task import FACT_KINDS, MAX_SEED, TaskConfig
+from models.task import FACT_KINDS, MAX_SEED, TaskConfig
 
 D_DEFAULT = 256  # model 2's embedding dimension (dynamics.TrainConfig's too); at 64 it stalls above 0.3 nats
 
@@ -121,7 +121,7 @@ def config_from_args(a):
     if a.compare_flow and a.model != "linear":
         raise ConfigError("--compare-flow needs --model linear (the exact flow is model 1's)")
     if a.compare_flow:  # the flow from the same init: its range of scales, checked before training
-        from dynamics.config import ALPHA_MAX, ALPHA_MIN, ALPHA_WHY
+        from dynamics.flow.config import ALPHA_MAX, ALPHA_MIN, ALPHA_WHY
 
         check_positive("init_scale", scale, minimum=ALPHA_MIN, maximum=ALPHA_MAX, why=f"--compare-flow: {ALPHA_WHY}")
     return TrainConfig(task=task, model=a.model, optimizer=opt, lr=a.lr, batch=a.batch, steps=a.steps,
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     import_native("torch")  # a signal during torch's import would abort in C++: held back
     # heavy imports (torch) only after parsing: --help, --version and bad flags answer at once
-    from analysis.training import analyze_training
+    from analysis.results.training import analyze_training
     from dynamics import resolve_device
 
     if a.experiment is not None:
@@ -197,8 +197,8 @@ def main(argv=None) -> int:
 
 
 def run_seeds(a, parser, config) -> int:
-    """--seeds N: the configuration with seeds --seed .. --seed + N - 1 through analysis.runner (resumable)."""
-    from analysis.runner import SweepSpec, config_fields, run_grid
+    """--seeds N: the configuration with seeds --seed .. --seed + N - 1 through analysis.sweeps.runner (resumable)."""
+    from analysis.sweeps.runner import SweepSpec, config_fields, run_grid
     from common.errors import check_int
 
     n = check_int("seeds", a.seeds, 1, 100_000)
@@ -233,8 +233,8 @@ def run_experiment_file(a, parser) -> int:
     import os
 
     from common.io import output_dir, write_csv, write_json
-    from dynamics.experiment_file import load_experiment
-    from dynamics.trainer import schedule_flow_gap, train_schedule
+    from dynamics.experiment.file import load_experiment
+    from dynamics.training.trainer import schedule_flow_gap, train_schedule
 
     exp = load_experiment(a.experiment)
     config = dataclasses.replace(config_from_args(a), task=exp.flow.task)

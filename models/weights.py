@@ -21,7 +21,7 @@ import numpy as np
 
 from common.errors import ConfigError
 
-from .task import Task, zipf
+from models.task import Task, zipf
 
 
 def as_indices(name: str, value, n: int) -> tuple:

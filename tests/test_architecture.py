@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ("common", "models", "dynamics", "analysis", "figures")
 RANK = {name: k for k, name in enumerate(LAYERS)}
 # command-line modules may import any layer
-CLI_MODULES = {"dynamics.run", "dynamics.experiment", "models.train", "analysis.derive", "analysis.sweep",
+CLI_MODULES = {"dynamics.run", "dynamics.experiment.__main__", "models.train", "analysis.derive", "analysis.sweep",
                "figures.paper"}
 # the one upward import allowed: a result object's plot()/save() draws with figures (the top layer, which
 # is matplotlib), loaded when called; no other library code below figures draws

@@ -1,13 +1,13 @@
-"""Batched exact flows (dynamics.batched) against single runs of dynamics.flow.run_flow."""
+"""Batched exact flows (dynamics.flow.batched) against single runs of dynamics.flow.solve.run_flow."""
 import math
 
 import pytest
 
 from analysis.phases import batched_plateau, flow_plateau, thresholds
 from common.errors import ConfigError
-from dynamics.batched import run_flows_batched
-from dynamics.config import FlowConfig
-from dynamics.flow import run_flow
+from dynamics.flow.batched import run_flows_batched
+from dynamics.flow.config import FlowConfig
+from dynamics.flow.solve import run_flow
 from models.task import TaskConfig, make_task
 
 
@@ -49,7 +49,7 @@ def test_batched_equals_single_run(batched, i):
     assert b["status"] == s["status"] == "converged"
     for k in ("t1", "t2", "t3"):
         assert rel(b[k], s[k]) <= 1e-9, (k, b[k], s[k])
-    # the same steps as the single run: per-run step control mirrors dynamics.dopri
+    # the same steps as the single run: per-run step control mirrors dynamics.ode.dopri5
     assert (b["n_steps"], b["n_rejected"], b["nfe"]) == (s["n_steps"], s["n_rejected"], s["nfe"])
     assert b["final_loss"] <= CONFIGS[i].eps_conv
     # the plateau (SPEC §3) from the run's window of steps: bracketed by step ends, not saved samples, the same
@@ -93,7 +93,7 @@ def test_mismatched_configs_are_refused():
 def test_batch_memory_estimate_counts_the_shared_chunks_once():
     """A batch holds one run's direct-path chunks and work arrays plus every run's state rows: 128 small flows need
     far less than 128 runs' own estimates (which each count ~100 MB of chunks), and more runs cost more."""
-    from dynamics.batched import batch_memory_estimate_bytes
+    from dynamics.flow.batched import batch_memory_estimate_bytes
 
     one = FlowConfig(task=TaskConfig(S=16, R=4, D=8, facts="random", seed=0))
     many = [FlowConfig(task=TaskConfig(S=16, R=4, D=8, facts="random", seed=s)) for s in range(128)]
@@ -108,7 +108,7 @@ def test_slots_refill_the_batch_and_change_nothing(batched, monkeypatch):
     """Continuous batching: with slots=3 at most three runs are integrated at once, a waiting run starting as one
     finishes (here also one stopped early by its target and one by its step budget); every run takes the same
     steps and phase times as in the all-at-once batch, and on_done reports each run once, as it finishes."""
-    import dynamics.batched as mod
+    import dynamics.flow.batched as mod
 
     widths = []
     rhs = mod.BatchedObjective.rhs
@@ -137,7 +137,7 @@ def test_slots_refill_the_batch_and_change_nothing(batched, monkeypatch):
 
 
 def test_slots_are_checked_and_bound_the_memory_estimate():
-    from dynamics.batched import batch_memory_estimate_bytes
+    from dynamics.flow.batched import batch_memory_estimate_bytes
 
     with pytest.raises(ConfigError, match=r"slots = 0 is too small"):
         run_flows_batched([random_config(0)], slots=0)
@@ -152,7 +152,7 @@ def test_slots_are_checked_and_bound_the_memory_estimate():
 def test_plateau_window_when_t1_and_t2_fall_in_one_step(monkeypatch):
     """With theta2 just below theta1 both crossings fall inside one step: the window is that step alone (no step
     end lies in [t1, t2]) and the plateau is located on it as the single run locates it on its dense output."""
-    import dynamics.batched as mod
+    import dynamics.flow.batched as mod
 
     config = random_config(2)
     task = make_task(config.task)

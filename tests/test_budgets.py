@@ -82,7 +82,7 @@ def test_max_steps_writes_results_with_status_and_exits_3(tmp_path, capsys):
 
 
 def test_solver_failure_exits_3_with_results(tmp_path, capsys, monkeypatch):
-    import analysis.reduced_flow as rf
+    import analysis.theory.reduced_flow as rf
     from dynamics.run import main
 
     real = rf.run_mode
@@ -99,11 +99,11 @@ def test_solver_failure_exits_3_with_results(tmp_path, capsys, monkeypatch):
 
 
 def test_default_budget_is_finite_and_progress_lines_appear_off_a_terminal(tmp_path, capsys, monkeypatch):
-    import dynamics.flow
+    import dynamics.flow.solve
     from dynamics.run import build_parser, main
 
     assert FlowConfig().max_steps == build_parser().parse_args([]).max_steps == 1_000_000
-    monkeypatch.setattr(dynamics.flow, "_PROGRESS_SECONDS", 0.0)  # a line at every step instead of every 30 s
+    monkeypatch.setattr(dynamics.flow.solve, "_PROGRESS_SECONDS", 0.0)  # a line at every step instead of every 30 s
     assert main(["--max-steps", "12", "--out", str(tmp_path / "p"), "--no-plots"]) == 3
     err = capsys.readouterr().err  # pytest's capture is not a terminal
     progress = [x for x in err.splitlines() if x.startswith("flow: t = ")]
@@ -114,9 +114,9 @@ def test_default_budget_is_finite_and_progress_lines_appear_off_a_terminal(tmp_p
 def test_large_alpha_needs_a_tighter_rtol_and_is_then_accurate():
     """The logits (~alpha^2) move by O(1) through relative changes ~1/alpha^2 of the entries, so the flow's
     logit error is ~alpha^2 rtol: refused above 1e-4, and where accepted the phase times agree with the
-    reduced quadrature (analysis.predict, an independent exact computation) to about that error."""
+    reduced quadrature (analysis.theory.predict, an independent exact computation) to about that error."""
     from analysis import analyze_flow
-    from analysis.predict import phase_times
+    from analysis.theory.predict import phase_times
 
     with pytest.raises(ConfigError, match="pass rtol <= 1.0e-10"):
         FlowConfig(alpha=1e3)
@@ -129,7 +129,7 @@ def test_large_alpha_needs_a_tighter_rtol_and_is_then_accurate():
 
 def test_random_table_at_alpha_1e20_finishes():
     """It crawled at steps of 5e-6 (the automatic atol of 1.8e-33 met rounding noise of ~1e-22); the
-    row-relative atol floor (dynamics.tolerances.RowAtol) lets it converge in a few thousand steps."""
+    row-relative atol floor (dynamics.ode.tolerances.RowAtol) lets it converge in a few thousand steps."""
     run = run_flow(FlowConfig(task=TaskConfig(facts="random"), alpha=1e-20, max_steps=20_000), progress=False)
     assert run.status == "converged", (run.status, run.message)
     assert run.solver["n_steps"] < 6000 and run.solver["n_rejected"] < 100
@@ -256,7 +256,7 @@ def test_sweep_grid_memory_estimate_refuses_what_does_not_fit():
 
 
 def test_reduced_mode_is_not_refused_with_the_full_systems_estimate(tmp_path):
-    from analysis.reduced_flow import check_reduced_memory
+    from analysis.theory.reduced_flow import check_reduced_memory
     from dynamics.run import main
 
     cfg = FlowConfig(task=TaskConfig(S=100_000, R=100, D=100))

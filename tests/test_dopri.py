@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from dynamics.dopri import A, B, B_HAT, C, Dopri5Stepper
-from dynamics.engine import SaveAt, integrate
+from dynamics.ode.dopri5 import A, B, B_HAT, C, Dopri5Stepper
+from dynamics.ode.engine import SaveAt, integrate
 
 
 def test_tableau_order_conditions():
@@ -30,7 +30,7 @@ def test_tableau_order_conditions():
 @pytest.fixture
 def fixed_steps(monkeypatch):
     """With a huge tolerance and no growth factor the controller keeps the step h given."""
-    from dynamics import dopri
+    from dynamics.ode import dopri5 as dopri
 
     monkeypatch.setattr(dopri, "MAX_FACTOR", 1.0)
     monkeypatch.setattr(dopri, "SAFETY", 1.0)

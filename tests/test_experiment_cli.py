@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dynamics.experiment import main
-from dynamics.experiment_file import load_experiment
+from dynamics.experiment.__main__ import main
+from dynamics.experiment.file import load_experiment
 
 GOOD = """
 [task]
@@ -91,7 +91,7 @@ def test_cli_outputs(tmp_path, capsys):
 def test_phase_times_match_a_brute_force_crossing(tmp_path):
     """t2 of a set = the first time its exact loss on the dense output is <= H(A|R)/2, checked by bisection on
     metrics_at (independent of the Brent refinement)."""
-    from analysis.experiment import analyze_experiment
+    from analysis.results.experiment import analyze_experiment
 
     cfg = load_experiment(write(tmp_path, GOOD))
     res = analyze_experiment(cfg)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import predict
+from analysis.theory import predict
 from models import PopulationObjective, TaskConfig, expand, init_linear, make_task, sequence_logits
 from models import population as pop_module
 

@@ -7,7 +7,7 @@ import torch
 
 from analysis import analyze_flow, detect_phases, thresholds
 from dynamics import FlowConfig, conserved_quantities, torch_threads
-from dynamics.flow import initial_state
+from dynamics.flow.solve import initial_state
 from models import PopulationObjective, TaskConfig, init_linear, make_task
 
 
@@ -226,7 +226,7 @@ def test_t_max_stops_run():
 def _reference_row(obj, monitor, t, y):
     """Every column of a trajectory row computed the straightforward way: explicit per-fact probabilities,
     the gradient from value_and_grad, the conserved quantities and norms directly."""
-    from dynamics.conservation import drift
+    from dynamics.flow.conservation import drift
 
     task, lay = obj.task, obj.layout
     Wt, K = lay.unpack(y)
@@ -266,7 +266,7 @@ def _reference_row(obj, monitor, t, y):
 def test_monitor_rows_are_exact_at_their_times(task_kw):
     """The monitor's rows (metrics sharing the gradient pass, accuracy and mass shortcuts) against the
     straightforward computation at the same states, on every saved time of a run: 1e-12 relative."""
-    from dynamics.flow import FlowMonitor
+    from dynamics.flow.solve import FlowMonitor
 
     res = flow(task_kw, rtol=1e-8)
     run = res.run
@@ -309,7 +309,7 @@ def test_step_end_loss_reuses_the_last_rhs_bit_for_bit(monkeypatch):
         assert obj.loss_at_last_rhs(y) is None  # written into since
     for method in ("rock4", "dopri5"):
         cfg = FlowConfig(task=TaskConfig(S=16, R=4, D=8), rtol=1e-8, method=method)
-        from dynamics.flow import run_flow
+        from dynamics.flow.solve import run_flow
 
         fast = run_flow(cfg, levels=(2.5, 1.0))
         with monkeypatch.context() as m:

@@ -1,4 +1,4 @@
-"""Issue 12: sweeps on the runner (analysis.runner, analysis.grid), in this process (the Dask cluster tests are in
+"""Issue 12: sweeps on the runner (analysis.sweeps.runner, analysis.grid), in this process (the Dask cluster tests are in
 test_grid_cluster.py): the grid syntax, stable keys, resume after an interrupt, failures recorded, a partly
 written results line, memory refusal, bands over seeds, the command line and models.train --seeds."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import runner
-from analysis.runner import (ResultsLog, SweepSpec, check_task_memory, parse_axis, parse_value, plan, product_grid,
+from analysis.sweeps import runner
+from analysis.sweeps.runner import (ResultsLog, SweepSpec, check_task_memory, parse_axis, parse_value, plan, product_grid,
                              run_grid, run_tasks)
 from common.errors import ConfigError
 

@@ -16,7 +16,7 @@ import cloudpickle
 import pandas as pd
 import pytest
 
-from analysis.runner import SweepSpec, open_client, plan, product_grid, run_grid, run_tasks
+from analysis.sweeps.runner import SweepSpec, open_client, plan, product_grid, run_grid, run_tasks
 
 pytest.importorskip("distributed")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.confirm import confirmation_report
-from dynamics.trainer import SampledTrainer, TrainConfig
+from analysis.results.confirm import confirmation_report
+from dynamics.training.trainer import SampledTrainer, TrainConfig
 from models.linear import sequence_logits
 from models.sampler import TaskSampler
 from models.task import TaskConfig, make_task

@@ -1,7 +1,7 @@
 """Issue 4: discrete training of model 1 against the exact flow, and the trainers' evaluation.
 
 References: an independent full-parameter population loss written here (autograd) for GD; the exact
-flow (dynamics.trainer.flow_at integrates PopulationObjective.flow_rhs at the requested flow times) for
+flow (dynamics.training.trainer.flow_at integrates PopulationObjective.flow_rhs at the requested flow times) for
 the GD and SGD pairings; PopulationObjective.metrics for the held-out evaluator (4 standard errors).
 """
 import math
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.errors import ConfigError
-from dynamics.trainer import GDTrainer, HeldOutEvaluator, TrainConfig, flow_at, flow_gap, resolve_device, train
+from dynamics.training.trainer import GDTrainer, HeldOutEvaluator, TrainConfig, flow_at, flow_gap, resolve_device, train
 from models.linear import compress, expand, init_linear
 from models.modules import LinearAttentionModel
 from models.population import PopulationObjective

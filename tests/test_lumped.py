@@ -1,9 +1,9 @@
-"""The symmetry-reduced flow (analysis.lumped) against the full flow: right-hand side, loss and crossings."""
+"""The symmetry-reduced flow (analysis.theory.lumped) against the full flow: right-hand side, loss and crossings."""
 import numpy as np
 import pytest
 import torch
 
-from analysis.lumped import LumpedFlow, find_classes, run_lumped, symbolic_reduced_loss, worth_reducing
+from analysis.theory.lumped import LumpedFlow, find_classes, run_lumped, symbolic_reduced_loss, worth_reducing
 from dynamics import FlowConfig, run_flow
 from models.population import PopulationObjective
 from models.task import TaskConfig, make_task

@@ -262,11 +262,11 @@ def _never(*a, **k):
 
 
 CLIS = {
-    "dynamics.run": ("analysis.reduced_flow", "run_mode", []),
-    "models.train": ("analysis.training", "analyze_training", ["--steps", "5"]),
+    "dynamics.run": ("analysis.theory.reduced_flow", "run_mode", []),
+    "models.train": ("analysis.results.training", "analyze_training", ["--steps", "5"]),
     "analysis.derive": ("analysis.derive", "derive_reduction", []),
     "analysis.sweep": ("analysis.sweep", "run_sweep", ["--quiet"]),
-    "figures.paper": ("analysis.results", "analyze_flow", ["--quiet"]),
+    "figures.paper": ("analysis.results.flow", "analyze_flow", ["--quiet"]),
     "bench/throughput.py": (None, "case", ["--seconds", "0.01"]),
 }
 

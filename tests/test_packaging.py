@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from common import __version__
-from common.cli import PROGRAMS, program_name
+from common.cli import PROGRAMS, entry_module, program_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAVY = ("torch", "matplotlib")
@@ -51,7 +51,7 @@ def test_help_imports_neither_torch_nor_matplotlib(module):
 @pytest.mark.parametrize("module", sorted(PROGRAMS.values()))
 def test_parsing_help_in_process_loads_nothing_heavy(module):
     """build_parser().parse_args(["--help"]) in a fresh interpreter: neither torch nor matplotlib in sys.modules."""
-    code = (f"import sys, importlib; m = importlib.import_module({module!r})\n"
+    code = (f"import sys, importlib; m = importlib.import_module({entry_module(module)!r})\n"
             "try:\n    m.build_parser().parse_args(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
             f"print(sorted(h for h in {HEAVY!r} if h in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
@@ -91,11 +91,11 @@ def test_console_wrapper_exits_with_main_status():
 # ----------------------------------------------------------------------------- pyproject, version, licence
 def test_console_scripts_are_the_programs():
     proj = _pyproject()["project"]
-    assert proj["scripts"] == {cmd: f"{mod}:main" for cmd, mod in PROGRAMS.items()}
+    assert proj["scripts"] == {cmd: f"{entry_module(mod)}:main" for cmd, mod in PROGRAMS.items()}
     import importlib
 
     for mod in PROGRAMS.values():
-        m = importlib.import_module(mod)
+        m = importlib.import_module(entry_module(mod))
         assert callable(m.main) and callable(m.build_parser)
 
 
@@ -199,7 +199,7 @@ def _add_argument_calls(path):
             yield flag, {k.arg for k in node.keywords}
 
 
-PROGRAM_FILES = [os.path.join(ROOT, *m.split(".")) + ".py" for m in PROGRAMS.values()]
+PROGRAM_FILES = [os.path.join(ROOT, *entry_module(m).split(".")) + ".py" for m in PROGRAMS.values()]
 BENCH_FILES = sorted(os.path.join(ROOT, "bench", f) for f in os.listdir(os.path.join(ROOT, "bench"))
                      if f.endswith(".py"))
 

@@ -1,4 +1,4 @@
-"""The fast reduced-flow quadrature of analysis.predict (closed-form R2, masked Newton with predictor and
+"""The fast reduced-flow quadrature of analysis.theory.predict (closed-form R2, masked Newton with predictor and
 a-posteriori stop) against straightforward references: 40-digit mpmath quadrature of R2, a fine composite
 Gauss-Legendre R2 plugged into the same solver, and the residuals L(t_i) - theta_i of the phase times."""
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis import predict
+from analysis.theory import predict
 
 mpmath = pytest.importorskip("mpmath")
 

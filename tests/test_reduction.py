@@ -1,4 +1,4 @@
-"""The symbolic reduction (analysis.reduction), its predictions (analysis.predict) and --mode reduced/compare,
+"""The symbolic reduction (analysis.theory.reduction), its predictions (analysis.theory.predict) and --mode reduced/compare,
 each checked against an independent reference: the full flow, the exact full loss and gradient, scipy quadrature,
 autograd Jacobians."""
 import json
@@ -9,8 +9,9 @@ import pytest
 import sympy as sp
 import torch
 
-from analysis import predict, reduction
-from analysis.reduced_flow import check_reducible, expand_state, run_mode, run_reduced
+from analysis.theory import predict
+from analysis.theory import reduction
+from analysis.theory.reduced_flow import check_reducible, expand_state, run_mode, run_reduced
 from common.errors import ConfigError
 from dynamics import FlowConfig
 from models import PopulationObjective, TaskConfig, make_task

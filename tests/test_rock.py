@@ -1,4 +1,4 @@
-"""The native ROCK4 (dynamics.rock): its tables, convergence order, accuracy, the real flow against DOPRI5,
+"""The native ROCK4 (dynamics.ode.rock4): its tables, convergence order, accuracy, the real flow against DOPRI5,
 bit-for-bit replay and dense output, and the stage count's response to stiffness."""
 import math
 
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from dynamics.config import FlowConfig
-from dynamics.dopri import Dopri5Stepper
-from dynamics.engine import Event, SaveAt, integrate
-from dynamics.flow import run_flow
-from dynamics.rock import HRHO_MAX, MS, UNUSED_DEGREES, USED, Rock4Stepper, degree_index
-from dynamics.solvers import DEFAULT_METHOD, make_stepper
-from dynamics.steps import StepSizeCollapse
+from dynamics.flow.config import FlowConfig
+from dynamics.ode.dopri5 import Dopri5Stepper
+from dynamics.ode.engine import Event, SaveAt, integrate
+from dynamics.flow.solve import run_flow
+from dynamics.ode.rock4 import HRHO_MAX, MS, UNUSED_DEGREES, USED, Rock4Stepper, degree_index
+from dynamics.ode.solvers import DEFAULT_METHOD, make_stepper
+from dynamics.ode.base import StepSizeCollapse
 from models.task import TaskConfig
 
 

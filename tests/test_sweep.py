@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from analysis import predict
+from analysis.theory import predict
 from analysis.derive import main as derive_main
 from analysis.sweep import main as sweep_main
 from analysis.sweep import run_sweep
@@ -49,7 +49,7 @@ def test_sweep_reduced_and_full_rows(tmp_path, capsys):
 
 
 def test_reduced_plateau_against_brute_force_and_at_extreme_scales():
-    """analysis.predict.plateaus (bracket + Illinois on the closed-form slope) against a brute-force minimum
+    """analysis.theory.predict.plateaus (bracket + Illinois on the closed-form slope) against a brute-force minimum
     of |t dL/dt| from ReducedSolution.state on 20,001 points, and unchanged by a 16x finer first grid at
     tiny alpha, where the stages turn sharply in log t; NaN where a phase does not exist."""
     S, R, D = np.array([16, 32, 64, 16]), np.array([4, 25, 8, 4]), np.array([8, 32, 2, 8])
@@ -152,7 +152,7 @@ def test_batched_full_rows_equal_one_by_one(one_by_one):
 def test_batched_two_shapes_each_batched_separately(one_by_one, monkeypatch):
     """Two shapes with batch_flows=2: one batched call per shape (never mixing shapes, which run_flows_batched
     would refuse) with at most 2 runs at once, every row filled and equal to one by one; the bar advances per run."""
-    import dynamics.batched as batched
+    import dynamics.flow.batched as batched
     from common.progress import Progress
 
     steps, calls = [], []
@@ -206,9 +206,9 @@ def test_derive_refuses_unequal_counts(tmp_path, capsys):
 
 
 def test_batched_sweep_refuses_a_batch_that_does_not_fit_before_any_work(monkeypatch):
-    """Each batch's memory (dynamics.batched.batch_memory_estimate_bytes) is checked before anything runs."""
+    """Each batch's memory (dynamics.flow.batched.batch_memory_estimate_bytes) is checked before anything runs."""
     import common.memory
-    import dynamics.batched as batched
+    import dynamics.flow.batched as batched
 
     calls = []
     monkeypatch.setattr(batched, "run_flows_batched", lambda configs: calls.append(configs))

@@ -1,5 +1,5 @@
 """Multi-stage schedules drive the trainers (SPEC §5, §6): the weighted sampler, GD / SGD / Adam through
-dynamics.trainer.train_schedule, and the pairing of a model-1 schedule with the exact multi-stage flow.
+dynamics.training.trainer.train_schedule, and the pairing of a model-1 schedule with the exact multi-stage flow.
 
 References: the weights themselves (sampler frequencies, 4 standard errors per fact); an unweighted
 TaskSampler on the same seed (product path unchanged); PopulationObjective under v for the weighted held-out
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from common.errors import ConfigError
-from dynamics.schedule import EvalSpec, Stage, Stop
-from dynamics.trainer import (HeldOutEvaluator, SampledTrainer, ScheduleResult, TrainConfig, flow_gap,
+from dynamics.experiment.schedule import EvalSpec, Stage, Stop
+from dynamics.training.trainer import (HeldOutEvaluator, SampledTrainer, ScheduleResult, TrainConfig, flow_gap,
                               schedule_flow_gap, train, train_schedule)
 from models.linear import expand, init_linear
 from models.modules import LinearAttentionModel

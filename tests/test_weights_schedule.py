@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import ConfigError
-from dynamics.config import FlowConfig
-from dynamics.flow import run_flow
-from dynamics.schedule import EvalSpec, ExperimentConfig, Stage, Stop, run_experiment
+from dynamics.flow.config import FlowConfig
+from dynamics.flow.solve import run_flow
+from dynamics.experiment.schedule import EvalSpec, ExperimentConfig, Stage, Stop, run_experiment
 from models.linear import expand, init_linear, sequence_logits
 from models.population import PopulationObjective
 from models.sampler import TaskSampler
@@ -143,7 +143,7 @@ def unpack_np(run_or_layout, y):
 
 
 def conserved_ref(task, Wt, K):
-    """The conserved quantities of SPEC §2 / dynamics.conservation, recomputed in numpy."""
+    """The conserved quantities of SPEC §2 / dynamics.flow.conservation, recomputed in numpy."""
     n, e = task.S + task.R, task.S + task.R + 1
     return dict(balance=K ** 2 - (Wt ** 2).sum(1), column_sums=Wt.sum(1),
                 noise_eos_product=np.array([K[n] * K[e] - Wt[n] @ Wt[e]]))

@@ -1,0 +1,132 @@
+"""Reports of one training run (dynamics.train): the summary written to results.json, the history columns,
+and the result object a notebook gets from ``analyze_training(config)`` (repr, to_dataframe, plot, save).
+
+Time is in steps; for model 1 the phases are also given in flow time (step k is flow time k*lr).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from common.cli import describe_device
+from common.errors import ConfigError
+from dynamics.training.trainer import HISTORY_COLUMNS, flow_gap, train
+
+from analysis.results.confirm import confirmation_report
+from analysis.phases import detect_phases, thresholds
+
+
+def summarize_training(result, pairing=None) -> dict:
+    """results.json content of a run: config, device, theory levels, throughput, phases, final metrics.
+
+    result: a TrainResult; pairing: ``flow_gap(result)`` or None. Model 1 adds the phases in flow time
+    (and with a pairing ``flow_gap`` and where it is reached); model 2 adds the confirmation report.
+    """
+    c, h, task = result.config, result.history, result.task
+    th = dict(log_A=task.log_A, H_A_given_R=task.H_A_given_R)
+    empty = len(h["step"]) == 0  # diverged at step 0: the initial loss was not finite
+    if empty:
+        ph = dict(t1=None, t2=None, t3=None, plateau=None,
+                  **dict(zip(("theta1", "theta2", "theta3"), thresholds(th["log_A"], th["H_A_given_R"], c.eps_conv))))
+    else:
+        ph = detect_phases(h["step"], h["loss"], h["relation_loss"], h["subject_loss"], h["hallucination_gap"],
+                           log_A=th["log_A"], H_A_given_R=th["H_A_given_R"], eps_conv=c.eps_conv).to_dict()
+    status = getattr(result, "status", "completed")
+    out = dict(config=c.to_dict(), device=describe_device(result.device), theory=th,
+               # completed, or diverged: at step diverged_at a loss was not finite or above 100 x its start
+               # (dynamics.training.trainer.DIVERGENCE_FACTOR) and training stopped there
+               status=status, diverged_at=getattr(result, "diverged_at", None),
+               throughput=dict(sequences_per_second=result.sequences_per_second,
+                               steps_per_second=result.steps_per_second, train_seconds=result.train_seconds),
+               phases=dict(steps=ph),
+               final=None if empty else {k: float(h[k][-1]) for k in ("loss", "relation_loss", "subject_loss",
+                                                                      "accuracy", "hallucination_gap")})
+    if c.model == "linear":  # step k is flow time k*lr
+        ft = {k: (v * c.lr if isinstance(v, float) and k in ("t1", "t2", "t3") else v)
+              for k, v in ph.items() if k != "plateau"}
+        ft["plateau"] = None if ph["plateau"] is None else dict(ph["plateau"], t=ph["plateau"]["t"] * c.lr)
+        out["phases"]["flow_time"] = ft
+    if pairing is not None:
+        out["flow_gap"] = pairing["flow_gap"]
+        out["flow_gap_at"] = dict(step=pairing["at_step"], flow_time=pairing["at_flow_time"])
+    if c.model == "softmax" and not empty:
+        out["confirmation"] = confirmation_report(h, log_A=th["log_A"], H_A_given_R=th["H_A_given_R"],
+                                                  eps_conv=c.eps_conv)
+    return out
+
+
+def history_columns(result, pairing=None) -> dict:
+    """history.csv columns, name -> (n_eval,) array: HISTORY_COLUMNS, [flow_time], [flow_loss,
+    flow_relation_loss, flow_subject_loss] (the exact flow at the same flow times, with a pairing)."""
+    cols = {k: result.history[k] for k in HISTORY_COLUMNS}
+    if "flow_time" in result.history:
+        cols["flow_time"] = result.history["flow_time"]
+    if pairing is not None:
+        for k in ("loss", "relation_loss", "subject_loss"):
+            cols[f"flow_{k}"] = pairing["flow"][k]
+    return cols
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """A training run with its report: ``run`` (dynamics.TrainResult), ``summary`` (the results.json content:
+    phases, throughput, flow gap, confirmation) and ``pairing`` (``flow_gap(run)`` with --compare-flow, else
+    None)."""
+
+    run: object
+    summary: dict = field(repr=False)
+    pairing: dict | None = field(repr=False, default=None)
+
+    def __repr__(self) -> str:
+        ph, f = self.summary["phases"]["steps"], self.summary["final"]
+
+        def g(x):
+            return "None" if x is None else f"{x:.6g}"
+
+        extra = f", flow_gap={self.pairing['flow_gap']:.4g}" if self.pairing is not None else ""
+        if "confirmation" in self.summary:
+            extra += f", all_confirmed={self.summary['confirmation']['all_confirmed']}"
+        return (f"TrainingResult({self.run!r}, t1={g(ph['t1'])}, t2={g(ph['t2'])}, t3={g(ph['t3'])}, "
+                f"final_loss={g(f['loss'] if f else None)}, status={self.summary.get('status')!r}{extra})")
+
+    @property
+    def history(self):
+        return self.run.history
+
+    def to_dataframe(self):
+        """history.csv as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(history_columns(self.run, self.pairing))
+
+    def plot(self):
+        """The loss figure (a matplotlib Figure), with the exact-flow overlay when paired."""
+        from figures.train import plot_run  # presentation: figures is the top layer, loaded on demand
+
+        return plot_run(self.run, self.summary, self.pairing)
+
+    def save(self, folder: str, *, plots: bool = True, overwrite: bool = False) -> None:
+        """Write results.json, history.csv and (plots) loss.png, loss.pdf into ``folder``, as a whole
+        (common.io.output_dir; an existing non-empty ``folder`` is refused unless ``overwrite``)."""
+        from common.io import output_dir, save_figure, write_csv, write_json
+
+        with output_dir(folder, overwrite=overwrite) as d:
+            write_json(os.path.join(d, "results.json"), self.summary)
+            write_csv(os.path.join(d, "history.csv"), history_columns(self.run, self.pairing))
+            if plots and len(self.run.history["step"]):  # no figure of an empty history (diverged at step 0)
+                import matplotlib.pyplot as plt
+
+                fig = self.plot()
+                for name in ("loss.png", "loss.pdf"):
+                    save_figure(fig, os.path.join(d, name), dpi=150)
+                plt.close(fig)
+
+
+def analyze_training(config, *, compare_flow: bool = False, progress: bool | None = None) -> TrainingResult:
+    """Train as ``config`` (a dynamics.TrainConfig) says and report it; compare_flow pairs model 1 with its
+    exact flow (flow_gap = max_k |L_train(k) - L_flow(k lr)|)."""
+    if compare_flow and config.model != "linear":
+        raise ConfigError("compare_flow needs model = 'linear' (the exact flow is model 1's)")
+    run = train(config, progress=progress)
+    pairing = flow_gap(run) if compare_flow and len(run.history["step"]) else None
+    return TrainingResult(run=run, summary=summarize_training(run, pairing), pairing=pairing)

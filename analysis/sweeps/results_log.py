@@ -1,0 +1,218 @@
+"""A sweep's folder (analysis.sweeps.runner): the results file ``results.jsonl`` (ResultsLog, latest_rows),
+spec.json (prepare_folder, spec_difference), results.csv (write_results_csv) and the runs' own folders
+(write_run_folder)."""
+from __future__ import annotations
+
+import json
+import os
+
+from common.errors import ConfigError
+from common.io import jsonable
+
+from analysis.sweeps.spec import describe
+
+RESULTS_JSONL, RESULTS_CSV, SPEC_JSON = "results.jsonl", "results.csv", "spec.json"
+
+
+# ----------------------------------------------------------------------------- the results file
+class ResultsLog:
+    """``results.jsonl`` of a sweep folder: rows appended one line each, atomically enough to survive a crash
+    (flush + fsync under an exclusive lock; a partly written last line is ignored, and cut off before the
+    next append)."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, RESULTS_JSONL)
+
+    def read(self) -> list[dict]:
+        """Every complete row, in file order (a last line without its newline, or not JSON, is skipped)."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        rows = []
+        lines = data.split(b"\n")
+        for line in lines[:-1]:  # the part after the last newline is incomplete (or empty)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(row, dict) and "key" in row:
+                rows.append(row)
+        return rows
+
+    def append(self, row: dict) -> None:
+        """Append ``row`` as one line (numpy values converted, non-finite floats as null)."""
+        from common.signals import critical_section
+
+        line = json.dumps(jsonable(row), allow_nan=False, separators=(",", ":")).encode() + b"\n"
+
+        with critical_section():  # Ctrl-C waits until the line is complete
+            self._append(line)
+
+    def _append(self, line: bytes) -> None:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.lseek(fd, 0, os.SEEK_END)
+            if size:
+                os.lseek(fd, size - 1, os.SEEK_SET)
+                if os.read(fd, 1) != b"\n":  # a crash cut the last line: drop it (its run runs again)
+                    cut = _last_newline(fd, size)
+                    os.ftruncate(fd, cut)
+                    size = cut
+            os.lseek(fd, size, os.SEEK_SET)
+            view = memoryview(line)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _last_newline(fd: int, size: int) -> int:
+    """The offset just after the last newline before ``size`` (0 if none)."""
+    pos = size
+    while pos > 0:
+        start = max(0, pos - 65536)
+        os.lseek(fd, start, os.SEEK_SET)
+        chunk = os.read(fd, pos - start)
+        k = chunk.rfind(b"\n")
+        if k >= 0:
+            return start + k + 1
+        pos = start
+    return 0
+
+
+def latest_rows(rows) -> dict:
+    """key -> the last row recorded for it."""
+    out = {}
+    for r in rows:
+        out[r["key"]] = r
+    return out
+
+
+# ----------------------------------------------------------------------------- the sweep folder
+def _flat(d: dict, prefix="") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def spec_difference(old: dict, new: dict) -> str | None:
+    """A phrase naming the first difference between two spec.json contents (None if they are the same)."""
+    if old == new:
+        return None
+    for k in ("kind", "experiment_file", "batch"):
+        if old.get(k) != new.get(k):
+            return f"{k} is {old.get(k)!r} there and {new.get(k)!r} here"
+    fo, fn = _flat(old.get("base", {})), _flat(new.get("base", {}))
+    for k in list(fo) + [k for k in fn if k not in fo]:
+        if fo.get(k, "unset") != fn.get(k, "unset"):
+            return f"base field {k} is {fo.get(k, 'unset')!r} there and {fn.get(k, 'unset')!r} here"
+    go, gn = old.get("grid", []), new.get("grid", [])
+    if len(go) != len(gn):
+        return f"the grid has {len(go)} runs there and {len(gn)} here"
+    for i, (a, b) in enumerate(zip(go, gn)):
+        if a != b:
+            return f"grid run {i} is {describe(a)} there and {describe(b)} here"
+    return "the specs differ"
+
+
+def prepare_folder(out: str, spec_doc: dict, *, overwrite: bool = False, create: bool = True) -> tuple[str, bool]:
+    """Create the sweep folder with spec.json, or check that an existing one holds the same spec (resume).
+    Refused (ConfigError): a folder that holds another sweep (unless ``overwrite``: it is emptied and the
+    sweep starts over) or other files (unless ``overwrite``). ``create = False`` only checks. Returns (the
+    absolute path, whether it continues a sweep: its results.jsonl counts)."""
+    import shutil
+
+    from common.io import check_out, write_json
+
+    if not out or not str(out).strip():
+        raise ConfigError("out is empty; give the sweep folder with --out")
+    target = os.path.realpath(os.path.abspath(out))
+    spec_path = os.path.join(target, SPEC_JSON)
+    if os.path.isfile(spec_path) and not overwrite:
+        try:
+            with open(spec_path) as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"out = {out!r} holds an unreadable {SPEC_JSON} ({exc}); pass --overwrite to start "
+                              "the sweep over, or choose another --out") from None
+        diff = spec_difference(old, spec_doc)
+        if diff is not None:
+            raise ConfigError(f"out = {out!r} holds another sweep ({diff}); re-run the same command to continue "
+                              "that one, pass --overwrite to start over, or choose another --out")
+        return target, True
+    if os.path.lexists(target):
+        if not os.path.isdir(target):
+            raise ConfigError(f"out = {out!r} exists and is not a folder; give a folder path with --out")
+        if os.listdir(target):
+            if not overwrite:
+                raise ConfigError(f"out = {out!r} already exists, is not empty and holds no sweep ({SPEC_JSON}); "
+                                  "pass --overwrite to replace it, or choose another --out")
+            cwd = os.path.realpath(os.getcwd())
+            if cwd == target or cwd.startswith(target.rstrip(os.sep) + os.sep):
+                raise ConfigError(f"out = {out!r} is the working folder or one of its parents; --overwrite will "
+                                  "not replace it; choose another --out")
+            if not os.path.isfile(spec_path):
+                check_out(out, overwrite=True)  # an output folder of files only, as every program's --overwrite
+            if create:
+                shutil.rmtree(target)
+    else:
+        check_out(out)  # a place where a folder can be created
+    if create:
+        os.makedirs(target, exist_ok=True)
+        write_json(spec_path, spec_doc)
+    return target, False
+
+
+def write_results_csv(folder: str, rows: list[dict], varied=()) -> str:
+    """results.csv: one row per run (the last recorded), in grid order, without histories and run files."""
+    import pandas as pd
+
+    from common.io import write_text
+
+    skip = {"history", "files", "confirmation"}
+    rows = sorted(latest_rows(rows).values(), key=lambda r: r.get("index", 0))
+    first = ["index", "key", "status", "error"] + [v for v in varied]
+    cols = list(first)
+    for r in rows:
+        for k in r.get("params", {}):
+            if k not in cols:
+                cols.append(k)
+        for k in r:
+            if k not in cols and k not in skip and k != "params":
+                cols.append(k)
+    table = []
+    for r in rows:
+        flat = {**{k: v for k, v in r.items() if k not in skip and k != "params"}, **r.get("params", {})}
+        table.append({c: flat.get(c) for c in cols})
+    df = pd.DataFrame(table, columns=cols)
+    path = os.path.join(folder, RESULTS_CSV)
+    write_text(path, df.to_csv(index=False))
+    return path
+
+
+def write_run_folder(folder: str, row: dict, params: dict) -> None:
+    from common.io import output_dir, write_csv, write_json
+
+    files = row.get("files")
+    if not files:
+        return
+    dest = os.path.join(folder, "runs", row["key"])
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with output_dir(dest, overwrite=True) as d:
+        write_json(os.path.join(d, "results.json"), dict(key=row["key"], index=row["index"], params=params,
+                                                         results=files["results"]))
+        name, cols = files["table"]
+        write_csv(os.path.join(d, name), cols)

@@ -1,0 +1,372 @@
+"""Sweeps of flows, experiments and training runs over a grid (or a list) of configuration fields: resumable,
+on Dask (a LocalCluster, an existing cluster) or one after another in this process (issue 12).
+
+    spec = SweepSpec(kind="flow", base={"S": 16, "R": 4, "D": 8},
+                     grid=product_grid([("alpha", [1e-5, 1e-4]), ("seed", range(4))]), out="runs/grid")
+    res = run_grid(spec, workers=2)     # a LocalCluster of 2 worker processes; workers=1: in this process
+    res                                  # GridResult(8 runs: 8 done, 0 failed, 0 skipped, ...)
+    res.to_dataframe()                   # results.csv: one row per run
+    run_grid(spec, workers=2)           # again: every run is done, nothing runs (resume)
+
+Fields are the configuration fields of the kind, by their names: ``flow``: dynamics.FlowConfig's (alpha, init,
+rtol, t_max, ...) and models.TaskConfig's (S, R, D, T, N, facts, seed, zipf_subjects, ...); ``train``:
+dynamics.TrainConfig's (model, optimizer, lr, batch, steps, seed, d, init_scale, ...), the task's (``task_seed``
+for the task's seed) and ``compare_flow``; ``experiment``: the [task] and [flow] keys of an experiment file
+(dynamics.experiment.file). ``task.S`` and ``flow.alpha`` are accepted as well.
+
+The sweep folder (``out``):
+
+- ``spec.json``: the kind, base fields, grid and options. Running a sweep into a folder that holds another
+  spec is refused (ConfigError naming the difference); the same spec continues where it stopped.
+- ``results.jsonl``: one JSON object per finished run, appended (flush + fsync, under an exclusive lock) by the
+  client process only, as each run ends: ``index``, ``key`` (a hash of the resolved configuration), ``status``
+  (``done`` or ``failed``), ``error`` (one line), the grid fields, the run's numbers; a training run's history
+  too. A partly written last line (a crash while appending) is ignored and cut off before the next append.
+- ``results.csv``: the same rows without the histories, one per run in grid order, rewritten atomically when
+  the sweep ends (also on Ctrl-C); pandas reads it.
+- ``runs/<key>/`` (``keep_runs``): the run's results.json and trajectory.csv / history.csv.
+- ``bands.csv``, ``bands.json``, ``bands*.png`` (kind ``train``): mean, standard deviation, min and max over
+  seeds of every history column at every evaluated step (see :func:`training_bands`).
+
+A run that raises is recorded ``failed`` with its one-line error and the sweep goes on. On Dask a task whose
+worker process dies (killed, out of memory) is retried once on another worker; if that dies too the run is
+recorded failed. Each task's memory is estimated (the configurations' own estimates) before anything is
+submitted, and a run that no worker can hold is refused (ConfigError) with the numbers.
+
+The parts live in their own modules, and every public name is importable from here as before:
+analysis.sweeps.spec (the grid syntax, the fields of each kind, SweepSpec and plan), analysis.sweeps.dask_tasks
+(generic task execution on Dask: run_tasks, open_client), analysis.sweeps.results_log (results.jsonl and the
+sweep folder) and analysis.sweeps.bands (bands over seeds). This module keeps what one task does on a worker
+(execute) and the sweep itself (run_grid, GridResult).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.errors import ConfigError, check_int
+from common.io import jsonable
+
+from analysis.sweeps.dask_tasks import (ALLOWED_FAILURES, MEMORY_FRACTION, WORKER_PRELOAD, WORKER_WAIT_SECONDS, call_task,
+                         check_scheduler, check_task_memory, one_line, open_client, run_tasks, worker_memory_limits)
+from analysis.sweeps.spec import (KINDS, MAX_RUNS, TASK_SEED_NAME, PlannedRun, SweepSpec, build_config, canonical_name,
+                        config_fields, describe, field_names, load_experiment_doc, parse_axis, parse_value, plan,
+                        product_grid, read_run_list, resolved_dict, run_key)
+from analysis.sweeps.results_log import (RESULTS_CSV, RESULTS_JSONL, SPEC_JSON, ResultsLog, latest_rows, prepare_folder,
+                          spec_difference, write_results_csv, write_run_folder)
+from analysis.sweeps.bands import BAND_STATS, BandsResult, band_columns, training_bands
+
+
+# ----------------------------------------------------------------------------- what one task does (workers)
+def _where() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+PLATEAU_FIELDS = ("t", "loss", "relation_loss", "subject_loss", "hallucination_gap")  # flow rows' plateau_* columns
+
+
+def _flow_row(res) -> dict:
+    ph = res.phases
+    row = dict(run_status=res.status, message=res.message, t1=ph.t1, t2=ph.t2, t3=ph.t3)
+    pl = ph.plateau
+    for k in PLATEAU_FIELDS:
+        row[f"plateau_{k}"] = None if pl is None else getattr(pl, k)
+    row["final_loss"] = float(res.trajectory["loss"][-1])
+    row["t_final"] = float(res.trajectory["t"][-1])
+    for law, v in res.conservation.items():
+        row[f"drift_{law}"] = v
+    for k in ("n_steps", "n_rejected", "nfe"):
+        row[k] = res.solver.get(k)
+    row["integration_seconds"] = res.integration_seconds
+    return row
+
+
+def _train_row(res) -> dict:
+    s = res.summary
+    ph = s["phases"]["steps"]
+    row = dict(run_status=s["status"], diverged_at=s["diverged_at"], t1=ph["t1"], t2=ph["t2"], t3=ph["t3"],
+               plateau_loss=None if ph.get("plateau") is None else ph["plateau"]["loss"])
+    for k in ("loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap"):
+        row[f"final_{k}"] = None if s["final"] is None else s["final"][k]
+    if "flow_gap" in s:
+        row["flow_gap"] = s["flow_gap"]
+        row["flow_gap_step"] = s["flow_gap_at"]["step"]
+    if "confirmation" in s:
+        cf = s["confirmation"]
+        row["confirmed"] = cf["all_confirmed"]
+        for claim in ("first_plateau", "second_plateau", "hallucination_gap", "convergence"):
+            row[f"confirmed_{claim}"] = cf[claim]["confirmed"]
+    tp = s["throughput"]
+    row["train_seconds"] = tp["train_seconds"]
+    row["steps_per_second"] = tp["steps_per_second"]
+    return row
+
+
+def _experiment_row(res) -> dict:
+    row = dict(run_status=res.status)
+    for st in res.stage_table():
+        n = st["name"]
+        row[f"{n}.t_start"], row[f"{n}.t_end"], row[f"{n}.reason"] = st["t_start"], st["t_end"], st["reason"]
+        for set_name, ph in st["phases"].items():
+            for k in ("t1", "t2", "t3"):
+                row[f"{n}.{set_name}.{k}"] = ph[k]
+            row[f"{n}.{set_name}.loss_end"] = st["at_end"][set_name]["loss"]
+    return row
+
+
+def _run_single(kind: str, fields: dict, experiment: dict | None, keep: bool) -> dict:
+    """One run in this process: the row of numbers (``history`` for training; ``files`` with ``keep``)."""
+    from dynamics.threads import torch_threads
+
+    config = build_config(kind, fields, experiment)
+    with torch_threads(1):  # the same thread count everywhere: numbers equal to the serial run's
+        if kind == "flow":
+            from analysis.results.flow import analyze_flow
+
+            res = analyze_flow(config, progress=False)
+            row = _flow_row(res)
+            files = dict(results=res.to_dict(), table=("trajectory.csv", dict(res.trajectory))) if keep else None
+        elif kind == "train":
+            from analysis.results.training import analyze_training, history_columns
+
+            c, compare = config
+            res = analyze_training(c, compare_flow=compare, progress=False)
+            row = _train_row(res)
+            hist = history_columns(res.run, res.pairing)
+            row["history"] = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in hist.items()}
+            if res.summary.get("confirmation") is not None:
+                row["confirmation"] = res.summary["confirmation"]
+            files = dict(results=res.summary, table=("history.csv", hist)) if keep else None
+        else:
+            from analysis.results.experiment import analyze_experiment
+
+            res = analyze_experiment(config, progress=False)
+            row = _experiment_row(res)
+            files = dict(results=res.to_dict(), table=("trajectory.csv", dict(res.trajectory))) if keep else None
+    if files is not None:
+        row["files"] = files
+    return row
+
+
+def execute(task: dict) -> list[dict]:
+    """Run one task (a dict: kind, runs = [dict(index, key, fields)], experiment, keep, batched) and return one
+    row per run: ``status`` done with the run's numbers, or failed with ``error``. Runs on a Dask worker or in
+    this process; a failing run does not stop the others of its task."""
+    kind, out = task["kind"], []
+    if task.get("batched"):
+        from dynamics.flow.batched import run_flows_batched
+
+        from analysis.phases import batched_plateau
+
+        t0 = time.perf_counter()
+        try:
+            configs = [build_config("flow", r["fields"]) for r in task["runs"]]
+            plateaus = {}
+
+            def locate(j, res):  # each run's plateau as it finishes
+                plateaus[j] = batched_plateau(res)
+
+            results = run_flows_batched(configs, threads=1, plateau=True, on_done=locate)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - recorded, the sweep goes on
+            line = one_line(exc)
+            return [dict(index=r["index"], key=r["key"], status="failed", error=line, worker=_where())
+                    for r in task["runs"]]
+        wall = time.perf_counter() - t0
+        for j, (r, res) in enumerate(zip(task["runs"], results)):
+            pl = plateaus.get(j)
+            row = dict(index=r["index"], key=r["key"], status="done", error="", run_status=res["status"],
+                       message=res["message"], t1=res["t1"], t2=res["t2"], t3=res["t3"],
+                       **{f"plateau_{k}": None if pl is None else getattr(pl, k) for k in PLATEAU_FIELDS},
+                       final_loss=res["final_loss"],
+                       t_final=res["t_final"], n_steps=res["n_steps"], n_rejected=res["n_rejected"],
+                       nfe=res["nfe"], batched=len(results), wall_seconds=wall / len(results), worker=_where())
+            out.append(row)
+        return out
+    for r in task["runs"]:
+        t0 = time.perf_counter()
+        try:
+            row = _run_single(kind, r["fields"], task.get("experiment"), task.get("keep", False))
+            row = dict(index=r["index"], key=r["key"], status="done", error="", **row)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - recorded, the sweep goes on
+            row = dict(index=r["index"], key=r["key"], status="failed", error=one_line(exc))
+        row["wall_seconds"] = time.perf_counter() - t0
+        row["worker"] = _where()
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- the sweep
+@dataclass(frozen=True)
+class GridResult:
+    """A sweep's outcome: ``rows`` (the last row recorded for every run of the spec, grid order; a run not
+    yet run is absent), counts of this call (``done``, ``failed``: run now; ``skipped``: recorded before),
+    ``wall_seconds``, ``runs_per_second`` (runs finished now per second of wall time), ``interrupted``,
+    ``bands`` (kind train: a BandsResult, else None) and ``folder``."""
+
+    spec: SweepSpec = field(repr=False)
+    rows: list = field(repr=False)
+    total: int
+    done: int
+    failed: int
+    skipped: int
+    wall_seconds: float
+    runs_per_second: float
+    interrupted: bool = False
+    folder: str | None = None
+    bands: object = field(repr=False, default=None)
+
+    def __repr__(self) -> str:
+        return (f"GridResult({self.total} runs: {self.done} done, {self.failed} failed, {self.skipped} skipped; "
+                f"{self.wall_seconds:.3g} s, {self.runs_per_second:.3g} runs/s"
+                f"{', interrupted' if self.interrupted else ''})")
+
+    def summary_line(self) -> str:
+        left = self.total - self.done - self.failed - self.skipped
+        return (f"{self.total} runs: {self.done} done, {self.failed} failed, {self.skipped} skipped (recorded "
+                f"before)" + (f", {left} not run" if left else "") + f"; wall {self.wall_seconds:.1f} s, "
+                f"{self.runs_per_second:.3g} runs/s")
+
+    @property
+    def failed_rows(self) -> list:
+        return [r for r in self.rows if r.get("status") == "failed"]
+
+    def to_dataframe(self):
+        """results.csv as a pandas DataFrame."""
+        import pandas as pd
+
+        if self.folder is not None and os.path.isfile(os.path.join(self.folder, RESULTS_CSV)):
+            return pd.read_csv(os.path.join(self.folder, RESULTS_CSV))
+        return pd.DataFrame([{k: v for k, v in r.items() if k not in ("history", "files", "confirmation")}
+                             for r in self.rows])
+
+
+def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None = None, client=None,
+              progress: bool | None = False, max_runs: int | None = None, on_row=None, retry_failed: bool = False,
+              overwrite: bool = False, plots: bool = False) -> GridResult:
+    """Run every run of ``spec`` not recorded yet in its folder ``spec.out`` and record each as it ends.
+
+    scheduler / workers: see :func:`open_client` (``workers = 1``: in this process; default a LocalCluster
+    with one worker process per core); ``client``: an existing distributed.Client (then scheduler and workers
+    are ignored). Runs recorded ``done`` are skipped; runs recorded ``failed`` too unless ``retry_failed``.
+    max_runs: run at most this many of the remaining runs (re-run to continue). on_row(row): called in this
+    process after each row is recorded (raising KeyboardInterrupt there stops the sweep like Ctrl-C).
+    progress: a bar on a terminal (None: only there; False: off) with counts and ETA. overwrite: start over
+    in a folder that holds another sweep. plots: draw the bands figure (kind train).
+    """
+    t_start = time.perf_counter()
+    if not spec.out:
+        raise ConfigError("the sweep needs a folder: give SweepSpec(out=...)")
+    experiment = load_experiment_doc(spec.experiment_file) if spec.kind == "experiment" else None
+    runs = plan(spec, experiment)
+    if max_runs is not None:
+        max_runs = check_int("max_runs", max_runs, 0)
+    if client is None:
+        check_scheduler(scheduler)
+        if workers is not None:
+            check_int("workers", workers, 1, 4096)
+    spec_doc = spec.to_dict()
+    if experiment is not None:
+        spec_doc["experiment_sha256"] = experiment["sha"]
+    folder, resumed = prepare_folder(spec.out, spec_doc, overwrite=overwrite, create=False)  # checks only
+    log = ResultsLog(folder)
+    known = latest_rows(log.read()) if resumed else {}
+    keys = {r.key for r in runs}
+    skip = {k for k, r in known.items() if k in keys and (r.get("status") == "done" or not retry_failed)}
+    todo = [r for r in runs if r.key not in skip]
+    if max_runs is not None:
+        todo = todo[:max_runs]
+    # tasks: one run each, or batches of flows of one shape and solver setting
+    if spec.batch > 1:
+        groups = {}
+        for r in todo:
+            groups.setdefault(r.shape, []).append(r)
+        task_runs = [g[i:i + spec.batch] for g in groups.values() for i in range(0, len(g), spec.batch)]
+    else:
+        task_runs = [[r] for r in todo]
+    tasks = [dict(kind=spec.kind, runs=[dict(index=r.index, key=r.key, fields=r.fields) for r in tr],
+                  experiment=experiment, keep=spec.keep_runs, batched=spec.batch > 1) for tr in task_runs]
+    labels = [f"run {tr[0].index} ({describe(tr[0].params)}, key {tr[0].key})" if len(tr) == 1 else
+              f"a batch of {len(tr)} runs from run {tr[0].index}" for tr in task_runs]
+    if spec.batch > 1:  # one batched state: the runs share the direct-path chunks (dynamics.flow.batched's estimate)
+        from dynamics.flow.batched import batch_memory_estimate_bytes
+
+        memory = [batch_memory_estimate_bytes([build_config("flow", r.fields) for r in tr]) for tr in task_runs]
+    else:
+        memory = [sum(r.memory_bytes for r in tr) for tr in task_runs]
+    by_key = {r.key: r for r in runs}
+    counts = dict(done=0, failed=0)
+    from common.progress import Progress
+
+    bar = Progress(len(todo), f"{spec.kind} sweep", unit=" runs", enabled=progress)
+    interrupted = False
+
+    def record_row(row):
+        r = by_key[row["key"]]
+        row["params"] = r.params
+        if spec.keep_runs and row.get("status") == "done":
+            write_run_folder(folder, row, r.params)
+        row.pop("files", None)
+        log.append(row)
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        bar.update(1)
+        bar.set_postfix_str(f"{counts['done']} done, {counts['failed']} failed")
+        if on_row is not None:
+            on_row(row)
+
+    def on_result(i, status, value):
+        if status == "done":
+            for row in value:
+                record_row(row)
+        else:  # the task itself failed (its worker died twice): every run of it is failed
+            for r in tasks[i]["runs"]:
+                record_row(dict(index=r["index"], key=r["key"], status="failed", error=value))
+
+    def start(cl):
+        check_task_memory(memory, labels, cl)  # before the folder is made and anything submitted
+        prepare_folder(spec.out, spec_doc, overwrite=overwrite and not resumed)
+        if tasks:
+            run_tasks(execute, tasks, client=cl, on_result=on_result)
+
+    try:
+        if not tasks or client is not None:
+            start(client)
+        else:
+            with open_client(scheduler, workers) as cl:
+                start(cl)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        bar.close()
+        rows_all = log.read()
+        if os.path.isfile(os.path.join(folder, SPEC_JSON)):
+            write_results_csv(folder, [r for r in rows_all if r["key"] in keys], spec.varied)
+    latest = latest_rows(rows_all)
+    rows = [latest[r.key] for r in runs if r.key in latest]
+    bands = None
+    if spec.kind == "train":
+        bands = training_bands(rows, spec)
+        if bands is not None:
+            bands.save(folder, plots=plots)
+    wall = time.perf_counter() - t_start
+    ran = counts["done"] + counts["failed"]
+    return GridResult(spec=spec, rows=rows, total=len(runs), done=counts["done"], failed=counts["failed"],
+                      skipped=len(skip), wall_seconds=wall, runs_per_second=ran / wall if wall > 0 else 0.0,
+                      interrupted=interrupted, folder=folder, bands=bands)
+
+
+__all__ = ["KINDS", "SweepSpec", "PlannedRun", "GridResult", "BandsResult", "ResultsLog", "parse_value",
+           "parse_axis", "product_grid", "read_run_list", "field_names", "canonical_name", "config_fields",
+           "build_config", "resolved_dict", "run_key", "plan", "execute", "call_task", "run_tasks", "open_client",
+           "run_grid", "training_bands", "band_columns", "prepare_folder", "spec_difference", "write_results_csv",
+           "check_task_memory", "check_scheduler", "worker_memory_limits", "latest_rows", "load_experiment_doc", "one_line",
+           "jsonable"]
