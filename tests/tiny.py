@@ -1,0 +1,8 @@
+"""Tiny configurations shared by the tests: small enough for the fast suite, large enough to have every
+phase (escape, plateau, convergence) of the flow."""
+from models.task import TaskConfig
+
+TINY = TaskConfig(S=4, R=2, D=2)                   # 4 facts: the smallest task with two relations
+SMALL = TaskConfig(S=8, R=2, D=4, T=7, N=3)        # a short sequence: population sums stay cheap
+RANDOM = TaskConfig(S=12, R=3, D=4, facts="random", seed=1)  # a random table: no class symmetry
+PAPER = TaskConfig(S=16, R=4, D=8)                 # the main job's task
