@@ -6,7 +6,8 @@
 Runs each job of JOBS twice, as a user runs it (a fresh process, a fresh output folder): once in a clean
 checkout of ``--ref`` and once in this tree. Then compares every file the two runs wrote:
   - JSON files and CSV files after removing timing fields (keys and columns whose name says wall time,
-    seconds or a rate per second): the remaining values are compared exactly, floats to the bit;
+    seconds or a rate per second) and writing the output folder's path as <out>: the remaining values are
+    compared exactly, floats to the bit;
   - every other file (PNG, PDF, NPZ, ...) byte for byte, a PDF's /CreationDate (a time stamp) aside.
 Prints one line per file and exits 0 when every file matches, 1 otherwise. Writes only into temporary
 folders (kept with --keep DIR). The whole comparison takes about 2 x 5 minutes on 2 cores.
@@ -34,12 +35,15 @@ TIMING = re.compile(r"wall|seconds|per_second|elapsed")
 PDF_DATE = re.compile(rb"/CreationDate \(D:[0-9Z+\-']*\)")
 
 
-def without_timings(value):
-    """``value`` (parsed JSON) with every dict key that names a timing removed, at any depth."""
+def without_timings(value, out: str = ""):
+    """``value`` (parsed JSON) with every dict key that names a timing removed, at any depth, and the output
+    folder's path (``out``, which differs between the two runs) written as <out>."""
     if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if not TIMING.search(k)}
+        return {k: without_timings(v, out) for k, v in value.items() if not TIMING.search(k)}
     if isinstance(value, list):
-        return [without_timings(v) for v in value]
+        return [without_timings(v, out) for v in value]
+    if out and isinstance(value, str):
+        return value.replace(out, "<out>")
     return value
 
 
@@ -52,10 +56,10 @@ def csv_rows(path) -> list[list[str]]:
     return [[row[k] for k in keep if k < len(row)] for row in rows]
 
 
-def same(a: str, b: str) -> bool:
+def same(a: str, b: str, out_a: str, out_b: str) -> bool:
     if a.endswith(".json"):
         with open(a) as fa, open(b) as fb:
-            return without_timings(json.load(fa)) == without_timings(json.load(fb))
+            return without_timings(json.load(fa), out_a) == without_timings(json.load(fb), out_b)
     if a.endswith(".csv"):
         return csv_rows(a) == csv_rows(b)
     with open(a, "rb") as fa, open(b, "rb") as fb:
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
                 if not (os.path.exists(a_path) and os.path.exists(b_path)):
                     verdict = "only in " + ("ref" if os.path.exists(a_path) else "tree")
                 else:
-                    verdict = "identical" if same(a_path, b_path) else "DIFFERENT"
+                    verdict = "identical" if same(a_path, b_path, outs["ref"], outs["tree"]) else "DIFFERENT"
                 mismatched += verdict != "identical"
                 print(f"{name}/{rel}: {verdict}")
     finally:
