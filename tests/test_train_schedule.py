@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.results.pairing import flow_gap, schedule_flow_gap
 from common.errors import ConfigError
 from dynamics.experiment.schedule import EvalSpec, Stage, Stop
-from dynamics.training.trainer import (HeldOutEvaluator, SampledTrainer, ScheduleResult, TrainConfig, flow_gap,
-                              schedule_flow_gap, train, train_schedule)
+from dynamics.training.trainer import HeldOutEvaluator, SampledTrainer, ScheduleResult, TrainConfig, train, train_schedule
 from models.linear import expand, init_linear
 from models.modules import LinearAttentionModel
 from models.population import PopulationObjective

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 from common.cli import describe_device
 from common.errors import ConfigError
-from dynamics.training.trainer import HISTORY_COLUMNS, flow_gap, train
+from dynamics.training.trainer import HISTORY_COLUMNS, train
 
 from analysis.results.confirm import confirmation_report
+from analysis.results.pairing import flow_gap
 from analysis.phases import detect_phases, thresholds
 
 
