@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     from analysis.results.training import summarize_training
     from analysis.results.pairing import flow_gap
     from dynamics import FlowConfig, TrainConfig, train
-    from dynamics.training.trainer import LR_MAX
+    from dynamics.training import LR_MAX
 
     from figures.flow import legend_outside, loss_axes
     from figures.train import overlay_axes

@@ -235,7 +235,7 @@ def run_experiment_file(a, parser) -> int:
     from common.io import output_dir, write_csv, write_json
     from dynamics.experiment.file import load_experiment
     from analysis.results.pairing import schedule_flow_gap
-    from dynamics.training.trainer import train_schedule
+    from dynamics.training import train_schedule
 
     exp = load_experiment(a.experiment)
     config = dataclasses.replace(config_from_args(a), task=exp.flow.task)

@@ -12,7 +12,7 @@ import torch
 
 from analysis.results.pairing import flow_at, flow_gap
 from common.errors import ConfigError
-from dynamics.training.trainer import GDTrainer, HeldOutEvaluator, TrainConfig, resolve_device, train
+from dynamics.training import GDTrainer, HeldOutEvaluator, TrainConfig, resolve_device, train
 from models.linear import compress, expand, init_linear
 from models.modules import LinearAttentionModel
 from models.population import PopulationObjective

@@ -9,7 +9,8 @@ import numpy as np
 from common.errors import ConfigError
 from dynamics.flow.config import FlowConfig
 from dynamics.flow.solve import run_flow
-from dynamics.training.trainer import ScheduleResult, TrainResult
+from dynamics.training.base import TrainResult
+from dynamics.training.staged import ScheduleResult
 from models.linear import init_linear
 from models.population import PopulationObjective
 from models.task import Task, TaskConfig
