@@ -8,6 +8,7 @@ sympy), so ``import analysis`` and the command lines' ``--help`` stay cheap:
     from analysis import phase_times, escape_rates, hallucination_stage_exists, run_reduced
     from analysis import staircase, hallucination, origin_rates   # any fact weights (beyond uniform data)
     from analysis import run_grid, SweepSpec                      # resumable sweeps on Dask
+    from analysis import flow_gap, schedule_flow_gap              # a model-1 training run against the exact flow
 """
 from common.lazy import lazy_exports
 
@@ -23,6 +24,7 @@ _LAZY = {
     "analyze_flow": "results.flow", "FlowResult": "results.flow", "theory_of": "results.flow",
     "run_sweep": "sweep", "SweepResult": "sweep", "derive_reduction": "derive", "DeriveResult": "derive", "summarize_training": "results.training", "history_columns": "results.training",
     "analyze_training": "results.training", "TrainingResult": "results.training",
+    "flow_at": "results.pairing", "flow_gap": "results.pairing", "schedule_flow_gap": "results.pairing",
     "analyze_experiment": "results.experiment", "ExperimentResult": "results.experiment", "experiment_phases": "results.experiment",
     "SweepSpec": "sweeps.runner", "GridResult": "sweeps.runner", "BandsResult": "sweeps.runner", "run_grid": "sweeps.runner",
     "run_tasks": "sweeps.runner", "training_bands": "sweeps.runner", "product_grid": "sweeps.runner", "parse_axis": "sweeps.runner",

@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=1,
                    help="evaluate (and pair with the flow) every this many steps (default 1: the true maximum)")
     a = p.parse_args(argv)
-    from dynamics import TrainConfig, flow_gap, train
+    from analysis import flow_gap
+    from dynamics import TrainConfig, train
     from models.task import TaskConfig
 
     gaps = []

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from common.cli import ArgumentParser, add_overwrite, describe_device, guarded  # noqa: E402
 from common.io import check_out, output_file  # noqa: E402
-from dynamics.training.trainer import SampledTrainer, TrainConfig  # noqa: E402
+from dynamics.training import SampledTrainer, TrainConfig  # noqa: E402
 from models.task import TaskConfig  # noqa: E402
 
 

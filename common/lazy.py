@@ -20,7 +20,7 @@ def lazy_exports(package: str, namespace: dict, names: dict):
     def __getattr__(name):
         if name in names:
             value = getattr(importlib.import_module(f".{names[name]}", package), name)
-        elif os.path.exists(os.path.join(folder, f"{name}.py")):  # e.g. dynamics.training.trainer
+        elif os.path.exists(os.path.join(folder, f"{name}.py")):  # e.g. dynamics.training.staged
             value = importlib.import_module(f".{name}", package)
         else:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")

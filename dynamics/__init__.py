@@ -1,11 +1,13 @@
 """Training dynamics of the models: the exact population gradient flow of model 1 (linear attention,
-orthogonal embeddings) and the trainers of both models (GD, SGD, Adam) with their pairing to the flow.
+orthogonal embeddings) and the trainers of both models (GD, SGD, Adam); their pairing with the flow is
+analysis's (:mod:`analysis.results.pairing`).
 
     from dynamics import FlowConfig, run_flow
     run = run_flow(FlowConfig(task=TaskConfig(S=16, R=4, D=8)), levels=(2.5, 1.0))
     run.crossings[1.0], run.trajectory["loss"], run.state_at(300.0), run.solver["nfe"]
 
-    from dynamics import TrainConfig, train, flow_gap
+    from dynamics import TrainConfig, train
+    from analysis import flow_gap
     run = train(TrainConfig(task=TaskConfig(S=16, R=4, D=8), optimizer="sgd", steps=1000))
     flow_gap(run)["flow_gap"]
 """
@@ -24,10 +26,10 @@ _LAZY = {
     "run_flows_batched": "flow.batched", "PlateauWindow": "flow.batched",
     "Trajectory": "flow.trajectory",
     "torch_threads": "threads",
-    "HISTORY_COLUMNS": "training.trainer", "GDTrainer": "training.trainer", "HeldOutEvaluator": "training.trainer", "SampledTrainer": "training.trainer",
-    "TrainConfig": "training.trainer", "TrainResult": "training.trainer", "flow_at": "training.trainer", "flow_gap": "training.trainer",
-    "resolve_device": "training.trainer", "train": "training.trainer", "train_schedule": "training.trainer", "schedule_flow_gap": "training.trainer",
-    "ScheduleResult": "training.trainer",
+    "HISTORY_COLUMNS": "training.base", "TrainResult": "training.base", "GDTrainer": "training.gd",
+    "HeldOutEvaluator": "training.evaluation", "SampledTrainer": "training.sampled",
+    "TrainConfig": "training.config", "resolve_device": "training.config",
+    "train": "training.staged", "train_schedule": "training.staged", "ScheduleResult": "training.staged",
     "EvalSpec": "experiment.schedule", "ExperimentConfig": "experiment.schedule", "ExperimentRun": "experiment.schedule", "Stage": "experiment.schedule",
     "StageRun": "experiment.schedule", "Stop": "experiment.schedule", "run_experiment": "experiment.schedule",
     "load_experiment": "experiment.file",

@@ -115,8 +115,9 @@ def main(argv=None) -> int:
 
     from analysis.results.flow import analyze_flow
     from analysis.results.training import summarize_training
-    from dynamics import FlowConfig, TrainConfig, flow_gap, train
-    from dynamics.training.trainer import LR_MAX
+    from analysis.results.pairing import flow_gap
+    from dynamics import FlowConfig, TrainConfig, train
+    from dynamics.training import LR_MAX
 
     from figures.flow import legend_outside, loss_axes
     from figures.train import overlay_axes

@@ -234,7 +234,8 @@ def run_experiment_file(a, parser) -> int:
 
     from common.io import output_dir, write_csv, write_json
     from dynamics.experiment.file import load_experiment
-    from dynamics.training.trainer import schedule_flow_gap, train_schedule
+    from analysis.results.pairing import schedule_flow_gap
+    from dynamics.training import train_schedule
 
     exp = load_experiment(a.experiment)
     config = dataclasses.replace(config_from_args(a), task=exp.flow.task)

@@ -277,7 +277,7 @@ def test_paper_figures_content(tmp_path, monkeypatch):
     # model 2: a dot at every evaluation, step 0 on the axis, stage 1 on the linear part
     (loss,) = gid_lines(ax2, "loss")
     # every 2 steps (400 // 200) and 8 per doubling of the step count: step 0 plus the schedule's offsets
-    from dynamics.training.trainer import EvalSchedule
+    from dynamics.training import EvalSchedule
 
     sched = EvalSchedule(2, 8, 400)
     expected = [0] + [k for k in range(1, 401) if k in sched]

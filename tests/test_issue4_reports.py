@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from analysis.results.confirm import confirmation_report
-from dynamics.training.trainer import SampledTrainer, TrainConfig
+from dynamics.training import SampledTrainer, TrainConfig
 from models.linear import sequence_logits
 from models.sampler import TaskSampler
 from models.task import TaskConfig, make_task

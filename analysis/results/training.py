@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 from common.cli import describe_device
 from common.errors import ConfigError
-from dynamics.training.trainer import HISTORY_COLUMNS, flow_gap, train
+from dynamics.training import HISTORY_COLUMNS, train
 
 from analysis.results.confirm import confirmation_report
+from analysis.results.pairing import flow_gap
 from analysis.phases import detect_phases, thresholds
 
 
@@ -34,7 +35,7 @@ def summarize_training(result, pairing=None) -> dict:
     status = getattr(result, "status", "completed")
     out = dict(config=c.to_dict(), device=describe_device(result.device), theory=th,
                # completed, or diverged: at step diverged_at a loss was not finite or above 100 x its start
-               # (dynamics.training.trainer.DIVERGENCE_FACTOR) and training stopped there
+               # (dynamics.training.base.DIVERGENCE_FACTOR) and training stopped there
                status=status, diverged_at=getattr(result, "diverged_at", None),
                throughput=dict(sequences_per_second=result.sequences_per_second,
                                steps_per_second=result.steps_per_second, train_seconds=result.train_seconds),

@@ -144,7 +144,7 @@ def field_names(kind: str) -> tuple:
 
         return task + tuple(f.name for f in dataclasses.fields(FlowConfig) if f.name != "task")
     if kind == "train":
-        from dynamics.training.trainer import TrainConfig
+        from dynamics.training import TrainConfig
 
         own = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "task")
         return tuple(TASK_SEED_NAME if n == "seed" else n for n in task) + own + ("compare_flow",)
@@ -213,7 +213,7 @@ def build_config(kind: str, fields: dict, experiment: dict | None = None):
                 if k in task_names - {"seed"} or k == TASK_SEED_NAME}
         own = {k: v for k, v in fields.items() if k not in task_names - {"seed"} and k != TASK_SEED_NAME
                and k != "compare_flow"}
-        from dynamics.training.trainer import TrainConfig
+        from dynamics.training import TrainConfig
 
         compare = fields.get("compare_flow", False)
         if not isinstance(compare, bool):

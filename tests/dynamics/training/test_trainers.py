@@ -1,7 +1,7 @@
 """Issue 4: discrete training of model 1 against the exact flow, and the trainers' evaluation.
 
 References: an independent full-parameter population loss written here (autograd) for GD; the exact
-flow (dynamics.training.trainer.flow_at integrates PopulationObjective.flow_rhs at the requested flow times) for
+flow (analysis.results.pairing.flow_at integrates PopulationObjective.flow_rhs at the requested flow times) for
 the GD and SGD pairings; PopulationObjective.metrics for the held-out evaluator (4 standard errors).
 """
 import math
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.results.pairing import flow_at, flow_gap
 from common.errors import ConfigError
-from dynamics.training.trainer import GDTrainer, HeldOutEvaluator, TrainConfig, flow_at, flow_gap, resolve_device, train
+from dynamics.training import GDTrainer, HeldOutEvaluator, TrainConfig, resolve_device, train
 from models.linear import compress, expand, init_linear
 from models.modules import LinearAttentionModel
 from models.population import PopulationObjective

@@ -1,5 +1,5 @@
 """Multi-stage schedules drive the trainers (SPEC §5, §6): the weighted sampler, GD / SGD / Adam through
-dynamics.training.trainer.train_schedule, and the pairing of a model-1 schedule with the exact multi-stage flow.
+dynamics.training.staged.train_schedule, and the pairing of a model-1 schedule with the exact multi-stage flow.
 
 References: the weights themselves (sampler frequencies, 4 standard errors per fact); an unweighted
 TaskSampler on the same seed (product path unchanged); PopulationObjective under v for the weighted held-out
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.results.pairing import flow_gap, schedule_flow_gap
 from common.errors import ConfigError
 from dynamics.experiment.schedule import EvalSpec, Stage, Stop
-from dynamics.training.trainer import (HeldOutEvaluator, SampledTrainer, ScheduleResult, TrainConfig, flow_gap,
-                              schedule_flow_gap, train, train_schedule)
+from dynamics.training import HeldOutEvaluator, SampledTrainer, ScheduleResult, TrainConfig, train, train_schedule
 from models.linear import expand, init_linear
 from models.modules import LinearAttentionModel
 from models.population import PopulationObjective

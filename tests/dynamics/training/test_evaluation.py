@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dynamics import TrainConfig, train
-from dynamics.training.trainer import EvalSchedule, HeldOutEvaluator
+from dynamics.training import EvalSchedule, HeldOutEvaluator
 from models.task import TaskConfig, make_task
 
 
