@@ -47,6 +47,8 @@ import math
 import numpy as np
 from scipy.special import expi
 
+from models.linear import QUADRATURE_ALPHA
+
 EULER_GAMMA = 0.5772156649015329
 M_CAP = 60.0  # largest margin tracked: L_mode = (n-1) e^{-60} is below any loss of interest
 _DIRECT_MIN_A0 = 1.0  # from here on I(m) is integrated directly (see _i_direct)
@@ -55,7 +57,7 @@ _GL12 = np.polynomial.legendre.leggauss(12)
 _GL24 = np.polynomial.legendre.leggauss(24)
 _LOG2 = math.log(2.0)
 _ASINH_LOG = 18.5  # asinh(x) = log(2x) + 1/(4x^2) + ...: beyond x = e^18.5 ~ 1e8 the correction is < 3e-17
-ALPHA_MAX = 1e100  # largest initialization scale the quadratures support (phase times ~ 1/alpha^2)
+ALPHA_MAX = QUADRATURE_ALPHA.maximum  # old name of the largest scale the quadratures support: analysis.derive uses it
 
 
 # ----------------------------------------------------------------------------- closed forms
@@ -92,15 +94,6 @@ def plateau_levels(S, R, D) -> dict:
                 intermediate=np.where(h, np.log(D), np.log(R)))
 
 
-def check_alpha(alpha) -> None:
-    """ValueError unless every alpha is a finite number in (0, ALPHA_MAX]."""
-    a = np.asarray(alpha, dtype=np.float64)
-    bad = ~((a > 0) & (a <= ALPHA_MAX))  # NaN-safe
-    if bad.any():
-        raise ValueError(f"alpha = {float(a[bad].flat[0]):g}: the reduced-flow quadrature needs 0 < alpha <= "
-                         f"{ALPHA_MAX:g} (any positive float64 down to the smallest subnormal is supported)")
-
-
 class Modes:
     """Parameters of the two modes for a batch of configurations (arrays of shape (B,)).
 
@@ -110,7 +103,7 @@ class Modes:
 
     def __init__(self, S, R, D, alpha):
         S, R, D, alpha = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (S, R, D, alpha)))
-        check_alpha(alpha)
+        QUADRATURE_ALPHA.check(alpha)
         self.S, self.R, self.D, self.alpha = S, R, D, alpha
         self.log_alpha = np.log(alpha)
         self.n = {"subject": D, "relation": R}
@@ -180,7 +173,7 @@ def _r2(m, A0, ei_m=None):
       (A0/X)^{2K+2} / (1 - (A0/X)^2) Ein(m) ~ 1e-17 I(m).
 
     So R2 is exact to a few ulps of I(m), the quantity it is added to (checked against 40-digit mpmath quadrature
-    in tests/test_predict_speed_exact.py), at the cost of ~25 vector operations.
+    in tests/analysis/theory/test_predict_speed_exact.py), at the cost of ~25 vector operations.
     """
     out = np.zeros_like(m)
     sel = (A0 > _R2_MIN_A0) & (m > 1e-150) & np.isfinite(A0)  # below 1e-150 R2 = O(m^2) is 0 in float64

@@ -22,6 +22,7 @@ from common.errors import ConfigError, check_choice
 from dynamics.flow.solve import save_times
 from dynamics.ode.solvers import SCIPY_RTOL_MIN
 from dynamics.flow.trajectory import Trajectory
+from models.linear import init_entries
 from models.task import make_task
 
 from analysis.phases import Phases, Plateau, thresholds
@@ -61,9 +62,7 @@ def check_reducible(config) -> None:
 def initial_classes(config) -> np.ndarray:
     """(10,) initial class parameters (order of analysis.theory.reduction.PARAM_NAMES)."""
     t = config.task
-    A = t.R * t.D
-    w = config.alpha / math.sqrt(A) if config.init == "balanced" else config.alpha
-    kk = config.alpha
+    w, kk = init_entries(config.init, config.alpha, t.R * t.D)
     return np.array([w, w, kk, w, w, kk, w, kk, w, kk], dtype=np.float64)
 
 
