@@ -81,6 +81,22 @@ def hermite_crossing(t0, t1, L0, L1, d0, d1, theta) -> float:
     return float(brentq(cubic, a, b, xtol=1e-14 * max(1.0, abs(t1)), rtol=1e-15))
 
 
+def locate_first_crossing(t, L, theta, refine) -> float | None:
+    """First time a sampled curve reaches ``L <= theta``: None if no sample does, ``t[0]`` if the first one does,
+    else ``refine(i, j)``, the crossing inside the bracket of samples i = j - 1 (above theta) and j (the first one
+    at or below it).
+
+    t: (n,) increasing times; L: (n,) values (NaN counts as above theta); refine: (i, j) -> the crossing time.
+    """
+    below = np.nonzero(np.asarray(L) <= theta)[0]
+    if below.size == 0:
+        return None
+    j = int(below[0])
+    if j == 0:
+        return float(t[0])
+    return refine(j - 1, j)
+
+
 def first_crossing(t, L, theta, dLdt=None) -> float | None:
     """First time the interpolated curve reaches ``L <= theta`` (None if never).
 
@@ -88,13 +104,11 @@ def first_crossing(t, L, theta, dLdt=None) -> float | None:
     """
     t = np.asarray(t, dtype=np.float64)
     L = np.asarray(L, dtype=np.float64)
-    below = np.nonzero(L <= theta)[0]
-    if below.size == 0:
-        return None
-    j = int(below[0])
-    if j == 0:
-        return float(t[0])
-    i = j - 1
+    return locate_first_crossing(t, L, theta, lambda i, j: _interpolated_crossing(t, L, theta, dLdt, i, j))
+
+
+def _interpolated_crossing(t, L, theta, dLdt, i: int, j: int) -> float:
+    """The crossing of theta between samples i and j = i + 1 of the interpolated curve (see first_crossing)."""
     if dLdt is not None:
         return hermite_crossing(t[i], t[j], L[i], L[j], dLdt[i], dLdt[j], theta)
     # PCHIP in log-time is monotone between samples; fall back to linear in t at t = 0

@@ -7,7 +7,8 @@ from common.lazy import lazy_exports
 
 _LAZY = {
     "INIT_KINDS": "linear", "Layout": "linear", "compress": "linear", "expand": "linear", "init_linear": "linear",
-    "layout_of": "linear", "sequence_logits": "linear",
+    "layout_of": "linear", "sequence_logits": "linear", "AlphaRange": "linear", "FLOW_ALPHA": "linear",
+    "QUADRATURE_ALPHA": "linear", "init_entries": "linear",
     "LinearAttentionModel": "modules", "SoftmaxAttentionModel": "modules",
     "PopulationObjective": "population", "EvalSet": "population",
     "Distribution": "weights",

@@ -17,6 +17,7 @@ Arrays here are stored token-major: ``Wt`` has shape (C, |A|) (row z is the colu
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,57 @@ from common.errors import ConfigError, check_choice, check_positive
 from models.task import Task
 
 INIT_KINDS = ("balanced", "uniform")
+
+
+# ----------------------------------------------------------------------------- the initialization scale alpha
+@dataclass(frozen=True)
+class AlphaRange:
+    """The initialization scales alpha a computation supports: ``minimum <= alpha <= maximum`` (``minimum`` None:
+    any alpha > 0), with the reason for the bounds (``why``, quoted in the error message)."""
+
+    minimum: float | None
+    maximum: float
+    why: str
+
+    def contains(self, alpha):
+        """True where alpha is in the range (NaN-safe; scalars give a bool, arrays an array)."""
+        a = np.asarray(alpha, dtype=np.float64)
+        low = a > 0 if self.minimum is None else a >= self.minimum
+        inside = low & (a <= self.maximum)
+        return bool(inside) if inside.ndim == 0 else inside
+
+    def check(self, alpha, name: str = "alpha", *, why: str | None = None):
+        """``alpha`` as a float (an array: unchanged) if every entry is in the range, else ConfigError (a ValueError)
+        naming the first entry outside it. ``why``: the reason to quote instead of ``self.why``."""
+        why = self.why if why is None else why
+        a = np.asarray(alpha, dtype=np.float64) if np.ndim(alpha) else alpha
+        if np.ndim(a) == 0:
+            return check_positive(name, a, minimum=self.minimum, maximum=self.maximum, why=why)
+        bad = ~self.contains(a)
+        if bad.any():
+            check_positive(name, float(a[bad].flat[0]), minimum=self.minimum, maximum=self.maximum, why=why)
+        return alpha
+
+
+# Initialization scales the float64 flow represents: below the minimum the automatic atol (1e-12 alpha) is
+# subnormal and the step control loses relative accuracy. Above the maximum the logits (~alpha^2) need
+# relative changes of the entries below ~1e-8 to move by O(1), which float64 cannot resolve (at alpha 1e4
+# t3 came out 13x too small; at 1e10 the run "converged" in one step).
+FLOW_ALPHA = AlphaRange(1e-300, 1e4, "float64 cannot integrate the flow from smaller or larger initial entries")
+# Scales the reduced-flow quadratures (analysis.theory.quadrature) support: every one down to the smallest
+# subnormal (they work with log alpha); above the maximum the phase times (~1/alpha^2) fall below 1e-200 and the
+# model's logits overflow anyway.
+QUADRATURE_ALPHA = AlphaRange(None, 1e100, "above it the phase times fall below 1e-200 and the model's logits "
+                                           "overflow")
+
+
+def init_entries(kind: str, scale: float, num_answers: int) -> tuple:
+    """(w, k): every W entry and every K entry of the initialization ``kind`` at ``scale`` (SPEC §2).
+
+    balanced: K[z] = scale, W[a, z] = scale / sqrt(|A|) (so K[z]^2 = sum_a W[a, z]^2); uniform: both scale.
+    """
+    w = scale / math.sqrt(num_answers) if kind == "balanced" else scale
+    return w, scale
 
 
 # ----------------------------------------------------------------------------- logits
@@ -109,9 +161,9 @@ def init_linear(task: Task, kind: str = "balanced", scale: float = 1e-5, *, dtyp
     check_choice("init", kind, INIT_KINDS)
     scale = check_positive("alpha" if kind == "balanced" else "eps", scale)
     L = layout_of(task)
-    w = scale / np.sqrt(L.A) if kind == "balanced" else scale
+    w, k = init_entries(kind, scale, L.A)
     Wt = torch.full((L.C, L.A), w, dtype=dtype, device=device)
-    K = torch.full((L.C,), scale, dtype=dtype, device=device)
+    K = torch.full((L.C,), k, dtype=dtype, device=device)
     return Wt, K
 
 

@@ -345,6 +345,36 @@ class PopulationObjective:
             self._midx = idx
         return idx
 
+    def _marginal_losses(self, xs, ur, Es, Er, lse, ref, ur_own, F, srd) -> None:
+        """The relation-only and subject-only losses per fact into F[1], F[2] (see :meth:`metrics`): from the masses
+        of the exponentials at hand, or by log-sum-exp where a mass may have underflowed."""
+        S, R, D = self.task.S, self.task.R, self.task.D
+        ix = self._metric_indices()
+        done = False
+        if ref is None:
+            # Fast path: the masses are sums of products of the exponentials already at hand (no new exp):
+            # relation r's block, sum_{a in A_r} Es[s, a] Er[r, a], and subject s's answers,
+            # sum_r' Es[s, a*(s, r')] Er[r, a*(s, r')] (the R answers are distinct: blocks are disjoint).
+            mass = F[1:3]  # (2, S, R)
+            torch.sum(torch.mul(Es.view(S, R, D), Er.view(-1).take(ix["own"]), out=srd), -1, out=mass[0])
+            Ec = torch.index_select(Er.T.contiguous(), 0, ix["ans_flat"], out=self._buffer("_Ec", (S * R, R)))
+            Ec = Ec.view(S, R, R)  # (S, R', R) Er[r, a*(s, r')]
+            torch.bmm(Es.view(-1).take(ix["ans_s"])[:, None, :], Ec, out=mass[1].view(S, 1, R))
+            if bool((mass > _TINY).all()):
+                torch.sub(lse, mass.log_(), out=mass)  # relation, subject losses
+                done = True
+        if not done:
+            # a mass may have underflowed: log-sum-exp over the block and over the subject's answers
+            a = self.answers
+            blk = xs.view(S, R, D) + ur_own[None]  # (S, R, D) logits of (s, r) on r's block
+            if ref is not None:
+                blk = blk - ref[..., None]
+            torch.sub(lse, torch.logsumexp(blk, dim=-1), out=F[1])
+            star = xs.gather(1, a)[None] + ur[:, a]  # (R, S, R') logit of fact (s, r) at a*(s, r')
+            if ref is not None:
+                star = star - ref.T[..., None]
+            torch.sub(lse, torch.logsumexp(star, dim=-1).T, out=F[2])
+
     @torch.no_grad()
     def metrics(self, Wt, K, *, accuracy: bool = True, sets: dict | None = None, rate: bool = False) -> dict:
         """Loss, relation-only loss, subject-only loss, hallucination gap, p_true and accuracy (SPEC §3).
@@ -376,30 +406,7 @@ class PopulationObjective:
         # page faults than their arithmetic
         srd = self._buffer("_srd", (S, R, D))
         ur_own = ur.view(-1).take(ix["own"])  # (R, D) relation r's logits on its own block
-        done = False
-        if ref is None:
-            # Fast path: the masses are sums of products of the exponentials already at hand (no new exp):
-            # relation r's block, sum_{a in A_r} Es[s, a] Er[r, a], and subject s's answers,
-            # sum_r' Es[s, a*(s, r')] Er[r, a*(s, r')] (the R answers are distinct: blocks are disjoint).
-            mass = F[1:3]  # (2, S, R)
-            torch.sum(torch.mul(Es.view(S, R, D), Er.view(-1).take(ix["own"]), out=srd), -1, out=mass[0])
-            Ec = torch.index_select(Er.T.contiguous(), 0, ix["ans_flat"], out=self._buffer("_Ec", (S * R, R)))
-            Ec = Ec.view(S, R, R)  # (S, R', R) Er[r, a*(s, r')]
-            torch.bmm(Es.view(-1).take(ix["ans_s"])[:, None, :], Ec, out=mass[1].view(S, 1, R))
-            if bool((mass > _TINY).all()):
-                torch.sub(lse, mass.log_(), out=mass)  # relation, subject losses
-                done = True
-        if not done:
-            # a mass may have underflowed: log-sum-exp over the block and over the subject's answers
-            a = self.answers
-            blk = xs.view(S, R, D) + ur_own[None]  # (S, R, D) logits of (s, r) on r's block
-            if ref is not None:
-                blk = blk - ref[..., None]
-            torch.sub(lse, torch.logsumexp(blk, dim=-1), out=F[1])
-            star = xs.gather(1, a)[None] + ur[:, a]  # (R, S, R') logit of fact (s, r) at a*(s, r')
-            if ref is not None:
-                star = star - ref.T[..., None]
-            torch.sub(lse, torch.logsumexp(star, dim=-1).T, out=F[2])
+        self._marginal_losses(xs, ur, Es, Er, lse, ref, ur_own, F, srd)
         torch.exp(fact.neg(), out=F[3])  # p_true per fact
         if accuracy:  # the order of the relative logits is the order of the logits
             self._correct(xs, ur, fact, out=F[4], target=target, work=srd)

@@ -22,7 +22,7 @@ from dynamics.ode.engine import locate_crossing
 from dynamics.experiment.schedule import ExperimentConfig, ExperimentRun, run_experiment
 from models.task import make_task
 
-from analysis.phases import thresholds
+from analysis.phases import locate_first_crossing, thresholds
 
 
 @dataclass(frozen=True)
@@ -151,18 +151,15 @@ def stage_crossing(run: ExperimentRun, stage, name: str, theta: float) -> float 
     L = np.asarray(tr[f"{name}_loss"])[rows]
     if not np.isfinite(L).any():
         return None
-    below = np.nonzero(L <= theta)[0]
-    if below.size == 0:
-        return None
-    j = int(below[0])
-    if j == 0:
-        return float(t[0])
-    lo, hi = float(t[j - 1]), float(t[j])
-    if hi <= lo:
-        return hi
-    # the engine's event locator: Brent's root on the dense output, reported on the crossed side
-    return locate_crossing(lambda s: set_loss_at(run, stage, name, s) - theta, lo, hi, float(L[j - 1]) - theta,
-                           float(L[j]) - theta)
+
+    def on_dense_output(i, j):  # the engine's event locator: Brent's root on the dense output, on the crossed side
+        lo, hi = float(t[i]), float(t[j])
+        if hi <= lo:
+            return hi
+        return locate_crossing(lambda s: set_loss_at(run, stage, name, s) - theta, lo, hi, float(L[i]) - theta,
+                               float(L[j]) - theta)
+
+    return locate_first_crossing(t, L, theta, on_dense_output)
 
 
 def experiment_phases(run: ExperimentRun, log_A: float) -> dict:

@@ -156,13 +156,14 @@ def _task_of(config):
 def _flow_band(config, cols) -> dict:
     """The exact flow of model 1 from the runs' init, to the last evaluated flow time, and its distance to the
     seeds' band."""
-    from dynamics.flow.config import ALPHA_MAX, ALPHA_MIN, FlowConfig
+    from dynamics.flow.config import FlowConfig
+    from models.linear import FLOW_ALPHA
 
     from analysis.results.flow import analyze_flow
 
     none = dict(flow=None, mean_flow_gap=None, inside_minmax=None)
     t_end = float(np.nanmax(cols["flow_time"])) if cols["flow_time"].size else 0.0
-    if not (ALPHA_MIN <= config.init_scale <= ALPHA_MAX) or t_end <= 0:
+    if not FLOW_ALPHA.contains(config.init_scale) or t_end <= 0:
         return none
     try:
         fc = FlowConfig(task=config.task, init=config.init, alpha=config.init_scale, t_max=t_end,

@@ -2,7 +2,7 @@
 
 The stage is the plateau at ``H = H(A|R)`` where the model has learned which kind of answer each relation
 asks for (relation-only loss near 0) but not which subject holds which answer: its prediction is the
-relation-only predictor ``p(.|r)``. The old condition (``analysis.theory.predict.hallucination_stage_exists``:
+relation-only predictor ``p(.|r)``. The old condition (``analysis.theory.modes.hallucination_stage_exists``:
 the relation mode escapes before the subject mode, ``S^2 (R-1) > R^2 (D-1)`` for uniform data) says in
 which order the modes leave the origin as ``alpha -> 0``; it does not say whether the stage can be seen at
 a given alpha: the subjects start to escape ``log(1/alpha) (1/lambda_S - 1/lambda_R)`` after the relations,
@@ -23,7 +23,7 @@ the loss resolves to 10 %, reached by the relation-only predictor, not a loss pa
 
 **How it is predicted.** Exactly where the two-mode reduction holds (uniform weights on structured or
 balanced tables: the relation-only loss is the relation mode's loss ``L_R(b)`` and ``L = L_S + L_R``, both
-from the quadratures of :mod:`analysis.theory.predict`), else on the exact flow reduced by the symmetries that
+from the quadratures of :mod:`analysis.theory.quadrature`), else on the exact flow reduced by the symmetries that
 survive (:mod:`analysis.theory.lumped`) where that saves >= 4x, else on the full flow. Beside it, the
 leading-order picture of :mod:`analysis.theory.staircase`: the modes' escape times for these weights give
 ``relations_first`` (every relation escapes before any subject: the generalised condition, per-relation
@@ -124,7 +124,8 @@ def hallucination(task, weights=None, alpha: float = 1e-5, *, rho: float = RHO, 
         return out
     how = pick_method(task, w, flow_config, method)
     if how == "quadrature":
-        from analysis.theory.predict import Modes, ReducedSolution
+        from analysis.theory.modes import Modes
+        from analysis.theory.reduced_solution import ReducedSolution
 
         sol = ReducedSolution(Modes(np.array([task.S], float), task.R, task.D, alpha))
 

@@ -22,8 +22,8 @@ Fact (s in c, r in k) has, with ``b[k'] = (T - 3) Zn[k'] Kn + Ze[k'] Ke``, the l
 the ``n_k' - [k' = k]`` other blocks of class k'. The reduced loss ``L_red`` (the same cross-entropy, each
 class of facts weighted by its total weight) equals the full loss on the subspace, and the flow there is
 ``d theta / dt = -(1 / m_theta) dL_red / d theta``: a coordinate that stands for m equal entries receives the sum
-of their m equal gradients. ``tests/test_lumped.py`` checks the expanded right-hand side against the full
-flow's (models.population) at random symmetric states.
+of their m equal gradients. ``tests/analysis/theory/test_lumped.py`` checks the expanded right-hand side against the
+full flow's (models.population) at random symmetric states.
 
 Cost per evaluation: ``C_s C_r^2 D`` logits instead of ``S R^2 D``: Zipf subjects with uniform relations
 (one relation class) cost ``S D``, R^2 times less than the full flow; uniform subjects on a structured table
@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from models.linear import init_entries
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,11 @@ class LumpedFlow:
 
     def initial(self, alpha: float) -> torch.Tensor:
         """Balanced start: K = alpha, W = alpha / sqrt|A| (SPEC §2)."""
-        y = torch.full((self.size,), alpha / math.sqrt(self.task.num_answers), dtype=torch.float64)
+        w, k0 = init_entries("balanced", alpha, self.task.num_answers)
+        y = torch.full((self.size,), w, dtype=torch.float64)
         v = self.unpack(y)
         for k in ("Ks", "Kr", "Kn", "Ke"):
-            v[k].fill_(alpha)
+            v[k].fill_(k0)
         return y
 
     def _logits(self, v: dict) -> tuple:

@@ -22,10 +22,11 @@ from common.errors import ConfigError, check_choice
 from dynamics.flow.solve import save_times
 from dynamics.ode.solvers import SCIPY_RTOL_MIN
 from dynamics.flow.trajectory import Trajectory
+from models.linear import init_entries
 from models.task import make_task
 
-from analysis.phases import Phases, Plateau, thresholds
-from analysis.theory.predict import escape_rates
+from analysis.phases import Phases, Plateau, locate_first_crossing, thresholds
+from analysis.theory.modes import escape_rates
 from analysis.results.flow import FlowResult, analyze_flow
 
 _REQUIREMENTS = ("the reduced flow needs: a structured or balanced fact table in which every answer "
@@ -61,9 +62,7 @@ def check_reducible(config) -> None:
 def initial_classes(config) -> np.ndarray:
     """(10,) initial class parameters (order of analysis.theory.reduction.PARAM_NAMES)."""
     t = config.task
-    A = t.R * t.D
-    w = config.alpha / math.sqrt(A) if config.init == "balanced" else config.alpha
-    kk = config.alpha
+    w, kk = init_entries(config.init, config.alpha, t.R * t.D)
     return np.array([w, w, kk, w, w, kk, w, kk, w, kk], dtype=np.float64)
 
 
@@ -81,6 +80,11 @@ class ClassMetrics:
         LS = np.log1p((self.D - 1) * np.exp(-a))
         LR = np.log1p((self.R - 1) * np.exp(-b))
         return LS, LR
+
+    def loss_of(self, y) -> float:
+        """The loss of one state y (10,)."""
+        LS, LR = self.losses(np.asarray(y).reshape(10, -1))
+        return float((LS + LR)[0])
 
     def conserved(self, y):
         S, R, D, T, N = self.S, self.R, self.D, self.T, self.N
@@ -197,45 +201,40 @@ def check_reduced_memory(config, available: int | None = None) -> None:
                           "reduce S or R, or use a structured or balanced table")
 
 
-def run_reduced(config, *, progress=None, eval_times=None):
-    """Integrate the reduced flow of ``config`` (a FlowConfig) and return a dynamics.flow.solve.FlowResult.
+@dataclasses.dataclass
+class _ClassRun:
+    """The integrated class flow: scipy's solution (dense output), the saved times and states, and its budget."""
 
-    eval_times: optional (n,) times; then returns (result, loss at those times from the dense output),
-    which is how ``--mode compare`` puts both runs on the full run's time grid.
-    progress: accepted for symmetry with run_flow (the reduced run takes milliseconds).
-    """
+    sol: object
+    ts: np.ndarray
+    ys: np.ndarray
+    status: str
+    rtol: float
+    atol: float
+    nfe: int
+    seconds: float
+
+
+def _integrate_classes(config, f, met: ClassMetrics, dims: tuple, eval_times) -> _ClassRun:
+    """DOP853 on the 10 class parameters from the initial classes, saved on the full flow's times, stopped at the
+    loss target (not before the last of ``eval_times``)."""
     from scipy.integrate import solve_ivp
-    from scipy.optimize import brentq, minimize_scalar
 
-    from analysis.theory.reduction import class_rhs_numpy  # sympy: loaded only when a reduced run is asked for
-
-    wall0 = time.perf_counter()
-    check_reduced_memory(config)
-    check_reducible(config)
-    tc = config.task
-    S, R, D, T, N = tc.S, tc.R, tc.D, tc.T, tc.N
-    f = class_rhs_numpy()
+    S, R, D, T, N = dims
     y0 = initial_classes(config)
     rtol = max(config.resolved_rtol, SCIPY_RTOL_MIN)  # scipy's floor, 2.2e-14 (it warns below it)
     atol = config.atol if config.atol is not None else 1e-3 * rtol * float(np.min(np.abs(y0)))
-    logA, H = math.log(R * D), math.log(D)
-    th = thresholds(logA, H, config.eps_conv)
     target = config.resolved_loss_target
-    met = ClassMetrics(S, R, D, T, N)
     nfe = [0]
 
     def fun(_t, y):
         nfe[0] += 1
-        return f(y, S, R, D, T, N)
-
-    def loss_of(y):
-        LS, LR = met.losses(np.asarray(y).reshape(10, -1))
-        return float((LS + LR)[0])
+        return f(y, *dims)
 
     t_keep = 0.0 if eval_times is None else float(np.max(eval_times, initial=0.0))
 
     def stop(t_, y):  # the run ends at L = target (but not before the last requested time)
-        return loss_of(y) - target if t_ >= t_keep else 1.0
+        return met.loss_of(y) - target if t_ >= t_keep else 1.0
 
     stop.terminal, stop.direction = True, -1
     integ0 = time.perf_counter()
@@ -245,7 +244,7 @@ def run_reduced(config, *, progress=None, eval_times=None):
     t_eval = save_times(1.0 / lam, config.t_max, config.samples_per_octave)
     t_end = max(config.t_max, t_keep)
     # the target is met at t = 0 (eps_conv >= log|A|, or R = D = 1 where L = 0): converged there, as the full run
-    met0 = t_keep == 0.0 and loss_of(y0) <= target
+    met0 = t_keep == 0.0 and met.loss_of(y0) <= target
     if met0 and t_eval.size > 1:
         t_end = float(t_eval[1])  # one short step, so the solver's objects exist; only t = 0 is kept
     t_eval = t_eval[t_eval <= t_end]
@@ -253,7 +252,7 @@ def run_reduced(config, *, progress=None, eval_times=None):
                     events=stop, dense_output=True)
     if sol.status == -1:
         raise RuntimeError(f"reduced flow integration failed: {sol.message}")
-    integration_seconds = time.perf_counter() - integ0
+    seconds = time.perf_counter() - integ0
     ts, ys = sol.t, sol.y
     status = "t_max"
     if sol.t_events[0].size:
@@ -264,31 +263,34 @@ def run_reduced(config, *, progress=None, eval_times=None):
         status = "converged"
     if met0:
         ts, ys, status = ts[:1], ys[:, :1], "converged"
-    dys = f(ys, S, R, D, T, N)
-    traj = met.rows(ts, ys, dys)
+    return _ClassRun(sol=sol, ts=ts, ys=ys, status=status, rtol=rtol, atol=atol, nfe=int(nfe[0]), seconds=seconds)
+
+
+def _class_phases(config, run: _ClassRun, traj: dict, f, met: ClassMetrics, dims: tuple) -> Phases:
+    """t1, t2, t3 (Brent's roots of L - theta on the dense output, bracketed on the saved rows) and the plateau (the
+    bounded minimum of |t dL/dt| in log t, bracketed on a 65-point grid over [t1, t2])."""
+    from scipy.optimize import brentq, minimize_scalar
+
+    S, R, D = dims[:3]
+    th = thresholds(math.log(R * D), math.log(D), config.eps_conv)
+    ts, sol = run.ts, run.sol
 
     def L_at(x):
-        return loss_of(sol.sol(x))
+        return met.loss_of(sol.sol(x))
 
     def crossing(theta):
-        Ls = traj["loss"]
-        below = np.nonzero(Ls <= theta)[0]
-        if below.size == 0:
-            return None
-        j = int(below[0])
-        if j == 0:
-            return 0.0
-        return float(brentq(lambda x: L_at(x) - theta, ts[j - 1], ts[j], xtol=1e-13 * ts[j], rtol=1e-15))
+        return locate_first_crossing(ts, traj["loss"], theta, lambda i, j: float(
+            brentq(lambda x: L_at(x) - theta, ts[i], ts[j], xtol=1e-13 * ts[j], rtol=1e-15)))
 
     t1, t2, t3 = (crossing(x) for x in th)
-    if t3 is None and status == "converged" and target == th[2]:
+    if t3 is None and run.status == "converged" and config.resolved_loss_target == th[2]:
         t3 = float(ts[-1])  # the run stopped on this very crossing
     plateau = None
     if t1 is not None and t2 is not None and t2 > t1 > 0:
         def score(x):
             tt = math.exp(x)
             y = sol.sol(tt)
-            dy = f(y, S, R, D, T, N)
+            dy = f(y, *dims)
             return abs(tt * float(met.rows(np.array([tt]), y[:, None], dy[:, None])["dloss_dt"][0]))
 
         xs = np.linspace(math.log(t1), math.log(t2), 65)
@@ -298,30 +300,53 @@ def run_reduced(config, *, progress=None, eval_times=None):
         xb = minimize_scalar(score, bounds=(lo, hi), method="bounded", options=dict(xatol=1e-10)).x
         tp = math.exp(xb)
         y = sol.sol(tp)
-        row = met.rows(np.array([tp]), y[:, None], f(y, S, R, D, T, N)[:, None])
+        row = met.rows(np.array([tp]), y[:, None], f(y, *dims)[:, None])
         plateau = Plateau(t=tp, loss=float(row["loss"][0]), relation_loss=float(row["relation_loss"][0]),
                           subject_loss=float(row["subject_loss"][0]),
                           hallucination_gap=float(row["hallucination_gap"][0]))
-    phases = Phases(t1=t1, t2=t2, t3=t3, plateau=plateau, theta1=th[0], theta2=th[1], theta3=th[2])
-    theory = dict(log_A=logA, H_A_given_R=H, log_D=H)
+    return Phases(t1=t1, t2=t2, t3=t3, plateau=plateau, theta1=th[0], theta2=th[1], theta3=th[2])
+
+
+def run_reduced(config, *, progress=None, eval_times=None):
+    """Integrate the reduced flow of ``config`` (a FlowConfig) and return a dynamics.flow.solve.FlowResult.
+
+    eval_times: optional (n,) times; then returns (result, loss at those times from the dense output),
+    which is how ``--mode compare`` puts both runs on the full run's time grid.
+    progress: accepted for symmetry with run_flow (the reduced run takes milliseconds).
+    """
+    from analysis.theory.reduction import class_rhs_numpy  # sympy: loaded only when a reduced run is asked for
+
+    wall0 = time.perf_counter()
+    check_reduced_memory(config)
+    check_reducible(config)
+    tc = config.task
+    dims = (tc.S, tc.R, tc.D, tc.T, tc.N)
+    f = class_rhs_numpy()
+    met = ClassMetrics(*dims)
+    run = _integrate_classes(config, f, met, dims, eval_times)
+    ts, ys = run.ts, run.ys
+    traj = met.rows(ts, ys, f(ys, *dims))
+    phases = _class_phases(config, run, traj, f, met, dims)
+    H = math.log(tc.D)
+    theory = dict(log_A=math.log(tc.R * tc.D), H_A_given_R=H, log_D=H)
     conservation = {"balance": float(np.max(traj["invariant_drift"]))}
     for k_ in traj:
         if k_.endswith("_drift") and k_ != "invariant_drift":
             conservation[k_[: -len("_drift")]] = float(np.max(traj[k_]))
-    solver = dict(backend="reduced", method="DOP853", rtol=rtol, atol=atol, n_steps=len(sol.sol.ts) - 1,
+    solver = dict(backend="reduced", method="DOP853", rtol=run.rtol, atol=run.atol, n_steps=len(run.sol.sol.ts) - 1,
                   n_rejected=None,
-                  nfe=int(nfe[0]), direct_fallbacks=0, saved_points=int(ts.size), status=status, state_size=10)
+                  nfe=run.nfe, direct_fallbacks=0, saved_points=int(ts.size), status=run.status, state_size=10)
     y_end = ys[:, -1]
-    result = FlowResult(config=config, status=status, trajectory=Trajectory(traj, time="t"), phases=phases,
+    result = FlowResult(config=config, status=run.status, trajectory=Trajectory(traj, time="t"), phases=phases,
                         theory=theory,
-                      conservation=conservation, solver=solver, wall_seconds=time.perf_counter() - wall0,
-                      integration_seconds=integration_seconds, final_state=ExpandedState(config, y_end))
+                        conservation=conservation, solver=solver, wall_seconds=time.perf_counter() - wall0,
+                        integration_seconds=run.seconds, final_state=ExpandedState(config, y_end))
     if eval_times is None:
         return result
     te = np.asarray(eval_times, dtype=np.float64)
     if te.size and (te.min() < 0 or te.max() > ts[-1] * (1 + 1e-12)):
         raise ValueError("eval_times must lie inside the integrated interval")
-    yy = sol.sol(np.clip(te, 0, ts[-1]))
+    yy = run.sol.sol(np.clip(te, 0, ts[-1]))
     LS, LR = met.losses(yy.reshape(10, -1))
     return result, LS + LR
 

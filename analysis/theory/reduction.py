@@ -128,6 +128,16 @@ def derivation() -> dict:
       parameters and the closed 1-D forms; jacobian_origin, eigen (linearization at 0); rates;
       plateaus; hallucination_ratio.
     """
+    out, (L, LS, LR, margins) = _loss_identities()
+    rhs, cons = _class_flow(out, L, LS, LR, margins)
+    Fa, Fb = _mode_equations(out, rhs, cons)
+    _rates_and_levels(out, rhs, Fa, Fb, LS, LR)
+    return out
+
+
+def _loss_identities():
+    """The reduced loss and its structure (normaliser factorisation, split into the two modes, no T or N):
+    (entries of the derivation, (L_red, L_S, L_R, the margins a, b in the class parameters))."""
     out = {}
     L = reduced_loss()
     out["loss"] = L
@@ -145,6 +155,11 @@ def derivation() -> dict:
     diff_split = (sp.log(Zs) - w1 * k) + (sp.log(Zr) - v1 * kap) - (LS + LR).subs(margins)
     out["split_check"] = exp_free(sp.exp(diff_split) - 1)  # exp(difference) = 1 <=> difference = 0 (real)
     out["T_N_free"] = (exp_free(sp.diff(L, T)), exp_free(sp.diff(L, N)))
+    return out, (L, LS, LR, margins)
+
+
+def _class_flow(out: dict, L, LS, LR, margins):
+    """The class flow dp/dt and its conserved quantities, into ``out``; returns (rhs, conserved)."""
     # reduced flow: dp/dt = -(1/multiplicity) dL_red/dp
     grads = {p: sp.diff(L, p) for p in PARAMS}
     rhs = {p: _simp(-grads[p] / MULTIPLICITY[p]) for p in PARAMS}
@@ -171,6 +186,14 @@ def derivation() -> dict:
                          for name, e in cons.items()}
     out["Qhat_identity"] = (sp.simplify(cons["Qhat_subject"] - cons["Q_subject"] - cons["M_subject"]**2 / (R * D)),
                             sp.simplify(cons["Qhat_relation"] - cons["Q_relation"] - cons["M_relation"]**2 / (R * D)))
+    return rhs, cons
+
+
+def _mode_equations(out: dict, rhs: dict, cons: dict):
+    """The one scalar ODE per mode (margin rates, generic mode, time to a margin), into ``out``; returns the subject
+    and relation margin rates (F_a, F_b)."""
+    cs = R * (D - 1) / D
+    cr = D * (R - 1) / R
     # the smallest system: one scalar ODE per mode. da/dt from the class flow ...
     da = sp.diff(k * (w1 - w0), w1) * rhs[w1] + sp.diff(k * (w1 - w0), w0) * rhs[w0] + (w1 - w0) * rhs[k]
     db = kap * rhs[v1] - kap * rhs[v0] + (v1 - v0) * rhs[kap]
@@ -197,6 +220,12 @@ def derivation() -> dict:
     tau = sp.Integral(1 / Fm.subs(m_, x_), (x_, 0, m_))
     out["tau"] = tau
     out["dtau_check"] = sp.simplify(sp.diff(tau, m_) * Fm - 1)
+    return Fa, Fb
+
+
+def _rates_and_levels(out: dict, rhs: dict, Fa, Fb, LS, LR) -> None:
+    """The linearization at the origin (escape rates, two checks), the hallucination ratio, the plateau levels and
+    the leading-order time to a margin, into ``out``."""
     lin = linearization()
     out["jacobian_origin"] = lin["jacobian_origin"]
     out["eigen"] = lin["eigen"]
@@ -223,8 +252,6 @@ def derivation() -> dict:
     lam = 2 * sp.sqrt(c_) / P_
     out["tau_leading"] = (sp.log(1 / alpha**2) + sp.log(4 * sp.sqrt(c_) * m_)
                           + (sp.Ei(m_) - sp.EulerGamma - sp.log(m_)) / n_) / lam
-    return out
-
 
 def proofs() -> dict:
     """name -> True for every identity the derivation claims (each a symbolic simplification to 0)."""

@@ -32,7 +32,7 @@ subjects start to escape, the hallucination criterion of :mod:`analysis.theory.h
 **Staircase.** :func:`staircase` keeps the resolved levels (always log|A| first and 0 last) and gives each
 ``t_end``, the first time the loss falls halfway to the next listed level (the way SPEC §3 defines t1 and
 t2), at leading order (the escape time of the mode whose escape crosses that halfway value) and, with
-``exact=True``, from the exact flow: the two-mode quadrature of :mod:`analysis.theory.predict` where the symmetry
+``exact=True``, from the exact flow: the two-mode quadrature of :mod:`analysis.theory.quadrature` where the symmetry
 reduction holds (uniform weights on structured or balanced tables), else the full flow (dynamics.run_flow,
 every crossing located on its dense output).
 """
@@ -310,7 +310,8 @@ def exact_crossings(task, weights, alpha: float, thresholds, *, flow_config=None
     thr = [float(x) for x in thresholds]
     how = pick_method(task, weights, flow_config, method)
     if how == "quadrature":
-        from analysis.theory.predict import Modes, ReducedSolution
+        from analysis.theory.modes import Modes
+        from analysis.theory.reduced_solution import ReducedSolution
 
         md = Modes(np.full(len(thr), task.S), task.R, task.D, alpha)
         t = ReducedSolution(md).crossing_time(np.array(thr))

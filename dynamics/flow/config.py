@@ -8,17 +8,15 @@ import torch
 
 from common.errors import ConfigError, check_choice, check_device, check_int, check_positive
 from common.memory import available_memory_bytes  # noqa: F401  (re-exported: dynamics.flow.config's public name)
+from models.linear import FLOW_ALPHA
 from models.task import TaskConfig
 
 from dynamics.choices import BACKENDS, DEFAULT_METHOD, IMPLICIT, INITS, METHODS
 from dynamics.ode.tolerances import DEFAULT_RTOL, RTOL_RANGE, check_atol, check_rtol
 
-# Initialization scales the float64 flow represents: below ALPHA_MIN the automatic atol (1e-12 alpha) is
-# subnormal and the step control loses relative accuracy. Above ALPHA_MAX the logits (~alpha^2) need
-# relative changes of the entries below ~1e-8 to move by O(1), which float64 cannot resolve (at alpha 1e4
-# t3 came out 13x too small; at 1e10 the run "converged" in one step).
-ALPHA_MIN, ALPHA_MAX = 1e-300, 1e4
-ALPHA_WHY = "float64 cannot integrate the flow from smaller or larger initial entries"
+# The initialization scales the float64 flow integrates: models.linear.FLOW_ALPHA (bounds and reason). The old
+# names below are kept for the command line of models.train, which still imports them.
+ALPHA_MIN, ALPHA_MAX, ALPHA_WHY = FLOW_ALPHA.minimum, FLOW_ALPHA.maximum, FLOW_ALPHA.why
 # The error control is relative to the entries (~alpha), the logits move by O(1) through differences of
 # entries, so the logit error is ~alpha^2 rtol: it must stay below LOGIT_ERROR_MAX (measured at S16/R4/D8:
 # t1 is off by 1e-5 at alpha 100 and by 4e-4 at alpha 1e3 with rtol 1e-9).
@@ -76,8 +74,7 @@ class FlowConfig:
                 raise ConfigError("init = 'file' needs init_file (a .npz with arrays W and K)")
         elif self.init_file is not None:
             raise ConfigError(f"init_file given together with init = {self.init!r}; use init = 'file'")
-        object.__setattr__(self, "alpha", check_positive("alpha", self.alpha, minimum=ALPHA_MIN, maximum=ALPHA_MAX,
-                                                         why=ALPHA_WHY))
+        object.__setattr__(self, "alpha", FLOW_ALPHA.check(self.alpha))
         object.__setattr__(self, "t_max", check_positive("t_max", self.t_max))
         object.__setattr__(self, "eps_conv", check_positive("eps_conv", self.eps_conv))
         if self.loss_target is not None:

@@ -1,4 +1,4 @@
-"""The fast reduced-flow quadrature of analysis.theory.predict (closed-form R2, masked Newton with predictor and
+"""The fast reduced-flow quadrature of analysis.theory.quadrature (closed-form R2, masked Newton with predictor and
 a-posteriori stop) against straightforward references: 40-digit mpmath quadrature of R2, a fine composite
 Gauss-Legendre R2 plugged into the same solver, and the residuals L(t_i) - theta_i of the phase times."""
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.theory import predict
+from analysis.theory import predict, quadrature
 
 mpmath = pytest.importorskip("mpmath")
 
@@ -26,7 +26,7 @@ def _r2_fine(m, A0):
     """Straightforward reference: 16-node Gauss-Legendre on 64 panels in v = log x over [log m - 45, log m - 1]
     (the kink of the integrand at x ~ A0 spans several panels) and 8 panels in x over [m/e, m]."""
     out = np.zeros_like(m)
-    sel = (A0 > predict._R2_MIN_A0) & (m > 1e-150) & np.isfinite(A0)
+    sel = (A0 > quadrature._R2_MIN_A0) & (m > 1e-150) & np.isfinite(A0)
     mm, aa = m[sel], A0[sel][:, None]
 
     def g(x):
@@ -67,7 +67,7 @@ def test_r2_closed_form_matches_40_digit_quadrature():
              float(np.exp(rng.uniform(np.log(1e-6), np.log(0.9))))) for _ in range(25)]
     m = np.array([p[0] for p in pts])
     A0 = np.array([p[1] for p in pts])
-    got = predict._r2(m, A0)
+    got = quadrature._r2(m, A0)
     ref = np.array([_r2_mpmath(*p) for p in pts])
     I = predict.ein(m)
     assert np.all(np.abs(got - ref) <= 1e-15 * I + 1e-300), np.max(np.abs(got - ref) / I)
@@ -108,7 +108,7 @@ def test_fast_phase_times_and_plateaus_match_the_straightforward_quadrature(monk
         # |dL/dlog t| |dt/t| error in L for a relative error dt/t in t
         tol = 1e-12 * np.maximum(1, np.abs(fast[f"t{i}"] * st["dloss_dt"])) + 1e-13
         assert np.all(np.abs(st["loss"] - th) <= tol), np.max(np.abs(st["loss"] - th) / tol)
-    monkeypatch.setattr(predict, "_r2", lambda m, A0, ei_m=None: _r2_fine(m, A0))
+    monkeypatch.setattr(quadrature, "_r2", lambda m, A0, ei_m=None: _r2_fine(m, A0))
     ref = predict.phase_times(S, R, D, alpha)
     for i in (1, 2, 3):
         np.testing.assert_allclose(fast[f"t{i}"], ref[f"t{i}"], rtol=1e-11)
