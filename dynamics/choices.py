@@ -1,7 +1,7 @@
 """The names the flow and the trainers accept (backends, methods, initializations, models, optimizers).
 
 Plain tuples with no heavy imports, so the command-line programs can offer them as ``choices`` before
-torch is loaded; :mod:`dynamics.ode.solvers`, :mod:`dynamics.flow.config` and :mod:`dynamics.training.trainer` use these
+torch is loaded; :mod:`dynamics.ode.registry`, :mod:`dynamics.flow.config` and :mod:`dynamics.training.trainer` use these
 same objects.
 """
 TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
