@@ -1,8 +1,8 @@
 """The names the flow and the trainers accept (backends, methods, initializations, models, optimizers).
 
 Plain tuples with no heavy imports, so the command-line programs can offer them as ``choices`` before
-torch is loaded; :mod:`dynamics.ode.solvers`, :mod:`dynamics.flow.config` and :mod:`dynamics.training.config` use these
-same objects.
+torch is loaded; :mod:`dynamics.ode.registry`, :mod:`dynamics.flow.config` and :mod:`dynamics.training.config` use
+these same objects.
 """
 TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 SCIPY_METHODS = ("DOP853", "RK45", "RK23", "LSODA", "BDF", "Radau")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dynamics.ode.engine import Event, SaveAt, integrate
-from dynamics.ode.solvers import make_stepper
+from dynamics.ode.registry import make_stepper
 
 LAM = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
 Y0 = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)

@@ -20,7 +20,7 @@ import numpy as np
 
 from common.errors import ConfigError, check_choice
 from dynamics.flow.solve import save_times
-from dynamics.ode.solvers import SCIPY_RTOL_MIN
+from dynamics.ode.adapters import SCIPY_RTOL_MIN
 from dynamics.flow.trajectory import Trajectory
 from models.linear import init_entries
 from models.task import make_task

@@ -40,6 +40,7 @@ from models.weights import Distribution, uniform_over
 from dynamics.flow.config import FlowConfig
 from dynamics.flow.conservation import conserved_quantities
 from dynamics.ode.engine import Event, Solution
+from dynamics.ode.status import Status
 from dynamics.flow.solve import (FlowMonitor, FlowProgress, time_grid_start, check_method_size, flow_numerics, initial_state,
                    save_times, solve)
 from dynamics.threads import torch_threads
@@ -367,9 +368,9 @@ def run_experiment(config: ExperimentConfig, *, progress: bool | None = None) ->
                 n_rows = len(rows)
                 sol = solve(fc, obj, y, t0, t_end, ts, save, num, stop=stop, bar=bar,
                             last_saved=lambda: rows[-1]["t"] if len(rows) > n_rows else None)
-                if sol.status == "stopped":
+                if sol.status is Status.STOPPED:
                     reason = "loss"
-                elif sol.status == "t_end":
+                elif sol.status is Status.T_END:
                     reason = "time" if st.until.time is not None and st.until.time <= fc.t_max else "t_max"
                 else:
                     reason = sol.status

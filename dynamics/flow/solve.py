@@ -24,10 +24,13 @@ from models.task import Task, make_task
 
 from dynamics.flow.config import FlowConfig
 from dynamics.flow.conservation import conserved_quantities, drift
+from dynamics.choices import IMPLICIT
+from dynamics.ode.controller import RowAtol
 from dynamics.ode.engine import Event, SaveAt, Solution, integrate
-from dynamics.ode.solvers import IMPLICIT, make_stepper
+from dynamics.ode.registry import make_stepper
+from dynamics.ode.status import Status, flow_status
+from dynamics.ode.tolerances import auto_atol
 from dynamics.threads import threads_for, torch_threads
-from dynamics.ode.tolerances import RowAtol, auto_atol
 from dynamics.flow.trajectory import Trajectory
 
 TRAJECTORY_COLUMNS = ("t", "loss", "relation_loss", "subject_loss", "accuracy", "hallucination_gap", "p_true",
@@ -40,13 +43,13 @@ _PROGRESS_SECONDS = 30.0  # a run not on a terminal reports one line this often
 class FlowRun:
     """One integrated flow. ``trajectory``: the monitored columns at the saved times.
 
-    status: ``converged`` (the loss reached the target; checked on the final state), ``t_max``,
-    ``max_steps`` or ``failed`` (``message`` says why). crossings: level -> first time L <= level
+    status: a :class:`dynamics.ode.status.Status`: ``converged`` (the loss reached the target; checked on the
+    final state), ``t_max``, ``max_steps`` or ``failed`` (``message`` says why). crossings: level -> first time L <= level
     (None if not reached). ``state_at(t)`` gives the state anywhere in [0, t_final] (dense output).
     """
 
     config: FlowConfig
-    status: str
+    status: Status
     message: str
     trajectory: Trajectory = field(repr=False)
     crossings: dict
@@ -232,7 +235,8 @@ class FlowNumerics:
 def flow_numerics(config: FlowConfig, layout, y0: torch.Tensor, device) -> FlowNumerics:
     rtol = config.resolved_rtol
     atol = config.atol if config.atol is not None else auto_atol(y0, rtol)
-    # automatic atol with the native solver: a floor relative to each token's row, updated after every step
+    # automatic atol with the native solver: a floor relative to each token's row, which the stepper's controller
+    # raises itself after accepted steps 1, 9, 17, ... (the row maxima move slowly: every 8th step is plenty)
     row_atol = RowAtol(layout, y0, rtol, atol) if config.atol is None and config.backend == "native" else None
     threads = threads_for(layout.size, device)
     return FlowNumerics(rtol=rtol, atol=atol, row_atol=row_atol, threads=threads)
@@ -247,20 +251,17 @@ def solve(config: FlowConfig, obj: PopulationObjective, y0: torch.Tensor, t0: fl
     Call inside ``torch_threads(num.threads)`` and ``torch.inference_mode()``.
     """
     steps = [0]
-    row_atol = num.row_atol
 
     def on_step(t, y):
         steps[0] += 1
         if bar is not None:
             bar(t, y, steps[0])
-        if row_atol is not None and steps[0] % 8 == 1:  # the row maxima move slowly: every 8th step is plenty
-            stepper.atol = row_atol(y)
 
     stepper = make_stepper(config.backend, config.method, obj.flow_rhs, t0, y0, rtol=num.rtol, atol=num.atol,
-                           t_bound=t_end)
+                           t_bound=t_end, atol_floor=num.row_atol)
     sol = integrate(stepper, t_end, saveat=SaveAt(ts, save), events=events, stop=stop, max_steps=config.max_steps,
                     on_step=on_step)
-    if sol.status != "t_end" and (last_saved is None or last_saved() != sol.t_final):
+    if sol.status is not Status.T_END and (last_saved is None or last_saved() != sol.t_final):
         # the run ends on the stop crossing, or where the step budget ran out or the solver failed
         # (the last finite state): its row closes the table
         save(sol.t_final, sol.y_final)
@@ -308,8 +309,8 @@ def run_flow(config: FlowConfig, *, levels=(), progress: bool | None = None) -> 
             final_loss = monitor.loss(sol.t_final, sol.y_final)
     finally:
         bar.close()
-    status = {"stopped": "converged", "t_end": "t_max"}.get(sol.status, sol.status)
-    if status == "converged" and not final_loss <= target:  # never assumed: checked on the final state
+    status = flow_status(sol.status)
+    if status is Status.CONVERGED and not final_loss <= target:  # never assumed: checked on the final state
         raise RuntimeError(f"internal error: the run stopped at t = {sol.t_final:.9g} with loss "
                            f"{final_loss:.9g} above the target {target:.9g}")
     traj = Trajectory({k: [r.get(k, np.nan) for r in rows] for k in rows[0]}, time="t")

@@ -11,15 +11,19 @@ extension (Hairer, Norsett & Wanner, "Solving ODEs I", §II.6). A step is a pure
 of (y0, h), so :meth:`Dopri5Stepper.replay` re-takes a recorded step bit for bit: that is
 how :mod:`dynamics.ode.engine` offers dense output over a whole run without keeping every
 interpolant in memory. Error control as in §II.4: RMS norm of
-err / (atol + rtol * max(|y0|, |y1|)), PI step-size control.
+err / (atol + rtol * max(|y0|, |y1|)), PI step-size control (:class:`dynamics.ode.controller.PIController`
+with the settings below).
+
+The method: J. R. Dormand & P. J. Prince, "A family of embedded Runge-Kutta formulae", J. Comput. Appl. Math.
+6(1), 19-26 (1980); the continuous extension and the controller settings: E. Hairer, S. P. Norsett &
+G. Wanner, "Solving Ordinary Differential Equations I", 2nd ed., Springer (1993), §II.4-II.6.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from dynamics.ode.base import StepSizeCollapse, scaled_rms, starting_step
+from dynamics.ode.base import Interpolant, Stepper, starting_step
+from dynamics.ode.controller import PIController
 
 # Dormand & Prince (1980), RK5(4)7M: nodes, stage matrix, 5th-order weights, error weights.
 C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -40,13 +44,14 @@ E = tuple(b - bh for b, bh in zip(B, B_HAT))  # error estimate weights (y5 - y4)
 D = (-12715105075 / 11282082432, 0.0, 87487479700 / 32700410799, -10690763975 / 1880347072,
      701980252875 / 199316789632, -1453857185 / 822651844, 69997945 / 29380423)
 ORDER = 5
+# the controller's settings (PIController)
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 # PI step-size control (Hairer & Wanner's DOPRI5 code, beta = 0.04): damps the accept/reject
 # oscillation of explicit methods that run at their stability limit, as this flow does on its plateaus.
 BETA = 0.04
 
 
-class Dopri5Interp:
+class Dopri5Interp(Interpolant):
     """Dense output of one accepted step on [t0, t1]: the 4th-order continuous extension.
 
     Holds one (5, P) array, rows y0, y1 (the step's exact end state), bspl = h k0 - (y1 - y0),
@@ -107,7 +112,7 @@ class Dopri5Interp:
         return torch.mv(self.rows.T, w)
 
 
-class Dopri5Stepper:
+class Dopri5Stepper(Stepper):
     """Adaptive DOPRI5 for y' = f(y, out) on one flat torch tensor, one accepted step at a time.
 
     f(y, out) must write f(y) into ``out`` (shape (P,)) and may return it. ``stats`` counts
@@ -119,12 +124,13 @@ class Dopri5Stepper:
     name = "dopri5"
     replayable = True
 
-    def __init__(self, f, t0: float, y0: torch.Tensor, rtol: float, atol: float, *, first_step: float | None = None):
-        self.f, self.rtol, self.atol = f, rtol, atol
+    def __init__(self, f, t0: float, y0: torch.Tensor, rtol: float, atol, *, first_step: float | None = None,
+                 atol_floor=None):
+        super().__init__(t0, y0, PIController(rtol, atol, order=ORDER, safety=SAFETY, min_factor=MIN_FACTOR,
+                                              max_factor=MAX_FACTOR, beta=BETA, floor=atol_floor))
+        self.f = f
         self.stats = dict(n_steps=0, n_rejected=0, nfe=0, nfe_replay=0)
         P, dt_, dev = y0.numel(), y0.dtype, y0.device
-        self.t = float(t0)
-        self.y = y0.clone()  # (P,) current state; read-only for callers
         self.k = torch.empty((7, P), dtype=dt_, device=dev)  # stage derivatives, one per row
         # work arrays, allocated once: fresh 8 MB tensors per step cost page faults at P ~ 1e6
         self._ytmp, self._yprev, self._err, self._scale, self._scratch = (torch.empty_like(self.y) for _ in range(5))
@@ -133,20 +139,14 @@ class Dopri5Stepper:
         self._d_row = torch.tensor(D, dtype=dt_, device=dev)
         self._eval(self.y, self.k[0])
         self.h = first_step
-        self.err_old = 1e-4  # previous accepted error ratio, for the PI controller
-        self._last = None  # (t0, t1, h) of the last accepted step
         self._fsal_pending = False  # k[6] = f(y) still has to move to k[0]
 
     def _eval(self, y, out, counter="nfe"):
         self.stats[counter] += 1
         return self.f(y, out)
 
-    def _norm(self, err, y0, y1) -> float:
-        """RMS of err / (atol + rtol max(|y0|, |y1|)); overwrites err and the work arrays."""
-        return scaled_rms(err, y0, y1, self.rtol, self.atol, self._scale, self._scratch)
-
     def _initial_step(self, span: float) -> float:
-        return starting_step(self._eval, self.y, self.k[0], self.rtol, self.atol, ORDER, span)
+        return starting_step(self._eval, self.y, self.k[0], self.controller.rtol, self.controller.atol, ORDER, span)
 
     def _stages(self, y, k, hs, ytmp, counter="nfe"):
         """Fill k[1:7] for a step of size hs from y (k[0] = f(y) given); ytmp ends as the 5th-order y1."""
@@ -158,12 +158,8 @@ class Dopri5Stepper:
     def _interp(self, t0, t1, hs, y0, y1, k) -> Dopri5Interp:
         return Dopri5Interp(t0, t1, hs, y0, y1, k[0], k[6], torch.mv(k.T, self._d_row * hs))
 
-    def step(self, t_bound: float) -> tuple:
-        """Take one accepted step from (t, y) towards t_bound (landing on it exactly at the end).
-
-        Returns (t0, t1, h) of the step; afterwards ``t``, ``y`` are the new time and state.
-        """
-        k = self.k
+    def _step_impl(self, t_bound: float) -> tuple:
+        k, ctrl = self.k, self.controller
         if self._fsal_pending:
             k[0].copy_(k[6])
             self._fsal_pending = False
@@ -175,38 +171,30 @@ class Dopri5Stepper:
             hs = t_bound - self.t if hit else h
             y_new = self._stages(self.y, k, hs, self._ytmp)
             torch.mv(k.T, self._e_row * hs, out=self._err)
-            ratio = self._norm(self._err, self.y, y_new)
-            if ratio <= 1.0:
+            ratio = ctrl.norm(self._err, self.y, y_new, self._scale, self._scratch)
+            if ctrl.accepts(ratio):
                 break
             self.stats["n_rejected"] += 1
-            self.h = hs * max(MIN_FACTOR, SAFETY * ratio ** (BETA * 0.75 - 1 / ORDER))
-            self._check_h(self.h)
+            self.h = hs * ctrl.reject_factor(ratio)
+            self.check_step_size(self.h)
         self.stats["n_steps"] += 1
         t0, t1 = self.t, (t_bound if hit else self.t + hs)
         # rotate buffers: the old state becomes y_prev, the stage point becomes the state
         self._yprev, self.y, self._ytmp = self.y, y_new, self._yprev
         self._fsal_pending = True
-        self._last = (t0, t1, hs)
         self.t = t1
-        r = max(ratio, 1e-10)
-        factor = min(MAX_FACTOR, max(MIN_FACTOR, SAFETY * r ** (BETA * 0.75 - 1 / ORDER) * self.err_old ** BETA))
-        self.err_old = r
+        factor = ctrl.accept_factor(ratio)
         if not hit or factor < 1:
             self.h = hs * factor
-        self._check_h(self.h)
-        return self._last
+        self.check_step_size(self.h)
+        return t0, t1, hs
 
-    def interpolant(self) -> Dopri5Interp:
-        """Dense output of the last accepted step (valid until the next call of :meth:`step`)."""
-        t0, t1, hs = self._last
+    def _dense_output_impl(self) -> Dopri5Interp:
+        t0, t1, hs = self.last
         return self._interp(t0, t1, hs, self._yprev, self.y, self.k)
 
-    def _check_h(self, h: float) -> None:
-        if not math.isfinite(h) or h <= 0 or self.t + h == self.t:
-            raise StepSizeCollapse(f"dopri5: the step size collapsed to {h:.3g} at t = {self.t:.6g}")
-
-    def replay(self, t0: float, y0: torch.Tensor, t1: float, h: float) -> Dopri5Interp:
-        """The interpolant of the recorded accepted step (t0, y0) -> t1 of size h, recomputed bit for bit."""
+    def _replay_impl(self, t0: float, y0: torch.Tensor, t1: float, h: float) -> Dopri5Interp:
+        """The recorded step recomputed bit for bit (a pure function of (y0, h))."""
         k = torch.empty_like(self.k)
         self._eval(y0, k[0], "nfe_replay")
         y1 = self._stages(y0, k, h, torch.empty_like(y0), "nfe_replay")

@@ -5,7 +5,7 @@
     sol.events["loss"]     # first time g <= each level (None if never), found on the dense interpolant
     sol(123.4)             # the state at any time inside the integrated span
 
-The engine knows nothing of losses or phases. It drives a stepper (:mod:`dynamics.ode.base`) one
+The engine knows nothing of losses or phases. It drives a stepper (:class:`dynamics.ode.base.Stepper`) one
 accepted step at a time and, after each step:
 
 - evaluates ``saveat.fn`` at every requested time inside the step, on the step's interpolant;
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
-from dynamics.ode.base import SolverFailure
+from dynamics.ode.base import SolverFailure, Stepper
+from dynamics.ode.status import Status
 
 DEFAULT_DENSE_BUDGET = 256 * 2**20  # bytes of interpolants and checkpoints kept for dense output
 CACHE_STEPS = 4  # interpolants rebuilt by replay that are kept (4 x 35 MB at 1 M parameters)
@@ -75,14 +76,15 @@ class SaveAt:
 class Solution:
     """What :func:`integrate` returns. Call it (``sol(t)``) for the state at any t in [t0, t_final].
 
-    status: ``t_end`` (reached the end time), ``stopped`` (the stop event fired), ``max_steps``
-    (the step budget ran out) or ``failed`` (the solver could not go on; ``message`` says why).
+    status: a :class:`dynamics.ode.status.Status` (a str): ``t_end`` (reached the end time), ``stopped`` (the
+    stop event fired), ``max_steps`` (the step budget ran out) or ``failed`` (the solver could not go on;
+    ``message`` says why).
     """
 
     t0: float
     t_final: float
     y_final: torch.Tensor = field(repr=False)
-    status: str
+    status: Status
     message: str
     ts: np.ndarray  # saved times
     saved: list = field(repr=False)  # saveat.fn values at ts
@@ -215,6 +217,9 @@ def integrate(stepper, t_end: float, *, saveat: SaveAt | None = None, events=(),
 
     on_step(t, y) is called after every accepted step (progress reports); it may raise to abort.
     """
+    if not isinstance(stepper, Stepper):
+        raise TypeError(f"integrate needs a dynamics.ode.base.Stepper (from make_stepper or a subclass), "
+                        f"not a {type(stepper).__name__}")
     t0 = float(stepper.t)
     y0 = stepper.y.clone()
     dense = _DenseOutput(stepper, t0, y0, dense_budget_bytes)
@@ -248,25 +253,25 @@ def integrate(stepper, t_end: float, *, saveat: SaveAt | None = None, events=(),
             if ev.crossed(v, lv):
                 found[ev.name][k] = t0
     cache.clear()
-    status, message, stop_time = "t_end", "", None
+    status, message, stop_time = Status.T_END, "", None
     if stop is not None and found[stop.name][0] is not None:
-        status, stop_time = "stopped", t0
+        status, stop_time = Status.STOPPED, t0
     steps = 0
     t, y = t0, y0
-    while status == "t_end" and t < t_end:
+    while status is Status.T_END and t < t_end:
         if steps >= max_steps:
-            status, message = "max_steps", f"the step budget of {max_steps} steps ran out at t = {t:.6g}"
+            status, message = Status.MAX_STEPS, f"the step budget of {max_steps} steps ran out at t = {t:.6g}"
             break
         y_start = stepper.y
         try:
             ta, tb, h = stepper.step(t_end)
         except SolverFailure as exc:
-            status, message = "failed", str(exc)
+            status, message = Status.FAILED, str(exc)
             break
         steps += 1
         y_end = stepper.y
         if not bool(torch.isfinite(y_end).all()):
-            status, message = "failed", f"the state became non-finite at t = {tb:.6g}"
+            status, message = Status.FAILED, f"the state became non-finite at t = {tb:.6g}"
             break
         interp = None
 
@@ -296,7 +301,7 @@ def integrate(stepper, t_end: float, *, saveat: SaveAt | None = None, events=(),
             prev[ev.name] = v
         cache.clear()
         if stop is not None and found[stop.name][0] is not None:
-            status, stop_time = "stopped", t_cut
+            status, stop_time = Status.STOPPED, t_cut
             for name, times in found.items():  # crossings after the stop did not happen
                 found[name] = [None if x is not None and x > t_cut else x for x in times]
         while j < len(ts) and ts[j] <= t_cut:

@@ -36,7 +36,7 @@ stage count chosen from an underestimate would leave the stiffest mode just outs
 interval (as in Abdulle's code and OrdinaryDiffEq.jl). Its evaluations count in ``nfe`` and, separately,
 in ``nfe_spectral``.
 
-Step-size control as in Abdulle's codes: fac = (1/err)^(1/4) with err the RMS norm of
+Step-size control (:class:`dynamics.ode.controller.Rock4Controller`, with the settings below) as in Abdulle's codes: fac = (1/err)^(1/4) with err the RMS norm of
 (y1 - y1_hat) / (atol + rtol max(|y0|, |y1|)); after two accepted steps in a row also the predictive
 (Gustafsson) factor errp^(1/4) fac^2 (h / hp) that uses the previous step's error errp and size hp, the
 smaller of the two; then fac = min(facmax, max(0.1, 0.8 fac)) with facmax 5 on the first step, 2 after,
@@ -60,7 +60,8 @@ from array import array
 import torch
 
 from dynamics.ode.rock4_tables import FPA, FPB, FPBE, MS, RECF
-from dynamics.ode.base import StepSizeCollapse, scaled_rms, starting_step
+from dynamics.ode.base import Interpolant, Stepper, starting_step
+from dynamics.ode.controller import Rock4Controller
 
 ORDER = 4
 SAFETY, MIN_FACTOR = 0.8, 0.1
@@ -91,7 +92,7 @@ def degree_index(h_rho: float) -> int:
     return USED[-1]
 
 
-class HermiteInterp:
+class HermiteInterp(Interpolant):
     """Dense output of one step on [t0, t1]: the cubic Hermite interpolant of (y0, y1, f0, f1).
 
     Holds one (4, P) array, rows y0, y1, d0 = h f0 - (y1 - y0), d1 = h f1 - (y1 - y0), so that
@@ -123,11 +124,12 @@ class HermiteInterp:
         return torch.mv(self.rows.T, w)
 
 
-class Rock4Stepper:
+class Rock4Stepper(Stepper):
     """Adaptive ROCK4 for y' = f(y, out) on one flat torch tensor, one accepted step at a time.
 
     f(y, out) must write f(y) into ``out`` (shape (P,)) and may return it. ``atol`` is a float or a
-    (P,) tensor that the caller may replace between steps. ``stats``: accepted and rejected steps,
+    (P,) tensor; ``atol_floor`` (optional) a floor the controller applies itself (:class:`dynamics.ode.controller.
+    StepController`). ``stats``: accepted and rejected steps,
     ``nfe`` (every evaluation of f: steps, spectral radius, starting step), ``nfe_spectral`` (those of the
     power iteration), ``n_spectral`` (estimates made), ``nfe_replay`` (replayed steps), ``rho`` (last
     estimate, safety factor included), ``stages_max`` / ``stages_mean`` (s = ms + 4 over accepted steps).
@@ -137,18 +139,20 @@ class Rock4Stepper:
     replayable = True
 
     def __init__(self, f, t0: float, y0: torch.Tensor, rtol: float, atol, *, first_step: float | None = None,
-                 fixed_step: float | None = None, fixed_stages: int | None = None, rho_every: int = RHO_EVERY):
+                 fixed_step: float | None = None, fixed_stages: int | None = None, rho_every: int = RHO_EVERY,
+                 atol_floor=None):
         if fixed_stages is not None and fixed_stages not in MS:
             raise ValueError(f"fixed_stages = {fixed_stages!r} is not a tabulated ROCK4 degree; choose from {MS}")
         if fixed_step is not None and not (math.isfinite(fixed_step) and fixed_step > 0):
             raise ValueError(f"fixed_step = {fixed_step!r} must be finite and > 0")
-        self.f, self.rtol, self.atol = f, rtol, atol
+        super().__init__(t0, y0, Rock4Controller(rtol, atol, order=ORDER, safety=SAFETY, min_factor=MIN_FACTOR,
+                                                 max_factor_first=MAX_FACTOR_FIRST, max_factor=MAX_FACTOR,
+                                                 floor=atol_floor))
+        self.f = f
         self.fixed_step, self.rho_every = fixed_step, int(rho_every)
         self.fixed_index = MS.index(fixed_stages) if fixed_stages is not None else None
         self.stats = dict(n_steps=0, n_rejected=0, nfe=0, nfe_spectral=0, n_spectral=0, nfe_replay=0, rho=None,
                           stages_max=0, stages_mean=0.0)
-        self.t = float(t0)
-        self.y = y0.clone()  # (P,) current state; read-only for callers
         self.f0 = torch.empty_like(self.y)  # f(y)
         # work arrays, allocated once (fresh 8 MB tensors per stage cost page faults at P ~ 1e6)
         P, kw = y0.numel(), dict(dtype=y0.dtype, device=y0.device)
@@ -162,10 +166,6 @@ class Rock4Stepper:
         self.rho = None
         self._rho_v = None  # the power iteration's last direction (warm start)
         self._since_rho = 0
-        self._facmax = MAX_FACTOR_FIRST
-        self._rejected_last = False
-        self._errp = self._hp = None  # error ratio and size of the previous accepted step
-        self._last = None
         # (t0, h, degree index) of every accepted step, for replay: 17 bytes a step
         self._rec_t0, self._rec_h, self._rec_deg = array("d"), array("d"), array("B")
 
@@ -176,12 +176,8 @@ class Rock4Stepper:
             self.stats["nfe_spectral"] += 1
         return self.f(y, out)
 
-    def _norm(self, err, y0, y1) -> float:
-        """RMS of err / (atol + rtol max(|y0|, |y1|)); overwrites err and the work arrays."""
-        return scaled_rms(err, y0, y1, self.rtol, self.atol, self._scale, self._scratch)
-
     def _initial_step(self, span: float) -> float:
-        return starting_step(self._eval, self.y, self.f0, self.rtol, self.atol, ORDER, span)
+        return starting_step(self._eval, self.y, self.f0, self.controller.rtol, self.controller.atol, ORDER, span)
 
     def _estimate_rho(self) -> float:
         """Spectral radius of df/dy at y by nonlinear power iteration (see the module docstring), x RHO_SAFETY."""
@@ -273,16 +269,9 @@ class Rock4Stepper:
     def _bufs(self):
         return (self._pairs, self.k, self._ytmp, self._ynew, self._fnew, self._err)
 
-    def _check_h(self, h: float) -> None:
-        if not math.isfinite(h) or h <= 0 or self.t + h == self.t:
-            raise StepSizeCollapse(f"rock4: the step size collapsed to {h:.3g} at t = {self.t:.6g}")
-
     # ------------------------------------------------------------------ protocol
-    def step(self, t_bound: float) -> tuple:
-        """Take one accepted step from (t, y) towards t_bound (landing on it exactly at the end).
-
-        Returns (t0, t1, h) of the step; afterwards ``t``, ``y`` are the new time and state.
-        """
+    def _step_impl(self, t_bound: float) -> tuple:
+        ctrl = self.controller
         if self.h is None:
             self.h = self._initial_step(t_bound - self.t)
         while True:
@@ -296,21 +285,19 @@ class Rock4Stepper:
             else:
                 if hs * self.rho > HRHO_MAX:  # beyond the longest tabulated stability interval
                     hs, hit = 0.8 * HRHO_MAX / self.rho, False
-                    self._check_h(hs)
+                    self.check_step_size(hs)
                 i = degree_index(hs * self.rho)
             y_new, f_new, err = self._advance(self.y, self.f0, hs, i, self._bufs())
             if self.fixed_step is not None:
                 ratio = 0.0
                 break
-            ratio = self._norm(err, self.y, y_new)
-            if ratio <= 1.0:  # (a NaN ratio is a rejection)
+            ratio = ctrl.norm(err, self.y, y_new, self._scale, self._scratch)
+            if ctrl.accepts(ratio):  # (a NaN ratio is a rejection)
                 break
             self.stats["n_rejected"] += 1
-            fac = MIN_FACTOR if not math.isfinite(ratio) else max(MIN_FACTOR, SAFETY * ratio ** (-1 / ORDER))
-            self.h = hs * fac
-            self._rejected_last, self._facmax = True, 1.0
+            self.h = hs * ctrl.reject_factor(ratio)
             self._since_rho = self.rho_every  # an outdated rho shows as a rejection: estimate it again
-            self._check_h(self.h)
+            self.check_step_size(self.h)
         n = self.stats["n_steps"] = self.stats["n_steps"] + 1
         s = MS[i] + 4
         self.stats["stages_max"] = max(self.stats["stages_max"], s)
@@ -322,31 +309,23 @@ class Rock4Stepper:
         # rotate buffers: the old state and slope become the previous ones, the new ones the current
         self._yprev, self.y, self._ynew = self.y, y_new, self._yprev
         self._fprev, self.f0, self._fnew = self.f0, f_new, self._fprev
-        self._last = (t0, t1, hs)
         self.t = t1
         self._since_rho += 1
         if self.fixed_step is not None:
             self.h = self.fixed_step
-            return self._last
-        r = max(ratio, 1e-10)
-        fac = r ** (-1 / ORDER)
-        if self._errp is not None and not self._rejected_last:
-            fac = min(fac, self._errp ** (1 / ORDER) * fac * fac * (hs / self._hp))  # predictive (Gustafsson)
-        fac = min(self._facmax, max(MIN_FACTOR, SAFETY * fac))
-        self._errp, self._hp = r, hs
-        self._facmax, self._rejected_last = MAX_FACTOR, False
+            return t0, t1, hs
+        fac = ctrl.accept_factor(ratio, hs)
         if not hit or fac < 1:
             self.h = hs * fac
-        self._check_h(self.h)
-        return self._last
+        self.check_step_size(self.h)
+        return t0, t1, hs
 
-    def interpolant(self) -> HermiteInterp:
-        """Dense output of the last accepted step (valid until the next call of :meth:`step`)."""
-        t0, t1, hs = self._last
+    def _dense_output_impl(self) -> HermiteInterp:
+        t0, t1, hs = self.last
         return HermiteInterp(t0, t1, hs, self._yprev, self.y, self._fprev, self.f0)
 
-    def replay(self, t0: float, y0: torch.Tensor, t1: float, h: float) -> HermiteInterp:
-        """The interpolant of the recorded accepted step (t0, y0) -> t1 of size h, recomputed bit for bit."""
+    def _replay_impl(self, t0: float, y0: torch.Tensor, t1: float, h: float) -> HermiteInterp:
+        """The recorded step recomputed bit for bit (its degree is looked up in the record)."""
         j = bisect.bisect_left(self._rec_t0, t0)
         if j == len(self._rec_t0) or self._rec_t0[j] != t0 or self._rec_h[j] != h:
             raise ValueError(f"rock4: no accepted step of size {h!r} from t = {t0!r} to replay")

@@ -8,7 +8,8 @@ moves the phase times by far less than 1e-6 relative (checked in tests against a
 atol: "auto" means 1e-3 * rtol * (smallest nonzero |entry| of the initial state), so
 even the tiniest initial entries are integrated to relative accuracy ~rtol instead of
 being swamped by an absolute floor; with the native solver it is raised, entry by entry,
-to 1e-3 * rtol * the largest |entry| of the same token's row as the run goes (RowAtol).
+to 1e-3 * rtol * the largest |entry| of the same token's row as the run goes (the stepper's controller
+applies that floor itself: dynamics.ode.controller.RowAtol).
 """
 import torch
 
@@ -47,35 +48,8 @@ def check_atol(name: str, value) -> float:
 TEST_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 
-class RowAtol:
-    """The automatic atol with a floor relative to each token's row: per entry W[a, z] of the state,
-    max(atol, ATOL_FACTOR * rtol * max_a |W[a, z]|); atol on K. Recomputed after every accepted step
-    (dynamics.flow.solve, native backend, automatic atol only) and handed to the stepper as a (P,) tensor.
-
-    Why: the automatic atol is tied to the smallest *initial* entry, 1.8e-33 at alpha = 1e-20. When some
-    token's parameters have grown (random tables: the noise and EOS tokens learn the answer frequencies first,
-    K_noise 1e-20 -> 2.7e-5) while some of its entries should stay put (answers whose predicted mass already
-    equals their frequency: dW/dt is a cancellation, 0 up to rounding), those entries receive rounding noise of
-    ~eps * K_noise ~ 1e-22 per unit time in the right-hand side, and resolving that noise to 1e-30 forced steps
-    of ~5e-6 with half of them rejected: ~3e8 steps to t3 (the run with --facts random --alpha 1e-20 never
-    ended). An entry 1e3/rtol times smaller than the largest one of its row moves the logits by less than
-    1e-3 rtol of that row's contribution, so the floor costs no accuracy (the phase times of the default run
-    move by 1e-9 relative, towards an rtol = 1e-12 reference) and alpha = 1e-20 now takes 3,400 steps.
-    """
-
-    def __init__(self, layout, y0: torch.Tensor, rtol: float, atol: float):
-        self.layout, self.atol, self.factor = layout, float(atol), ATOL_FACTOR * float(rtol)
-        self.buf = torch.full_like(y0, self.atol)  # (P,): W part per row, K part atol
-        self._W = layout.unpack(self.buf)[0]  # (C, |A|) view
-
-    def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        Wt = self.layout.unpack(y)[0]  # (C, |A|)
-        rowmax = torch.linalg.vector_norm(Wt, ord=float("inf"), dim=1, keepdim=True)  # (C, 1) max_a |W[a, z]|
-        self._W.copy_(rowmax.mul_(self.factor).clamp_min_(self.atol).expand_as(self._W))
-        return self.buf
-
-
 def auto_atol(y0: torch.Tensor, rtol: float) -> float:
+    """ATOL_FACTOR * rtol * (smallest nonzero |entry| of y0), or ATOL_FACTOR * rtol for an all-zero y0."""
     nz = y0.abs()[y0 != 0]
     floor = float(nz.min()) if nz.numel() else 1.0
     return ATOL_FACTOR * rtol * floor
