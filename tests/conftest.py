@@ -12,7 +12,7 @@ import torch
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(TESTS))
-sys.path.insert(0, TESTS)  # tiny.py: the shared tiny configurations
+sys.path.insert(0, TESTS)  # helpers.py: the repository root and shared tiny configurations
 torch.set_default_dtype(torch.float64)
 
 

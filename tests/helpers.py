@@ -1,6 +1,10 @@
-"""Tiny configurations shared by the tests: small enough for the fast suite, large enough to have every
-phase (escape, plateau, convergence) of the flow."""
+"""Shared by the tests: the repository root and tiny configurations, small enough for the fast suite and large
+enough to have every phase (escape, plateau, convergence) of the flow."""
+import os
+
 from models.task import TaskConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository (tests/ is its child)
 
 TINY = TaskConfig(S=4, R=2, D=2)                   # 4 facts: the smallest task with two relations
 SMALL = TaskConfig(S=8, R=2, D=4, T=7, N=3)        # a short sequence: population sums stay cheap

@@ -16,7 +16,7 @@ import pytest
 from common import __version__
 from common.cli import PROGRAMS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT  # noqa: E402
 PACKAGES = ("common", "models", "dynamics", "analysis", "figures")
 
 

@@ -17,7 +17,7 @@ import pytest
 from common import __version__
 from common.cli import PROGRAMS, entry_module, program_name
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT  # noqa: E402
 HEAVY = ("torch", "matplotlib")
 
 

@@ -23,7 +23,7 @@ SIGINT_IGNORED = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 SKIP_IF_SIGINT_IGNORED = pytest.mark.skipif(SIGINT_IGNORED, reason="SIGINT is ignored in this test process "
                                                                    "(started in the background without job control)")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT  # noqa: E402
 FLOW_FILES = {"results.json", "trajectory.csv", "loss.png", "loss.pdf", "invariant.png"}
 
 

@@ -10,7 +10,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT  # noqa: E402
 NOTEBOOK = os.path.join(ROOT, "docs", "tutorial.ipynb")
 PLOT_CELLS = ("flow-plot", "reduced-plot", "zipf-plot", "train-plot", "experiment-plot")
 
