@@ -28,6 +28,7 @@ _LAZY = {
     "TrainConfig": "training.trainer", "TrainResult": "training.trainer", "flow_at": "training.trainer", "flow_gap": "training.trainer",
     "resolve_device": "training.trainer", "train": "training.trainer", "train_schedule": "training.trainer", "schedule_flow_gap": "training.trainer",
     "ScheduleResult": "training.trainer",
+    "LR_MAX": "training.trainer",
     "EvalSpec": "experiment.schedule", "ExperimentConfig": "experiment.schedule", "ExperimentRun": "experiment.schedule", "Stage": "experiment.schedule",
     "StageRun": "experiment.schedule", "Stop": "experiment.schedule", "run_experiment": "experiment.schedule",
     "load_experiment": "experiment.file",
