@@ -124,7 +124,8 @@ def run(a, job) -> int:
 
         check_rtol("full_rtol", a.full_rtol)
     job.claim(a.out)  # before any computation
-    check_full_runs(cols, facts=a.facts, seed=a.seed, eps_conv=a.eps_conv, full_rtol=a.full_rtol, max_full=a.max_full)
+    check_full_runs(cols, facts=a.facts, seed=a.seed, eps_conv=a.eps_conv, full_rtol=a.full_rtol,
+                    max_full=a.max_full)
     result = run_sweep(cols, facts=a.facts, seed=a.seed, eps_conv=a.eps_conv,
                        full_rtol=a.full_rtol, progress=None if not a.quiet else False, max_full=a.max_full,
                        batch_flows=a.batch_flows)

@@ -112,7 +112,8 @@ def run(a, job) -> int:
 
     from analysis.results.flow import analyze_flow
     from analysis.results.training import summarize_training
-    # flow_gap moves to analysis.results.pairing with the trainer's split; imported from there once analysis exports it
+    # flow_gap moves to analysis.results.pairing with the trainer's split: imported from there once analysis
+    # exports it
     from dynamics import LR_MAX, FlowConfig, TrainConfig, flow_gap, train
 
     from figures.flow import legend_outside, loss_axes

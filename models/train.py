@@ -18,7 +18,6 @@ interrupt; an existing non-empty --out is refused unless --overwrite):
 from __future__ import annotations
 
 import os
-import sys
 
 from common.cli import (EXIT_OK, ArgumentParser, Program, add_overwrite, default_out, describe_device, program_name,
                         run_program)
@@ -227,7 +226,7 @@ def run_experiment_file(a, job) -> int:
 
     from common.io import write_csv, write_json
     from dynamics import load_experiment, train_schedule
-    # moves to analysis.results.pairing with the trainer's split; imported from there once analysis exports it
+    # moves to analysis.results.pairing with the trainer's split: imported from there once analysis exports it
     from dynamics.training.trainer import schedule_flow_gap
 
     exp = load_experiment(a.experiment)
