@@ -202,3 +202,28 @@ def test_signal_exit_128_plus_signal_and_the_programs_note(capsys):
         raise Interrupted(signal.SIGHUP)
 
     assert run_program(toy(no_note), []) == 129 and capsys.readouterr().err == "interrupted; nothing was written\n"
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_grid_says_how_to_continue_when_interrupted(tmp_path, monkeypatch, capsys, recorded):
+    """frd-grid's note on a signal while its sweep runs (job.interrupted): the recorded runs and how to continue,
+    where results.jsonl exists; otherwise the standard line."""
+    from analysis.grid import main
+    from analysis.sweeps import runner
+
+    out = tmp_path / "g"
+
+    def interrupted_sweep(spec, **kw):
+        if recorded:
+            out.mkdir()
+            (out / "results.jsonl").write_text("{}\n")
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(runner, "run_grid", interrupted_sweep)
+    assert main(["flow", "--S", "4", "--R", "2", "--D", "2", "--workers", "1", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    if recorded:
+        assert err == (f"interrupted; the runs finished so far are recorded in {out}/results.jsonl (and "
+                       f"{out}/results.csv); run the same command again to continue\n")
+    else:
+        assert err == "interrupted; nothing was written\n"
