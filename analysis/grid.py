@@ -12,8 +12,7 @@ import argparse
 import os
 import sys
 
-from common.cli import EXIT_UNFINISHED, ArgumentParser, guarded, program_name
-from common.signals import import_native
+from common.cli import EXIT_OK, ArgumentParser, Program, program_name, run_program
 
 GRID_HELP = """\
 The grid: every --grid NAME=VALUES adds an axis and the runs are all combinations (the last axis varies
@@ -164,13 +163,10 @@ def _fields(a, kind: str) -> dict:
     return base
 
 
-@guarded
-def main(argv=None) -> int:
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    import_native("torch")  # a signal during torch's import would abort in C++: held back
+def run(a, job) -> int:
+    """Build the sweep's spec from the flags and run it (analysis.sweeps.runner.run_grid: resumable), then print."""
     if a.kind is None:
-        parser.error("choose what to sweep: flow, train or experiment (see --help)")
+        job.parser.error("choose what to sweep: flow, train or experiment (see --help)")
     # heavy imports (torch, dask, matplotlib) only after parsing: --help, --version and bad flags answer at once
     from common.errors import ConfigError, check_int
 
@@ -195,17 +191,14 @@ def main(argv=None) -> int:
     spec = SweepSpec(kind=a.kind, base=base, grid=tuple(grid), out=out,
                      experiment_file=getattr(a, "file", None), batch=getattr(a, "batch_flows", 1),
                      keep_runs=a.keep_runs)
-    try:
-        result = run_grid(spec, scheduler=a.scheduler, workers=a.workers, progress=None if not a.quiet else False,
-                           max_runs=a.max_runs, retry_failed=a.retry_failed, overwrite=a.overwrite,
-                           plots=not a.no_plots)
-    except KeyboardInterrupt as exc:
-        jsonl = os.path.join(out, "results.jsonl")
-        if os.path.isfile(jsonl):
-            sys.stderr.write(f"interrupted; the runs finished so far are recorded in {jsonl} (and {out}/results.csv); "
-                             "run the same command again to continue\n")
-            return getattr(exc, "exit_status", 130)
-        raise
+    jsonl = os.path.join(out, "results.jsonl")
+    # a signal while the sweep runs: the runs recorded so far stay, and the same command continues
+    job.interrupted = lambda: (f"interrupted; the runs finished so far are recorded in {jsonl} (and "
+                               f"{out}/results.csv); run the same command again to continue"
+                               if os.path.isfile(jsonl) else None)
+    result = run_grid(spec, scheduler=a.scheduler, workers=a.workers, progress=None if not a.quiet else False,
+                      max_runs=a.max_runs, retry_failed=a.retry_failed, overwrite=a.overwrite, plots=not a.no_plots)
+    job.interrupted = None
     if not a.quiet:
         print(f"{a.kind} sweep: {result.summary_line()}")
         if result.bands is not None:
@@ -226,10 +219,16 @@ def main(argv=None) -> int:
     failed = result.failed_rows
     if failed:
         first = failed[0]
-        sys.stderr.write(f"error: {len(failed)} run(s) failed (status failed in {out}/results.csv); first: run "
-                         f"{first['index']}: {first.get('error', '')}\n")
-        return EXIT_UNFINISHED
-    return 0
+        return job.unfinished(f"{len(failed)} run(s) failed (status failed in {out}/results.csv); first: run "
+                              f"{first['index']}: {first.get('error', '')}")
+    return EXIT_OK
+
+
+PROGRAM = Program(module=__name__, build_parser=build_parser, run=run, native=("torch",))
+
+
+def main(argv=None) -> int:
+    return run_program(PROGRAM, argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ and their SPEC §3 plateaus (sweep.csv's plateau_loss).
 Prints one line per repeat and the median (configurations per second for t1..t3, for the plateaus and for
 both); writes nothing. The first call also pays for the lambdified rates (sympy), reported separately.
 --S: subject counts drawn from these values (D from 2 4 8 16 dividing them); default S = D * U{1..63}.
---full K: time analysis.sweep.run_sweep on K full-system rows (S16/R4/D8, facts random, alphas log-spaced over
+--full K: time analysis.sweeps.phase_sweep.run_sweep on K full-system rows (S16/R4/D8, facts random, alphas log-spaced over
 [alpha-lo, alpha-hi]) one by one (with trajectories and plateaus) and with batch_flows = K (phase times only), and
 print the largest relative difference of t1, t2, t3 between the two.
 --whole: time the whole sweep process instead, on the grid S x R {2 4 8 16 32} x D {2 4 8 16} x alphas (log-spaced
@@ -79,7 +79,7 @@ def main(argv=None):
 
 
 def full_rows(a):
-    from analysis.sweep import run_sweep
+    from analysis.sweeps.phase_sweep import run_sweep
 
     k = a.full
     cols = dict(S=np.full(k, 16.0), R=np.full(k, 4.0), D=np.full(k, 8.0), T=np.full(k, 32.0), N=np.full(k, 20.0),

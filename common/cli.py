@@ -1,5 +1,9 @@
 """Shared command-line plumbing: one-line errors with exit status 2, no tracebacks; signals and --out.
 
+Every program (PROGRAMS) is a :class:`Program` run by :func:`run_program`: its module builds the parser and
+has a ``run(args, job)`` that checks its inputs, claims --out (``job.claim``), calls the library, writes and
+prints; run_program does the rest, the same way for all.
+
 Exit statuses of every program: 0 success; 2 bad input (one line on stderr, nothing written); 3 ran but did
 not finish (diverged, step budget, solver failure); 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP.
 """
@@ -8,10 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from common.errors import ConfigError
 from common.io import OVERWRITE_HELP, completed_outputs
-from common.signals import handling_signals
+from common.signals import handling_signals, import_native
 from common.version import __version__
 
 # console command -> module of every program, as ``python -m`` runs it ([project.scripts] in pyproject.toml is the
@@ -126,41 +132,133 @@ def _is_process_entry(module: str) -> bool:
     return program is not None and module in (program, f"{program}.__main__")
 
 
+def _guard(body, interrupted=None):
+    """Run ``body()`` -> exit status inside common.signals.handling_signals: a ConfigError becomes one line
+    ``error: ...`` and status 2; SIGINT, SIGTERM (and SIGHUP) unwind like Ctrl-C (temporary outputs removed) and
+    end with one line and status 128 + signal (130, 143, 129). ``interrupted()``, when given, may return the
+    line to print on a signal instead of the standard one (None: the standard one)."""
+    before = len(completed_outputs())
+    with handling_signals():
+        try:
+            return body()
+        except ConfigError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt as exc:
+            note = interrupted() if interrupted is not None else None
+            done = completed_outputs()[before:]
+            if note is not None:
+                sys.stderr.write(f"{note}\n")
+            elif done:
+                sys.stderr.write(f"interrupted; {', '.join(done)} had already been written completely\n")
+            else:
+                sys.stderr.write("interrupted; nothing was written\n")
+            return getattr(exc, "exit_status", 130)
+
+
+def _exit_if_process(code, argv, module: str):
+    """The program is the whole process (python -m / console command, ``argv`` None): every output was written
+    atomically and closed before it returned, so skip the interpreter's teardown (torch's alone takes 0.5-1 s of
+    the main job's ~3 s). Otherwise return ``code``."""
+    if argv is None and _is_process_entry(module):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    return code
+
+
 def guarded(main):
-    """Decorate ``main(argv) -> int``: ConfigError becomes a one-line message and exit status 2; SIGINT,
-    SIGTERM (and SIGHUP) unwind like Ctrl-C (temporary outputs removed) and end with one line and exit
-    status 128 + signal (130, 143, 129)."""
+    """Decorate ``main(argv) -> int`` with what run_program gives every program (for scripts outside PROGRAMS,
+    e.g. bench/throughput.py): ConfigError becomes a one-line message and exit status 2; SIGINT, SIGTERM (and
+    SIGHUP) unwind like Ctrl-C (temporary outputs removed) and end with one line and exit status 128 + signal
+    (130, 143, 129)."""
 
     def wrapper(argv=None):
-        code = _run(argv)
-        if argv is None and _is_process_entry(main.__module__):
-            # The program is the whole process (python -m / console command): every output was written
-            # atomically and closed before main returned, so skip the interpreter's teardown (torch's alone
-            # takes 0.5-1 s of the main job's ~3 s).
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code if isinstance(code, int) else (0 if code is None else 1))
-        return code
-
-    def _run(argv):
-        before = len(completed_outputs())
-        with handling_signals():
-            try:
-                return main(argv)
-            except ConfigError as exc:
-                sys.stderr.write(f"error: {exc}\n")
-                return 2
-            except KeyboardInterrupt as exc:
-                done = completed_outputs()[before:]
-                if done:
-                    sys.stderr.write(f"interrupted; {', '.join(done)} had already been written completely\n")
-                else:
-                    sys.stderr.write("interrupted; nothing was written\n")
-                return getattr(exc, "exit_status", 130)
+        return _exit_if_process(_guard(lambda: main(argv)), argv, main.__module__)
 
     wrapper.__name__ = main.__name__
     wrapper.__doc__ = main.__doc__
     return wrapper
+
+
+class Job:
+    """What a program's ``run`` gets besides its parsed arguments: its parser, and the output-folder protocol.
+
+    ``claim(out)`` checks, before any computation, that ``out`` can receive a new folder (common.io.check_out
+    with the program's ``--overwrite``); ``folder(out)`` is the atomic common.io.output_dir to write it;
+    ``unfinished(message)`` says on stderr that the run ended without finishing and gives exit status 3.
+    ``interrupted``: None, or a function the run sets for a stretch of its work, returning the line to print
+    if a signal arrives then (None: the standard line), e.g. where a resumable sweep has recorded its runs."""
+
+    def __init__(self, parser: argparse.ArgumentParser, args: argparse.Namespace):
+        self.parser, self.args = parser, args
+        self.interrupted: Callable[[], str | None] | None = None
+
+    @property
+    def overwrite(self) -> bool:
+        return bool(getattr(self.args, "overwrite", False))
+
+    def default_out(self, prefix: str, **kw) -> str:
+        """common.cli.default_out of the program's parser and arguments."""
+        return default_out(prefix, self.parser, self.args, **kw)
+
+    def claim(self, out: str) -> str:
+        """``out``, once it is known to accept a new output folder (ConfigError, exit status 2, otherwise)."""
+        from common.io import check_out
+
+        check_out(out, overwrite=self.overwrite)
+        return out
+
+    def folder(self, out: str):
+        """Context manager yielding a temporary folder that becomes ``out`` as a whole (common.io.output_dir)."""
+        from common.io import output_dir
+
+        return output_dir(out, overwrite=self.overwrite)
+
+    @staticmethod
+    def unfinished(message: str) -> int:
+        """Write ``error: <message>`` on stderr and return EXIT_UNFINISHED (3: ran but did not finish)."""
+        sys.stderr.write(f"error: {message}\n")
+        return EXIT_UNFINISHED
+
+
+@dataclass(frozen=True)
+class Program:
+    """One command-line program, as run_program runs it.
+
+    ``module``: the defining module's ``__name__`` ("__main__" under ``python -m``), which tells run_program
+    whether the program is the whole process; ``build_parser()``: its ArgumentParser; ``run(args, job)``: calls
+    the library and writes, returning EXIT_OK or ``job.unfinished(...)``; ``native``: modules (torch) imported
+    after parsing with signals held back (common.signals.import_native), so --help and bad flags answer at once."""
+
+    module: str
+    build_parser: Callable[[], argparse.ArgumentParser]
+    run: Callable[[argparse.Namespace, Job], int]
+    native: tuple = ()
+
+
+def run_program(program: Program, argv=None) -> int:
+    """Run ``program`` on ``argv`` (None: the process's arguments) and return its exit status.
+
+    Parse (argparse: a bad flag is one line and exit status 2), import ``program.native``, then
+    ``program.run(args, job)``, all inside the signal guard: ConfigError -> one line, status 2, nothing written
+    (every program checks its inputs and claims --out before computing); an unfinished run -> its line and
+    status 3; SIGINT/SIGTERM/SIGHUP -> the temporary outputs removed, one line, status 128 + signal. As the
+    whole process (console command or ``python -m``), it ends the process with that status at once."""
+    jobs = []
+
+    def body():
+        parser = program.build_parser()
+        args = parser.parse_args(argv)
+        if program.native:
+            import_native(*program.native)  # a signal during torch's import would abort in C++: held back
+        jobs.append(Job(parser, args))
+        return program.run(args, jobs[0])
+
+    def interrupted():
+        return jobs[0].interrupted() if jobs and jobs[0].interrupted is not None else None
+
+    return _exit_if_process(_guard(body, interrupted), argv, program.module)
 
 
 def describe_device(device) -> str:

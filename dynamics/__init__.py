@@ -30,6 +30,7 @@ _LAZY = {
     "HeldOutEvaluator": "training.evaluation", "SampledTrainer": "training.sampled",
     "TrainConfig": "training.config", "resolve_device": "training.config",
     "train": "training.staged", "train_schedule": "training.staged", "ScheduleResult": "training.staged",
+    "LR_MAX": "training.config",
     "EvalSpec": "experiment.schedule", "ExperimentConfig": "experiment.schedule", "ExperimentRun": "experiment.schedule", "Stage": "experiment.schedule",
     "StageRun": "experiment.schedule", "Stop": "experiment.schedule", "run_experiment": "experiment.schedule",
     "load_experiment": "experiment.file",

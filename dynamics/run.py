@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, default_out, guarded, program_name
-from common.io import check_out
-from common.signals import import_native
+from common.cli import EXIT_OK, ArgumentParser, Program, add_overwrite, default_out, program_name, run_program
 from models.task import FACT_KINDS, TaskConfig
 
 # torch-free: the parser is built and the arguments parsed (--help, --version, errors) before torch loads
@@ -143,11 +141,8 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
-@guarded
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    import_native("torch")  # a signal during torch's import would abort in C++: held back
+def run(args, job) -> int:
+    """Check the configuration, claim --out, integrate (analysis.theory.reduced_flow.run_mode), write and print."""
     config = config_from_args(args)
     from analysis.theory.reduced_flow import check_reduced_memory, run_mode
 
@@ -155,8 +150,7 @@ def main(argv=None) -> int:
         check_reduced_memory(config)
     else:
         config.check_memory()
-    out = args.out or default_out_dir(args, parser)
-    check_out(out, overwrite=args.overwrite)  # before any computation
+    out = job.claim(args.out or default_out_dir(args, job.parser))  # before any computation
 
     # progress: a bar on a terminal, elsewhere one line on stderr every ~30 s (dynamics.flow.solve.FlowProgress)
     result = run_mode(args.mode, config, progress=not args.quiet)
@@ -171,10 +165,16 @@ def main(argv=None) -> int:
         reason = result.message or result.status
         hint = (" (raise --max-steps, or loosen --rtol within its range)" if result.status == "max_steps"
                 else "")
-        sys.stderr.write(f"error: the flow did not finish ({result.status}): {reason}{hint}; the results up to "
-                         f"there are in {out}\n")
-        return EXIT_UNFINISHED
-    return 0
+        return job.unfinished(f"the flow did not finish ({result.status}): {reason}{hint}; the results up to "
+                              f"there are in {out}")
+    return EXIT_OK
+
+
+PROGRAM = Program(module=__name__, build_parser=build_parser, run=run, native=("torch",))
+
+
+def main(argv=None) -> int:
+    return run_program(PROGRAM, argv)
 
 
 if __name__ == "__main__":

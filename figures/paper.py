@@ -16,10 +16,9 @@ import math
 import os
 import sys
 
-from common.cli import EXIT_UNFINISHED, ArgumentParser, add_overwrite, guarded, program_name
+from common.cli import EXIT_OK, ArgumentParser, Program, add_overwrite, program_name, run_program
 from common.errors import check_int, check_positive
-from common.io import check_out, output_dir, save_figure, write_json
-from common.signals import import_native
+from common.io import save_figure, write_json
 from models.task import TaskConfig
 
 
@@ -102,11 +101,9 @@ def step_axis(ax, steps, t1, t2, t3, eval_every: int) -> float | None:
     return lt
 
 
-@guarded
-def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    import_native("torch")  # a signal during torch's import would abort in C++: held back
-    check_out(a.out, overwrite=a.overwrite)  # before any computation
+def run(a, job) -> int:
+    """Claim --out, run the flow and both trainings, draw both figures, write them with paper.json, print."""
+    job.claim(a.out)  # before any computation
     # heavy imports (torch, matplotlib) only after parsing: --help, --version and bad flags answer at once
     import matplotlib
 
@@ -115,9 +112,8 @@ def main(argv=None) -> int:
 
     from analysis.results.flow import analyze_flow
     from analysis.results.training import summarize_training
-    from analysis.results.pairing import flow_gap
-    from dynamics import FlowConfig, TrainConfig, train
-    from dynamics.training import LR_MAX
+    from analysis import flow_gap
+    from dynamics import LR_MAX, FlowConfig, TrainConfig, train
 
     from figures.flow import legend_outside, loss_axes
     from figures.train import overlay_axes
@@ -143,19 +139,17 @@ def main(argv=None) -> int:
     sgd.check_memory(compare_flow=True)
     flow = analyze_flow(flow_cfg, progress=prog)
     if flow.status in ("max_steps", "failed"):  # ran but did not finish: exit 3, no figure of a partial flow
-        sys.stderr.write(f"error: the model 1 flow did not finish ({flow.status}): {flow.message}; nothing was "
-                         "written\n")
-        return EXIT_UNFINISHED
+        return job.unfinished(f"the model 1 flow did not finish ({flow.status}): {flow.message}; nothing was "
+                              "written")
     soft_run = train(soft, progress=prog)
     if soft_run.status == "diverged":
-        sys.stderr.write(f"error: model 2 training diverged at step {soft_run.diverged_at} (its loss became non-finite "
-                         f"or grew above 100 x its start); try a smaller --softmax-lr; nothing was written\n")
-        return EXIT_UNFINISHED
+        return job.unfinished(f"model 2 training diverged at step {soft_run.diverged_at} (its loss became "
+                              "non-finite or grew above 100 x its start); try a smaller --softmax-lr; nothing was "
+                              "written")
     soft_sum = summarize_training(soft_run)
     sgd_run = train(sgd, progress=prog)
     if sgd_run.status == "diverged":
-        sys.stderr.write(f"error: model 1 SGD diverged at step {sgd_run.diverged_at}; nothing was written\n")
-        return EXIT_UNFINISHED
+        return job.unfinished(f"model 1 SGD diverged at step {sgd_run.diverged_at}; nothing was written")
     pairing = flow_gap(sgd_run)
     sgd_sum = summarize_training(sgd_run, pairing)
 
@@ -184,7 +178,7 @@ def main(argv=None) -> int:
     ax2.set_title(f"Model 1: SGD (uniform init 1e-5, lr 0.1, batch 1024, {a.sgd_steps} steps) vs exact flow\n"
                   f"S={a.S}, R={a.R}, D={a.D}, T={a.T}, N={a.N}; on {device_name(sgd_run.device)}",
                   fontsize=10)
-    with output_dir(a.out, overwrite=a.overwrite) as d:
+    with job.folder(a.out) as d:
         for ext in ("png", "pdf"):
             save_figure(fig, os.path.join(d, f"sequential.{ext}"), dpi=150)
             save_figure(fig2, os.path.join(d, f"sgd_vs_flow.{ext}"), dpi=150)
@@ -201,7 +195,14 @@ def main(argv=None) -> int:
           + ", ".join(f"{k}={conf[k]['confirmed']}" for k in ("first_plateau", "second_plateau",
                                                                "hallucination_gap", "convergence")))
     print(f"wrote {a.out}/sequential.png/pdf, sgd_vs_flow.png/pdf, paper.json")
-    return 0
+    return EXIT_OK
+
+
+PROGRAM = Program(module=__name__, build_parser=build_parser, run=run, native=("torch",))
+
+
+def main(argv=None) -> int:
+    return run_program(PROGRAM, argv)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,10 @@ interrupt; an existing non-empty --out is refused unless --overwrite):
 from __future__ import annotations
 
 import os
-import sys
 
-from common.cli import (EXIT_UNFINISHED, ArgumentParser, add_overwrite, default_out, describe_device, guarded,
-                        program_name)
+from common.cli import (EXIT_OK, ArgumentParser, Program, add_overwrite, default_out, describe_device, program_name,
+                        run_program)
 from common.errors import ConfigError, check_int, check_positive
-from common.io import check_out
-from common.signals import import_native
 # torch-free: the parser is built and the arguments parsed (--help, --version, errors) before torch loads
 from dynamics.choices import INITS, MODELS, OPTIMIZERS
 
@@ -144,23 +141,19 @@ def default_out_dir(args, parser=None) -> str:
                        first=("optimizer",))
 
 
-@guarded
-def main(argv=None) -> int:
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    import_native("torch")  # a signal during torch's import would abort in C++: held back
+def run(a, job) -> int:
+    """One training run (analysis.results.training), --seeds N through the sweep runner, or --experiment."""
     # heavy imports (torch) only after parsing: --help, --version and bad flags answer at once
     from analysis.results.training import analyze_training
     from dynamics import resolve_device
 
     if a.experiment is not None:
-        return run_experiment_file(a, parser)
+        return run_experiment_file(a, job)
     config = config_from_args(a)
     if a.seeds != 1:
-        return run_seeds(a, parser, config)
+        return run_seeds(a, job, config)
     config.check_memory(compare_flow=a.compare_flow)  # estimated from the configuration, before allocating
-    a.out = a.out or default_out_dir(a, parser)
-    check_out(a.out, overwrite=a.overwrite)  # before any computation
+    a.out = job.claim(a.out or default_out_dir(a, job.parser))  # before any computation
     dev = resolve_device(config.device) if config.optimizer != "gd" or config.device != "auto" else None
     # on stdout: stderr is kept for the one line that says why a run stopped or was refused
     print(f"device: {describe_device(dev) if dev is not None else 'cpu (exact population GD in float64)'}")
@@ -191,12 +184,11 @@ def main(argv=None) -> int:
         else:
             why = (f"the loss became non-finite or grew above 100 x its start at step {k} of {config.steps} "
                    f"(lr {config.lr:g}); try a smaller --lr; the history up to there is in {a.out}")
-        sys.stderr.write(f"error: training diverged: {why}\n")
-        return EXIT_UNFINISHED
-    return 0
+        return job.unfinished(f"training diverged: {why}")
+    return EXIT_OK
 
 
-def run_seeds(a, parser, config) -> int:
+def run_seeds(a, job, config) -> int:
     """--seeds N: the configuration with seeds --seed .. --seed + N - 1 through analysis.sweeps.runner (resumable)."""
     from analysis.sweeps.runner import SweepSpec, config_fields, run_grid
     from common.errors import check_int
@@ -205,7 +197,7 @@ def run_seeds(a, parser, config) -> int:
     if a.workers is not None:
         check_int("workers", a.workers, 1, 4096)
     config.check_memory(compare_flow=a.compare_flow)
-    out = a.out or default_out_dir(a, parser)
+    out = a.out or default_out_dir(a, job.parser)  # resumable: run_grid checks and fills it
     base = config_fields("train", config, compare_flow=a.compare_flow)
     base.pop("seed")
     spec = SweepSpec(kind="train", base=base, grid=tuple({"seed": config.seed + k} for k in range(n)), out=out)
@@ -221,28 +213,27 @@ def run_seeds(a, parser, config) -> int:
                   + f"; overall {g['overall']} ({g['n_confirmed']}/{len(g['verdicts'])})")
     print(f"wrote {out}")
     if res.failed_rows or any(r.get("run_status") == "diverged" for r in res.rows):
-        sys.stderr.write(f"error: {len(res.failed_rows)} seed(s) failed and "
-                         f"{sum(r.get('run_status') == 'diverged' for r in res.rows)} diverged (see {out}/results.csv)\n")
-        return EXIT_UNFINISHED
-    return 0
+        return job.unfinished(f"{len(res.failed_rows)} seed(s) failed and "
+                              f"{sum(r.get('run_status') == 'diverged' for r in res.rows)} diverged "
+                              f"(see {out}/results.csv)")
+    return EXIT_OK
 
 
-def run_experiment_file(a, parser) -> int:
+def run_experiment_file(a, job) -> int:
     """--experiment: the file's task, stages and evaluation sets, trained by the configured trainer."""
     import dataclasses
     import os
 
-    from common.io import output_dir, write_csv, write_json
-    from dynamics.experiment.file import load_experiment
-    from analysis.results.pairing import schedule_flow_gap
-    from dynamics.training import train_schedule
+    from analysis import schedule_flow_gap
+    from common.io import write_csv, write_json
+    from dynamics import load_experiment, train_schedule
 
     exp = load_experiment(a.experiment)
     config = dataclasses.replace(config_from_args(a), task=exp.flow.task)
     config.check_memory(compare_flow=a.compare_flow)
     a.S, a.R, a.D = config.task.S, config.task.R, config.task.D
-    out = a.out or default_out_dir(a, parser) + "-" + os.path.splitext(os.path.basename(a.experiment))[0]
-    check_out(out, overwrite=a.overwrite)
+    out = job.claim(a.out or default_out_dir(a, job.parser) + "-"
+                    + os.path.splitext(os.path.basename(a.experiment))[0])
     result = train_schedule(config, exp.stages, eval_sets=exp.eval_sets, progress=not a.quiet)
     pairing = schedule_flow_gap(result, exp.stages, exp.flow) if a.compare_flow else None
     h = result.history
@@ -260,7 +251,7 @@ def run_experiment_file(a, parser) -> int:
     cols = {k: h[k] for k in h}
     if pairing is not None:
         cols["flow_loss"] = pairing["flow"]["loss"]
-    with output_dir(out, overwrite=a.overwrite) as d:
+    with job.folder(out) as d:
         write_json(os.path.join(d, "results.json"), summary)
         write_csv(os.path.join(d, "history.csv"), cols)
         if not a.no_plots:
@@ -279,9 +270,15 @@ def run_experiment_file(a, parser) -> int:
             print(f"flow_gap {pairing['flow_gap']:.4f} at step {pairing['at_step']}")
         print(f"wrote {out}")
     if result.status == "diverged":
-        sys.stderr.write(f"error: training diverged; the history up to there is in {out}\n")
-        return EXIT_UNFINISHED
-    return 0
+        return job.unfinished(f"training diverged; the history up to there is in {out}")
+    return EXIT_OK
+
+
+PROGRAM = Program(module=__name__, build_parser=build_parser, run=run, native=("torch",))
+
+
+def main(argv=None) -> int:
+    return run_program(PROGRAM, argv)
 
 
 if __name__ == "__main__":

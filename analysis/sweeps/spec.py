@@ -20,6 +20,9 @@ from common.io import jsonable
 
 KINDS = ("flow", "train", "experiment")
 MAX_RUNS = 1_000_000
+# most flows one batched state holds: SweepSpec.batch (analysis.grid flow --batch-flows) and analysis.sweep's
+# --batch-flows (analysis.sweeps.phase_sweep)
+MAX_BATCH_FLOWS = 100_000
 TASK_SEED_NAME = "task_seed"  # the train kind's name of the task's seed (its own ``seed`` seeds the training)
 
 
@@ -286,7 +289,7 @@ class SweepSpec:
         object.__setattr__(self, "base", _canonical_fields(self.kind, self.base, "base"))
         object.__setattr__(self, "grid", tuple(_canonical_fields(self.kind, g, f"grid run {i}")
                                                for i, g in enumerate(grid)))
-        object.__setattr__(self, "batch", check_int("batch", self.batch, 1, 100_000))
+        object.__setattr__(self, "batch", check_int("batch", self.batch, 1, MAX_BATCH_FLOWS))
         if self.batch > 1 and self.kind != "flow":
             raise ConfigError(f"batch = {self.batch} applies to flow sweeps only (the batched solver integrates "
                               "flows); use batch = 1")

@@ -8,9 +8,8 @@ import argparse
 import os
 import sys
 
-from common.cli import EXIT_CODES_EPILOG, EXIT_UNFINISHED, ArgumentParser, add_overwrite, guarded, program_name
+from common.cli import EXIT_CODES_EPILOG, EXIT_OK, ArgumentParser, Program, add_overwrite, program_name, run_program
 from common.errors import ConfigError
-from common.signals import import_native
 
 FORMAT = """experiment file (TOML); every table but [[stages]] is optional:
 
@@ -122,19 +121,13 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
-@guarded
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    import_native("torch")  # a signal during torch's import would abort in C++: held back
-    from common.io import check_out
-
+def run(args, job) -> int:
+    """Load the experiment file, claim --out, run its stages (analysis.results.experiment), write and print."""
     from dynamics.experiment.file import load_experiment
 
     config = load_experiment(args.file, overrides=overrides_of(args))
     config.flow.check_memory()
-    out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.file))[0])
-    check_out(out, overwrite=args.overwrite)  # before any computation
+    out = job.claim(args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.file))[0]))
     from analysis.results.experiment import analyze_experiment
 
     result = analyze_experiment(config, progress=not args.quiet)
@@ -144,11 +137,17 @@ def main(argv=None) -> int:
         print(f"wrote {out}/" + ", ".join(names))
     if result.status != "completed":
         st = result.run.stages[-1]
-        sys.stderr.write(f"error: stage {st.name!r} did not reach its stop rule ({result.status}"
-                         f"{': ' + st.message if st.message else ''}); the results up to t = {st.t_end:.6g} are in "
-                         f"{out} (raise --t-max or flow.max_steps)\n")
-        return EXIT_UNFINISHED
-    return 0
+        return job.unfinished(f"stage {st.name!r} did not reach its stop rule ({result.status}"
+                              f"{': ' + st.message if st.message else ''}); the results up to t = {st.t_end:.6g} "
+                              f"are in {out} (raise --t-max or flow.max_steps)")
+    return EXIT_OK
+
+
+PROGRAM = Program(module=__name__, build_parser=build_parser, run=run, native=("torch",))
+
+
+def main(argv=None) -> int:
+    return run_program(PROGRAM, argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis import analyze_flow, analyze_training, derive_reduction
-from analysis.sweep import run_sweep
+from analysis.sweeps.phase_sweep import run_sweep
 from dynamics import FlowConfig, TrainConfig
 from models import TaskConfig
 

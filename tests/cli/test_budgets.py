@@ -248,7 +248,7 @@ def test_sweep_grid_size_refusal(argv, match, tmp_path, capsys):
 
 
 def test_sweep_grid_memory_estimate_refuses_what_does_not_fit():
-    from analysis.sweep import check_grid_size, grid_memory_estimate_bytes
+    from analysis.sweeps.phase_sweep import check_grid_size, grid_memory_estimate_bytes
 
     check_grid_size(1000, available=8 * 2**30)
     with pytest.raises(ConfigError, match="GiB"):

@@ -369,6 +369,7 @@ SIGNAL_CASES = [(sig, phase, overwrite, delay)
                 if not (phase == "writing" and delay == 0.25 and overwrite == (sig == signal.SIGINT))]
 
 
+@pytest.mark.slow  # a real process per case, signalled mid-run: 3-6 s each
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc to see when the handler is installed")
 @pytest.mark.parametrize("sig,phase,overwrite,delay", SIGNAL_CASES,
                          ids=[f"{signal.Signals(s).name}-{ph}-{'overwrite' if o else 'new'}-{d}"

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 
 from analysis import analyze_flow  # noqa: E402
-from analysis.sweep import run_sweep  # noqa: E402
+from analysis.sweeps.phase_sweep import run_sweep  # noqa: E402
 from dynamics import FlowConfig  # noqa: E402
 from figures.flow import loss_axes, plot_invariant, plot_loss  # noqa: E402
 from figures.paper import device_name, step_axis  # noqa: E402

@@ -80,6 +80,7 @@ def test_console_command_names_itself(monkeypatch, capsys):
     assert build_parser().prog == "python -m dynamics.run"
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: ~10 s
 def test_console_wrapper_exits_with_main_status():
     """setuptools' console wrapper is ``sys.exit(main())``: a bad flag exits 2 with one line, as documented."""
     code = "import sys; from models.train import main; sys.exit(main())"

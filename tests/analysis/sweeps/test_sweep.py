@@ -10,7 +10,7 @@ import pytest
 from analysis.theory import predict
 from analysis.derive import main as derive_main
 from analysis.sweep import main as sweep_main
-from analysis.sweep import run_sweep
+from analysis.sweeps.phase_sweep import run_sweep
 from common.errors import ConfigError
 from analysis import analyze_flow
 from dynamics import FlowConfig

@@ -10,7 +10,7 @@ import pytest
 
 from dynamics.run import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 def test_cli_writes_every_file(tmp_path, capsys):

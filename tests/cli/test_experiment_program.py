@@ -156,7 +156,7 @@ def test_help_documents_the_format(capsys):
 @pytest.mark.parametrize("name", ["frequency", "warmup", "finetune"])
 def test_shipped_experiment_files_are_valid(name):
     """The experiment files in experiments/ describe the README's runs (S = 256, balanced table)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
     cfg = load_experiment(os.path.join(root, "experiments", f"{name}.toml"))
     assert cfg.flow.task.S == 256 and cfg.flow.task.facts == "balanced"
     assert all(s.until.loss is not None or s.until.time is not None for s in cfg.stages)

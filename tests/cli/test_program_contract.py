@@ -36,7 +36,7 @@ import dynamics.run
 import figures.paper
 import models.train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 MAINS = {"run": dynamics.run.main, "train": models.train.main, "derive": analysis.derive.main,
          "sweep": analysis.sweep.main, "paper": figures.paper.main}
 MODULES = {"run": "dynamics.run", "train": "models.train", "derive": "analysis.derive", "sweep": "analysis.sweep",
@@ -409,6 +409,7 @@ REAL = [
 ]
 
 
+@pytest.mark.slow  # a fresh interpreter per case: 3-4 s each
 @pytest.mark.parametrize("prog,args,status,timeout", REAL)
 def test_real_process(dirs, prog, args, status, timeout):
     inp, work = dirs
