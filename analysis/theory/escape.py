@@ -24,7 +24,7 @@ For product weights ``p(s) q(r)``: ``lambda_s = p(s) sqrt(sum_r q^2 - 1/|A|)``,
 ``lambda_r = q(r) sqrt(sum_a P_r(a)^2 - 1/|A|)`` with ``P_r(a)`` the p-mass of the subjects whose answer
 to r is a (``P_r(a) = 1/D`` for structured and balanced tables under uniform p), and
 ``lambda_E^2 = sum_r q(r)^2 sum_a P_r(a)^2 - 1/|A|``: :func:`product_rate_formulas` derives these with
-sympy and ``tests/test_escape.py`` proves them by simplification to 0 against the definition.
+sympy and ``tests/analysis/theory/test_theory.py`` proves them by simplification to 0 against the definition.
 The uniform case gives the reduction's eigenvalues (analysis.theory.modes.escape_rates): ``sqrt((D-1)/(R D))/S``
 and ``sqrt((R-1)/(R D))/R``; the bias tokens (EOS, noise) have rate 0 there and learn nothing.
 

@@ -73,7 +73,7 @@ RHO_TOL, RHO_MAXITER = 0.05, 50
 STAB_SLOPE, STAB_OFFSET = 0.353, 3.0
 # Degrees not used: the tabulated polynomials of degrees 129 and 148 exceed 1 in modulus near h lambda = -8
 # (max 1.006 and 1.008, in float64 and in 50-digit arithmetic alike; every other degree stays <= 1 on its
-# whole interval, tests/test_rock.py), so a mode there would grow by ~0.5 % a step; 138 covers their range.
+# whole interval, tests/dynamics/ode/test_rock4.py), so a mode there would grow by ~0.5 % a step; 138 covers their range.
 UNUSED_DEGREES = (129, 148)
 USED = tuple(i for i, m in enumerate(MS) if m not in UNUSED_DEGREES)  # indices into MS, increasing degree
 S_MAX = MS[USED[-1]] + 4

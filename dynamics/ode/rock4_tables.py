@@ -5,7 +5,7 @@ SIAM J. Sci. Comput. 23(6) (2002) 2041-2054, as distributed in the data statemen
 Fortran code rock4.f and transcribed in SciML OrdinaryDiffEq.jl,
 lib/OrdinaryDiffEqStabilizedRK/src/rkc_tableaus_rock4.jl (github.com/SciML/OrdinaryDiffEq.jl, commit
 081bf79ddfbf587ff334dd3ebbb5071d0bcc10b8, the file's last change), from which the digits below were
-extracted verbatim. They are checked in tests/test_rock.py: for every degree the stability polynomial
+extracted verbatim. They are checked in tests/dynamics/ode/test_rock4.py: for every degree the stability polynomial
 R(z) of the method agrees with exp(z) to O(z^5) and the embedded one to O(z^4), and the method
 converges with order 4.
 
