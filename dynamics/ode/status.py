@@ -1,8 +1,8 @@
 """How a solve ended: one ``str``-valued enum for the engine's outcome and the flow's, with the mapping between
 them in one place (:func:`flow_status`).
 
-The members *are* strings (``Status.CONVERGED == "converged"``, ``str()``, ``format()`` and ``json.dumps`` give
-the bare value), so every saved file (results.json, CSV tables) keeps the text it had when statuses were plain
+The members *are* strings (``Status.CONVERGED == "converged"``; ``str()``, ``format()``, ``repr()`` and
+``json.dumps`` give the bare value or its repr), so every saved file (results.json, CSV tables) keeps the text it had when statuses were plain
 strings. ``Status.X.message`` is one sentence saying what the status means.
 
 Engine outcomes (:func:`dynamics.ode.engine.integrate`): ``t_end``, ``stopped``, ``max_steps``, ``failed``.
@@ -39,7 +39,8 @@ class Status(str, Enum):
     __format__ = str.__format__
 
     def __repr__(self) -> str:
-        return f"Status.{self.name}"
+        # as the text it stands for: a result's repr reads status='converged', as it did with plain strings
+        return repr(self.value)
 
 
 ENGINE_STATUSES = (Status.T_END, Status.STOPPED, Status.MAX_STEPS, Status.FAILED)

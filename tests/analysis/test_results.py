@@ -17,6 +17,7 @@ def _files(folder):
     return sorted(os.listdir(folder))
 
 
+@pytest.mark.slow
 def test_flow_result_matches_the_command_line(tmp_path):
     from dynamics.run import main
 
@@ -37,6 +38,7 @@ def test_flow_result_matches_the_command_line(tmp_path):
     assert set(a) == set(b) and a["phases"] == b["phases"]  # the same computation, deterministic
 
 
+@pytest.mark.slow
 def test_training_result_matches_the_command_line(tmp_path):
     from models.train import main
 
@@ -55,6 +57,7 @@ def test_training_result_matches_the_command_line(tmp_path):
     assert a["final"] == b["final"] and a["flow_gap"] == pytest.approx(b["flow_gap"], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_sweep_and_derive_results(tmp_path):
     cols = {k: np.array(v, dtype=float) for k, v in dict(S=[8, 8], R=[2, 2], D=[4, 4], T=[32, 32], N=[20, 20],
                                                           alpha=[1e-4, 1e-3]).items()}

@@ -127,6 +127,7 @@ def test_large_alpha_needs_a_tighter_rtol_and_is_then_accurate():
             assert getattr(res.phases, k) == pytest.approx(float(pred[k][0]), rel=tol), (rtol, k)
 
 
+@pytest.mark.slow
 def test_random_table_at_alpha_1e20_finishes():
     """It crawled at steps of 5e-6 (the automatic atol of 1.8e-33 met rounding noise of ~1e-22); the
     row-relative atol floor (dynamics.ode.tolerances.RowAtol) lets it converge in a few thousand steps."""

@@ -59,6 +59,7 @@ def test_file_builds_the_experiment_and_flags_override(tmp_path):
     assert "old" in cfg.set_names and "unseen" in cfg.set_names
 
 
+@pytest.mark.slow
 def test_cli_outputs(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([write(tmp_path, GOOD), "--out", str(out), "--quiet", "--set", "flow.samples_per_octave=8"]) == 0
@@ -88,6 +89,7 @@ def test_cli_outputs(tmp_path, capsys):
     assert (out / "experiment.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_phase_times_match_a_brute_force_crossing(tmp_path):
     """t2 of a set = the first time its exact loss on the dense output is <= H(A|R)/2, checked by bisection on
     metrics_at (independent of the Brent refinement)."""
@@ -162,6 +164,7 @@ def test_shipped_experiment_files_are_valid(name):
     assert all(s.until.loss is not None or s.until.time is not None for s in cfg.stages)
 
 
+@pytest.mark.slow
 def test_train_cli_runs_an_experiment_file_and_tracks_the_flow(tmp_path):
     """models.train --experiment: GD through two stages switches at until_time / lr steps and stays within
     the one-stage GD-vs-flow gap's order of the exact two-stage flow (the step-size error of GD at lr 0.1)."""

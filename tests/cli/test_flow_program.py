@@ -95,6 +95,7 @@ def test_malformed_facts_file_rejected(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_module_entry_point_exit_status():
     r = subprocess.run([sys.executable, "-m", "dynamics.run", "--S", "-1"], cwd=ROOT, capture_output=True,
                        text=True)

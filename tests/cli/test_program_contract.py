@@ -361,6 +361,7 @@ TABLE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prog,args,status,match,add_out,check", TABLE)
 def test_bad_and_extreme_input(dirs, prog, args, status, match, add_out, check):
     inp, work = dirs
@@ -497,6 +498,7 @@ BUDGET = {"run": ["--max-steps", "2000", "--quiet"], "train": ["--quiet"], "deri
 EXAMPLES = {"run": 20, "train": 15, "derive": 15, "sweep": 15, "paper": 6}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prog", list(GRAMMAR))
 def test_random_flags_keep_the_contract(prog):
     # derandomize: the same draws on every run (CI never flakes on a new draw); no per-example deadline (a

@@ -11,6 +11,8 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 from helpers import ROOT  # noqa: E402
+
+pytestmark = pytest.mark.slow  # executes the notebook in a kernel
 NOTEBOOK = os.path.join(ROOT, "docs", "tutorial.ipynb")
 PLOT_CELLS = ("flow-plot", "reduced-plot", "zipf-plot", "train-plot", "experiment-plot")
 

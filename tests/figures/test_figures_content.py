@@ -3,6 +3,7 @@ distinguishable where series coincide, at least three labelled ticks on log axes
 the plateau marked at the result's plateau, every line of invariant.png explained with t1 / t2 marked, no
 "no CUDA GPU" remark in a title, model 2's stage 1 drawn at its evaluations on a linear step range, and no
 legend over the data. Synthetic inputs or tiny real runs (S <= 16), Agg backend."""
+import pytest
 import json
 import math
 
@@ -175,6 +176,7 @@ def test_real_small_sweep_keeps_every_alpha():
 
 
 # ----------------------------------------------------------------------------- flow figures
+@pytest.mark.slow
 def test_loss_figure_t3_inside_plateau_marked_legend_clear(flow):
     fig = plot_loss(flow)
     ax = fig.axes[0]
@@ -246,6 +248,7 @@ def test_device_name_has_no_remark():
     assert device_name("cpu") == "CPU"
 
 
+@pytest.mark.slow
 def test_paper_figures_content(tmp_path, monkeypatch):
     import figures.paper as paper
 

@@ -1,5 +1,6 @@
 """Figures of a multi-stage experiment: the content of each panel (one curve per non-empty set, equal to the
 input columns), stage boundaries, legends outside the data area, the sweep figure and atomic saving."""
+import pytest
 import math
 import os
 
@@ -179,6 +180,7 @@ def test_sweep_figure_one_line_per_series():
         sweep_figure(x, {"bad": [1.0, 2.0]}, xlabel="x", ylabel="y")
 
 
+@pytest.mark.slow
 def test_save_writes_png_atomically(tmp_path, data):
     cols, stages, ent = data
     out = tmp_path / "figs"

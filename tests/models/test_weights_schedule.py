@@ -362,6 +362,7 @@ def test_bad_mixture_component_is_reported():
 
 
 # ----------------------------------------------------------------------------- 5. one stage = run_flow
+@pytest.mark.slow
 def test_one_stage_product_experiment_reproduces_run_flow():
     fc = FlowConfig(task=TaskConfig(S=8, R=2, D=4, T=5, N=3, facts="random", seed=1, zipf_subjects=0.7),
                     alpha=0.01)
@@ -387,6 +388,7 @@ def test_one_stage_product_experiment_reproduces_run_flow():
 
 
 # ----------------------------------------------------------------------------- 6. splitting a stage
+@pytest.mark.slow
 def test_splitting_a_stage_in_two_does_not_change_the_trajectory():
     fc = FlowConfig(task=TaskConfig(S=8, R=2, D=4, T=5, N=2, facts="random", seed=3), alpha=0.01, rtol=1e-11)
     d = Distribution(zipf_subjects=0.7)
@@ -417,6 +419,7 @@ def test_splitting_a_stage_in_two_does_not_change_the_trajectory():
 
 
 # ----------------------------------------------------------------------------- 7. conservation across stages
+@pytest.mark.slow
 def test_conservation_laws_hold_across_a_change_of_distribution():
     """Balance Q_z = K_z^2 - |W_z|^2 (per-token rescaling symmetry: the loss depends only on W*K) and the
     column sums sum_a W[a, z] (the loss is invariant to shifting all logits) are conserved for ANY fact
@@ -490,6 +493,7 @@ def test_noise_eos_product_is_not_conserved_when_T_minus_3_differs_from_N():
 STOP_TASK = dict(S=8, R=2, D=4, T=5, N=2, facts="random", seed=2)
 
 
+@pytest.mark.slow
 def test_stop_rules_loss_and_time():
     fc = FlowConfig(task=TaskConfig(**STOP_TASK), alpha=0.02)
     task = make_task(fc.task)

@@ -17,6 +17,8 @@ from common import __version__
 from common.cli import PROGRAMS
 
 from helpers import ROOT  # noqa: E402
+
+pytestmark = pytest.mark.slow  # pip installs into fresh virtual environments
 PACKAGES = ("common", "models", "dynamics", "analysis", "figures")
 
 

@@ -182,6 +182,7 @@ def test_train_cli_softmax_report_comes_from_the_history(tmp_path, capsys):
         "second_plateau"]["confirmed"]
 
 
+@pytest.mark.slow
 def test_train_cli_linear_compare_flow(tmp_path):
     from models.train import main
 
@@ -219,6 +220,7 @@ def test_train_cli_bad_input_one_line_exit_2(tmp_path, capsys, argv, words):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_paper_figure_small(tmp_path):
     from figures.paper import main
 

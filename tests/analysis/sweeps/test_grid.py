@@ -93,6 +93,7 @@ def test_keys_stable_and_names_checked(tmp_path):
 
 
 # ----------------------------------------------------------------------------- serial sweep, resume, interrupt
+@pytest.mark.slow
 def test_serial_sweep_resume_and_spec_check(tmp_path):
     out = tmp_path / "grid"
     res = run_grid(flow_spec(out), workers=1)
@@ -112,6 +113,7 @@ def test_serial_sweep_resume_and_spec_check(tmp_path):
     assert fresh.done == 4 and len(jsonl_rows(out)) == 4
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_runs_exactly_the_missing_runs(tmp_path):
     out = tmp_path / "grid"
     spec = flow_spec(out, alphas=(1e-3, 3e-3, 1e-2), seeds=(0, 1))
@@ -137,6 +139,7 @@ def test_interrupted_sweep_runs_exactly_the_missing_runs(tmp_path):
     assert list(pd.read_csv(out / "results.csv")["key"]) == keys
 
 
+@pytest.mark.slow
 def test_max_runs_then_continue(tmp_path):
     out = tmp_path / "grid"
     res = run_grid(flow_spec(out), workers=1, max_runs=1)
@@ -157,6 +160,7 @@ def test_partial_last_line_is_ignored_and_cut(tmp_path):
         assert f.read().count("\n") == 2
 
 
+@pytest.mark.slow
 def test_failing_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
     exp = tmp_path / "exp.toml"
     exp.write_text(EXP.format(subjects="0:4"))
@@ -197,6 +201,7 @@ def test_memory_is_checked_before_submission():
     check_task_memory([2**20], ["run 0"])
 
 
+@pytest.mark.slow
 def test_batched_flows_match_single_runs(tmp_path):
     spec = SweepSpec(kind="flow", base=dict(TINY, facts="random"), grid=tuple({"seed": s} for s in range(3)),
                      out=str(tmp_path / "b"), batch=3)
@@ -218,6 +223,7 @@ def test_batched_flows_match_single_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- seeds and bands
+@pytest.mark.slow
 def test_training_bands_over_seeds(tmp_path):
     out = tmp_path / "seeds"
     spec = SweepSpec(kind="train", base=dict(TRAIN, compare_flow=True), grid=tuple({"seed": s} for s in range(3)),

@@ -21,6 +21,8 @@ from analysis.sweeps.runner import SweepSpec, open_client, plan, product_grid, r
 pytest.importorskip("distributed")
 
 from helpers import ROOT  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a Dask cluster: scheduler and worker processes
 TINY = dict(S=8, R=2, D=4, T=4, N=2, facts="balanced", eps_conv=0.1, samples_per_octave=8)
 NUMBERS = ("t1", "t2", "t3", "plateau_t", "plateau_loss", "final_loss", "t_final", "drift_balance",
            "drift_column_sums", "n_steps", "n_rejected", "nfe", "run_status")

@@ -23,6 +23,7 @@ def _csv(path):
     return {h: data[:, i] for i, h in enumerate(header)}
 
 
+@pytest.mark.slow
 def test_sweep_reduced_and_full_rows(tmp_path, capsys):
     out = tmp_path / "sw"
     # S=12, D=8: D does not divide S, so that row must go through the full system
@@ -137,6 +138,7 @@ def _same_times(got, ref, rows):
         np.testing.assert_allclose(got[k], ref[k][rows], rtol=1e-9, atol=0, err_msg=k)
 
 
+@pytest.mark.slow
 def test_batched_full_rows_equal_one_by_one(one_by_one):
     """batch_flows=4 on one shape (three runs, one batch) against the one-by-one rows: the same t1, t2, t3 and
     plateau_loss (from each run's PlateauWindow) to 1e-9; column batched 1 there and 0 one by one."""
@@ -149,6 +151,7 @@ def test_batched_full_rows_equal_one_by_one(one_by_one):
     assert list(got) == list(one_by_one)  # one CSV schema, whatever the flag
 
 
+@pytest.mark.slow
 def test_batched_two_shapes_each_batched_separately(one_by_one, monkeypatch):
     """Two shapes with batch_flows=2: one batched call per shape (never mixing shapes, which run_flows_batched
     would refuse) with at most 2 runs at once, every row filled and equal to one by one; the bar advances per run."""
@@ -189,6 +192,7 @@ def test_derive_writes_json_and_markdown(tmp_path, capsys):
     assert "t1 = " in printed and "hallucination condition" in printed
 
 
+@pytest.mark.slow
 def test_derive_subject_first_side(tmp_path, capsys):
     out = tmp_path / "d"
     assert derive_main(["--S", "4", "--R", "32", "--D", "4", "--out", str(out), "--quiet"]) == 0

@@ -40,6 +40,7 @@ def test_classes_of_the_shipped_symmetries():
     assert worth_reducing(make_task(TaskConfig(S=256, R=16, D=16, zipf_subjects=1.0)))
 
 
+@pytest.mark.slow
 def test_reduced_crossings_equal_the_full_flows():
     cfg = TaskConfig(S=16, R=4, D=8, zipf_subjects=1.0, zipf_relations=0.0)
     levels = (3.0, 2.0, 1.0, 0.3)
@@ -49,6 +50,7 @@ def test_reduced_crossings_equal_the_full_flows():
         assert t == pytest.approx(run.crossings[lv], rel=1e-8)
 
 
+@pytest.mark.slow
 def test_symbolic_reduction_is_the_full_flow_on_the_subspace():
     """Proof by simplification to 0 on a small task with both symmetries and unequal weights: subjects 1 and 2
     are copies, the two relations exchangeable. The full loss is written symbolically over every compressed

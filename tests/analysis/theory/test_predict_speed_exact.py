@@ -59,6 +59,7 @@ def _random_configs(n, seed, alpha_lo=1e-3, alpha_hi=0.5):
     return S, R, D, alpha
 
 
+@pytest.mark.slow
 def test_r2_closed_form_matches_40_digit_quadrature():
     rng = np.random.default_rng(7)
     pts = [(2.4482516216053294, 0.08205050459057556), (1e-4, 2e-6), (0.3, 0.2), (3.0, 0.9), (60.0, 0.5),
@@ -95,6 +96,7 @@ def test_margin_at_inverts_tau():
         np.testing.assert_allclose(st[key], cold[key], rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lo,hi,seed", [(1e-3, 0.5, 0), (1e-6, 1e-2, 1), (1e-3, 1e-1, 2)])
 def test_fast_phase_times_and_plateaus_match_the_straightforward_quadrature(monkeypatch, lo, hi, seed):
     S, R, D, alpha = _random_configs(150, seed, lo, hi)

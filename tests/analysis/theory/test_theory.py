@@ -34,6 +34,7 @@ NON_UNIFORM = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*NON_UNIFORM, "user-unbalanced"])
 def test_origin_rates_are_the_jacobian_eigenvalues(name, tmp_path):
     cfg = _unbalanced_table(tmp_path) if name == "user-unbalanced" else NON_UNIFORM[name]
@@ -102,6 +103,7 @@ def test_uniform_schedule_is_the_reductions_leading_order():
         assert sc.levels[1].t_end_leading == pytest.approx(float(pt["t2_leading"][0]), rel=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("S,R,D,alpha", [(16, 4, 8, 1e-5), (8, 4, 8, 1e-8)])
 def test_staircase_quadrature_times_match_the_full_flow(S, R, D, alpha):
     task = make_task(TaskConfig(S=S, R=R, D=D))
@@ -126,6 +128,7 @@ def _staircase_config(name, tmp_path):
             "random": TaskConfig(S=12, R=3, D=4, facts="random", seed=1)}[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STAIRCASE_CASES)
 def test_reduced_staircase_times_match_the_full_flow(name, tmp_path):
     """t_end from the symmetry-reduced flow (an independent implementation: class logits, closed-form gradient)
@@ -143,6 +146,7 @@ def test_reduced_staircase_times_match_the_full_flow(name, tmp_path):
     assert errs and max(abs(e) for e in errs) < 0.25
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STAIRCASE_CASES)
 def test_resolved_levels_are_where_the_full_flow_dwells(name, tmp_path):
     """At alpha = 1e-30 the flow's flattest point between consecutive t_end lies within 0.5 % of every level whose
@@ -186,6 +190,7 @@ HALLUCINATION_CASES = [  # (config, alpha, visible on the full flow)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg,alpha,expected", HALLUCINATION_CASES)
 def test_hallucination_prediction_on_both_sides(cfg, alpha, expected):
     task = make_task(cfg)
@@ -201,6 +206,7 @@ def test_hallucination_prediction_on_both_sides(cfg, alpha, expected):
     assert hallucination(task, alpha=alpha, exact=False)["visible"] is expected
 
 
+@pytest.mark.slow
 def test_old_condition_is_not_alpha_aware_but_the_new_one_is():
     from analysis.theory.predict import hallucination_stage_exists
 
@@ -217,6 +223,7 @@ def test_schedule_refuses_alpha_outside_its_range():
             escape_schedule(task, alpha=bad)
 
 
+@pytest.mark.slow
 def test_sweep_over_zipf_exponents_puts_predictions_beside_measurements(tmp_path):
     import pandas as pd
 

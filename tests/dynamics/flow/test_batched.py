@@ -43,6 +43,7 @@ def batched():
     return run_flows_batched(CONFIGS, plateau=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i", range(len(CONFIGS)))
 def test_batched_equals_single_run(batched, i):
     b, s = batched[i], single(CONFIGS[i])
@@ -60,6 +61,7 @@ def test_batched_equals_single_run(batched, i):
         assert abs(getattr(p, k) - getattr(s["plateau"], k)) <= 1e-9 * max(1.0, abs(getattr(s["plateau"], k))), k
 
 
+@pytest.mark.slow
 def test_runs_that_finish_early_leave_the_batch(batched):
     early_target = random_config(5, loss_target=2.0)  # stops after t1, long before the others
     early_budget = random_config(6, max_steps=40)  # runs out of steps
@@ -104,6 +106,7 @@ def test_batch_memory_estimate_counts_the_shared_chunks_once():
     assert batch_memory_estimate_bytes(many[:64]) - batch_memory_estimate_bytes(many[:32]) >= 32 * 15 * 8 * P
 
 
+@pytest.mark.slow
 def test_slots_refill_the_batch_and_change_nothing(batched, monkeypatch):
     """Continuous batching: with slots=3 at most three runs are integrated at once, a waiting run starting as one
     finishes (here also one stopped early by its target and one by its step budget); every run takes the same
@@ -149,6 +152,7 @@ def test_slots_are_checked_and_bound_the_memory_estimate():
     assert full - batch_memory_estimate_bytes(many, slots=16) >= 48 * 7 * 8 * P
 
 
+@pytest.mark.slow
 def test_plateau_window_when_t1_and_t2_fall_in_one_step(monkeypatch):
     """With theta2 just below theta1 both crossings fall inside one step: the window is that step alone (no step
     end lies in [t1, t2]) and the plateau is located on it as the single run locates it on its dense output."""

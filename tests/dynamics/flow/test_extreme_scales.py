@@ -215,6 +215,7 @@ def full_flow_phase_times(alpha, **kw):
     return [res.phases.t1, res.phases.t2, res.phases.t3]
 
 
+@pytest.mark.slow
 def test_phase_times_at_alpha_1e_300_match_the_full_flow():
     p = predict.phase_times(16, 4, 8, 1e-300)
     t = [float(p[f"t{i}"]) for i in (1, 2, 3)]

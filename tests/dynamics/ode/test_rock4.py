@@ -119,6 +119,7 @@ FLOWS = [TaskConfig(S=16, R=4, D=8), TaskConfig(S=32, R=4, D=4, facts="random"),
          TaskConfig(S=12, R=3, D=3, zipf_subjects=1.0)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", FLOWS, ids=["S16", "S32-random", "S12-zipf"])
 def test_flow_matches_dopri5_at_tight_tolerance(task):
     runs = {m: run_flow(FlowConfig(task=task, method=m, rtol=1e-10)) for m in ("dopri5", "rock4")}
@@ -158,6 +159,7 @@ def test_replay_is_bit_for_bit_and_dense_output_is_accurate():
         st.replay(t0, y_start, t1, 0.5 * h)  # not a recorded step
 
 
+@pytest.mark.slow
 def test_dense_output_by_replay_equals_the_kept_interpolants():
     """The engine's dense output with every interpolant kept, and with none kept (checkpoints + replay),
     gives the same states bit for bit; an event is located on the interpolant to ~rtol."""
@@ -181,6 +183,7 @@ def test_dense_output_by_replay_equals_the_kept_interpolants():
 
 
 # ---------------------------------------------------------------- stiffness: stages and cost
+@pytest.mark.slow
 def test_stage_count_grows_with_stiffness_and_beats_dopri5():
     """Slow modes in [-1, -0.1] plus fast ones up to -lam_max: more stages when rho grows, and far fewer
     evaluations than DOPRI5 at the same rtol once the stiffness ratio is >= 1000."""
@@ -201,6 +204,7 @@ def test_stage_count_grows_with_stiffness_and_beats_dopri5():
     assert means[0] < means[1] < means[2], means
 
 
+@pytest.mark.slow
 def test_registration_and_failures():
     assert DEFAULT_METHOD["native"] == "dopri5"  # rock4 is offered, not the default
     y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)

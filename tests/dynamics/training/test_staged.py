@@ -145,6 +145,7 @@ def gd_config(lr, steps, eval_every):
                        init_scale=1e-2, eval_every=eval_every, device="cpu")
 
 
+@pytest.mark.slow
 def test_gd_two_stage_schedule_tracks_the_exact_two_stage_flow():
     """GD at lr 0.1 (balanced init 1e-2, S16/R4/D8): stage 1 on subjects 0..7 for flow time 150 (1500 steps),
     stage 2 on all subjects for 300 (3000 steps). The schedule's flow_gap is of the order of the one-stage GD
@@ -187,6 +188,7 @@ def test_gd_two_stage_schedule_tracks_the_exact_two_stage_flow():
     assert np.allclose(g["flow_loss"], L_ref, rtol=0, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_gd_schedule_gap_is_first_order_in_lr():
     """Halving lr (0.2 -> 0.1, same stages, same flow times) halves the schedule's flow_gap, overall and over
     stage 2 alone (ratios in [1.7, 2.3]; measured 2.00): the remaining gap is GD's discretisation error, not a misplaced stage switch (a switch at a
@@ -282,6 +284,7 @@ def test_adam_schedule_carries_model_and_optimizer_state():
 
 
 # ----------------------------------------------------------------------------- (d) stop by loss
+@pytest.mark.slow
 def test_gd_stop_by_loss_at_first_evaluation_at_or_below_the_level():
     """Stage 1 (the task's own p q) stops by loss 1.0 on train: at the first evaluation (every 30 steps) of a
     plain GD run on the same objective whose loss is <= 1.0; then stage 2 trains on subjects 8..15. A loss
@@ -314,6 +317,7 @@ def test_gd_stop_by_loss_at_first_evaluation_at_or_below_the_level():
     assert np.isfinite(g["gap"]).all() and g["flow_gap"] < 0.2
 
 
+@pytest.mark.slow
 def test_sampled_stop_by_loss_uses_the_heldout_set_of_that_weighting():
     """Model 2 (SGD) trained on Zipf subjects, stopped by loss 1.2 on "all" (uniform): the stage ends at the
     first evaluation whose held-out loss on "all" is <= 1.2 in the same run without the loss rule (the train

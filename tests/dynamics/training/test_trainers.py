@@ -60,6 +60,7 @@ def test_gd_on_compressed_state_is_gd_on_full_parameters():
     assert np.allclose(gd.K.numpy(), Kc, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_gd_flow_gap_shrinks_linearly_with_lr():
     """Full-batch GD vs the exact flow at lr 1, 0.5, 0.25 (balanced init 1e-5, S16/R4/D8, flow time <= 1200,
     compared every 4 time units): max |L_gd(k) - L_flow(k lr)| halves with lr. Tolerance: each ratio in
@@ -81,6 +82,7 @@ def test_gd_flow_gap_shrinks_linearly_with_lr():
     assert flow["loss"][0] > 3.4 and flow["loss"][-1] < 0.05
 
 
+@pytest.mark.slow
 def test_sgd_paper_procedure_stays_within_005_of_flow():
     """The paper's procedure: uniform init 1e-5, lr 0.1, batch 1024, T=32, N=20, 8192 steps (flow time 819.2),
     S=16, R=4, D=8. Held-out loss every 64 steps within 0.05 of the exact flow at k*lr, and the run goes
