@@ -419,7 +419,6 @@ def test_splitting_a_stage_in_two_does_not_change_the_trajectory():
 
 
 # ----------------------------------------------------------------------------- 7. conservation across stages
-@pytest.mark.slow
 def test_conservation_laws_hold_across_a_change_of_distribution():
     """Balance Q_z = K_z^2 - |W_z|^2 (per-token rescaling symmetry: the loss depends only on W*K) and the
     column sums sum_a W[a, z] (the loss is invariant to shifting all logits) are conserved for ANY fact
@@ -493,7 +492,6 @@ def test_noise_eos_product_is_not_conserved_when_T_minus_3_differs_from_N():
 STOP_TASK = dict(S=8, R=2, D=4, T=5, N=2, facts="random", seed=2)
 
 
-@pytest.mark.slow
 def test_stop_rules_loss_and_time():
     fc = FlowConfig(task=TaskConfig(**STOP_TASK), alpha=0.02)
     task = make_task(fc.task)

@@ -125,7 +125,6 @@ def compared():
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_reduced_flow_agrees_with_full_flow(compared, name):
     cfg, res = compared[name]

@@ -103,7 +103,6 @@ def test_uniform_schedule_is_the_reductions_leading_order():
         assert sc.levels[1].t_end_leading == pytest.approx(float(pt["t2_leading"][0]), rel=1e-12)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("S,R,D,alpha", [(16, 4, 8, 1e-5), (8, 4, 8, 1e-8)])
 def test_staircase_quadrature_times_match_the_full_flow(S, R, D, alpha):
     task = make_task(TaskConfig(S=S, R=R, D=D))

@@ -43,7 +43,6 @@ def batched():
     return run_flows_batched(CONFIGS, plateau=True)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("i", range(len(CONFIGS)))
 def test_batched_equals_single_run(batched, i):
     b, s = batched[i], single(CONFIGS[i])

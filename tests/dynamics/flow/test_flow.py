@@ -46,7 +46,6 @@ REFERENCE_CONFIGS = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kw", REFERENCE_CONFIGS, ids=["S16", "balanced", "zipf-uniform"])
 def test_phase_times_and_plateau_match_an_independent_integration(kw):
     """t1, t2, t3 (engine events on the dense interpolant) against scipy's own events at rtol 1e-12, and the
@@ -164,7 +163,6 @@ def test_phase_times_refined_not_read_off_the_grid(s16):
     assert coarse.t1 == pytest.approx(s16.phases.t1, rel=1e-4)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("task_kw,kw", [
     (dict(S=16, R=4, D=8), {}),
     (dict(S=9, R=3, D=5, facts="random", seed=2, zipf_subjects=1.0, zipf_relations=0.5), {}),
@@ -293,7 +291,6 @@ def test_monitor_rows_are_exact_at_their_times(task_kw):
                     assert traj[k][i] == pytest.approx(got[k], rel=1e-12, abs=1e-300), (k, i)
 
 
-@pytest.mark.slow
 def test_step_end_loss_reuses_the_last_rhs_bit_for_bit(monkeypatch):
     """The loss at a step's end comes from the solver's last right-hand side there (no second forward pass) and is
     bit for bit the loss of a fresh evaluation; a modified or different tensor is never answered from it."""

@@ -26,7 +26,6 @@ def stepper(backend, method, rtol=1e-12, t_end=10.0, f=decay, y0=Y0):
     return make_stepper(backend, method, f, 0.0, y0, rtol=rtol, atol=1e-3 * rtol, t_bound=t_end)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backend,method", BACKENDS)
 def test_event_times_match_the_exact_solution(backend, method):
     levels = (0.5, 0.1, 1e-3)

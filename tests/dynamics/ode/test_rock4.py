@@ -159,7 +159,6 @@ def test_replay_is_bit_for_bit_and_dense_output_is_accurate():
         st.replay(t0, y_start, t1, 0.5 * h)  # not a recorded step
 
 
-@pytest.mark.slow
 def test_dense_output_by_replay_equals_the_kept_interpolants():
     """The engine's dense output with every interpolant kept, and with none kept (checkpoints + replay),
     gives the same states bit for bit; an event is located on the interpolant to ~rtol."""
@@ -204,7 +203,6 @@ def test_stage_count_grows_with_stiffness_and_beats_dopri5():
     assert means[0] < means[1] < means[2], means
 
 
-@pytest.mark.slow
 def test_registration_and_failures():
     assert DEFAULT_METHOD["native"] == "dopri5"  # rock4 is offered, not the default
     y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)

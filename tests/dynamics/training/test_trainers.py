@@ -60,7 +60,6 @@ def test_gd_on_compressed_state_is_gd_on_full_parameters():
     assert np.allclose(gd.K.numpy(), Kc, rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.slow
 def test_gd_flow_gap_shrinks_linearly_with_lr():
     """Full-batch GD vs the exact flow at lr 1, 0.5, 0.25 (balanced init 1e-5, S16/R4/D8, flow time <= 1200,
     compared every 4 time units): max |L_gd(k) - L_flow(k lr)| halves with lr. Tolerance: each ratio in
