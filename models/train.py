@@ -21,7 +21,7 @@ import os
 
 from common.cli import (EXIT_OK, ArgumentParser, Program, add_overwrite, default_out, describe_device, program_name,
                         run_program)
-from common.errors import ConfigError, check_int, check_positive
+from common.errors import ConfigError, check_int
 # torch-free: the parser is built and the arguments parsed (--help, --version, errors) before torch loads
 from dynamics.choices import INITS, MODELS, OPTIMIZERS
 
@@ -118,9 +118,9 @@ def config_from_args(a):
     if a.compare_flow and a.model != "linear":
         raise ConfigError("--compare-flow needs --model linear (the exact flow is model 1's)")
     if a.compare_flow:  # the flow from the same init: its range of scales, checked before training
-        from dynamics.flow.config import ALPHA_MAX, ALPHA_MIN, ALPHA_WHY
+        from models.linear import FLOW_ALPHA
 
-        check_positive("init_scale", scale, minimum=ALPHA_MIN, maximum=ALPHA_MAX, why=f"--compare-flow: {ALPHA_WHY}")
+        FLOW_ALPHA.check(scale, "init_scale", why=f"--compare-flow: {FLOW_ALPHA.why}")
     return TrainConfig(task=task, model=a.model, optimizer=opt, lr=a.lr, batch=a.batch, steps=a.steps,
                        init=a.init or "uniform", init_scale=scale, d=a.d, seed=a.seed, eval_every=a.eval_every,
                        eval_geometric=a.eval_geometric,
