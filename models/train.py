@@ -17,8 +17,6 @@ interrupt; an existing non-empty --out is refused unless --overwrite):
 """
 from __future__ import annotations
 
-import os
-
 from common.cli import (EXIT_OK, ArgumentParser, Program, add_overwrite, default_out, describe_device, program_name,
                         run_program)
 from common.errors import ConfigError, check_int
