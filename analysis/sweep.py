@@ -3,8 +3,8 @@
     python -m analysis.sweep --S 16 32 64 128 --R 4 --D 8 --alpha-range 1e-6 1e-2 9 --out runs/sweep
 
 Configurations the reduction covers (equal subject counts per answer, uniform frequencies) are solved all
-at once by the exact quadrature of the reduced flow (analysis.theory.predict.phase_times: each configuration
-stops at its own t3). The others go through the full system (analysis.analyze_flow) one by one, with a
+at once by the exact quadrature of the reduced flow (analysis.theory.reduced_solution.phase_times: each
+configuration stops at its own t3). The others go through the full system (analysis.analyze_flow) one by one, with a
 progress bar; with --batch-flows B (B >= 2) up to B of them of one shape (S, R, D, T, N) are integrated together
 by dynamics.flow.batched.run_flows_batched (phase times and plateau_loss, no trajectory; column batched = 1).
 Writes sweep.csv (one row per configuration), slopes.json (fitted and predicted slopes of

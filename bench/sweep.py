@@ -46,7 +46,9 @@ def main(argv=None):
         return whole(a)
     if a.full:
         return full_rows(a)
-    from analysis.theory.predict import escape_rates, phase_times, plateaus
+    from analysis.theory.modes import escape_rates
+    from analysis.theory.plateau import plateaus
+    from analysis.theory.reduced_solution import phase_times
 
     rng = np.random.default_rng(0)
     if a.S is None:

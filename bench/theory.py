@@ -65,7 +65,7 @@ def hallucination_table():
     print("\n| configuration | alpha | old condition | predicted (method) | leading order | measured on the full "
           "flow | d/H | duration | relation-only loss |")
     print("|---|---|---|---|---|---|---|---|---|")
-    from analysis.theory.predict import hallucination_stage_exists
+    from analysis.theory.modes import hallucination_stage_exists
 
     for cfg, alpha in cases:
         task = make_task(cfg)

@@ -22,7 +22,7 @@ _LAZY = {
     "Event": "ode.engine", "SaveAt": "ode.engine", "Solution": "ode.engine", "integrate": "ode.engine",
     "TRAJECTORY_COLUMNS": "flow.solve", "FlowMonitor": "flow.solve", "FlowRun": "flow.solve", "initial_state": "flow.solve",
     "run_flow": "flow.solve", "save_times": "flow.solve",
-    "BACKENDS": "ode.registry", "make_stepper": "ode.registry", "Status": "ode.status",
+    "BACKENDS": "choices", "make_stepper": "ode.registry", "Status": "ode.status",
     "run_flows_batched": "flow.batched", "PlateauWindow": "flow.batched",
     "Trajectory": "flow.trajectory",
     "torch_threads": "threads",

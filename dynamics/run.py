@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from common.cli import EXIT_OK, ArgumentParser, Program, add_overwrite, default_out, program_name, run_program

@@ -17,11 +17,9 @@ interrupt; an existing non-empty --out is refused unless --overwrite):
 """
 from __future__ import annotations
 
-import os
-
 from common.cli import (EXIT_OK, ArgumentParser, Program, add_overwrite, default_out, describe_device, program_name,
                         run_program)
-from common.errors import ConfigError, check_int, check_positive
+from common.errors import ConfigError, check_int
 # torch-free: the parser is built and the arguments parsed (--help, --version, errors) before torch loads
 from dynamics.choices import INITS, MODELS, OPTIMIZERS
 
@@ -118,9 +116,9 @@ def config_from_args(a):
     if a.compare_flow and a.model != "linear":
         raise ConfigError("--compare-flow needs --model linear (the exact flow is model 1's)")
     if a.compare_flow:  # the flow from the same init: its range of scales, checked before training
-        from dynamics.flow.config import ALPHA_MAX, ALPHA_MIN, ALPHA_WHY
+        from models.linear import FLOW_ALPHA
 
-        check_positive("init_scale", scale, minimum=ALPHA_MIN, maximum=ALPHA_MAX, why=f"--compare-flow: {ALPHA_WHY}")
+        FLOW_ALPHA.check(scale, "init_scale", why=f"--compare-flow: {FLOW_ALPHA.why}")
     return TrainConfig(task=task, model=a.model, optimizer=opt, lr=a.lr, batch=a.batch, steps=a.steps,
                        init=a.init or "uniform", init_scale=scale, d=a.d, seed=a.seed, eval_every=a.eval_every,
                        eval_geometric=a.eval_geometric,
@@ -225,6 +223,8 @@ def run_experiment_file(a, job) -> int:
     import os
 
     from analysis import schedule_flow_gap
+    from analysis.results.training import (staged_figure_curves, staged_history_columns, staged_time_column,
+                                           summarize_staged_training)
     from common.io import write_csv, write_json
     from dynamics import load_experiment, train_schedule
 
@@ -236,35 +236,18 @@ def run_experiment_file(a, job) -> int:
                     + os.path.splitext(os.path.basename(a.experiment))[0])
     result = train_schedule(config, exp.stages, eval_sets=exp.eval_sets, progress=not a.quiet)
     pairing = schedule_flow_gap(result, exp.stages, exp.flow) if a.compare_flow else None
-    h = result.history
-    time_col = "flow_time" if "flow_time" in h else "step"
-    stages = [dict(name=o.name, index=o.index, step_start=o.step_start, step_end=o.step_end, reason=o.reason,
-                   t_start=o.step_start * (config.lr if time_col == "flow_time" else 1),
-                   t_end=o.step_end * (config.lr if time_col == "flow_time" else 1)) for o in result.stages]
-    summary = dict(config=config.to_dict(), experiment=a.experiment, status=result.status, stages=stages,
-                   time_unit="flow time (step * lr)" if time_col == "flow_time" else "steps",
-                   final={k: float(h[k][-1]) for k in h if k not in ("step", "stage")} if len(h["step"]) else None)
-    if pairing is not None:
-        summary["flow_gap"] = pairing["flow_gap"]
-        summary["flow_gap_at"] = dict(step=pairing["at_step"], flow_time=pairing["at_flow_time"],
-                                      stage=pairing["at_stage"])
-    cols = {k: h[k] for k in h}
-    if pairing is not None:
-        cols["flow_loss"] = pairing["flow"]["loss"]
+    summary = summarize_staged_training(result, a.experiment, pairing)
+    cols = staged_history_columns(result, pairing)
     with job.folder(out) as d:
         write_json(os.path.join(d, "results.json"), summary)
         write_csv(os.path.join(d, "history.csv"), cols)
         if not a.no_plots:
             from figures.experiment import save_experiment_figures
 
-            traj = {("t" if k == time_col else k): v for k, v in cols.items()}
-            # the trainer's train-set metrics are the plain columns: name them as a set for the figure
-            for k in ("loss", "relation_loss", "subject_loss", "hallucination_gap", "p_true", "accuracy"):
-                if k in traj:
-                    traj[f"train_{k}"] = traj.pop(k)
-            save_experiment_figures(d, traj, stages, log_A=result.task.log_A)
+            curves = staged_figure_curves(cols, staged_time_column(result.history))
+            save_experiment_figures(d, curves, summary["stages"], log_A=result.task.log_A)
     if not a.quiet:
-        for st in stages:
+        for st in summary["stages"]:
             print(f"stage {st['name']}: steps {st['step_start']} -> {st['step_end']} (ended by {st['reason']})")
         if pairing is not None:
             print(f"flow_gap {pairing['flow_gap']:.4f} at step {pairing['at_step']}")

@@ -1,5 +1,7 @@
 """Reports of one training run (dynamics.train): the summary written to results.json, the history columns,
-and the result object a notebook gets from ``analyze_training(config)`` (repr, to_dataframe, plot, save).
+and the result object a notebook gets from ``analyze_training(config)`` (repr, to_dataframe, plot, save);
+and those of a staged run (dynamics.train_schedule, ``python -m models.train --experiment``): its summary,
+history columns and the curves of its figure.
 
 Time is in steps; for model 1 the phases are also given in flow time (step k is flow time k*lr).
 """
@@ -66,6 +68,58 @@ def history_columns(result, pairing=None) -> dict:
         for k in ("loss", "relation_loss", "subject_loss"):
             cols[f"flow_{k}"] = pairing["flow"][k]
     return cols
+
+
+def staged_time_column(history) -> str:
+    """The time column of a staged run's history: ``flow_time`` for model 1 (step k is flow time k*lr), else
+    ``step``."""
+    return "flow_time" if "flow_time" in history else "step"
+
+
+def summarize_staged_training(result, experiment: str, pairing=None) -> dict:
+    """results.json content of a staged run: config, the experiment file, status, the stages (where each
+    started and ended, in steps and in the time unit, and why it ended), the time unit, the final metrics.
+
+    result: a ScheduleResult (dynamics.train_schedule); experiment: the experiment file's path; pairing:
+    ``schedule_flow_gap(result, ...)`` or None (with one, ``flow_gap`` and where it is reached). Model 1's
+    times are flow times (step * lr), model 2's steps.
+    """
+    c, h = result.config, result.history
+    in_flow_time = staged_time_column(h) == "flow_time"
+    stages = [dict(name=o.name, index=o.index, step_start=o.step_start, step_end=o.step_end, reason=o.reason,
+                   t_start=o.step_start * (c.lr if in_flow_time else 1),
+                   t_end=o.step_end * (c.lr if in_flow_time else 1)) for o in result.stages]
+    out = dict(config=c.to_dict(), experiment=experiment, status=result.status, stages=stages,
+               time_unit="flow time (step * lr)" if in_flow_time else "steps",
+               final={k: float(h[k][-1]) for k in h if k not in ("step", "stage")} if len(h["step"]) else None)
+    if pairing is not None:
+        out["flow_gap"] = pairing["flow_gap"]
+        out["flow_gap_at"] = dict(step=pairing["at_step"], flow_time=pairing["at_flow_time"],
+                                  stage=pairing["at_stage"])
+    return out
+
+
+def staged_history_columns(result, pairing=None) -> dict:
+    """history.csv columns of a staged run, name -> (n_eval,) array: every history column, and with a pairing
+    ``flow_loss`` (the exact multi-stage flow's loss at the same flow times)."""
+    cols = {k: result.history[k] for k in result.history}
+    if pairing is not None:
+        cols["flow_loss"] = pairing["flow"]["loss"]
+    return cols
+
+
+# the trainer's train-set metrics are the plain history columns: the figure names them as a set (train_*)
+TRAIN_SET_METRICS = ("loss", "relation_loss", "subject_loss", "hallucination_gap", "p_true", "accuracy")
+
+
+def staged_figure_curves(columns: dict, time_column: str) -> dict:
+    """The curves figures.experiment.save_experiment_figures draws from a staged run's history columns: the
+    time column as ``t``, the train-set metrics as ``train_<metric>``, the rest as they are."""
+    curves = {("t" if k == time_column else k): v for k, v in columns.items()}
+    for k in TRAIN_SET_METRICS:
+        if k in curves:
+            curves[f"train_{k}"] = curves.pop(k)
+    return curves
 
 
 @dataclass(frozen=True)

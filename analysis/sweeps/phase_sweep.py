@@ -2,8 +2,8 @@
 of a grid of (S, R, D, T, N, alpha, Zipf exponents), the reduced system in batches, the full system otherwise.
 
 Configurations the reduction covers (equal subject counts per answer, uniform frequencies) are solved all
-at once by the exact quadrature of the reduced flow (analysis.theory.predict.phase_times: each configuration
-stops at its own t3). The others go through the full system (analysis.analyze_flow) one by one, or with
+at once by the exact quadrature of the reduced flow (analysis.theory.reduced_solution.phase_times: each
+configuration stops at its own t3). The others go through the full system (analysis.analyze_flow) one by one, or with
 ``batch_flows`` B >= 2 up to B of one shape (S, R, D, T, N) together through dynamics.flow.batched.run_flows_batched
 (phase times and plateau_loss, no trajectory; column batched = 1). :func:`run_sweep` returns a
 :class:`SweepResult`: sweep.csv (one row per configuration), slopes.json (fitted and predicted slopes of t1,
@@ -245,7 +245,8 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
     (dynamics.flow.batched.run_flows_batched: the same phase times and plateau_loss, no trajectory; column
     ``batched`` = 1 on those rows, 0 elsewhere, in both modes).
     """
-    from analysis.theory.predict import escape_rates, hallucination_stage_exists, plateaus
+    from analysis.theory.modes import escape_rates, hallucination_stage_exists
+    from analysis.theory.plateau import plateaus
     from analysis.theory.reduced_phases import phase_times  # NaN (null), not an error, where a phase does not exist (D = 1)
 
     max_full = check_int("max_full", max_full, 0)
@@ -343,13 +344,14 @@ def slopes(cols, eps_conv=1e-2) -> list:
     next to their leading-order predictions.
 
     Against log(1/alpha): t = 2 log(1/alpha) / lambda + O(1), so the predicted slope is 2/lambda of the mode
-    that crosses the threshold when the modes are separated (analysis.theory.predict.separated_estimates; e.g. relation
-    for t1 and subject for t2, t3 when the hallucination stage exists), and its difference for t2 - t1.
+    that crosses the threshold when the modes are separated (analysis.theory.reduced_solution.separated_estimates;
+    e.g. relation for t1 and subject for t2, t3 when the hallucination stage exists), and its difference for t2 - t1.
     Against S: lambda_S = 2 sqrt(R(D-1)/D) / (S R), so t2 and t3
     are proportional to S at leading order while t1 does not depend on S (hallucination side);
     the predicted slope of t2 is the leading-order-with-O(1) t2 divided by S.
     """
-    from analysis.theory.predict import Modes, separated_estimates
+    from analysis.theory.modes import Modes
+    from analysis.theory.reduced_solution import separated_estimates
 
     res = []
     key = np.stack([cols["S"], cols["R"], cols["D"], cols["T"], cols["N"]], axis=1)

@@ -50,14 +50,14 @@ import numpy as np
 from common.errors import ConfigError, check_int
 from common.io import jsonable
 
-from analysis.sweeps.dask_tasks import (ALLOWED_FAILURES, MEMORY_FRACTION, WORKER_PRELOAD, WORKER_WAIT_SECONDS, call_task,
-                         check_scheduler, check_task_memory, one_line, open_client, run_tasks, worker_memory_limits)
-from analysis.sweeps.spec import (KINDS, MAX_RUNS, TASK_SEED_NAME, PlannedRun, SweepSpec, build_config, canonical_name,
-                        config_fields, describe, field_names, load_experiment_doc, parse_axis, parse_value, plan,
-                        product_grid, read_run_list, resolved_dict, run_key)
-from analysis.sweeps.results_log import (RESULTS_CSV, RESULTS_JSONL, SPEC_JSON, ResultsLog, latest_rows, prepare_folder,
-                          spec_difference, write_results_csv, write_run_folder)
-from analysis.sweeps.bands import BAND_STATS, BandsResult, band_columns, training_bands
+from analysis.sweeps.dask_tasks import (call_task, check_scheduler, check_task_memory, one_line, open_client, run_tasks,
+                                        worker_memory_limits)
+from analysis.sweeps.spec import (KINDS, PlannedRun, SweepSpec, build_config, canonical_name, config_fields, describe,
+                                  field_names, load_experiment_doc, parse_axis, parse_value, plan, product_grid,
+                                  read_run_list, resolved_dict, run_key)
+from analysis.sweeps.results_log import (RESULTS_CSV, SPEC_JSON, ResultsLog, latest_rows, prepare_folder, spec_difference,
+                                         write_results_csv, write_run_folder)
+from analysis.sweeps.bands import BandsResult, band_columns, training_bands
 
 
 # ----------------------------------------------------------------------------- what one task does (workers)

@@ -23,7 +23,8 @@ def _f(x):
 
 def predictions(S, R, D, alpha, eps_conv=1e-2) -> dict:
     """Numbers of the derivation for one configuration (the content of derivation.json minus the algebra)."""
-    from analysis.theory.predict import escape_rates, hallucination_stage_exists, plateau, plateau_levels
+    from analysis.theory.modes import escape_rates, hallucination_stage_exists, plateau_levels
+    from analysis.theory.plateau import plateau
     from analysis.theory.reduced_phases import phase_times  # null (not an error) where a phase does not exist (R or D = 1)
 
     r = escape_rates(S, R, D)
@@ -200,14 +201,13 @@ def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-
     The class reduction and its t1, t2, t3 need uniform frequencies on a structured or balanced table with
     D | S; elsewhere ``predictions`` holds the general theory only (``reduced`` is false).
     """
+    from models.linear import QUADRATURE_ALPHA
     from models.task import TaskConfig
 
-    from analysis.theory.predict import ALPHA_MAX
     from analysis.theory.general import general_theory
 
     S, R, D = (check_int(n, v, 1, MAX_SIZE) for n, v in (("S", S), ("R", R), ("D", D)))
-    alpha = check_positive("alpha", alpha, maximum=ALPHA_MAX,
-                           why="above it the phase times fall below 1e-200 and the model's logits overflow")
+    alpha = check_positive("alpha", alpha, maximum=QUADRATURE_ALPHA.maximum, why=QUADRATURE_ALPHA.why)
     eps_conv = check_positive("eps_conv", eps_conv)
     task = TaskConfig(S=S, R=R, D=D) if task is None else task
     if (task.S, task.R, task.D) != (S, R, D):

@@ -65,7 +65,7 @@ def origin_rates(task, weights=None) -> dict:
     (no (S, R, |A|) array: O(S R) work).
     """
     w = task.fact_weights if weights is None else np.asarray(weights, dtype=np.float64)
-    S, R, A = task.S, task.R, task.num_answers
+    R, A = task.R, task.num_answers
     Ws = w.sum(axis=1)
     lam_s = np.sqrt(np.maximum((w * w).sum(axis=1) - Ws ** 2 / A, 0.0))
     m = np.zeros((R, A))

@@ -87,7 +87,7 @@ class ClassMetrics:
         return float((LS + LR)[0])
 
     def conserved(self, y):
-        S, R, D, T, N = self.S, self.R, self.D, self.T, self.N
+        R, D, T, N = self.R, self.D, self.T, self.N
         w1, w0, k, v1, v0, kap, wn, kn, we, ke = y
         q = dict(
             balance=np.stack([k**2 - R * w1**2 - R * (D - 1) * w0**2, kap**2 - D * v1**2 - D * (R - 1) * v0**2,

@@ -74,7 +74,7 @@ def _pooled(task, w, mask_s, mask_r) -> np.ndarray:
 def saddle_predictor(task, weights, E: Escaped):
     """predictor(s) -> (R, |A|): the prediction P(.|s, r) at the saddle of ``E`` (module docstring)."""
     w = np.asarray(weights, dtype=np.float64)
-    S, R, A = task.S, task.R, task.num_answers
+    R, A = task.R, task.num_answers
     ns, nr = ~E.subjects, ~E.relations
     # p(.|r) over the unescaped subjects, per escaped relation (rows of (R, |A|))
     p_rel = np.zeros((R, A))

@@ -14,9 +14,6 @@ from models.task import TaskConfig
 from dynamics.choices import BACKENDS, DEFAULT_METHOD, IMPLICIT, INITS, METHODS
 from dynamics.ode.tolerances import DEFAULT_RTOL, RTOL_RANGE, check_atol, check_rtol
 
-# The initialization scales the float64 flow integrates: models.linear.FLOW_ALPHA (bounds and reason). The old
-# names below are kept for the command line of models.train, which still imports them.
-ALPHA_MIN, ALPHA_MAX, ALPHA_WHY = FLOW_ALPHA.minimum, FLOW_ALPHA.maximum, FLOW_ALPHA.why
 # The error control is relative to the entries (~alpha), the logits move by O(1) through differences of
 # entries, so the logit error is ~alpha^2 rtol: it must stay below LOGIT_ERROR_MAX (measured at S16/R4/D8:
 # t1 is off by 1e-5 at alpha 100 and by 4e-4 at alpha 1e3 with rtol 1e-9).

@@ -15,9 +15,8 @@ import torch
 
 from common.errors import ConfigError
 
-from dynamics.choices import (BACKENDS, DEFAULT_METHOD, IMPLICIT, METHODS, NATIVE_METHODS,  # noqa: F401 (re-exported)
-                              SCIPY_METHODS, TORCHDIFFEQ_METHODS)
-from dynamics.ode.adapters import SCIPY_RTOL_MIN, ScipyStepper, TorchdiffeqStepper  # noqa: F401 (re-exported)
+from dynamics.choices import BACKENDS, METHODS, SCIPY_METHODS, TORCHDIFFEQ_METHODS
+from dynamics.ode.adapters import ScipyStepper, TorchdiffeqStepper
 from dynamics.ode.base import Stepper
 from dynamics.ode.dopri5 import Dopri5Stepper
 from dynamics.ode.rock4 import Rock4Stepper

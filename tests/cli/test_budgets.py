@@ -114,9 +114,9 @@ def test_default_budget_is_finite_and_progress_lines_appear_off_a_terminal(tmp_p
 def test_large_alpha_needs_a_tighter_rtol_and_is_then_accurate():
     """The logits (~alpha^2) move by O(1) through relative changes ~1/alpha^2 of the entries, so the flow's
     logit error is ~alpha^2 rtol: refused above 1e-4, and where accepted the phase times agree with the
-    reduced quadrature (analysis.theory.predict, an independent exact computation) to about that error."""
+    reduced quadrature (analysis.theory.reduced_solution, an independent exact computation) to about that error."""
     from analysis import analyze_flow
-    from analysis.theory.predict import phase_times
+    from analysis.theory.reduced_solution import phase_times
 
     with pytest.raises(ConfigError, match="pass rtol <= 1.0e-10"):
         FlowConfig(alpha=1e3)

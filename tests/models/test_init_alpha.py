@@ -82,7 +82,7 @@ def test_quadrature_range_is_the_documented_one_everywhere(alpha):
     """The reduced-flow quadratures (Modes, phase_times) and analysis.derive accept exactly 0 < alpha <= 1e100,
     scalars and arrays alike."""
     from analysis.derive import derive_reduction
-    from analysis.theory.predict import Modes
+    from analysis.theory.modes import Modes
 
     inside = bool(0 < alpha <= 1e100)
     assert QUADRATURE_ALPHA.contains(alpha) is inside

@@ -7,7 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from analysis.theory import predict
+from analysis.theory.modes import Modes, escape_rates
+from analysis.theory.plateau import plateaus
+from analysis.theory.reduced_solution import ReducedSolution, phase_times
 from analysis.derive import main as derive_main
 from analysis.sweep import main as sweep_main
 from analysis.sweeps.phase_sweep import run_sweep
@@ -50,26 +52,26 @@ def test_sweep_reduced_and_full_rows(tmp_path, capsys):
 
 
 def test_reduced_plateau_against_brute_force_and_at_extreme_scales():
-    """analysis.theory.predict.plateaus (bracket + Illinois on the closed-form slope) against a brute-force minimum
+    """analysis.theory.plateau.plateaus (bracket + Illinois on the closed-form slope) against a brute-force minimum
     of |t dL/dt| from ReducedSolution.state on 20,001 points, and unchanged by a 16x finer first grid at
     tiny alpha, where the stages turn sharply in log t; NaN where a phase does not exist."""
     S, R, D = np.array([16, 32, 64, 16]), np.array([4, 25, 8, 4]), np.array([8, 32, 2, 8])
     alpha = np.array([1e-5, 4e-6, 1e-2, 1e-250])
-    pt = predict.phase_times(S, R, D, alpha)
-    got = predict.plateaus(S, R, D, alpha, pt["t1"], pt["t2"])
+    pt = phase_times(S, R, D, alpha)
+    got = plateaus(S, R, D, alpha, pt["t1"], pt["t2"])
     n = 20001
     for j in range(S.size):
-        sol = predict.ReducedSolution(predict.Modes(*(np.full(n, v[j]) for v in (S, R, D, alpha))))
+        sol = ReducedSolution(Modes(*(np.full(n, v[j]) for v in (S, R, D, alpha))))
         x = np.linspace(math.log(pt["t1"][j]), math.log(pt["t2"][j]), n)
         st = sol.state(np.exp(x), warm=False)
         score = np.abs(np.exp(x) * st["dloss_dt"])
         k = int(np.argmin(score))
         assert got["loss"][j] == pytest.approx(st["loss"][k], abs=1e-9 + score[k] * (x[1] - x[0]))
         assert abs(math.log(got["t"][j]) - x[k]) <= x[1] - x[0]
-    fine = predict.plateaus(S, R, D, alpha, pt["t1"], pt["t2"], grid=257)
+    fine = plateaus(S, R, D, alpha, pt["t1"], pt["t2"], grid=257)
     np.testing.assert_allclose(got["loss"], fine["loss"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(got["t"], fine["t"], rtol=1e-10)
-    none = predict.plateaus([4, 4], [2, 2], [1, 2], [1e-3, 1e-3], [5.0, np.nan], [np.nan, 7.0])
+    none = plateaus([4, 4], [2, 2], [1, 2], [1e-3, 1e-3], [5.0, np.nan], [np.nan, 7.0])
     assert np.all(np.isnan(none["loss"])) and np.all(np.isnan(none["t"]))
 
 
@@ -85,7 +87,7 @@ def test_fitted_slopes_match_predicted(tmp_path):
             # t = log(1/alpha^2)/rate + O(1) + O(alpha^2): the slope is 2/rate up to the O(alpha^2) terms
             assert s["fitted"] == pytest.approx(s["predicted"], rel=2e-3), (S, q)
     # 2/rate from the closed forms, independently
-    lam = predict.escape_rates(16, 4, 8)
+    lam = escape_rates(16, 4, 8)
     assert by[("log(1/alpha)", "t1", 16)]["predicted"] == pytest.approx(2 / float(lam["relation"]))
     assert by[("log(1/alpha)", "t2", 16)]["predicted"] == pytest.approx(2 / float(lam["subject"]))
 

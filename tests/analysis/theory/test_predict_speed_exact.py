@@ -6,7 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from analysis.theory import predict, quadrature
+from analysis.theory import quadrature
+from analysis.theory.modes import Modes
+from analysis.theory.plateau import plateaus
+from analysis.theory.quadrature import ein, margin_at, tau
+from analysis.theory.reduced_solution import ReducedSolution, phase_times
 
 mpmath = pytest.importorskip("mpmath")
 
@@ -70,7 +74,7 @@ def test_r2_closed_form_matches_40_digit_quadrature():
     A0 = np.array([p[1] for p in pts])
     got = quadrature._r2(m, A0)
     ref = np.array([_r2_mpmath(*p) for p in pts])
-    I = predict.ein(m)
+    I = ein(m)
     assert np.all(np.abs(got - ref) <= 1e-15 * I + 1e-300), np.max(np.abs(got - ref) / I)
     big = np.abs(ref) > 1e-200
     np.testing.assert_allclose(got[big], ref[big], rtol=1e-12)
@@ -80,19 +84,19 @@ def test_r2_closed_form_matches_40_digit_quadrature():
 
 def test_margin_at_inverts_tau():
     S, R, D, alpha = _random_configs(400, 3)
-    md = predict.Modes(S, R, D, alpha)
+    md = Modes(S, R, D, alpha)
     rng = np.random.default_rng(4)
     for mode in ("subject", "relation"):
         lam, n, A0, lA0 = md.lam[mode], md.n[mode], md.A0[mode], md.log_A0[mode]
-        t = predict.tau(np.exp(rng.uniform(np.log(1e-4), np.log(30.0), S.size)), lam, n, A0, log_A0=lA0)
-        m, y = predict.margin_at(t, lam, n, A0, log_A0=lA0)
-        np.testing.assert_allclose(predict.tau(m, lam, n, A0, log_A0=lA0), t, rtol=2e-13)
+        t = tau(np.exp(rng.uniform(np.log(1e-4), np.log(30.0), S.size)), lam, n, A0, log_A0=lA0)
+        m, y = margin_at(t, lam, n, A0, log_A0=lA0)
+        np.testing.assert_allclose(tau(m, lam, n, A0, log_A0=lA0), t, rtol=2e-13)
         # warm starts (predictor) from other times give the same margins
-        sol = predict.ReducedSolution(md)
+        sol = ReducedSolution(md)
         for tt in (0.5 * t, 2.0 * t, t):
             st = sol.state(tt)
         key = "a" if mode == "subject" else "b"
-        cold = predict.ReducedSolution(md).state(t, warm=False)
+        cold = ReducedSolution(md).state(t, warm=False)
         np.testing.assert_allclose(st[key], cold[key], rtol=1e-12)
 
 
@@ -100,10 +104,10 @@ def test_margin_at_inverts_tau():
 @pytest.mark.parametrize("lo,hi,seed", [(1e-3, 0.5, 0), (1e-6, 1e-2, 1), (1e-3, 1e-1, 2)])
 def test_fast_phase_times_and_plateaus_match_the_straightforward_quadrature(monkeypatch, lo, hi, seed):
     S, R, D, alpha = _random_configs(150, seed, lo, hi)
-    fast = predict.phase_times(S, R, D, alpha)
-    fast_pl = predict.plateaus(S, R, D, alpha, fast["t1"], fast["t2"])
+    fast = phase_times(S, R, D, alpha)
+    fast_pl = plateaus(S, R, D, alpha, fast["t1"], fast["t2"])
     # residuals: L(t_i) = theta_i, evaluated cold (no warm start, no predictor)
-    sol = predict.ReducedSolution(predict.Modes(S, R, D, alpha))
+    sol = ReducedSolution(Modes(S, R, D, alpha))
     for i in (1, 2, 3):
         st = sol.state(fast[f"t{i}"], warm=False)
         th = fast[f"theta{i}"]
@@ -111,10 +115,10 @@ def test_fast_phase_times_and_plateaus_match_the_straightforward_quadrature(monk
         tol = 1e-12 * np.maximum(1, np.abs(fast[f"t{i}"] * st["dloss_dt"])) + 1e-13
         assert np.all(np.abs(st["loss"] - th) <= tol), np.max(np.abs(st["loss"] - th) / tol)
     monkeypatch.setattr(quadrature, "_r2", lambda m, A0, ei_m=None: _r2_fine(m, A0))
-    ref = predict.phase_times(S, R, D, alpha)
+    ref = phase_times(S, R, D, alpha)
     for i in (1, 2, 3):
         np.testing.assert_allclose(fast[f"t{i}"], ref[f"t{i}"], rtol=1e-11)
-    ref_pl = predict.plateaus(S, R, D, alpha, ref["t1"], ref["t2"])
+    ref_pl = plateaus(S, R, D, alpha, ref["t1"], ref["t2"])
     for k in ("loss", "relation_loss", "subject_loss"):
         np.testing.assert_allclose(fast_pl[k], ref_pl[k], rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(fast_pl["t"], ref_pl["t"], rtol=1e-7)  # a flat minimum: t is ill-conditioned

@@ -1,6 +1,6 @@
-"""The symbolic reduction (analysis.theory.reduction), its predictions (analysis.theory.predict) and --mode reduced/compare,
-each checked against an independent reference: the full flow, the exact full loss and gradient, scipy quadrature,
-autograd Jacobians."""
+"""The symbolic reduction (analysis.theory.reduction), its predictions (analysis.theory.modes, quadrature,
+reduced_solution) and --mode reduced/compare, each checked against an independent reference: the full flow, the
+exact full loss and gradient, scipy quadrature, autograd Jacobians."""
 import json
 import math
 
@@ -9,7 +9,9 @@ import pytest
 import sympy as sp
 import torch
 
-from analysis.theory import predict
+from analysis.theory.modes import escape_rates, hallucination_stage_exists, plateau_levels
+from analysis.theory.quadrature import margin_at, mode_rate, tau
+from analysis.theory.reduced_solution import phase_times
 from analysis.theory import reduction
 from analysis.theory.reduced_flow import check_reducible, expand_state, run_mode, run_reduced
 from common.errors import ConfigError
@@ -81,7 +83,7 @@ def test_escape_rates_are_the_top_eigenvalues_of_the_full_jacobian_at_the_origin
         e[j] = h
         J[:, j] = ((obj.flow_rhs(e) - obj.flow_rhs(-e)) / (2 * h)).numpy()
     ev = np.sort(np.linalg.eigvals(J).real)[::-1]
-    r = predict.escape_rates(S, R, D)
+    r = escape_rates(S, R, D)
     mu_s, mu_r = float(r["subject_eigen"]), float(r["relation_eigen"])
     assert mu_s == pytest.approx(math.sqrt((D - 1) / (R * D)) / S, rel=1e-14)
     top = ev[: S + R]
@@ -97,11 +99,11 @@ def test_tau_matches_scipy_quad_of_the_mode_equation():
 
     lam, n = 0.3, 5.0
     for m, A0 in [(0.3, 1e-9), (3.0, 1e-3), (9.0, 2e-2), (0.5, 0.3), (12.0, 1e-6)]:
-        ref = quad(lambda x: 1.0 / float(predict.mode_rate(x, lam, n, A0)), 0, m, points=[A0], limit=500,
+        ref = quad(lambda x: 1.0 / float(mode_rate(x, lam, n, A0)), 0, m, points=[A0], limit=500,
                    epsabs=0, epsrel=1e-13)[0]
-        got = float(predict.tau(m, lam, n, A0))
+        got = float(tau(m, lam, n, A0))
         assert got == pytest.approx(ref, rel=1e-10), (m, A0)
-        m_back, _ = predict.margin_at(np.array([got]), lam, n, A0)
+        m_back, _ = margin_at(np.array([got]), lam, n, A0)
         assert m_back[0] == pytest.approx(m, rel=1e-10)
 
 
@@ -137,7 +139,7 @@ def test_reduced_flow_agrees_with_full_flow(compared, name):
 def test_predicted_phase_times_match_full_flow(compared, name):
     cfg, res = compared[name]
     t = cfg.task
-    p = predict.phase_times([t.S], [t.R], [t.D], [cfg.alpha], cfg.eps_conv)
+    p = phase_times([t.S], [t.R], [t.D], [cfg.alpha], cfg.eps_conv)
     for i in (1, 2, 3):
         full = getattr(res.phases, f"t{i}")
         assert full is not None and p[f"t{i}"][0] == pytest.approx(full, rel=5e-3)
@@ -155,9 +157,9 @@ def _hallucination_plateau_seen(traj, D, tol=0.05):
 def test_hallucination_condition_predicts_the_plateau(compared, name):
     cfg, res = compared[name]
     t = cfg.task
-    predicted = bool(predict.hallucination_stage_exists(t.S, t.R, t.D))
+    predicted = bool(hallucination_stage_exists(t.S, t.R, t.D))
     assert _hallucination_plateau_seen(res.trajectory, t.D) == predicted
-    lv = predict.plateau_levels(t.S, t.R, t.D)
+    lv = plateau_levels(t.S, t.R, t.D)
     tr = res.trajectory
     # the flattest point (smallest |dL/dlog t|) after leaving log|A| sits at the predicted intermediate level
     level = float(lv["intermediate"])
@@ -168,7 +170,7 @@ def test_hallucination_condition_predicts_the_plateau(compared, name):
 
 
 def test_both_sides_of_the_condition_are_tested():
-    sides = {bool(predict.hallucination_stage_exists(kw["S"], kw["R"], kw["D"])) for kw in CONFIGS.values()}
+    sides = {bool(hallucination_stage_exists(kw["S"], kw["R"], kw["D"])) for kw in CONFIGS.values()}
     assert sides == {True, False}
 
 
@@ -215,7 +217,7 @@ def test_cli_mode_reduced_refusal_is_one_line_and_writes_nothing(tmp_path, capsy
 
 
 def test_numeric_mode_equation_is_the_derived_one():
-    """predict.mode_rate (numpy, used by the sweeps) vs the lambdified sympy mode equation, and the sympy
+    """quadrature.mode_rate (numpy, used by the sweeps) vs the lambdified sympy mode equation, and the sympy
     subject/relation equations mapped onto it."""
     F = reduction.mode_rhs_numpy()
     rng = np.random.default_rng(1)
@@ -223,4 +225,4 @@ def test_numeric_mode_equation_is_the_derived_one():
         m, n, c, Q = rng.uniform(0, 8), rng.integers(2, 50), rng.uniform(0.5, 20), rng.uniform(1e-8, 1e-1)
         P = rng.uniform(1, 500)
         lam, A0 = 2 * math.sqrt(c) / P, Q / (2 * math.sqrt(c))
-        assert float(predict.mode_rate(m, lam, n, A0)) == pytest.approx(float(F(m, n, P, c, Q)), rel=1e-13)
+        assert float(mode_rate(m, lam, n, A0)) == pytest.approx(float(F(m, n, P, c, Q)), rel=1e-13)

@@ -53,7 +53,7 @@ def test_rates_with_non_product_weights_match_the_jacobian():
 
 
 def test_uniform_rates_are_the_reductions_eigenvalues():
-    from analysis.theory.predict import escape_rates
+    from analysis.theory.modes import escape_rates
 
     for S, R, D in ((16, 4, 8), (8, 7, 8), (12, 3, 6)):
         r = origin_rates(make_task(TaskConfig(S=S, R=R, D=D)))
@@ -94,7 +94,7 @@ def test_levels_are_the_entropies_they_claim():
 
 
 def test_uniform_schedule_is_the_reductions_leading_order():
-    from analysis.theory.predict import phase_times
+    from analysis.theory.reduced_solution import phase_times
 
     for S, R, D, alpha in ((16, 4, 8, 1e-5), (8, 8, 2, 1e-3)):
         sc = staircase(make_task(TaskConfig(S=S, R=R, D=D)), alpha=alpha, exact=False)
@@ -207,7 +207,7 @@ def test_hallucination_prediction_on_both_sides(cfg, alpha, expected):
 
 @pytest.mark.slow
 def test_old_condition_is_not_alpha_aware_but_the_new_one_is():
-    from analysis.theory.predict import hallucination_stage_exists
+    from analysis.theory.modes import hallucination_stage_exists
 
     assert bool(hallucination_stage_exists(8, 7, 8))  # says yes at every alpha
     task = make_task(TaskConfig(S=8, R=7, D=8))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.theory import predict
+from analysis.theory.quadrature import tau
+from analysis.theory.reduced_solution import phase_times
 from models import PopulationObjective, TaskConfig, expand, init_linear, make_task, sequence_logits
 from models import population as pop_module
 
@@ -217,7 +218,7 @@ def full_flow_phase_times(alpha, **kw):
 
 @pytest.mark.slow
 def test_phase_times_at_alpha_1e_300_match_the_full_flow():
-    p = predict.phase_times(16, 4, 8, 1e-300)
+    p = phase_times(16, 4, 8, 1e-300)
     t = [float(p[f"t{i}"]) for i in (1, 2, 3)]
     assert all(math.isfinite(x) for x in t) and 0 < t[0] < t[1] < t[2]
     # rtol 3e-7 keeps this run short (~30k right-hand sides); its phase times are then within ~1e-7
@@ -232,7 +233,7 @@ def test_phase_times_leading_order_scaling_in_log_alpha():
     lam_r = 2 * math.sqrt((R - 1) / (R * D)) / R
     lam_s = 2 * math.sqrt((D - 1) / (R * D)) / S
     alphas = [1e-300, 1e-100, 1e-10]
-    p = predict.phase_times([S] * 3, [R] * 3, [D] * 3, alphas)
+    p = phase_times([S] * 3, [R] * 3, [D] * 3, alphas)
     logs = np.array([-2 * math.log(a) for a in alphas])  # log(1/alpha^2), computed without alpha^2
     # t2 and t3 are crossed by the subject mode while the relation mode's tail L_R ~ 1/(lam_R t) still
     # counts (1e-4 of the 1e-2 at t3), and that tail depends on alpha through t: slopes to 1e-4 and 1e-2
@@ -250,7 +251,7 @@ def test_phase_times_leading_order_scaling_in_log_alpha():
 def test_phase_times_at_large_alpha_are_finite_and_exact():
     """For alpha >~ 1 the escape is immediate; t ~ 1/alpha^2 once alpha is large. Against the full flow at 2."""
     alphas = [0.5, 1.0, 2.0, 10.0, 100.0, 1e3, 1e10, 1e100]
-    p = predict.phase_times([16] * len(alphas), [4] * len(alphas), [8] * len(alphas), alphas)
+    p = phase_times([16] * len(alphas), [4] * len(alphas), [8] * len(alphas), alphas)
     for i in range(len(alphas)):
         t = [float(p[f"t{k}"][i]) for k in (1, 2, 3)]
         assert all(math.isfinite(x) and x > 0 for x in t) and t[0] < t[1] < t[2], alphas[i]
@@ -267,7 +268,7 @@ def test_phase_times_at_large_alpha_are_finite_and_exact():
 @pytest.mark.parametrize("alpha", [0.0, -1e-5, float("nan"), float("inf"), 1e101])
 def test_phase_times_refuse_unsupported_alpha(alpha):
     with pytest.raises(ValueError, match="alpha"):
-        predict.phase_times(16, 4, 8, alpha)
+        phase_times(16, 4, 8, alpha)
 
 
 def test_tau_matches_the_mode_integral_at_extreme_A0():
@@ -288,5 +289,5 @@ def test_tau_matches_the_mode_integral_at_extreme_A0():
             else:
                 ref = quad(lambda u: math.exp(A0 * math.sinh(u)) + n - 1, 0, U, epsabs=0, epsrel=1e-13,
                            limit=200)[0] / (lam * n)
-            got = float(predict.tau(m, lam, n, A0, log_A0=log_A0))
+            got = float(tau(m, lam, n, A0, log_A0=log_A0))
             assert got == pytest.approx(ref, rel=1e-10), (A0, m, got, ref)

@@ -11,7 +11,8 @@ from dynamics.ode.dopri5 import Dopri5Stepper
 from dynamics.ode.engine import Event, SaveAt, integrate
 from dynamics.flow.solve import run_flow
 from dynamics.ode.rock4 import HRHO_MAX, MS, UNUSED_DEGREES, USED, Rock4Stepper, degree_index
-from dynamics.ode.registry import DEFAULT_METHOD, make_stepper
+from dynamics.choices import DEFAULT_METHOD
+from dynamics.ode.registry import make_stepper
 from dynamics.ode.base import StepSizeCollapse
 from models.task import TaskConfig
 
