@@ -61,7 +61,7 @@ def _takes_n_workers(client) -> bool:
 def check_task_memory(needs, labels, client=None) -> None:
     """ConfigError if a task needs more memory than any worker (or, in this process, this machine) can hold."""
     if client is None:
-        from dynamics.flow.config import available_memory_bytes
+        from common.memory import available_memory_bytes
 
         have, what = available_memory_bytes(), "this machine has available"
     else:

@@ -190,7 +190,7 @@ def reduced_memory_estimate_bytes(config) -> int:
 
 def check_reduced_memory(config, available: int | None = None) -> None:
     """Raise ConfigError if a reduced run of ``config`` would not fit in this machine's memory."""
-    from dynamics.flow.config import available_memory_bytes
+    from common.memory import available_memory_bytes
 
     need = reduced_memory_estimate_bytes(config)
     have = available if available is not None else available_memory_bytes()

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from common.errors import ConfigError, check_choice, check_device, check_int, check_positive
-from common.memory import available_memory_bytes  # noqa: F401  (re-exported: dynamics.flow.config's public name)
+from common.memory import available_memory_bytes
 from models.linear import FLOW_ALPHA
 from models.task import TaskConfig
 

@@ -130,7 +130,7 @@ class TrainConfig:
 
     def check_memory(self, compare_flow: bool = False) -> None:
         """Raise ConfigError, with the estimate, if the run would not fit in this machine's (or GPU's) memory."""
-        from dynamics.flow.config import available_memory_bytes
+        from common.memory import available_memory_bytes
 
         est = self.memory_estimate_bytes(compare_flow)
         dev = torch.device("cpu") if self.optimizer == "gd" and self.device == "auto" else resolve_device(self.device)
