@@ -58,8 +58,10 @@ def train_batch(configs, lrs, train: TrainConfig = TrainConfig()) -> BatchRun:
     lrs = _check_batch(list(configs), list(lrs))
     c = configs[0]
     entries = len(configs) * c.N * max(c.M, c.d, c.m)  # the largest intermediate, (B, N, max(M, d, m))
-    # small batches: one thread (spin-waiting threads cost more than they give on a shared CPU)
-    with torch_threads(threads_for(entries, train.device)):
+    # below 2^22 entries one thread: a step is ~10 small kernels, and on a shared CPU spin-waiting threads
+    # cost more than they give (measured on 2 busy cores: 32 MLPs d=8 m=16 N=128 ran 0.6x to 5.6x the
+    # single runs' rate with 2 threads, depending on the load, against a steady rate with 1)
+    with torch_threads(threads_for(entries // 20, train.device)):
         return _train(configs, lrs, train)
 
 
