@@ -52,6 +52,8 @@ class CapacitySettings:
         if not self.lrs or not self.alphas:
             raise ConfigError("lrs and alphas need at least one value each")
         if self.target == "fixed":
+            if self.M is None:
+                raise ConfigError("M is unset with target fixed; give M (--M), the number of outputs, >= 1")
             object.__setattr__(self, "M", check_int("M", self.M, 1, 2**31 - 1))
         elif self.M is not None:
             raise ConfigError(f"M = {self.M!r} is given with target identity (M = N); leave M unset or use "
