@@ -24,7 +24,7 @@ from common.version import __version__
 # same table, with ``.__main__`` where the program is a package's __main__; tested)
 PROGRAMS = {"frd-flow": "dynamics.run", "frd-train": "models.train", "frd-derive": "analysis.derive",
             "frd-sweep": "analysis.sweep", "frd-paper": "figures.paper", "frd-experiment": "dynamics.experiment",
-            "frd-grid": "analysis.grid"}
+            "frd-grid": "analysis.grid", "frd-capacity": "analysis.capacity"}
 
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_UNFINISHED = 0, 2, 3

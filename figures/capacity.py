@@ -1,0 +1,48 @@
+"""Capacity against parameter count, log-log (SPEC §10), drawn from plain arrays and dicts.
+
+Each series: per-seed capacities as small points, their mean as a larger marker joined by a line, and its
+fitted power law (dashed) when given; the legend names every series and fit (slope with its interval).
+"""
+from __future__ import annotations
+
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+STYLES = (("C0", "o"), ("C1", "s"), ("C2", "^"), ("C3", "D"))
+
+
+def capacity_figure(series, title: str):
+    """series: list of dicts with ``label`` (str), ``params`` (n,) parameter counts, ``capacity`` (n, S)
+    per-seed capacities (number of facts), optional ``fit`` dict (slope, intercept, ci (low, high), level) of
+    log capacity = intercept + slope · log params. Returns the matplotlib Figure."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for i, s in enumerate(series):
+        color, marker = STYLES[i % len(STYLES)]
+        P = np.asarray(s["params"], dtype=float)                 # (n,)
+        C = np.asarray(s["capacity"], dtype=float).reshape(len(P), -1)  # (n, S)
+        ok = C >= 1  # a size whose lowest probe failed has capacity 0 and no place on a log axis
+        ax.scatter(np.repeat(P, C.shape[1])[ok.ravel()], C[ok], s=12, color=color, alpha=0.4, marker=marker,
+                   label=f"{s['label']} (each seed)")
+        mean = np.array([row[m].mean() if m.any() else np.nan for row, m in zip(C, ok)])
+        ax.plot(P, mean, color=color, marker=marker, ms=7, lw=1.2, label=f"{s['label']} (mean over seeds)")
+        fit = s.get("fit")
+        if fit:
+            grid = np.geomspace(P.min(), P.max(), 50)
+            lo, hi = fit["ci"]
+            ax.plot(grid, np.exp(fit["intercept"]) * grid ** fit["slope"], color=color, ls="--", lw=1,
+                    label=f"{s['label']} fit: slope {fit['slope']:.2f} "
+                          f"[{lo:.2f}, {hi:.2f}] ({100 * fit['level']:.0f}% CI)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters P (count)")
+    ax.set_ylabel("capacity N* (facts stored at ≥ 99% accuracy)")
+    ax.set_title(textwrap.fill(title, 90), fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
