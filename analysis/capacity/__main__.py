@@ -14,10 +14,10 @@ MODELS = ("linear", "mlp", "construction")  # analysis.capacity.sweep.SWEEP_MODE
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=program_name("analysis.capacity"),
                        description="Storage capacity of associative memories (paper §3, SPEC §7-10): for each "
-                                   "model size, the largest number of facts N stored at >= 99%% accuracy at some "
+                                   "model size, the largest number of facts N stored at >= 99% accuracy at some "
                                    "step of full-batch Adam training (or by a construction), found by bisection "
                                    "over N per seed; then the log-log slope of capacity against parameters with "
-                                   "its 95%% interval. Writes results.json, capacity.csv, capacity.png and "
+                                   "its 95% interval. Writes results.json, capacity.csv, capacity.png and "
                                    "capacity.pdf into --out. The defaults finish in about a minute on 2 CPU "
                                    "cores; the paper used d up to 2^8, 2^15 steps and 5 seeds.")
     g = p.add_argument_group("model")
