@@ -225,6 +225,7 @@ def run_experiment_file(a, job) -> int:
     import os
 
     from analysis import schedule_flow_gap
+    from analysis.results.training import recorded_config
     from common.io import write_csv, write_json
     from dynamics import load_experiment, train_schedule
 
@@ -241,7 +242,7 @@ def run_experiment_file(a, job) -> int:
     stages = [dict(name=o.name, index=o.index, step_start=o.step_start, step_end=o.step_end, reason=o.reason,
                    t_start=o.step_start * (config.lr if time_col == "flow_time" else 1),
                    t_end=o.step_end * (config.lr if time_col == "flow_time" else 1)) for o in result.stages]
-    summary = dict(config=config.to_dict(), experiment=a.experiment, status=result.status, stages=stages,
+    summary = dict(config=recorded_config(config, result.device), experiment=a.experiment, status=result.status, stages=stages,
                    time_unit="flow time (step * lr)" if time_col == "flow_time" else "steps",
                    final={k: float(h[k][-1]) for k in h if k not in ("step", "stage")} if len(h["step"]) else None)
     if pairing is not None:
