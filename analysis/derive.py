@@ -117,6 +117,7 @@ def run(a, job) -> int:
         dur = h["duration"]
         print(f"hallucination stage at alpha={a.alpha:g}: {'visible' if h['visible'] else 'not visible'} "
               f"({h['method']}; duration {'-' if dur is None else format(dur, '.6g')}, relation-only loss "
+              f"when the loss leaves the band "
               f"{'-' if h['relation_loss'] is None else format(h['relation_loss'], '.4g')}, H(A|R) "
               f"{h['H_A_given_R']:.6f})")
         print(f"wrote {out}/derivation.json, derivation.md")
