@@ -27,8 +27,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--S", type=int, default=16, help="number of subjects; D must divide S (default 16)")
     p.add_argument("--R", type=int, default=4, help="number of relations (default 4)")
     p.add_argument("--D", type=int, default=8, help="answers per relation (default 8)")
-    p.add_argument("--T", type=int, default=32, help="sequence length, >= 3 (default 32; proven not to matter)")
-    p.add_argument("--N", type=int, default=20, help="number of noise tokens (default 20; proven not to matter)")
+    p.add_argument("--T", type=int, default=32,
+                   help="sequence length, >= 3 (default 32). The class reduction (uniform frequencies on a "
+                        "structured or balanced table) does not depend on it: T and N drop out of its loss (proven). "
+                        "Elsewhere (Zipf frequencies, random or file tables) the per-token rates, staircase and "
+                        "hallucination stage do depend on T and N (through the noise and EOS tokens)")
+    p.add_argument("--N", type=int, default=20,
+                   help="number of noise tokens (default 20); matters exactly when --T does (see --T)")
     p.add_argument("--alpha", type=float, default=1e-5,
                    help="initialization scale: balanced K = alpha, W = alpha/sqrt|A| (uniform init with every "
                         "entry alpha gives the same loss curve) (default 1e-5)")
@@ -112,6 +117,7 @@ def run(a, job) -> int:
         dur = h["duration"]
         print(f"hallucination stage at alpha={a.alpha:g}: {'visible' if h['visible'] else 'not visible'} "
               f"({h['method']}; duration {'-' if dur is None else format(dur, '.6g')}, relation-only loss "
+              f"when the loss leaves the band "
               f"{'-' if h['relation_loss'] is None else format(h['relation_loss'], '.4g')}, H(A|R) "
               f"{h['H_A_given_R']:.6f})")
         print(f"wrote {out}/derivation.json, derivation.md")

@@ -63,7 +63,7 @@ def hallucination_table():
              (TaskConfig(S=12, R=3, D=4, facts="random", seed=1), 1e-8),
              (TaskConfig(S=8, R=8, D=4, zipf_relations=1.0), 1e-5)]
     print("\n| configuration | alpha | old condition | predicted (method) | leading order | measured on the full "
-          "flow | d/H | duration | relation-only loss |")
+          "flow | d/H | duration | relation-only loss at the band exit |")
     print("|---|---|---|---|---|---|---|---|---|")
     from analysis.theory.modes import hallucination_stage_exists
 

@@ -98,7 +98,8 @@ def format_setting(value) -> str:
     return re.sub(r"[^A-Za-z0-9.+_-]", "", text.replace(":", ""))[:40]
 
 
-def default_out(prefix: str, parser: argparse.ArgumentParser, args, *, skip=(), labels=None, first=()) -> str:
+def default_out(prefix: str, parser: argparse.ArgumentParser, args, *, skip=(), labels=None, first=(),
+                max_len: int = 60) -> str:
     """``prefix`` plus ``-<label><value>`` for every option whose value differs from its default.
 
     Options in ``skip`` (output and display flags) are left out. ``labels`` maps an option's dest to the
@@ -106,6 +107,9 @@ def default_out(prefix: str, parser: argparse.ArgumentParser, args, *, skip=(), 
     option's name without dashes (``--t-max 1e6`` -> ``-tmax1e+06``); a flag that is set adds ``-<name>``.
     Options in ``first`` come first, the others in the parser's order. So runs that differ in any
     result-changing setting get different default folders.
+
+    A name whose last component would exceed ``max_len`` (default 60) characters keeps ``prefix`` and the leading
+    settings that fit, then ``-h`` and 8 hex digits of a hash of every setting: still unique, and short.
     """
     labels = labels or {}
     skip = set(skip) | {"help", "out", "overwrite", "quiet", "no_plots"}
@@ -120,7 +124,19 @@ def default_out(prefix: str, parser: argparse.ArgumentParser, args, *, skip=(), 
         label = labels.get(dest, dest.replace("_", ""))
         parts.append((dest not in first, f"{label}{format_setting(value)}" if not isinstance(value, bool) else
                       (label or dest.replace("_", ""))))
-    return "-".join([prefix] + [text for _, text in sorted(parts, key=lambda p: p[0])])
+    texts = [text for _, text in sorted(parts, key=lambda p: p[0])]
+    name = "-".join([prefix] + texts)
+    if len(os.path.basename(name)) <= max_len:
+        return name
+    import hashlib
+
+    tag = "-h" + hashlib.sha256("\0".join(texts).encode()).hexdigest()[:8]
+    kept = prefix
+    for text in texts:  # the leading settings that fit beside the hash, for a reader
+        if len(os.path.basename(f"{kept}-{text}")) + len(tag) > max_len:
+            break
+        kept = f"{kept}-{text}"
+    return kept + tag
 
 
 def _is_process_entry(module: str) -> bool:

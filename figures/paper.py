@@ -8,7 +8,8 @@ Writes into --out (a new folder put in place as a whole; an existing non-empty o
   random embeddings) trained online with SGD or Adam, the same curves against steps;
 - ``sgd_vs_flow.png/pdf``: model 1 trained by the paper's SGD procedure (uniform init 1e-5, lr 0.1,
   batch 1024) against the exact flow in flow time step x lr;
-- ``paper.json``: the numbers behind both (phases, flow gap, confirmation report).
+- ``paper.json``: the numbers behind both: ``flow`` (its config, phases, theory levels), ``softmax`` and
+  ``sgd_vs_flow`` (each a results.json of models.train: the settings used, phases, flow gap, confirmation report).
 """
 from __future__ import annotations
 
@@ -183,7 +184,8 @@ def run(a, job) -> int:
             save_figure(fig, os.path.join(d, f"sequential.{ext}"), dpi=150)
             save_figure(fig2, os.path.join(d, f"sgd_vs_flow.{ext}"), dpi=150)
         write_json(os.path.join(d, "paper.json"), dict(
-            flow=dict(phases=ph.to_dict(), theory=th), softmax=soft_sum, sgd_vs_flow=sgd_sum))
+            flow=dict(config=flow_cfg.to_dict(), phases=ph.to_dict(), theory=th), softmax=soft_sum,
+            sgd_vs_flow=sgd_sum))
     plt.close(fig)
     plt.close(fig2)
     conf = soft_sum["confirmation"]

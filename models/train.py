@@ -17,6 +17,8 @@ interrupt; an existing non-empty --out is refused unless --overwrite):
 """
 from __future__ import annotations
 
+import os
+
 from common.cli import (EXIT_OK, ArgumentParser, Program, add_overwrite, default_out, describe_device, program_name,
                         run_program)
 from common.errors import ConfigError, check_int
@@ -131,12 +133,21 @@ OUT_LABELS = dict(facts="", task_seed="taskseed", optimizer="", init="", init_sc
                   eval_size="evalsize", eps_conv="eps", device="", compare_flow="flow")
 
 
+TASK_FLAGS = ("S", "R", "D", "T", "N", "facts", "task_seed")  # replaced by an experiment file's [task]
+
+
 def default_out_dir(args, parser=None) -> str:
     """runs/train-{model}-S{S}-R{R}-D{D} plus ``-<setting>`` for every result-changing option not at its
-    default (threads and CUDA graphs change the speed, not the result, and are left out)."""
+    default (threads and CUDA graphs change the speed, not the result, and are left out). With --experiment FILE:
+    runs/train-{model}-{FILE's stem} plus the settings, without the task flags (the file's [task] replaces
+    them) or the file's path; a name over 60 characters ends in a hash of its settings (common.cli.default_out)."""
+    skip = ("model", "threads", "no_cuda_graph", "workers")
+    if getattr(args, "experiment", None):
+        stem = os.path.splitext(os.path.basename(args.experiment))[0]
+        return default_out(f"runs/train-{args.model}-{stem}", parser or build_parser(), args,
+                           skip=skip + TASK_FLAGS + ("experiment",), labels=OUT_LABELS, first=("optimizer",))
     return default_out(f"runs/train-{args.model}-S{args.S}-R{args.R}-D{args.D}", parser or build_parser(), args,
-                       skip=("S", "R", "D", "model", "threads", "no_cuda_graph", "workers"), labels=OUT_LABELS,
-                       first=("optimizer",))
+                       skip=skip + ("S", "R", "D"), labels=OUT_LABELS, first=("optimizer",))
 
 
 def run(a, job) -> int:
@@ -231,9 +242,7 @@ def run_experiment_file(a, job) -> int:
     exp = load_experiment(a.experiment)
     config = dataclasses.replace(config_from_args(a), task=exp.flow.task)
     config.check_memory(compare_flow=a.compare_flow)
-    a.S, a.R, a.D = config.task.S, config.task.R, config.task.D
-    out = job.claim(a.out or default_out_dir(a, job.parser) + "-"
-                    + os.path.splitext(os.path.basename(a.experiment))[0])
+    out = job.claim(a.out or default_out_dir(a, job.parser))
     result = train_schedule(config, exp.stages, eval_sets=exp.eval_sets, progress=not a.quiet)
     pairing = schedule_flow_gap(result, exp.stages, exp.flow) if a.compare_flow else None
     summary = summarize_staged_training(result, a.experiment, pairing)

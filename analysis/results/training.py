@@ -19,8 +19,40 @@ from analysis.results.pairing import flow_gap
 from analysis.phases import detect_phases, thresholds
 
 
+def recorded_config(config, device) -> dict:
+    """The settings a run used, as results.json records them: ``config.to_dict()`` (a dynamics.TrainConfig)
+    with every entry the run used as it was used, and ``None`` for every entry the run does not read.
+
+    - ``init``: model 1's ``uniform`` or ``balanced``; model 2 ``gaussian`` (W_KQ, W_OV entries drawn
+      N(0, init_std^2), ``init_std`` = init_scale / sqrt(d), added beside it): TrainConfig's ``init`` field is
+      model 1's only and its default ``uniform`` is not what model 2 does;
+    - ``device``: the device the run ran on (``cpu``, ``cuda:0``), not the request (``auto``);
+    - not read, hence ``None``: ``d`` and ``manual_grad`` for model 1 (its SGD step is always hand-written),
+      ``batch``, ``seed`` and ``eval_size`` for full-batch GD (no sampling, exact evaluation),
+      ``cuda_graph`` off CUDA, ``threads`` on CUDA.
+    """
+    import torch
+
+    c = config.to_dict()
+    dev = torch.device(device)
+    c["device"] = str(dev)
+    if config.model == "softmax":
+        c["init"] = "gaussian"
+        c["init_std"] = config.init_scale / config.d ** 0.5
+    else:
+        c["d"] = c["manual_grad"] = None
+    if config.optimizer == "gd":
+        c["batch"] = c["seed"] = c["eval_size"] = None
+    if dev.type != "cuda":
+        c["cuda_graph"] = None
+    else:
+        c["threads"] = None
+    return c
+
+
 def summarize_training(result, pairing=None) -> dict:
-    """results.json content of a run: config, device, theory levels, throughput, phases, final metrics.
+    """results.json content of a run: config (:func:`recorded_config`: the settings used), device, theory
+    levels, throughput, phases, final metrics.
 
     result: a TrainResult; pairing: ``flow_gap(result)`` or None. Model 1 adds the phases in flow time
     (and with a pairing ``flow_gap`` and where it is reached); model 2 adds the confirmation report.
@@ -35,7 +67,7 @@ def summarize_training(result, pairing=None) -> dict:
         ph = detect_phases(h["step"], h["loss"], h["relation_loss"], h["subject_loss"], h["hallucination_gap"],
                            log_A=th["log_A"], H_A_given_R=th["H_A_given_R"], eps_conv=c.eps_conv).to_dict()
     status = getattr(result, "status", "completed")
-    out = dict(config=c.to_dict(), device=describe_device(result.device), theory=th,
+    out = dict(config=recorded_config(c, result.device), device=describe_device(result.device), theory=th,
                # completed, or diverged: at step diverged_at a loss was not finite or above 100 x its start
                # (dynamics.training.base.DIVERGENCE_FACTOR) and training stopped there
                status=status, diverged_at=getattr(result, "diverged_at", None),
@@ -89,7 +121,7 @@ def summarize_staged_training(result, experiment: str, pairing=None) -> dict:
     stages = [dict(name=o.name, index=o.index, step_start=o.step_start, step_end=o.step_end, reason=o.reason,
                    t_start=o.step_start * (c.lr if in_flow_time else 1),
                    t_end=o.step_end * (c.lr if in_flow_time else 1)) for o in result.stages]
-    out = dict(config=c.to_dict(), experiment=experiment, status=result.status, stages=stages,
+    out = dict(config=recorded_config(c, result.device), experiment=experiment, status=result.status, stages=stages,
                time_unit="flow time (step * lr)" if in_flow_time else "steps",
                final={k: float(h[k][-1]) for k in h if k not in ("step", "stage")} if len(h["step"]) else None)
     if pairing is not None:

@@ -103,7 +103,7 @@ def markdown(pred: dict, alg: dict) -> str:
     c = pred["config"]
     if not pred.get("reduced", True):
         return (f"# Gradient flow of model 1 beyond uniform data: S={c['S']}, R={c['R']}, D={c['D']}, "
-                f"alpha={c['alpha']:g}, facts={c['facts']}, zipf_subjects={c['zipf_subjects']:g}, "
+                f"T={c['T']}, N={c['N']}, alpha={c['alpha']:g}, facts={c['facts']}, zipf_subjects={c['zipf_subjects']:g}, "
                 f"zipf_relations={c['zipf_relations']:g}\n\n{pred['note']}.\n\n" + theory_markdown(pred["general"]))
     L = []
     L.append(f"# Reduced gradient flow of model 1: S={c['S']}, R={c['R']}, D={c['D']}, alpha={c['alpha']:g}\n")
@@ -226,7 +226,9 @@ def derive_reduction(S: int, R: int, D: int, alpha: float, eps_conv: float = 1e-
         pred = {"config": dict(S=S, R=R, D=D, alpha=alpha, eps_conv=eps_conv), "reduced": False,
                 "note": "the class reduction needs uniform frequencies on a structured or balanced table; "
                         "see 'general' for this configuration"}
-    pred["config"].update(facts=task.facts, facts_file=task.facts_file, seed=task.seed,
+    # T and N: the reduction's numbers do not depend on them (proven: they drop out of its loss); the general
+    # theory's do (noise and EOS rates, the exact staircase and hallucination stage), so they are recorded always
+    pred["config"].update(T=task.T, N=task.N, facts=task.facts, facts_file=task.facts_file, seed=task.seed,
                           zipf_subjects=task.zipf_subjects, zipf_relations=task.zipf_relations)
     pred["general"] = general
     pred["staircase"] = None if general is None else general["staircase"]

@@ -83,7 +83,8 @@ def theory_markdown(g: dict) -> str:
     L.append(f"\nHallucination stage at this alpha ({hl['method']}; visible when the loss is within "
              f"{hl['rho']:g} H(A|R) of H(A|R) while the relation-only loss is within {hl['rho']:g} H(A|R) of 0): "
              f"**{'visible' if hl['visible'] else 'not visible'}**; H(A|R) = {hl['H_A_given_R']:.6f}, "
-             f"duration {_txt(hl['duration'])}, relation-only loss {_txt(hl['relation_loss'])}, "
+             f"duration {_txt(hl['duration'])}, relation-only loss when the loss leaves the band "
+             f"{_txt(hl['relation_loss'])}, "
              f"distance d/H = {_txt(hl['distance'])}. Leading order: relations escape "
              f"{'before' if lo['relations_first'] else 'not before'} the subjects, duration {_txt(lo['duration'])}, "
              f"{_txt(lo['efolds'])} e-folds -> {'visible' if lo['visible'] else 'not visible'}.\n")

@@ -15,8 +15,11 @@ relation-only loss is at most ``rho H`` while the loss is still at least ``(1 - 
 
 Both losses decrease along the flow, so the stage is the interval from the first time
 ``relation_only <= rho H`` to the first time ``L <= (1 - rho) H``; its length is the predicted
-``duration`` (0 when not visible), and ``relation_loss`` is the relation-only loss when the loss leaves the
-band (its lowest value during the stage). Justification: on the stage the loss equals
+``duration`` (0 when not visible). ``relation_loss`` is the relation-only loss at ``t_end``, when the loss leaves
+the band (the first time ``L <= (1 - rho) H``), whether the stage is visible or not (on a visible stage its
+lowest value during the stage); ``None`` if the loss never leaves the band. Beside it, ``relation_loss_closest``
+is the relation-only loss at ``t_closest``, the time of the minimum distance ``d`` (where the flow comes closest
+to the band's corner; before or after ``t_end``). Justification: on the stage the loss equals
 ``H + KL(p(.|r) || p_hat)`` (exactly, while the prediction does not depend on the subject), so a loss
 within ``rho H`` of H with the relation-only loss within ``rho H`` of 0 is a plateau at H that a plot of
 the loss resolves to 10 %, reached by the relation-only predictor, not a loss passing H on its way down.
@@ -97,13 +100,16 @@ def _stage(rel_at, loss_at, ts: np.ndarray, H: float, rho: float) -> dict:
     return dict(visible=bool(visible), distance=float(d / H) if H > 0 else math.inf,
                 t_start=t_rel, t_end=t_loss,
                 duration=float(t_loss - t_rel) if visible else 0.0,
-                relation_loss=float(rel_at(t_loss)) if visible else float(rel_at(t_d)))
+                relation_loss=None if t_loss is None else float(rel_at(t_loss)),
+                t_closest=float(t_d), relation_loss_closest=float(rel_at(t_d)))
 
 
 def hallucination(task, weights=None, alpha: float = 1e-5, *, rho: float = RHO, exact: bool = True,
                   flow_config=None, method: str = "auto", schedule: list | None = None) -> dict:
     """The hallucination stage at this alpha: a dict with ``visible``, ``duration`` (flow time), ``relation_loss``
-    (nats), ``distance`` (d / H), ``H_A_given_R``, ``t_start``, ``t_end``, ``method`` and ``leading_order``.
+    (nats, at ``t_end``: when the loss leaves the band), ``distance`` (d / H), ``H_A_given_R``, ``t_start``,
+    ``t_end``, ``t_closest`` and ``relation_loss_closest`` (at the minimum distance), ``method`` and
+    ``leading_order`` (module docstring).
 
     exact=False gives only the leading-order view (no integration); ``visible`` is then the leading-order one.
     method: ``auto`` (quadrature for uniform data, the symmetry-reduced flow for large flows it shrinks, else
@@ -120,7 +126,8 @@ def hallucination(task, weights=None, alpha: float = 1e-5, *, rho: float = RHO, 
     out = dict(H_A_given_R=H, rho=rho, leading_order=lead)
     if not exact:
         out.update(visible=lead["visible"], duration=lead["duration"] if lead["visible"] else 0.0,
-                   relation_loss=None, distance=None, t_start=None, t_end=None, method="leading order")
+                   relation_loss=None, distance=None, t_start=None, t_end=None, t_closest=None,
+                   relation_loss_closest=None, method="leading order")
         return out
     how = pick_method(task, w, flow_config, method)
     if how == "quadrature":

@@ -1,7 +1,7 @@
 """The exact population gradient flow of model 1: integrate, monitor, locate loss crossings.
 
     run = run_flow(FlowConfig(task=TaskConfig(S=16, R=4, D=8)), levels=(2.5, 1.0))
-    run.crossings[1.0], run.trajectory["loss"], run.state_at(300.0), run.solver["nfe"]
+    run.crossings[1.0], run.trajectory["loss"], run.params_at(300.0), run.solver["nfe"]
 
 The flow knows nothing of phases (they are defined in :mod:`analysis.phases`): a caller asks for the
 first times the loss falls to given levels, which the engine locates on its dense interpolant.
@@ -45,7 +45,8 @@ class FlowRun:
 
     status: a :class:`dynamics.ode.status.Status`: ``converged`` (the loss reached the target; checked on the
     final state), ``t_max``, ``max_steps`` or ``failed`` (``message`` says why). crossings: level -> first time L <= level
-    (None if not reached). ``state_at(t)`` gives the state anywhere in [0, t_final] (dense output).
+    (None if not reached). ``state_at(t)`` gives the packed state anywhere in [0, t_final] (dense output),
+``params_at(t)`` the full (W, K) of SPEC §2 and ``classes_at(t)`` the same per token class.
     """
 
     config: FlowConfig
@@ -78,8 +79,29 @@ class FlowRun:
         return Wt.cpu().numpy().copy(), K.cpu().numpy().copy()
 
     def state_at(self, t: float) -> torch.Tensor:
-        """Packed state (P,) at flow time t, from the solver's interpolant."""
+        """Packed state (P,) at flow time t, from the solver's interpolant: the compressed ``Wt`` (C, |A|)
+        flattened, then ``K`` (C,) (models.linear.Layout; :meth:`params_at` and :meth:`classes_at` name them)."""
         return self.solution(t)
+
+    def params_at(self, t: float) -> tuple:
+        """Model 1's parameters at flow time t as SPEC §2 writes them: ``(W, K)``, numpy float64 arrays of shapes
+        (|A|, |V|) and (|V|,), the token axis in the vocabulary's order (subjects, relations, the N noise tokens,
+        which the flow keeps identical, then EOS), by models.linear.expand."""
+        from models.linear import expand
+
+        Wt, K = self.objective.layout.unpack(self.state_at(t))
+        return expand(self.objective.task, Wt.cpu().numpy(), K.cpu().numpy())
+
+    def classes_at(self, t: float) -> dict:
+        """The parameters at flow time t per token class: ``{"subject": (W, K), "relation": ..., "noise": ...,
+        "eos": ...}`` with ``W`` (|A|, n) the columns W[:, z] and ``K`` (n,) the scores K[z] of the class's n
+        tokens (n = S, R, 1 and 1: the noise tokens share one column in the flow), numpy float64."""
+        L = self.objective.layout
+        Wt, K = L.unpack(self.state_at(t))
+        Wt, K = Wt.cpu().numpy(), K.cpu().numpy()
+        rows = dict(subject=slice(0, L.S), relation=slice(L.S, L.S + L.R), noise=slice(L.noise, L.noise + 1),
+                    eos=slice(L.eos, L.eos + 1))
+        return {name: (Wt[sl].T.copy(), K[sl].copy()) for name, sl in rows.items()}
 
     def metrics_at(self, t: float) -> dict:
         """The metrics of SPEC §3 at flow time t (exact population values of the interpolated state)."""
