@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from common.cli import ArgumentParser, add_overwrite, default_out, guarded, program_name
+from common.cli import EXIT_OK, ArgumentParser, Program, add_overwrite, program_name, run_program
 
 MODELS = ("linear", "mlp", "construction")  # analysis.capacity.sweep.SWEEP_MODELS (kept torch-free here)
 
@@ -79,10 +79,10 @@ def title(s) -> str:
             + (f", alpha {list(s.alphas)}" if s.kind == "mlp" else "") + f", {len(s.seeds)} seeds{extra}")
 
 
-def write(out: str, result, overwrite: bool) -> None:
+def write(out: str, result, job) -> None:
     import pandas as pd
 
-    from common.io import output_dir, save_figure, write_json, write_text
+    from common.io import save_figure, write_json, write_text
     from figures.capacity import capacity_figure
 
     s = result.settings
@@ -94,38 +94,41 @@ def write(out: str, result, overwrite: bool) -> None:
                                params=[r.params for r in res], capacity=[list(r.capacity) for r in res],
                                fit=None if fit is None else fit.to_dict()))
     fig = capacity_figure(series, title(s))
-    with output_dir(out, overwrite=overwrite) as tmp:
+    with job.folder(out) as tmp:
         write_json(f"{tmp}/results.json", result.to_dict())
         write_text(f"{tmp}/capacity.csv", pd.DataFrame(result.rows()).to_csv(index=False))
         save_figure(fig, f"{tmp}/capacity.png", dpi=150)
         save_figure(fig, f"{tmp}/capacity.pdf")
 
 
-@guarded
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(args, job) -> int:
+    """Check the settings and the memory they need, claim --out, search every size, write and print."""
     from common.errors import check_device
-    from common.io import check_out
 
     settings = settings_from_args(args)
     check_device("device", args.device)
     settings.check_memory()
-    out = args.out or default_out(f"runs/capacity-{args.model}", parser, args, skip=("model",))
-    check_out(out, overwrite=args.overwrite)  # before any computation
+    out = job.claim(args.out or job.default_out(f"runs/capacity-{args.model}", skip=("model",)))  # before computing
     from analysis.capacity.sweep import run_sweep
     from common.cli import describe_device
 
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     say(f"device: {describe_device(args.device)}")
     result = run_sweep(settings, progress=say)
-    write(out, result, args.overwrite)
+    write(out, result, job)
     for name, fit in (("fit", result.fit), ("construction fit", result.construction_fit)):
         if fit is not None:
             say(f"{name}: capacity ~ P^{fit.slope:.3f}, 95% CI [{fit.ci[0]:.3f}, {fit.ci[1]:.3f}] over {fit.n} "
                 f"points (paper: slope ~ 1 up to log factors)")
     say(f"wrote {out}/results.json, capacity.csv, capacity.png, capacity.pdf ({result.seconds:.1f} s)")
-    return 0
+    return EXIT_OK
+
+
+PROGRAM = Program(module=__name__, build_parser=build_parser, run=run, native=("torch",))
+
+
+def main(argv=None) -> int:
+    return run_program(PROGRAM, argv)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def tree_of(module: str) -> ast.Module:
 
 def test_every_program_is_in_the_table():
     assert PROGRAM_MODULES == {"dynamics.run", "dynamics.experiment.__main__", "models.train", "analysis.derive",
-                               "analysis.sweep", "analysis.grid", "figures.paper"}
+                               "analysis.sweep", "analysis.grid", "figures.paper", "analysis.capacity.__main__"}
 
 
 @pytest.mark.parametrize("module", sorted(PROGRAM_MODULES))
