@@ -262,7 +262,10 @@ def run_experiment_file(a, job) -> int:
             for k in ("loss", "relation_loss", "subject_loss", "hallucination_gap", "p_true", "accuracy"):
                 if k in traj:
                     traj[f"train_{k}"] = traj.pop(k)
-            save_experiment_figures(d, traj, stages, log_A=result.task.log_A)
+            # --compare-flow: the exact flow (its train-set metrics) drawn dashed in the train set's colour
+            flow = None if pairing is None else dict(
+                t=traj["t"], **{f"train_{k}": v for k, v in pairing["flow"].items() if k != "t"})
+            save_experiment_figures(d, traj, stages, log_A=result.task.log_A, flow=flow)
     if not a.quiet:
         for st in stages:
             print(f"stage {st['name']}: steps {st['step_start']} -> {st['step_end']} (ended by {st['reason']})")
