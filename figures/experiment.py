@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
@@ -376,9 +377,14 @@ def experiment_figure(traj, stages, *, log_A, entropies=None, sets=None, title=N
     return fig
 
 
-def sweep_figure(x, ys, *, xlabel, ylabel, title=None, logy=False, logx=False):
+def sweep_figure(x, ys, *, xlabel, ylabel, title=None, logy=False, logx=False, references=None, xticks=None,
+                 styles=None):
     """One line with markers per series ``ys`` (name -> values at ``x``; NaN where not reached, left as a gap),
-    legend outside the axes. E.g. time to eps against the Zipf exponent, total time against warm-up size k."""
+    legend outside the axes. E.g. time to eps against the Zipf exponent, total time against warm-up size k.
+
+    ``references``: label -> y, each a horizontal line across the axes (gid ``reference``), for a value that
+    does not depend on x (e.g. the time without warm-up); ``xticks``: x values to label (e.g. the grid's, on a
+    log axis); ``styles``: series name -> Line2D keywords (colour, line style, marker) replacing the default."""
     x = np.asarray(x, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(7.5, 4.4), constrained_layout=True)
     markers = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -387,18 +393,26 @@ def sweep_figure(x, ys, *, xlabel, ylabel, title=None, logy=False, logx=False):
         y = np.asarray(y, dtype=np.float64)
         if y.shape != x.shape:
             raise ValueError(f"series {name!r} has {y.size} values for {x.size} x values")
-        ax.plot(x, y, marker=markers[k % len(markers)], ms=5, lw=1.4, color=cmap(k % 10), label=str(name),
-                gid=f"series:{name}")
+        kw = dict(marker=markers[k % len(markers)], ms=5, lw=1.4, color=cmap(k % 10))
+        kw.update((styles or {}).get(name, {}))
+        ax.plot(x, y, label=str(name), gid=f"series:{name}", **kw)
+    ref_styles = ("--", "-.", ":")
+    for k, (name, y) in enumerate((references or {}).items()):
+        ax.axhline(float(y), color="0.35", ls=ref_styles[k % len(ref_styles)], lw=1.2, label=str(name),
+                   gid="reference")
     if logy:
         ax.set_yscale("log", nonpositive="mask")
     if logx:
         ax.set_xscale("log", nonpositive="mask")
+    if xticks is not None:
+        ax.set_xticks(list(xticks), [f"{v:g}" for v in xticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, lw=0.4, color="0.85")
     if title:
         ax.set_title(title, fontsize=10)
-    if ys:
+    if ys or references:
         _legend_outside(ax)
     return fig
 
