@@ -124,7 +124,9 @@ def figure(name, rows, curves, a):
 
     matplotlib.use("Agg")
     from figures.experiment import sweep_figure
+    from figures.style import set_color
 
+    setting = f"S={a.S}, R={a.R}, D={a.D}, alpha={a.alpha:g}, eps={a.eps:g}"
     if name == "frequency":
         x = [r["beta"] for r in rows]
         nan = float("nan")
@@ -133,37 +135,63 @@ def figure(name, rows, curves, a):
                                 "hallucination plateau length t2 - t1 (all)": [r["plateau_length"] or nan
                                                                                for r in rows]},
                             xlabel="Zipf exponent beta of the subjects", ylabel="flow time", logy=True,
-                            title=f"Frequency imbalance (S={a.S}, R={a.R}, D={a.D}, alpha={a.alpha:g})")
+                            styles={"time to eps on all facts": dict(color=set_color("all")),
+                                    "time to eps on the training distribution": dict(color=set_color("train")),
+                                    "hallucination plateau length t2 - t1 (all)": dict(color=set_color("all"),
+                                                                                       ls="--", mfc="white")},
+                            title=f"Frequency imbalance ({setting})")
     if name == "warmup":
-        x = [r["k"] for r in rows]
+        # k doubles from one run to the next: a log axis labelled at the k values; the run without warm-up
+        # (k = S) is a horizontal reference, not a point joined to the warm-up runs
+        warm = [r for r in rows if r["warmup"]]
+        x = [r["k"] for r in warm]
         no = [r for r in rows if not r["warmup"]][0]["t_total"]
-        return sweep_figure(x, {"total time to eps on all facts": [r["t_total"] for r in rows],
-                                "of which warm-up": [r["t_warmup"] for r in rows],
-                                "no warm-up": [no] * len(x)},
-                            xlabel="warm-up subjects k (k = S: none)", ylabel="flow time",
-                            title=f"Warm-up curriculum (S={a.S}, R={a.R}, D={a.D})")
+        return sweep_figure(x, {"total time to eps on all facts (warm-up + all)": [r["t_total"] for r in warm],
+                                "of which warm-up on the first k subjects": [r["t_warmup"] for r in warm]},
+                            references={f"no warm-up (all {a.S} subjects from the start): {no:,.0f}": no},
+                            xlabel=f"warm-up subjects k (log scale; all subjects S = {a.S})", ylabel="flow time",
+                            logx=True, xticks=x,
+                            styles={"total time to eps on all facts (warm-up + all)": dict(color=set_color("all")),
+                                    "of which warm-up on the first k subjects": dict(color=set_color("train"))},
+                            title=f"Warm-up curriculum ({setting})")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for rho, c in curves.items():
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), constrained_layout=True)
+    replay_ls = ("-", "--", ":", "-.")
+    ax = axes[0]
+    for k, (rho, c) in enumerate(curves.items()):
         m = c["t"] >= c["t_pre"]
-        ax = axes[0]
-        line, = ax.plot(c["t"][m] - c["t_pre"], c["old"][m], label=f"old facts, replay {rho:g}")
-        ax.plot(c["t"][m] - c["t_pre"], c["new"][m], ls="--", color=line.get_color(), label=f"new facts, replay {rho:g}")
-    axes[0].axhline(c["log_A"], color="0.5", ls=":", lw=1)
-    axes[0].set_xscale("symlog", linthresh=1.0)  # t = 0 (the switch) on a log-like axis
-    axes[0].set_xlim(left=0)
-    axes[0].set(yscale="log", xlabel="flow time since fine-tuning began", ylabel="loss (nats)",
-                title="Fine-tuning on new subjects")
-    axes[0].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    c = curves[0.0]
+        ls = replay_ls[k % len(replay_ls)]
+        ax.plot(c["t"][m] - c["t_pre"], c["old"][m], ls=ls, color=set_color("old"), lw=1.6,
+                label=f"old facts, replay {rho:g}")
+        ax.plot(c["t"][m] - c["t_pre"], c["new"][m], ls=ls, color=set_color("new"), lw=1.6,
+                label=f"new facts, replay {rho:g}")
+    ax.axhline(c["log_A"], color="0.4", ls=(0, (1, 1.5)), lw=1.2,
+               label=f"log|A| = {c['log_A']:.3g} (uniform prediction)")
+    ax.axhline(a.eps, color="0.4", ls="-.", lw=1, label=f"eps = {a.eps:g} (pre-training stop)")
+    ax.set_xscale("symlog", linthresh=1.0)  # t = 0 (the switch) on a log-like axis
+    ax.set_xlim(left=0)
+    ax.set(yscale="log", xlabel="flow time since fine-tuning began (linear up to 1, log beyond)",
+           ylabel="loss (nats)", title=f"Fine-tuning on the new half of the subjects\n"
+                                       f"old = subjects 0..{a.S // 2 - 1}, new = {a.S // 2}..{a.S - 1}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              title="colour: set; line: replay", title_fontsize=7)
+    c = next(iter(curves.values()))
     m = c["t"] <= c["t_pre"]
-    axes[1].plot(c["t"][m], c["unseen_excess"][m], color="C3")
-    axes[1].axhline(0, color="0.5", ls=":", lw=1)
-    axes[1].set_xscale("symlog", linthresh=1.0)
-    axes[1].set_xlim(left=0)
-    axes[1].set(xlabel="flow time (pre-training)",
-                ylabel="unseen loss - H(A|R) (nats)", title="Unseen subjects during pre-training")
+    ax = axes[1]
+    ax.plot(c["t"][m], c["unseen_excess"][m], color=set_color("unseen"), lw=1.6,
+            label="unseen (= new) subjects: excess =\nloss - H(A|R), the loss above\nthe relation-only predictor's")
+    ax.axhline(c["log_A"] - c["H"], color="0.4", ls="--", lw=1,
+               label=f"log|A| - H(A|R) = {c['log_A'] - c['H']:.3g}:\nuniform prediction (the start)")
+    ax.axhline(0, color="0.4", ls=(0, (1, 1.5)), lw=1.2, label="0: relation-only predictor p(a|r)")
+    ax.plot([], [], ls="none", label="above 0 once p(a|r) is learned:\nconfident wrong answers")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
+    ax.set(xlabel="flow time of pre-training (linear up to 1, log beyond)", ylabel="excess loss (nats)",
+           title="Unseen subjects during pre-training (same for every replay)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(f"Fine-tuning with replay ({setting}): pre-train on the old half until its loss is eps, "
+                 f"then train on the new half with replay of the old", fontsize=10)
     return fig
 
 

@@ -5,12 +5,15 @@ one standard deviation and a lighter min-max band.
   (the paper's SGD procedure as a band around the flow); the legend's title gives the largest distance of the
   mean from the flow and how often the flow lies inside the seeds' min-max band;
 - model 2 (softmax head): against steps, with log|A| and log D marked and the confirmation verdict of every
-  seed and overall (every seed confirmed) in the title.
+  seed and whether every seed confirmed in the title, and the verdict on the seeds' mean curves (those drawn)
+  as the legend's heading, each saying which curves it judged.
 
 Every drawn data artist carries a ``gid``: ``flow:<column>`` for the exact flow, ``mean:<column>``,
 ``std:<column>`` and ``minmax:<column>`` for the bands, ``reference`` for a theory level.
 """
 from __future__ import annotations
+
+import textwrap
 
 import matplotlib
 
@@ -84,13 +87,19 @@ def plot_bands(group: dict):
         ax.set_xscale("symlog", linthresh=max(1.0, float(x[x > 0][0]) if np.any(x > 0) else 1.0))
         ax.set_xlim(left=0.0, right=float(x[-1]) * 1.25 if len(x) and x[-1] > 0 else None)
         verdicts = group.get("verdicts") or []
-        per = ", ".join(f"{v['seed']}: {'yes' if v['confirmed'] else 'no'}" for v in verdicts)
-        overall = "CONFIRMED" if group.get("overall") else "NOT confirmed"
-        title = (f"{n} seeds; stages confirmed per seed ({per}); overall {overall} "
-                 f"({group.get('n_confirmed', 0)}/{len(verdicts)})\n{_setting(config)}")
+        per = ", ".join(f"seed {v['seed']} {'yes' if v['confirmed'] else 'no'}" for v in verdicts)
+        every = "yes" if group.get("overall") else "no"
+        # two different verdicts, each saying which curves it judged: every seed's own curves, and the seeds'
+        # mean curves drawn here; they can differ (2 of 3 seeds confirmed, the mean curves confirmed)
+        title = (f"{n} seeds. Stages confirmed on each seed's own curves: {per} "
+                 f"({group.get('n_confirmed', 0)} of {len(verdicts)}); overall (every seed): {every}")
+        title = textwrap.fill(title, 110)  # many seeds: several lines, never wider than the figure
         legend_title = None
         if group.get("mean_curve_confirmed") is not None:
-            legend_title = f"mean curves: {'confirmed' if group['mean_curve_confirmed'] else 'not confirmed'}"
+            mean = "confirmed" if group["mean_curve_confirmed"] else "not confirmed"
+            title += f"\nStages on the seeds' mean curves (drawn here): {mean}"
+            legend_title = f"mean curves: stages {mean}\n(each seed's verdict: title)"
+        title += f"\n{_setting(config)}"
         legend_outside(ax, title=legend_title, title_fontsize=8)
     if gap_panel:
         fl = np.asarray(cols["flow_loss"], dtype=np.float64)

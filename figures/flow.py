@@ -20,8 +20,8 @@ X_MARGIN = 0.05  # the time axis runs 5 % past the last sample, so a phase line 
 
 def legend_outside(ax, **kw):
     """A legend to the right of ``ax`` (never over its data area); constrained layout makes room for it."""
-    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8,
-                     frameon=False, **kw)
+    kw.setdefault("fontsize", 8)
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, **kw)
 
 
 def fmt_time(x: float) -> str:
@@ -39,11 +39,12 @@ def _plateau_point(plateau):
 
 
 def loss_axes(ax, t, loss, relation_loss, subject_loss, *, log_A, H_A_given_R, t1=None, t2=None, t3=None,
-              plateau=None, xlabel="flow time t", title=None, markers=False, legend=True):
+              plateau=None, xlabel="flow time t", title=None, markers=False, legend=True, legend_fontsize=8):
     """Draw total / relation-only / subject-only losses, theory levels, stages, phase times and the plateau
     point (a Plateau or its dict: ``t``, ``loss``) on ``ax``. ``markers``: a dot at every sample (where the
     samples are sparse, so straight segments between them are not taken for data). The x axis runs from 0 to
-    5 % past the last sample (linear); a caller that changes the scale sets its own limits."""
+    5 % past the last sample (linear); a caller that changes the scale sets its own limits. ``legend_fontsize``:
+    the legend's font size in points."""
     t = np.asarray(t)
     t_end = float(t[-1])
     edges = [0.0] + [x for x in (t1, t2) if x is not None] + [t_end]
@@ -78,7 +79,7 @@ def loss_axes(ax, t, loss, relation_loss, subject_loss, *, log_A, H_A_given_R, t
     if title:
         ax.set_title(title)
     if legend:
-        legend_outside(ax)
+        legend_outside(ax, fontsize=legend_fontsize)
     return ax
 
 

@@ -154,8 +154,9 @@ def _draw(axes, series, xlabel, *, log_x: bool, xticks=None, total=None,
         for gi, ((label, x, c), st) in enumerate(zip(series, styles)):
             ax.plot(x, c[name], ls="none", marker=st["marker"], ms=size.get(gi, 5.0), mfc="none", mec=st["color"],
                     mew=1.2, zorder=3, gid=f"exact:{label}", label=label if name == "t1" else None)
-            ax.plot(x, c["leading:" + name], ls=st["ls"], color=st["color"], lw=1, zorder=2,
-                    gid=f"leading:{label}")
+            if np.any(np.isfinite(np.asarray(c["leading:" + name], dtype=np.float64))):  # none: no empty line
+                ax.plot(x, c["leading:" + name], ls=st["ls"], color=st["color"], lw=1, zorder=2,
+                        gid=f"leading:{label}")
         if log_x:
             ax.set_xscale("log")
             if xticks is not None:
@@ -163,8 +164,9 @@ def _draw(axes, series, xlabel, *, log_x: bool, xticks=None, total=None,
                 ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{qlabel}\n(flow time)")
-    handles = [Line2D([], [], color=st["color"], marker=st["marker"], mfc="none", ls=st["ls"], lw=1,
-                      label=label) for (label, _, _), st in zip(series, styles)]
+    lines = _has_lines(series)
+    handles = [Line2D([], [], color=st["color"], marker=st["marker"], mfc="none", ls=st["ls"] if lines else "none",
+                      lw=1, label=label) for (label, _, _), st in zip(series, styles)]
     handles.append(Line2D([], [], ls="none", label=key_note))
     if total is not None and total > len(series):
         notes.insert(0, f"showing {len(series)} of {total:,} series, evenly spaced; every row is in sweep.csv")
@@ -183,106 +185,159 @@ def _finish(fig, handles, n_series: int) -> None:
                    ncols=1 + (n_series - 1) // 24, handlelength=3)
 
 
+ZIPF_FIELDS = ("zipf_subjects", "zipf_relations")
+
+
+def _key_fields(cols, x_field: str) -> list[str]:
+    """The grid fields that tell series apart on a figure against ``x_field``: S, R, D, alpha, and each Zipf
+    exponent the grid has and sets anywhere (it varies, or is not 0)."""
+    fields = [k for k in ("S", "R", "D", "alpha") if k in cols]
+    fields += [k for k in ZIPF_FIELDS if k in cols and np.any(np.asarray(cols[k], dtype=np.float64) != 0)]
+    return [k for k in fields if k != x_field]
+
+
+def _field_text(k: str, v: float) -> str:
+    return f"{k}={int(v)}" if k in ("S", "R", "D") else (f"alpha={v:.2g}" if k == "alpha" else f"{k}={v:g}")
+
+
+def _series(cols, x_field: str, x_all, columns) -> tuple[list, int, list[str]]:
+    """(series, number there were, key fields): one series per distinct value of the key fields with at least
+    two distinct x values (a series with one x is a point, not a dependence on x), sorted by x."""
+    fields = _key_fields(cols, x_field)
+    key = np.stack([np.asarray(cols[k], dtype=np.float64) for k in fields], axis=1)
+    xs = np.asarray(cols[x_field], dtype=np.float64)
+    groups = [(g, idx) for g, idx in _groups(key) if np.unique(xs[idx]).size >= 2]
+    groups, total = _subsample(groups)
+    series = []
+    for g, idx in groups:
+        idx = idx[np.argsort(x_all[idx], kind="stable")]
+        series.append((", ".join(_field_text(k, v) for k, v in zip(fields, g)), np.asarray(x_all[idx], float),
+                       columns(idx)))
+    return series, total, fields
+
+
+def _has_lines(series) -> bool:
+    return any(np.any(np.isfinite(np.asarray(c["leading:" + name], dtype=np.float64)))
+               for _, _, c in series for name, _ in QUANTITIES)
+
+
+def _lines_note(series, what: str) -> tuple[str, str]:
+    """(legend key note, title clause) about the lines: what they are, or that none could be drawn."""
+    if not _has_lines(series):
+        return ("markers: exact phase times (reduced flow or full run)\nno lines: " + what + "\nis computed for "
+                "reduced-flow rows only", "markers exact (no leading-order line for these rows)")
+    partial = any(not np.any(np.isfinite(np.asarray(c["leading:t1"], dtype=np.float64))) for _, _, c in series)
+    return ("markers: exact phase times (reduced flow or full run)\nlines: " + what
+            + ("\n(reduced-flow rows only)" if partial else ""),
+            "markers exact, lines " + what + (" where defined" if partial else ""))
+
+
 def plot_sweep(cols, slopes) -> dict:
-    """Figures ``phase_times_alpha`` (one panel per quantity, one series per (S, R, D)) and ``phase_times_S``
-    (one series per (R, D, alpha) with at least two values of S, every one of them).
+    """Figures ``phase_times_alpha`` (one panel per quantity, one series per setting of the other grid fields,
+    drawn when some series has at least two values of alpha) and ``phase_times_S`` (likewise against S), and
+    ``phase_times_zipf`` when a Zipf exponent varies. A figure whose x axis would hold one value per series
+    is not drawn (the sweep then has the figures of the fields that do vary). Series labels name every grid
+    field that tells series apart (S, R, D, alpha, and the Zipf exponents when set).
 
     cols: sweep.csv columns (name -> (n,) array); slopes: the fitted slopes (list of dicts).
     Returns name -> Figure (saved as ``{name}.png``).
 
     Markers: exact phase times of each configuration (reduced quadrature or full run).
-    Lines: leading-order prediction [log(1/alpha^2) + O(1) term] / rate of the mode that crosses.
+    Lines: leading-order prediction [log(1/alpha^2) + O(1) term] / rate of the mode that crosses (reduced-flow
+    rows; the title says only what is drawn).
     """
     names = [name for name, _ in QUANTITIES]
-
-    lead = {name: np.asarray(_leading(cols, name), dtype=np.float64) for name in names}
+    n = np.asarray(cols["S"]).size
+    lead = {}
+    for name in names:
+        try:
+            lead[name] = np.asarray(_leading(cols, name), dtype=np.float64)
+        except KeyError:  # no leading-order columns at all
+            lead[name] = np.full(n, np.nan)
 
     def columns(idx):
         c = {name: np.asarray(cols[name], dtype=np.float64)[idx] for name in names}
         c.update({"leading:" + name: lead[name][idx] for name in names})
         return c
 
-    # against log(1/alpha): one series per (S, R, D)
-    key = np.stack([cols["S"], cols["R"], cols["D"]], axis=1)
-    x_all = np.log(1 / cols["alpha"])
-    groups, total = _subsample(_groups(key))
-    series = []
-    for g, idx in groups:
-        idx = idx[np.argsort(x_all[idx], kind="stable")]
-        series.append((f"S={int(g[0])}, R={int(g[1])}, D={int(g[2])}", x_all[idx], columns(idx)))
-    fig, axs = plt.subplots(2, 2, figsize=(12.5, 7.8), layout="constrained")
-    axes = list(axs.flat)
-    handles = _draw(axes, series, r"$\log(1/\alpha)$", log_x=False, total=total)  # t is linear in log(1/alpha)
-    for ax, (name, _) in zip(axes, QUANTITIES):
-        fitted = [s for s in slopes if s["quantity"] == name and s["against"] == "log(1/alpha)"
-                  and s["fitted"] is not None]
-        if fitted:
-            vary = [k for k in ("S", "R", "D") if len({s[k] for s in fitted}) > 1] or ["S"]
-            parts = [", ".join(f"{k}={s[k]}" for k in vary) + f": {s['fitted']:.4g} ({s['predicted']:.4g})"
-                     for s in fitted]
-            lines = ["; ".join(parts[i:i + 3]) for i in range(0, len(parts), 3)]
-            if len(lines) > 4:
-                lines = lines[:4] + [f"... {len(parts) - 12} more in slopes.json"]
-            ax.set_title("slope against log(1/alpha), fitted (predicted):\n" + "\n".join(lines), fontsize=7,
-                         loc="left")
-    _finish(fig, handles, len(series))
-    _suptitle(fig, "Phase times against the initialization scale: markers exact (reduced flow), "
-                   "lines leading order + O(1)", fontsize=10)
-    figs = {"phase_times_alpha": fig}
+    figs = {}
+    # against log(1/alpha): one series per setting of the other fields
+    series, total, fields = _series(cols, "alpha", np.log(1 / np.asarray(cols["alpha"], dtype=np.float64)), columns)
+    if series:
+        key_note, clause = _lines_note(series, "leading order + O(1)")
+        fig, axs = plt.subplots(2, 2, figsize=(12.5, 7.8), layout="constrained")
+        axes = list(axs.flat)
+        handles = _draw(axes, series, r"$\log(1/\alpha)$", log_x=False, total=total,  # t is linear in log(1/alpha)
+                        key_note=key_note)
+        for ax, (name, _) in zip(axes, QUANTITIES):
+            fitted = [s for s in slopes if s["quantity"] == name and s["against"] == "log(1/alpha)"
+                      and s["fitted"] is not None]
+            if fitted:
+                vary = [k for k in ("S", "R", "D") if len({s[k] for s in fitted}) > 1] or ["S"]
+                parts = [", ".join(f"{k}={s[k]}" for k in vary) + f": {s['fitted']:.4g} ({s['predicted']:.4g})"
+                         for s in fitted]
+                lines = ["; ".join(parts[i:i + 3]) for i in range(0, len(parts), 3)]
+                if len(lines) > 4:
+                    lines = lines[:4] + [f"... {len(parts) - 12} more in slopes.json"]
+                ax.set_title("slope against log(1/alpha), fitted (predicted):\n" + "\n".join(lines), fontsize=7,
+                             loc="left")
+        _finish(fig, handles, len(series))
+        _suptitle(fig, f"Phase times against the initialization scale: {clause}", fontsize=10)
+        figs["phase_times_alpha"] = fig
 
-    # against S: one series per (R, D, alpha) with at least two values of S (all of them, not the first few)
-    key2 = np.stack([cols["R"], cols["D"], cols["alpha"]], axis=1)
-    groups, total = _subsample([(g, idx) for g, idx in _groups(key2) if np.unique(cols["S"][idx]).size >= 2])
-    series = []
-    for g, idx in groups:
-        idx = idx[np.argsort(cols["S"][idx], kind="stable")]
-        series.append((f"R={int(g[0])}, D={int(g[1])}, alpha={g[2]:.2g}", np.asarray(cols["S"][idx], dtype=np.float64),
-                       columns(idx)))
-    fig, axs = plt.subplots(2, 2, figsize=(12.5, 7.8), layout="constrained")
-    axes = list(axs.flat)
-    Svals = np.unique(cols["S"])
-    handles = _draw(axes, series, "number of subjects S", log_x=True, total=total,
-                    xticks=Svals if Svals.size <= 12 else None)  # label the grid's S values themselves
-    for ax in axes:
-        plotted = np.concatenate([np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.get_lines()]
-                                 or [[]])
-        if np.any(np.isfinite(plotted) & (plotted > 0)):  # a phase that never happens (null, or all at t = 0)
-            ax.set_yscale("log")                           # stays on a linear axis
-            label_log_axis(ax.yaxis, *ax.get_ylim())
-        if Svals.size > 12 and series:
-            label_log_axis(ax.xaxis, *ax.get_xlim())
-    _finish(fig, handles, len(series))
-    _suptitle(fig, "Phase times against S: markers exact (reduced flow), lines leading order + O(1) "
-                   "(t2, t3 grow like S; t1 does not depend on S while the hallucination stage exists)", fontsize=9)
-    figs["phase_times_S"] = fig
-    if any(k in cols and np.unique(cols[k]).size > 1 for k in ("zipf_subjects", "zipf_relations")):
-        figs["phase_times_zipf"] = plot_zipf(cols)
+    # against S: one series per setting of the other fields with at least two values of S (every one of them)
+    series, total, fields = _series(cols, "S", np.asarray(cols["S"], dtype=np.float64), columns)
+    if series:
+        key_note, clause = _lines_note(series, "leading order + O(1)")
+        fig, axs = plt.subplots(2, 2, figsize=(12.5, 7.8), layout="constrained")
+        axes = list(axs.flat)
+        Svals = np.unique(np.concatenate([x for _, x, _ in series]))
+        handles = _draw(axes, series, "number of subjects S", log_x=True, total=total, key_note=key_note,
+                        xticks=Svals if Svals.size <= 12 else None)  # label the grid's S values themselves
+        for ax in axes:
+            plotted = np.concatenate([np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.get_lines()]
+                                     or [[]])
+            if np.any(np.isfinite(plotted) & (plotted > 0)):  # a phase that never happens (null, or all at t = 0)
+                ax.set_yscale("log")                           # stays on a linear axis
+                label_log_axis(ax.yaxis, *ax.get_ylim())
+            if Svals.size > 12:
+                label_log_axis(ax.xaxis, *ax.get_xlim())
+        _finish(fig, handles, len(series))
+        _suptitle(fig, f"Phase times against S: {clause} (t2, t3 grow like S; t1 does not depend on S while the "
+                       "hallucination stage exists)", fontsize=9)
+        figs["phase_times_S"] = fig
+    if any(k in cols and np.unique(cols[k]).size > 1 for k in ZIPF_FIELDS):
+        fig = plot_zipf(cols)
+        if fig is not None:
+            figs["phase_times_zipf"] = fig
     return figs
 
 
 def plot_zipf(cols):
     """Phase times against the Zipf exponent that varies most (subjects or relations): markers measured on the
     full flow, lines the leading-order escape schedule of analysis.theory.staircase (no O(1) term), one series per
-    (S, R, D, alpha, other exponent)."""
+    setting of the other grid fields (S, R, D, alpha, the other exponent when set) with at least two exponents;
+    None when there is no such series."""
     names = [name for name, _ in QUANTITIES]
-    vary = max(("zipf_subjects", "zipf_relations"), key=lambda k: np.unique(cols[k]).size)
-    other = "zipf_relations" if vary == "zipf_subjects" else "zipf_subjects"
+    vary = max(ZIPF_FIELDS, key=lambda k: np.unique(cols[k]).size)
     lead = {f"t{i}": np.asarray(cols[f"t{i}_leading"], dtype=np.float64) for i in (1, 2, 3)}
     lead["plateau_length"] = lead["t2"] - lead["t1"]
-    key = np.stack([cols["S"], cols["R"], cols["D"], cols["alpha"], cols[other]], axis=1)
-    groups, total = _subsample(_groups(key))
-    series = []
-    for g, idx in groups:
-        idx = idx[np.argsort(cols[vary][idx], kind="stable")]
+
+    def columns(idx):
         c = {name: np.asarray(cols[name], dtype=np.float64)[idx] for name in names}
         c.update({"leading:" + name: lead[name][idx] for name in names})
-        series.append((f"S={int(g[0])}, R={int(g[1])}, D={int(g[2])}, alpha={g[3]:.2g}, "
-                       f"{other.replace('zipf_', '')} exponent {g[4]:g}", np.asarray(cols[vary][idx], float), c))
+        return c
+
+    series, total, _ = _series(cols, vary, np.asarray(cols[vary], dtype=np.float64), columns)
+    if not series:
+        return None
     fig, axs = plt.subplots(2, 2, figsize=(12.5, 7.8), layout="constrained")
     axes = list(axs.flat)
+    key_note = "markers: phase times of the full flow"
+    if _has_lines(series):
+        key_note += "\nlines: leading-order escape schedule\n(saddle to saddle, no O(1) term)"
     handles = _draw(axes, series, f"Zipf exponent of the {vary.replace('zipf_', '')}", log_x=False, total=total,
-                    key_note="markers: phase times of the full flow\nlines: leading-order escape schedule\n"
-                             "(saddle to saddle, no O(1) term)")
+                    key_note=key_note)
     for ax in axes:
         plotted = np.concatenate([np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.get_lines()]
                                  or [[]])
@@ -291,5 +346,6 @@ def plot_zipf(cols):
             label_log_axis(ax.yaxis, *ax.get_ylim())
     _finish(fig, handles, len(series))
     _suptitle(fig, "Phase times against frequency imbalance: thresholds of SPEC §3 with H(A|R) under the "
-                   "Zipf weights; markers measured on the exact flow, lines predicted at leading order", fontsize=9)
+                   "Zipf weights; markers measured on the exact flow"
+                   + (", lines predicted at leading order" if _has_lines(series) else ""), fontsize=9)
     return fig

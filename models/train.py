@@ -254,7 +254,10 @@ def run_experiment_file(a, job) -> int:
             from figures.experiment import save_experiment_figures
 
             curves = staged_figure_curves(cols, staged_time_column(result.history))
-            save_experiment_figures(d, curves, summary["stages"], log_A=result.task.log_A)
+            # --compare-flow: the exact flow (its train-set metrics) drawn dashed in the train set's colour
+            flow = None if pairing is None else dict(
+                t=curves["t"], **{f"train_{k}": v for k, v in pairing["flow"].items() if k != "t"})
+            save_experiment_figures(d, curves, summary["stages"], log_A=result.task.log_A, flow=flow)
     if not a.quiet:
         for st in summary["stages"]:
             print(f"stage {st['name']}: steps {st['step_start']} -> {st['step_end']} (ended by {st['reason']})")

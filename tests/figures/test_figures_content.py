@@ -270,6 +270,12 @@ def test_paper_figures_content(tmp_path, monkeypatch):
         assert not any("no CUDA GPU" in t for t in titles(fig))
         assert_legends_clear(fig)
     ax1, ax2 = seq.axes
+    # readable: at most 1600 px wide at the saved 150 dpi, no text under 9 pt; one reading of the schedule
+    assert seq.get_size_inches()[0] * 150 <= 1600
+    seq.canvas.draw()
+    sizes = [t.get_fontsize() for t in seq.findobj(matplotlib.text.Text) if t.get_text().strip() and t.get_visible()]
+    assert min(sizes) >= 9
+    assert "8 per doubling" not in ax2.get_title() and "every multiple of 2 steps" in ax2.get_title()
     # model 1 and model 2 plateaus marked where the reports put them
     for ax, plateau in ((ax1, res["flow"]["phases"]["plateau"]), (ax2, res["softmax"]["phases"]["steps"]["plateau"])):
         (pl,) = gid_lines(ax, "plateau")
