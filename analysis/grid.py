@@ -171,12 +171,23 @@ def run(a, job) -> int:
     from common.errors import ConfigError, check_int
 
     from analysis.sweeps.runner import SweepSpec, canonical_name, parse_axis, product_grid, read_run_list, run_grid
+    from analysis.sweeps.spec import axis_size, check_grid_size
 
     base = _fields(a, a.kind)
+    # the size of every axis and of the product first, from the syntax alone: nothing is built before
+    sizes = [(x.partition("=")[0].strip(), axis_size(x)) for x in a.grid]
+    check_grid_size(sizes)
+    listed = read_run_list(a.list) if a.list is not None else None
+    check_grid_size(sizes, None if listed is None else len(listed))
     axes = [parse_axis(x) for x in a.grid]
     grid = product_grid(axes)
-    if a.list is not None:
-        listed = read_run_list(a.list)
+    if listed is not None:
+        gridded = {canonical_name(a.kind, n): n for n, _ in axes}
+        for row in listed:  # a listed value replaced by the grid's silently: refused as for --set
+            for k in row:
+                if canonical_name(a.kind, k) in gridded:
+                    raise ConfigError(f"field {k!r} is given by the run list --list {a.list} and swept by --grid "
+                                      f"{gridded[canonical_name(a.kind, k)]}=...; give it in one place")
         grid = [{**row, **g} for row in listed for g in grid]
     swept = {canonical_name(a.kind, k) for g in grid for k in g}
     for name in base:  # a field set for every run and swept too: say so instead of letting the grid win silently
