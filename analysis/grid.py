@@ -29,7 +29,7 @@ eval_size, task_seed, compare_flow, ... (dynamics.TrainConfig); experiment: the 
 keys. --set NAME=VALUE sets any field for every run (the flags --S, --alpha, ... are shorthands).
 
 The sweep folder --out: spec.json; results.jsonl (one line per finished run, appended as it ends: index, key,
-status done/failed, error, the grid fields and the run's numbers; a training run's history too);
+status done/unfinished/failed, error, the grid fields and the run's numbers; a training run's history too);
 results.csv (the same rows, one per run, rewritten at the end); runs/<key>/ with --keep-runs; for train,
 bands.csv / bands.json / bands.png (mean, std, min, max over seeds of every history column; model 1 around
 the exact flow, model 2 with its confirmation verdict per seed and overall). Running the same command again
@@ -37,9 +37,13 @@ continues: runs already recorded are skipped (after a crash, a killed worker or 
 A different spec in the same --out is refused (naming the difference) unless --overwrite.
 
 A run that fails is recorded with its one-line error and the sweep goes on; a run whose worker process dies
-is retried once, then recorded failed. Each run's memory is estimated before submission and a run no worker
+is retried once, then recorded failed. A run that returns without finishing (a flow out of --max-steps or
+whose solver failed, a diverged training run, an experiment stage short of its stop rule: what makes frd-run,
+frd-train or frd-experiment exit 3) is recorded unfinished with the reason. Failed and unfinished runs are
+skipped on resume like done ones (the same configuration gives the same outcome); --retry-failed runs them
+again. Each run's memory is estimated before submission and a run no worker
 can hold is refused (exit status 2). Exit status: 0 every run done; 2 bad input (one line, nothing run);
-3 some run failed (results written); 130 SIGINT (Ctrl-C; recorded runs are kept), 143 SIGTERM, 129 SIGHUP."""
+3 some run failed or did not finish (results written; the line names them); 130 SIGINT (Ctrl-C; recorded runs are kept), 143 SIGTERM, 129 SIGHUP."""
 
 FLOW_FLAGS = (("--S", "S", int, "subjects"), ("--R", "R", int, "relations"), ("--D", "D", int,
               "answers per relation"), ("--T", "T", int, "sequence length"), ("--N", "N", int, "noise tokens"),
@@ -104,7 +108,8 @@ def _common(p, kind: str) -> None:
     x.add_argument("--max-runs", type=int, default=None, metavar="N",
                    help="run at most N of the runs not yet recorded, then stop (re-run to continue)")
     x.add_argument("--retry-failed", action="store_true",
-                   help="run again the runs recorded as failed (default: they are skipped like done ones)")
+                   help="run again the runs recorded as failed or unfinished (default: they are skipped like "
+                        "done ones, since the same configuration gives the same outcome)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",
                    help=f"the sweep folder (default runs/grid-{kind}); the same command again continues the sweep")
@@ -227,12 +232,22 @@ def run(a, job) -> int:
         print(f"wrote {out}/results.jsonl, results.csv" + (", bands.csv, bands.json" if result.bands is not None
                                                           else "")
               + (", bands.png" if result.bands is not None and not a.no_plots else ""))
-    failed = result.failed_rows
-    if failed:
-        first = failed[0]
-        return job.unfinished(f"{len(failed)} run(s) failed (status failed in {out}/results.csv); first: run "
-                              f"{first['index']}: {first.get('error', '')}")
+    failed, unfinished = result.failed_rows, result.unfinished_rows
+    if failed or unfinished:  # ran, but some run did not finish: results written, exit 3
+        parts = []
+        for rows, what in ((unfinished, "did not finish"), (failed, "failed")):
+            if rows:
+                first = rows[0]
+                parts.append(f"{len(rows)} run(s) {what} (runs {_indices(rows)}; first: run {first['index']}: "
+                             f"{first.get('error', '')})")
+        return job.unfinished("; ".join(parts) + f"; status unfinished/failed in {out}/results.csv; "
+                              "--retry-failed runs them again")
     return EXIT_OK
+
+
+def _indices(rows, most: int = 10) -> str:
+    shown = ", ".join(str(r["index"]) for r in rows[:most])
+    return shown + (f", ... ({len(rows) - most} more)" if len(rows) > most else "")
 
 
 PROGRAM = Program(module=__name__, build_parser=build_parser, run=run, native=("torch",))

@@ -119,6 +119,34 @@ def _experiment_row(res) -> dict:
     return row
 
 
+UNFINISHED_RUN_STATUSES = {"flow": ("max_steps", "failed"), "train": ("diverged",)}  # else experiment: not completed
+
+
+def did_not_finish(kind: str, run_status) -> bool:
+    """True if a run that returned ended without finishing, as its own program (dynamics.run, models.train,
+    dynamics.experiment) would exit 3: a flow that ran out of steps or whose solver failed, a diverged training
+    run, an experiment with a stage that did not reach its stop rule."""
+    if run_status is None:
+        return False
+    if kind == "experiment":
+        return str(run_status) != "completed"
+    return str(run_status) in UNFINISHED_RUN_STATUSES.get(kind, ())
+
+
+def _finish_status(kind: str, row: dict) -> dict:
+    """``status`` unfinished (the reason in ``error``) for a run that returned without finishing."""
+    if did_not_finish(kind, row.get("run_status")):
+        row["status"] = "unfinished"
+        why = f"run_status {row['run_status']}"
+        if row.get("message"):
+            why += f": {row['message']}"
+        elif row.get("diverged_at") is not None:
+            why += f" at step {row['diverged_at']}"
+        text = " ".join(why.split())
+        row["error"] = text if len(text) <= 500 else text[:497] + "..."
+    return row
+
+
 def _run_single(kind: str, fields: dict, experiment: dict | None, keep: bool) -> dict:
     """One run in this process: the row of numbers (``history`` for training; ``files`` with ``keep``)."""
     from dynamics.threads import torch_threads
@@ -187,13 +215,13 @@ def execute(task: dict) -> list[dict]:
                        final_loss=res["final_loss"],
                        t_final=res["t_final"], n_steps=res["n_steps"], n_rejected=res["n_rejected"],
                        nfe=res["nfe"], batched=len(results), wall_seconds=wall / len(results), worker=_where())
-            out.append(row)
+            out.append(_finish_status(kind, row))
         return out
     for r in task["runs"]:
         t0 = time.perf_counter()
         try:
             row = _run_single(kind, r["fields"], task.get("experiment"), task.get("keep", False))
-            row = dict(index=r["index"], key=r["key"], status="done", error="", **row)
+            row = _finish_status(kind, dict(index=r["index"], key=r["key"], status="done", error="", **row))
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded, the sweep goes on
@@ -223,21 +251,32 @@ class GridResult:
     interrupted: bool = False
     folder: str | None = None
     bands: object = field(repr=False, default=None)
+    unfinished: int = 0
 
     def __repr__(self) -> str:
-        return (f"GridResult({self.total} runs: {self.done} done, {self.failed} failed, {self.skipped} skipped; "
+        return (f"GridResult({self.total} runs: {self.done} done, "
+                + (f"{self.unfinished} unfinished, " if self.unfinished else "")
+                + f"{self.failed} failed, {self.skipped} skipped; "
                 f"{self.wall_seconds:.3g} s, {self.runs_per_second:.3g} runs/s"
                 f"{', interrupted' if self.interrupted else ''})")
 
     def summary_line(self) -> str:
-        left = self.total - self.done - self.failed - self.skipped
-        return (f"{self.total} runs: {self.done} done, {self.failed} failed, {self.skipped} skipped (recorded "
+        left = self.total - self.done - self.unfinished - self.failed - self.skipped
+        return (f"{self.total} runs: {self.done} done, "
+                + (f"{self.unfinished} unfinished, " if self.unfinished else "")
+                + f"{self.failed} failed, {self.skipped} skipped (recorded "
                 f"before)" + (f", {left} not run" if left else "") + f"; wall {self.wall_seconds:.1f} s, "
                 f"{self.runs_per_second:.3g} runs/s")
 
     @property
     def failed_rows(self) -> list:
         return [r for r in self.rows if r.get("status") == "failed"]
+
+    @property
+    def unfinished_rows(self) -> list:
+        """Runs that returned without finishing (status unfinished: a flow out of steps or whose solver failed,
+        a diverged training run, an experiment stage short of its stop rule)."""
+        return [r for r in self.rows if r.get("status") == "unfinished"]
 
     def to_dataframe(self):
         """results.csv as a pandas DataFrame."""
@@ -256,7 +295,8 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
 
     scheduler / workers: see :func:`open_client` (``workers = 1``: in this process; default a LocalCluster
     with one worker process per core); ``client``: an existing distributed.Client (then scheduler and workers
-    are ignored). Runs recorded ``done`` are skipped; runs recorded ``failed`` too unless ``retry_failed``.
+    are ignored). Runs recorded ``done`` are skipped; runs recorded ``failed`` or ``unfinished`` too (the same
+    configuration gives the same outcome again) unless ``retry_failed``.
     max_runs: run at most this many of the remaining runs (re-run to continue). on_row(row): called in this
     process after each row is recorded (raising KeyboardInterrupt there stops the sweep like Ctrl-C).
     progress: a bar on a terminal (None: only there; False: off) with counts and ETA. overwrite: start over
@@ -303,7 +343,7 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
     else:
         memory = [sum(r.memory_bytes for r in tr) for tr in task_runs]
     by_key = {r.key: r for r in runs}
-    counts = dict(done=0, failed=0)
+    counts = dict(done=0, failed=0, unfinished=0)
     from common.progress import Progress
 
     bar = Progress(len(todo), f"{spec.kind} sweep", unit=" runs", enabled=progress)
@@ -318,7 +358,9 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
         log.append(row)
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         bar.update(1)
-        bar.set_postfix_str(f"{counts['done']} done, {counts['failed']} failed")
+        bar.set_postfix_str(f"{counts['done']} done, " + (f"{counts['unfinished']} unfinished, "
+                                                          if counts["unfinished"] else "")
+                            + f"{counts['failed']} failed")
         if on_row is not None:
             on_row(row)
 
@@ -358,15 +400,15 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
         if bands is not None:
             bands.save(folder, plots=plots)
     wall = time.perf_counter() - t_start
-    ran = counts["done"] + counts["failed"]
+    ran = counts["done"] + counts["failed"] + counts["unfinished"]
     return GridResult(spec=spec, rows=rows, total=len(runs), done=counts["done"], failed=counts["failed"],
                       skipped=len(skip), wall_seconds=wall, runs_per_second=ran / wall if wall > 0 else 0.0,
-                      interrupted=interrupted, folder=folder, bands=bands)
+                      interrupted=interrupted, folder=folder, bands=bands, unfinished=counts["unfinished"])
 
 
 __all__ = ["KINDS", "SweepSpec", "PlannedRun", "GridResult", "BandsResult", "ResultsLog", "parse_value",
            "parse_axis", "product_grid", "read_run_list", "field_names", "canonical_name", "config_fields",
            "build_config", "resolved_dict", "run_key", "plan", "execute", "call_task", "run_tasks", "open_client",
-           "run_grid", "training_bands", "band_columns", "prepare_folder", "spec_difference", "write_results_csv",
+           "run_grid", "did_not_finish", "training_bands", "band_columns", "prepare_folder", "spec_difference", "write_results_csv",
            "check_task_memory", "check_scheduler", "worker_memory_limits", "latest_rows", "load_experiment_doc", "one_line",
            "jsonable"]

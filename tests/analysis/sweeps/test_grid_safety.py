@@ -92,3 +92,28 @@ def test_a_duplicated_json_key_is_refused_naming_it(tmp_path):
     lst.write_text('[{"alpha": 1e-3, "alpha": 1e-2}]')
     with pytest.raises(ConfigError, match="field 'alpha' is given twice"):
         read_run_list(str(lst))
+
+
+# ----------------------------------------------------------------------------- a run that did not finish
+def jsonl(folder):
+    with open(os.path.join(folder, "results.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.mark.parametrize("batch", ["1", "2"])
+def test_a_run_out_of_steps_is_unfinished_and_the_grid_exits_3(tmp_path, capsys, batch):
+    out = str(tmp_path / "g")
+    argv = ["flow", *TINY_ARGS, "--grid", "max_steps=5,100000", "--batch-flows", batch, "--workers", "1",
+            "--out", out, "--quiet"]
+    assert main(argv) == 3
+    line = one_error_line(capsys)
+    assert "1 run(s) did not finish (runs 0;" in line and "max_steps" in line
+    rows = jsonl(out)
+    assert [(r["index"], r["status"], r["run_status"]) for r in rows] == [(0, "unfinished", "max_steps"),
+                                                                         (1, "done", "converged")]
+    assert "step budget" in rows[0]["error"]
+    # resume: the unfinished run is skipped like a failed one (the same configuration runs out again), exit 3
+    assert main(argv) == 3 and len(jsonl(out)) == 2
+    capsys.readouterr()
+    assert main(argv + ["--retry-failed"]) == 3
+    assert [r["index"] for r in jsonl(out)] == [0, 1, 0]
