@@ -41,6 +41,8 @@ sweep folder) and analysis.sweeps.bands (bands over seeds). This module keeps wh
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -55,7 +57,8 @@ from analysis.sweeps.dask_tasks import (ALLOWED_FAILURES, MEMORY_FRACTION, WORKE
 from analysis.sweeps.spec import (KINDS, MAX_RUNS, TASK_SEED_NAME, PlannedRun, SweepSpec, build_config, canonical_name,
                         config_fields, describe, field_names, load_experiment_doc, parse_axis, parse_value, plan,
                         product_grid, read_run_list, resolved_dict, run_key)
-from analysis.sweeps.results_log import (RESULTS_CSV, RESULTS_JSONL, SPEC_JSON, ResultsLog, latest_rows, prepare_folder,
+from analysis.sweeps.results_log import (RESULTS_CSV, RESULTS_JSONL, SPEC_JSON, ResultsLog, SweepLock,
+                                         folder_entries, latest_rows, prepare_folder,
                           spec_difference, write_results_csv, write_run_folder)
 from analysis.sweeps.bands import BAND_STATS, BandsResult, band_columns, training_bands
 
@@ -317,6 +320,25 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
     if experiment is not None:
         spec_doc["experiment_sha256"] = experiment["sha"]
     folder, resumed = prepare_folder(spec.out, spec_doc, overwrite=overwrite, create=False)  # checks only
+    # one client per sweep folder: a second one would run every missing run again (SweepLock)
+    lock = SweepLock(folder, spec.out).acquire()
+    try:
+        return _run_locked(spec, runs, experiment, spec_doc, folder, lock, t_start=t_start, scheduler=scheduler,
+                           workers=workers, client=client, progress=progress, max_runs=max_runs, on_row=on_row,
+                           retry_failed=retry_failed, overwrite=overwrite, plots=plots)
+    finally:
+        lock.release()
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, scheduler, workers, client, progress,
+                max_runs, on_row, retry_failed, overwrite, plots) -> GridResult:
+    """run_grid's sweep, under the folder's lock."""
+    # again under the lock: another client may have written the folder between the check and the lock
+    folder, resumed = prepare_folder(spec.out, spec_doc, overwrite=overwrite, create=False)
     log = ResultsLog(folder)
     known = latest_rows(log.read()) if resumed else {}
     keys = {r.key for r in runs}
@@ -348,13 +370,17 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
 
     bar = Progress(len(todo), f"{spec.kind} sweep", unit=" runs", enabled=progress)
     interrupted = False
+    writing = ["spec.json"]  # what was being written: named if the disk is full
+    started = []  # the folder was made (or emptied) for this sweep
 
     def record_row(row):
         r = by_key[row["key"]]
         row["params"] = r.params
         if spec.keep_runs and row.get("status") == "done":
+            writing[0] = f"runs/{row['key']}/"
             write_run_folder(folder, row, r.params)
         row.pop("files", None)
+        writing[0] = RESULTS_JSONL
         log.append(row)
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         bar.update(1)
@@ -374,10 +400,12 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
 
     def start(cl):
         check_task_memory(memory, labels, cl)  # before the folder is made and anything submitted
+        started.append(True)
         prepare_folder(spec.out, spec_doc, overwrite=overwrite and not resumed)
         if tasks:
             run_tasks(execute, tasks, client=cl, on_result=on_result)
 
+    full = None
     try:
         if not tasks or client is not None:
             start(client)
@@ -387,23 +415,83 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
     except KeyboardInterrupt:
         interrupted = True
         raise
+    except OSError as exc:
+        if not _disk_full(exc):
+            raise
+        full = exc
     finally:
         bar.close()
         rows_all = log.read()
-        if os.path.isfile(os.path.join(folder, SPEC_JSON)):
-            write_results_csv(folder, [r for r in rows_all if r["key"] in keys], spec.varied)
+        if full is None and os.path.isfile(os.path.join(folder, SPEC_JSON)):
+            writing[0] = RESULTS_CSV
+            try:
+                write_results_csv(folder, [r for r in rows_all if r["key"] in keys], spec.varied)
+            except OSError as exc:
+                if not _disk_full(exc):
+                    raise
+                full = exc
     latest = latest_rows(rows_all)
     rows = [latest[r.key] for r in runs if r.key in latest]
     bands = None
-    if spec.kind == "train":
+    if full is None and spec.kind == "train":
         bands = training_bands(rows, spec)
         if bands is not None:
-            bands.save(folder, plots=plots)
+            writing[0] = "the bands (bands.csv, bands.json, bands.png)"
+            try:
+                bands.save(folder, plots=plots)
+            except OSError as exc:
+                if not _disk_full(exc):
+                    raise
+                full = exc
+    if full is not None:
+        raise ConfigError(_after_disk_full(full, folder, spec.out, writing[0], rows, resumed, bool(started)))
     wall = time.perf_counter() - t_start
     ran = counts["done"] + counts["failed"] + counts["unfinished"]
     return GridResult(spec=spec, rows=rows, total=len(runs), done=counts["done"], failed=counts["failed"],
                       skipped=len(skip), wall_seconds=wall, runs_per_second=ran / wall if wall > 0 else 0.0,
                       interrupted=interrupted, folder=folder, bands=bands, unfinished=counts["unfinished"])
+
+
+def _after_disk_full(exc: OSError, folder: str, shown: str, writing: str, rows: list, resumed: bool,
+                     started: bool) -> str:
+    """Leave the sweep folder in a clean state after a full disk (ENOSPC, EDQUOT) and return the line to print.
+    No run recorded and the folder made for this sweep: everything written is removed (the lock's release removes
+    the folder it created). Runs recorded: spec.json and results.jsonl stay (the same command continues), the
+    bands and a results.csv that could not be brought up to date are removed, and so is an empty runs/."""
+    import shutil
+
+    from common.signals import critical_section
+
+    why = exc.strerror or os.strerror(exc.errno)
+    head = f"the disk is full ({why}) while writing {os.path.join(shown, writing)}"
+    with critical_section():
+        for name in ("bands.csv", "bands.json"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            if name.startswith("bands") and name.endswith(".png"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+        if not rows:
+            if started and not resumed:
+                for e in folder_entries(folder):
+                    path = os.path.join(folder, e)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(folder, "runs"))  # only if empty
+            return f"{head}; no run was recorded and nothing was written; free some space and run the same command " \
+                   "again"
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, RESULTS_CSV))  # out of date: written again by the next call
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(folder, "runs"))  # only if empty
+    return (f"{head}; the {len(rows)} finished run(s) are recorded in {os.path.join(shown, RESULTS_JSONL)} "
+            f"(results.csv and the bands are not written); free some space and run the same command again to "
+            "continue")
 
 
 __all__ = ["KINDS", "SweepSpec", "PlannedRun", "GridResult", "BandsResult", "ResultsLog", "parse_value",

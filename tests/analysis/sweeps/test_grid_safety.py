@@ -117,3 +117,172 @@ def test_a_run_out_of_steps_is_unfinished_and_the_grid_exits_3(tmp_path, capsys,
     capsys.readouterr()
     assert main(argv + ["--retry-failed"]) == 3
     assert [r["index"] for r in jsonl(out)] == [0, 1, 0]
+
+
+# ----------------------------------------------------------------------------- one client per sweep folder
+HOLD = """
+import sys
+from analysis.sweeps.results_log import SweepLock
+lock = SweepLock(sys.argv[1], sys.argv[1]).acquire()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_client_on_the_same_folder_is_refused_and_a_crash_frees_it(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    out = str(tmp_path / "g")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, out], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        argv = ["flow", *TINY_ARGS, "--grid", "seed=0:2", "--workers", "1", "--out", out, "--quiet"]
+        assert main(argv) == 2
+        assert one_error_line(capsys) == (f"error: another frd-grid is using {out} (pid {holder.pid}); wait until "
+                                          "it ends, or choose another --out")
+        assert os.listdir(out) == [".frd-grid.lock"]  # nothing written by the refused client
+        holder.send_signal(signal.SIGKILL)  # a crash: the OS drops the lock, the stale file locks nothing
+        holder.wait(timeout=30)
+        assert main(argv) == 0
+        assert len(jsonl(out)) == 2 and ".frd-grid.lock" not in os.listdir(out)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_two_grid_processes_on_one_folder_run_each_task_once(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    out = str(tmp_path / "g")
+    argv = [sys.executable, "-m", "analysis.grid", "flow", *TINY_ARGS, "--grid", "seed=0:6", "--workers", "1",
+            "--out", out, "--quiet"]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    first = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    while not os.path.exists(os.path.join(out, ".frd-grid.lock")):  # the first client holds the folder
+        assert first.poll() is None, first.stderr.read()
+    second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    if second.returncode == 0:  # the first had finished before the second looked: all skipped, nothing run twice
+        assert "all" not in second.stderr
+    else:
+        assert second.returncode == 2
+        assert second.stderr == f"error: another frd-grid is using {out} (pid {first.pid}); wait until it ends, or " \
+                                "choose another --out\n"
+    assert sorted(r["index"] for r in jsonl(out)) == [0, 1, 2, 3, 4, 5]
+
+
+# ----------------------------------------------------------------------------- a full disk
+def enospc(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_writing_results_csv_keeps_the_finished_runs(tmp_path, capsys, monkeypatch):
+    import common.io
+
+    real = common.io.write_text
+    monkeypatch.setattr(common.io, "write_text",
+                        lambda path, text: enospc() if path.endswith("results.csv") else real(path, text))
+    out = str(tmp_path / "g")
+    assert main(["flow", *TINY_ARGS, "--grid", "seed=0:2", "--workers", "1", "--out", out, "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert "disk is full" in line and "results.csv" in line and "2 finished run(s) are recorded" in line
+    assert sorted(os.listdir(out)) == ["results.jsonl", "spec.json"] and len(jsonl(out)) == 2
+    monkeypatch.setattr(common.io, "write_text", real)
+    assert main(["flow", *TINY_ARGS, "--grid", "seed=0:2", "--workers", "1", "--out", out, "--quiet"]) == 0
+    assert sorted(os.listdir(out)) == ["results.csv", "results.jsonl", "spec.json"]
+
+
+def test_disk_full_keeping_run_folders_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import common.io
+
+    monkeypatch.setattr(common.io, "write_csv", enospc)  # the first run's trajectory.csv
+    out = tmp_path / "g"
+    assert main(["flow", *TINY_ARGS, "--grid", "seed=0:2", "--workers", "1", "--keep-runs", "--out", str(out),
+                 "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert "disk is full" in line and "/runs/" in line and "nothing was written" in line
+    assert not out.exists()
+
+
+def test_disk_full_appending_a_row_keeps_the_rows_before(tmp_path, capsys, monkeypatch):
+    from analysis.sweeps.results_log import ResultsLog
+
+    real, calls = ResultsLog._append, []
+
+    def second_fails(self, line):
+        calls.append(line)
+        return enospc() if len(calls) == 2 else real(self, line)
+
+    monkeypatch.setattr(ResultsLog, "_append", second_fails)
+    out = str(tmp_path / "g")
+    assert main(["flow", *TINY_ARGS, "--grid", "seed=0:3", "--workers", "1", "--out", out, "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert "results.jsonl" in line and "the 1 finished run(s) are recorded" in line
+    assert len(calls) == 2 and [r["index"] for r in jsonl(out)] == [0]  # stopped at the full disk
+    assert sorted(os.listdir(out)) == ["results.jsonl", "spec.json"]
+
+
+def test_train_seeds_on_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import common.io
+
+    from models.train import main as train_main
+
+    real = common.io.write_text
+    monkeypatch.setattr(common.io, "write_text",
+                        lambda path, text: enospc() if path.endswith(".csv") else real(path, text))
+    out = str(tmp_path / "seeds")
+    assert train_main(["--S", "8", "--R", "2", "--D", "4", "--T", "4", "--N", "2", "--steps", "40", "--batch", "32",
+                       "--eval-every", "20", "--device", "cpu", "--seeds", "2", "--workers", "1", "--no-plots",
+                       "--quiet", "--out", out]) == 2
+    assert "disk is full" in one_error_line(capsys)
+    assert sorted(os.listdir(out)) == ["results.jsonl", "spec.json"]
+
+
+def _mount_tmpfs(path, size: str) -> None:
+    import subprocess
+
+    os.makedirs(path, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root and mount rights): {r.stderr.strip()}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["200k", "24k"])
+def test_keep_runs_on_a_real_full_tmpfs(tmp_path, size):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, size)
+    try:
+        out = disk / "g"
+        r = subprocess.run([sys.executable, "-m", "analysis.grid", "flow", *TINY_ARGS, "--grid", "seed=0:6",
+                            "--workers", "1", "--keep-runs", "--out", str(out), "--quiet"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")))
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "disk is full" in r.stderr, r.stderr
+        if not out.exists():  # nothing recorded: nothing left
+            assert "nothing was written" in r.stderr
+            assert os.listdir(disk) == []
+        else:
+            rows = jsonl(out)
+            assert rows and f"the {len(rows)} finished run(s) are recorded" in r.stderr
+            assert sorted(os.listdir(out)) == ["results.jsonl", "runs", "spec.json"]
+            assert sorted(os.listdir(out / "runs")) == sorted(r["key"] for r in rows)  # complete folders only
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
