@@ -99,9 +99,22 @@ def _common(p, kind: str) -> None:
                             "counts, no conservation drifts; equal to the single runs to ~1e-12 relative) "
                             "(default 1: one run per task)")
     x = p.add_argument_group("execution")
-    x.add_argument("--scheduler", default="local", metavar="local|tcp://HOST:PORT",
+    x.add_argument("--scheduler", default="local", metavar="local|tls://HOST:PORT",
                    help="local (default): a Dask LocalCluster on this machine, --workers processes of one thread; "
-                        "tcp://HOST:8786: a running Dask scheduler (dask scheduler / dask worker, dask-jobqueue)")
+                        "tls://HOST:8786: a running Dask scheduler (dask scheduler / dask worker, dask-jobqueue) "
+                        "with TLS (the --tls-* flags, or Dask's configuration distributed.comm.tls.*); "
+                        "tcp://127.0.0.1:8786: one on this machine without TLS")
+    x.add_argument("--tls-ca-file", default=None, metavar="PEM",
+                   help="tls://: the CA certificate that signed the scheduler's (and this client's) certificate")
+    x.add_argument("--tls-cert", default=None, metavar="PEM", help="tls://: this client's certificate")
+    x.add_argument("--tls-key", default=None, metavar="PEM",
+                   help="tls://: this client's private key (omit if it is in the --tls-cert file)")
+    x.add_argument("--insecure-tcp", action="store_true",
+                   help="accept a plain tcp:// scheduler on another machine. tcp:// has no authentication and no "
+                        "encryption: whoever reaches the scheduler's port can run any code on the workers (tasks "
+                        "are pickled) and read the runs. Acceptable on loopback (always allowed) or on a private "
+                        "network where every machine and user is trusted (e.g. a cluster's internal network); "
+                        "elsewhere use tls://")
     x.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local worker processes (default: one per CPU core); 1 runs in this process, one run "
                         "after another, without Dask (for debugging)")
@@ -176,6 +189,7 @@ def run(a, job) -> int:
     from common.errors import ConfigError, check_int
 
     from analysis.sweeps.runner import SweepSpec, canonical_name, parse_axis, product_grid, read_run_list, run_grid
+    from analysis.sweeps.dask_tasks import check_scheduler, make_security
     from analysis.sweeps.spec import axis_size, check_grid_size
 
     base = _fields(a, a.kind)
@@ -203,6 +217,8 @@ def run(a, job) -> int:
         check_int("workers", a.workers, 1, 4096)
     if a.max_runs is not None:
         check_int("max_runs", a.max_runs, 0)
+    check_scheduler(a.scheduler, a.insecure_tcp)
+    security = make_security(a.scheduler, a.tls_ca_file, a.tls_cert, a.tls_key)
     out = a.out or f"runs/grid-{a.kind}"
     spec = SweepSpec(kind=a.kind, base=base, grid=tuple(grid), out=out,
                      experiment_file=getattr(a, "file", None), batch=getattr(a, "batch_flows", 1),
@@ -213,7 +229,8 @@ def run(a, job) -> int:
                                f"{out}/results.csv); run the same command again to continue"
                                if os.path.isfile(jsonl) else None)
     result = run_grid(spec, scheduler=a.scheduler, workers=a.workers, progress=None if not a.quiet else False,
-                      max_runs=a.max_runs, retry_failed=a.retry_failed, overwrite=a.overwrite, plots=not a.no_plots)
+                      max_runs=a.max_runs, retry_failed=a.retry_failed, overwrite=a.overwrite, plots=not a.no_plots,
+                      security=security, insecure_tcp=a.insecure_tcp)
     job.interrupted = None
     if not a.quiet:
         print(f"{a.kind} sweep: {result.summary_line()}")

@@ -53,7 +53,7 @@ from common.errors import ConfigError, check_int
 from common.io import jsonable
 
 from analysis.sweeps.dask_tasks import (ALLOWED_FAILURES, MEMORY_FRACTION, WORKER_PRELOAD, WORKER_WAIT_SECONDS, call_task,
-                         check_scheduler, check_task_memory, one_line, open_client, run_tasks, worker_memory_limits)
+                         check_scheduler, check_task_memory, make_security, one_line, open_client, run_tasks, worker_memory_limits)
 from analysis.sweeps.spec import (KINDS, MAX_RUNS, TASK_SEED_NAME, PlannedRun, SweepSpec, build_config, canonical_name,
                         config_fields, describe, field_names, load_experiment_doc, parse_axis, parse_value, plan,
                         product_grid, read_run_list, resolved_dict, run_key)
@@ -293,7 +293,7 @@ class GridResult:
 
 def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None = None, client=None,
               progress: bool | None = False, max_runs: int | None = None, on_row=None, retry_failed: bool = False,
-              overwrite: bool = False, plots: bool = False) -> GridResult:
+              overwrite: bool = False, plots: bool = False, security=None, insecure_tcp: bool = False) -> GridResult:
     """Run every run of ``spec`` not recorded yet in its folder ``spec.out`` and record each as it ends.
 
     scheduler / workers: see :func:`open_client` (``workers = 1``: in this process; default a LocalCluster
@@ -303,7 +303,9 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
     max_runs: run at most this many of the remaining runs (re-run to continue). on_row(row): called in this
     process after each row is recorded (raising KeyboardInterrupt there stops the sweep like Ctrl-C).
     progress: a bar on a terminal (None: only there; False: off) with counts and ETA. overwrite: start over
-    in a folder that holds another sweep. plots: draw the bands figure (kind train).
+    in a folder that holds another sweep. plots: draw the bands figure (kind train). security: a
+    distributed.security.Security for a tls:// scheduler (:func:`make_security`; None: Dask's configuration);
+    insecure_tcp: accept a plain tcp:// scheduler on another host (see :func:`check_scheduler`).
     """
     t_start = time.perf_counter()
     if not spec.out:
@@ -313,7 +315,7 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
     if max_runs is not None:
         max_runs = check_int("max_runs", max_runs, 0)
     if client is None:
-        check_scheduler(scheduler)
+        check_scheduler(scheduler, insecure_tcp)
         if workers is not None:
             check_int("workers", workers, 1, 4096)
     spec_doc = spec.to_dict()
@@ -324,7 +326,7 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
     lock = SweepLock(folder, spec.out).acquire()
     try:
         return _run_locked(spec, runs, experiment, spec_doc, folder, lock, t_start=t_start, scheduler=scheduler,
-                           workers=workers, client=client, progress=progress, max_runs=max_runs, on_row=on_row,
+                           workers=workers, client=client, security=security, insecure_tcp=insecure_tcp, progress=progress, max_runs=max_runs, on_row=on_row,
                            retry_failed=retry_failed, overwrite=overwrite, plots=plots)
     finally:
         lock.release()
@@ -334,7 +336,8 @@ def _disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, scheduler, workers, client, progress,
+def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, scheduler, workers, client, security,
+                insecure_tcp, progress,
                 max_runs, on_row, retry_failed, overwrite, plots) -> GridResult:
     """run_grid's sweep, under the folder's lock."""
     # again under the lock: another client may have written the folder between the check and the lock
@@ -410,7 +413,7 @@ def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, sche
         if not tasks or client is not None:
             start(client)
         else:
-            with open_client(scheduler, workers) as cl:
+            with open_client(scheduler, workers, security=security, insecure_tcp=insecure_tcp) as cl:
                 start(cl)
     except KeyboardInterrupt:
         interrupted = True
@@ -498,5 +501,5 @@ __all__ = ["KINDS", "SweepSpec", "PlannedRun", "GridResult", "BandsResult", "Res
            "parse_axis", "product_grid", "read_run_list", "field_names", "canonical_name", "config_fields",
            "build_config", "resolved_dict", "run_key", "plan", "execute", "call_task", "run_tasks", "open_client",
            "run_grid", "did_not_finish", "training_bands", "band_columns", "prepare_folder", "spec_difference", "write_results_csv",
-           "check_task_memory", "check_scheduler", "worker_memory_limits", "latest_rows", "load_experiment_doc", "one_line",
+           "check_task_memory", "check_scheduler", "make_security", "worker_memory_limits", "latest_rows", "load_experiment_doc", "one_line",
            "jsonable"]
