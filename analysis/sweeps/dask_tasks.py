@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 
 from common.errors import ConfigError, check_int
 
@@ -215,6 +216,29 @@ def make_security(scheduler: str, ca_file: str | None = None, cert: str | None =
                     require_encryption=True)
 
 
+RESOURCE_TRACKER_FILTER = "ignore:resource_tracker:UserWarning"  # -W for multiprocessing's resource tracker
+
+
+def quiet_resource_tracker() -> None:
+    """multiprocessing's resource tracker (a process started for the LocalCluster's worker processes) warns about
+    "leaked" semaphores when it sees this process end, after the program's last line (after "interrupted ..."
+    on Ctrl-C). The tracker takes its warning filters from this process's -W options when it starts: ignore
+    its own warnings (they name semaphores it then cleans up anyway)."""
+    if RESOURCE_TRACKER_FILTER not in sys.warnoptions:
+        sys.warnoptions.append(RESOURCE_TRACKER_FILTER)
+
+
+def stop_resource_tracker() -> None:
+    """End the resource tracker now (it cleans up and exits), so that nothing it might print comes after the
+    program's last line. Idempotent; harmless where none runs."""
+    with contextlib.suppress(Exception):
+        from multiprocessing import resource_tracker
+
+        tracker = resource_tracker._resource_tracker
+        if getattr(tracker, "_fd", None) is not None and getattr(tracker, "_pid", None) is not None:
+            tracker._stop()
+
+
 @contextlib.contextmanager
 def open_client(scheduler: str = "local", workers: int | None = None, *, security=None,
                 insecure_tcp: bool = False):
@@ -234,6 +258,7 @@ def open_client(scheduler: str = "local", workers: int | None = None, *, securit
         import dask
         from distributed import Client, LocalCluster
 
+        quiet_resource_tracker()  # before the cluster starts the tracker
         # Ctrl-C reaches every process of the terminal's group: the workers ignore it and this process, which
         # records the rows, stops them (otherwise each worker prints a KeyboardInterrupt traceback)
         with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,

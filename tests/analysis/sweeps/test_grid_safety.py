@@ -286,3 +286,35 @@ def test_keep_runs_on_a_real_full_tmpfs(tmp_path, size):
             assert sorted(os.listdir(out / "runs")) == sorted(r["key"] for r in rows)  # complete folders only
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+# ----------------------------------------------------------------------------- Ctrl-C's last line
+LEAK = """
+import os, sys
+if sys.argv[1] != "plain":
+    from analysis.sweeps.dask_tasks import quiet_resource_tracker, stop_resource_tracker
+    quiet_resource_tracker()
+from multiprocessing import resource_tracker
+resource_tracker.register("/frd-test-leak-%d" % os.getpid(), "semaphore")  # what a killed worker leaves behind
+if sys.argv[1] == "stop":
+    stop_resource_tracker()  # what frd-grid's interrupted line does first
+sys.stderr.write("interrupted; the last line\\n")
+sys.stderr.flush()
+os._exit(130)
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "quiet", "stop"])
+def test_the_resource_tracker_prints_nothing_after_the_interrupted_line(mode):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    # stderr is read to its end: the tracker, which inherits it, has exited too
+    r = subprocess.run([sys.executable, "-c", LEAK, mode], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    if mode == "plain":  # the warning this guards against: multiprocessing's, printed after the program ended
+        assert any("leaked semaphore" in x for x in lines[1:]), r.stderr
+    else:
+        assert lines == ["interrupted; the last line"], r.stderr
