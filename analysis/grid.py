@@ -34,7 +34,10 @@ results.csv (the same rows, one per run, rewritten at the end); runs/<key>/ with
 bands.csv / bands.json / bands.png (mean, std, min, max over seeds of every history column; model 1 around
 the exact flow, model 2 with its confirmation verdict per seed and overall). Running the same command again
 continues: runs already recorded are skipped (after a crash, a killed worker or Ctrl-C), so nothing is lost.
-A different spec in the same --out is refused (naming the difference) unless --overwrite.
+A different spec in the same --out is refused (naming the difference) unless --overwrite. One frd-grid
+at a time per --out: a second is refused (it holds OUT/.frd-grid.lock; the lock ends with the process, crash
+included). A full disk is one line: nothing is left if no run was recorded, else spec.json and results.jsonl
+stay and the same command continues once there is space.
 
 A run that fails is recorded with its one-line error and the sweep goes on; a run whose worker process dies
 is retried once, then recorded failed. A run that returns without finishing (a flow out of --max-steps or
