@@ -53,8 +53,7 @@ def test_a_huge_grid_is_refused_before_any_axis_is_built(tmp_path, capsys, monke
 
 @pytest.mark.parametrize("axis,match", [("alpha=lin:0:inf:3", "HI = 'inf' is not finite"),
                                         ("alpha=log:nan:1:3", "LO = 'nan' is not finite"),
-                                        ("alpha=lin:-1e308:1e308:3", "overflow"),
-                                        ("alpha=lin:0:1:2.5", "COUNT")])
+                                        ("alpha=lin:-1e308:1e308:3", "overflow")])
 def test_non_finite_range_ends_give_one_line_and_no_numpy_warning(tmp_path, capsys, axis, match):
     out = tmp_path / "never"
     with warnings.catch_warnings(record=True) as caught:
@@ -171,9 +170,7 @@ def test_two_grid_processes_on_one_folder_run_each_task_once(tmp_path):
         assert first.poll() is None, first.stderr.read()
     second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert first.wait(timeout=120) == 0, first.stderr.read()
-    if second.returncode == 0:  # the first had finished before the second looked: all skipped, nothing run twice
-        assert "all" not in second.stderr
-    else:
+    if second.returncode != 0:  # 0 only if the first had ended before the second looked (then all skipped)
         assert second.returncode == 2
         assert second.stderr == f"error: another frd-grid is using {out} (pid {first.pid}); wait until it ends, or " \
                                 "choose another --out\n"
@@ -304,17 +301,18 @@ os._exit(130)
 """
 
 
-@pytest.mark.parametrize("mode", ["plain", "quiet", "stop"])
-def test_the_resource_tracker_prints_nothing_after_the_interrupted_line(mode):
+def test_the_resource_tracker_prints_nothing_after_the_interrupted_line():
     import subprocess
     import sys
 
     from helpers import ROOT
 
-    # stderr is read to its end: the tracker, which inherits it, has exited too
-    r = subprocess.run([sys.executable, "-c", LEAK, mode], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    lines = r.stderr.strip().splitlines()
-    if mode == "plain":  # the warning this guards against: multiprocessing's, printed after the program ended
-        assert any("leaked semaphore" in x for x in lines[1:]), r.stderr
-    else:
-        assert lines == ["interrupted; the last line"], r.stderr
+    def stderr_lines(mode):  # read to its end: the tracker, which inherits stderr, has exited too
+        r = subprocess.run([sys.executable, "-c", LEAK, mode], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        return r.stderr.strip().splitlines()
+
+    # what this guards against: multiprocessing's warning, printed after the program's last line
+    plain = stderr_lines("plain")
+    assert plain[0] == "interrupted; the last line" and any("leaked semaphore" in x for x in plain[1:]), plain
+    for mode in ("quiet", "stop"):
+        assert stderr_lines(mode) == ["interrupted; the last line"]
