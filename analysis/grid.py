@@ -29,17 +29,24 @@ eval_size, task_seed, compare_flow, ... (dynamics.TrainConfig); experiment: the 
 keys. --set NAME=VALUE sets any field for every run (the flags --S, --alpha, ... are shorthands).
 
 The sweep folder --out: spec.json; results.jsonl (one line per finished run, appended as it ends: index, key,
-status done/failed, error, the grid fields and the run's numbers; a training run's history too);
+status done/unfinished/failed, error, the grid fields and the run's numbers; a training run's history too);
 results.csv (the same rows, one per run, rewritten at the end); runs/<key>/ with --keep-runs; for train,
 bands.csv / bands.json / bands.png (mean, std, min, max over seeds of every history column; model 1 around
 the exact flow, model 2 with its confirmation verdict per seed and overall). Running the same command again
 continues: runs already recorded are skipped (after a crash, a killed worker or Ctrl-C), so nothing is lost.
-A different spec in the same --out is refused (naming the difference) unless --overwrite.
+A different spec in the same --out is refused (naming the difference) unless --overwrite. One frd-grid
+at a time per --out: a second is refused (it holds OUT/.frd-grid.lock; the lock ends with the process, crash
+included). A full disk is one line: nothing is left if no run was recorded, else spec.json and results.jsonl
+stay and the same command continues once there is space.
 
 A run that fails is recorded with its one-line error and the sweep goes on; a run whose worker process dies
-is retried once, then recorded failed. Each run's memory is estimated before submission and a run no worker
+is retried once, then recorded failed. A run that returns without finishing (a flow out of --max-steps or
+whose solver failed, a diverged training run, an experiment stage short of its stop rule: what makes frd-run,
+frd-train or frd-experiment exit 3) is recorded unfinished with the reason. Failed and unfinished runs are
+skipped on resume like done ones (the same configuration gives the same outcome); --retry-failed runs them
+again. Each run's memory is estimated before submission and a run no worker
 can hold is refused (exit status 2). Exit status: 0 every run done; 2 bad input (one line, nothing run);
-3 some run failed (results written); 130 SIGINT (Ctrl-C; recorded runs are kept), 143 SIGTERM, 129 SIGHUP."""
+3 some run failed or did not finish (results written; the line names them); 130 SIGINT (Ctrl-C; recorded runs are kept), 143 SIGTERM, 129 SIGHUP."""
 
 FLOW_FLAGS = (("--S", "S", int, "subjects"), ("--R", "R", int, "relations"), ("--D", "D", int,
               "answers per relation"), ("--T", "T", int, "sequence length"), ("--N", "N", int, "noise tokens"),
@@ -95,16 +102,30 @@ def _common(p, kind: str) -> None:
                             "counts, no conservation drifts; equal to the single runs to ~1e-12 relative) "
                             "(default 1: one run per task)")
     x = p.add_argument_group("execution")
-    x.add_argument("--scheduler", default="local", metavar="local|tcp://HOST:PORT",
+    x.add_argument("--scheduler", default="local", metavar="local|tls://HOST:PORT",
                    help="local (default): a Dask LocalCluster on this machine, --workers processes of one thread; "
-                        "tcp://HOST:8786: a running Dask scheduler (dask scheduler / dask worker, dask-jobqueue)")
+                        "tls://HOST:8786: a running Dask scheduler (dask scheduler / dask worker, dask-jobqueue) "
+                        "with TLS (the --tls-* flags, or Dask's configuration distributed.comm.tls.*); "
+                        "tcp://127.0.0.1:8786: one on this machine without TLS")
+    x.add_argument("--tls-ca-file", default=None, metavar="PEM",
+                   help="tls://: the CA certificate that signed the scheduler's (and this client's) certificate")
+    x.add_argument("--tls-cert", default=None, metavar="PEM", help="tls://: this client's certificate")
+    x.add_argument("--tls-key", default=None, metavar="PEM",
+                   help="tls://: this client's private key (omit if it is in the --tls-cert file)")
+    x.add_argument("--insecure-tcp", action="store_true",
+                   help="accept a plain tcp:// scheduler on another machine. tcp:// has no authentication and no "
+                        "encryption: whoever reaches the scheduler's port can run any code on the workers (tasks "
+                        "are pickled) and read the runs. Acceptable on loopback (always allowed) or on a private "
+                        "network where every machine and user is trusted (e.g. a cluster's internal network); "
+                        "elsewhere use tls://")
     x.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local worker processes (default: one per CPU core); 1 runs in this process, one run "
                         "after another, without Dask (for debugging)")
     x.add_argument("--max-runs", type=int, default=None, metavar="N",
                    help="run at most N of the runs not yet recorded, then stop (re-run to continue)")
     x.add_argument("--retry-failed", action="store_true",
-                   help="run again the runs recorded as failed (default: they are skipped like done ones)")
+                   help="run again the runs recorded as failed or unfinished (default: they are skipped like "
+                        "done ones, since the same configuration gives the same outcome)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",
                    help=f"the sweep folder (default runs/grid-{kind}); the same command again continues the sweep")
@@ -171,12 +192,24 @@ def run(a, job) -> int:
     from common.errors import ConfigError, check_int
 
     from analysis.sweeps.runner import SweepSpec, canonical_name, parse_axis, product_grid, read_run_list, run_grid
+    from analysis.sweeps.dask_tasks import check_scheduler, make_security
+    from analysis.sweeps.spec import axis_size, check_grid_size
 
     base = _fields(a, a.kind)
+    # the size of every axis and of the product first, from the syntax alone: nothing is built before
+    sizes = [(x.partition("=")[0].strip(), axis_size(x)) for x in a.grid]
+    check_grid_size(sizes)
+    listed = read_run_list(a.list) if a.list is not None else None
+    check_grid_size(sizes, None if listed is None else len(listed))
     axes = [parse_axis(x) for x in a.grid]
     grid = product_grid(axes)
-    if a.list is not None:
-        listed = read_run_list(a.list)
+    if listed is not None:
+        gridded = {canonical_name(a.kind, n): n for n, _ in axes}
+        for row in listed:  # a listed value replaced by the grid's silently: refused as for --set
+            for k in row:
+                if canonical_name(a.kind, k) in gridded:
+                    raise ConfigError(f"field {k!r} is given by the run list --list {a.list} and swept by --grid "
+                                      f"{gridded[canonical_name(a.kind, k)]}=...; give it in one place")
         grid = [{**row, **g} for row in listed for g in grid]
     swept = {canonical_name(a.kind, k) for g in grid for k in g}
     for name in base:  # a field set for every run and swept too: say so instead of letting the grid win silently
@@ -187,17 +220,31 @@ def run(a, job) -> int:
         check_int("workers", a.workers, 1, 4096)
     if a.max_runs is not None:
         check_int("max_runs", a.max_runs, 0)
+    check_scheduler(a.scheduler, a.insecure_tcp)
+    security = make_security(a.scheduler, a.tls_ca_file, a.tls_cert, a.tls_key)
     out = a.out or f"runs/grid-{a.kind}"
     spec = SweepSpec(kind=a.kind, base=base, grid=tuple(grid), out=out,
                      experiment_file=getattr(a, "file", None), batch=getattr(a, "batch_flows", 1),
                      keep_runs=a.keep_runs)
     jsonl = os.path.join(out, "results.jsonl")
     # a signal while the sweep runs: the runs recorded so far stay, and the same command continues
-    job.interrupted = lambda: (f"interrupted; the runs finished so far are recorded in {jsonl} (and "
-                               f"{out}/results.csv); run the same command again to continue"
-                               if os.path.isfile(jsonl) else None)
+    def interrupted():
+        # the LocalCluster's resource tracker would print its warnings after this line: ended first, silently
+        from analysis.sweeps.dask_tasks import stop_resource_tracker
+
+        stop_resource_tracker()
+        if os.path.isfile(jsonl):
+            return (f"interrupted; the runs finished so far are recorded in {jsonl} (and {out}/results.csv); run "
+                    "the same command again to continue")
+        if os.path.isfile(os.path.join(out, "spec.json")):
+            return (f"interrupted before any run finished; {out} holds the sweep's spec.json; run the same command "
+                    "again to start it")
+        return None
+
+    job.interrupted = interrupted
     result = run_grid(spec, scheduler=a.scheduler, workers=a.workers, progress=None if not a.quiet else False,
-                      max_runs=a.max_runs, retry_failed=a.retry_failed, overwrite=a.overwrite, plots=not a.no_plots)
+                      max_runs=a.max_runs, retry_failed=a.retry_failed, overwrite=a.overwrite, plots=not a.no_plots,
+                      security=security, insecure_tcp=a.insecure_tcp)
     job.interrupted = None
     if not a.quiet:
         print(f"{a.kind} sweep: {result.summary_line()}")
@@ -216,12 +263,22 @@ def run(a, job) -> int:
         print(f"wrote {out}/results.jsonl, results.csv" + (", bands.csv, bands.json" if result.bands is not None
                                                           else "")
               + (", bands.png" if result.bands is not None and not a.no_plots else ""))
-    failed = result.failed_rows
-    if failed:
-        first = failed[0]
-        return job.unfinished(f"{len(failed)} run(s) failed (status failed in {out}/results.csv); first: run "
-                              f"{first['index']}: {first.get('error', '')}")
+    failed, unfinished = result.failed_rows, result.unfinished_rows
+    if failed or unfinished:  # ran, but some run did not finish: results written, exit 3
+        parts = []
+        for rows, what in ((unfinished, "did not finish"), (failed, "failed")):
+            if rows:
+                first = rows[0]
+                parts.append(f"{len(rows)} run(s) {what} (runs {_indices(rows)}; first: run {first['index']}: "
+                             f"{first.get('error', '')})")
+        return job.unfinished("; ".join(parts) + f"; status unfinished/failed in {out}/results.csv; "
+                              "--retry-failed runs them again")
     return EXIT_OK
+
+
+def _indices(rows, most: int = 10) -> str:
+    shown = ", ".join(str(r["index"]) for r in rows[:most])
+    return shown + (f", ... ({len(rows) - most} more)" if len(rows) > most else "")
 
 
 PROGRAM = Program(module=__name__, build_parser=build_parser, run=run, native=("torch",))

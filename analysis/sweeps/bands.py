@@ -119,7 +119,8 @@ def band_columns(histories: list[dict]) -> dict:
 def training_bands(rows: list[dict], spec: SweepSpec | None = None) -> BandsResult | None:
     """Bands over seeds of the done training rows (with histories), one group per setting of the other grid
     fields; model 1 groups get the exact flow from the same init, model 2 groups the confirmation verdicts."""
-    done = [r for r in rows if r.get("status") == "done" and r.get("history")]
+    # a diverged run (status unfinished) keeps its history up to the divergence: it is in the bands as before
+    done = [r for r in rows if r.get("status") in ("done", "unfinished") and r.get("history")]
     if not done:
         return None
     base = dict(spec.base) if spec is not None else {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 
 from common.errors import ConfigError, check_int
 
@@ -154,21 +155,98 @@ def run_tasks(fn, items, *, client=None, on_result=None, memory_bytes=None, labe
     return outcomes
 
 
-def check_scheduler(scheduler) -> str:
-    """``local`` or a scheduler address (tcp://HOST:PORT, tls://, ws://, wss://, inproc://); else ConfigError."""
+PLAIN_PROTOCOLS = ("tcp", "ws")  # unauthenticated, unencrypted: pickled tasks anyone on the path can send or read
+CONNECT_TIMEOUT_SECONDS = 20  # connecting to a running scheduler (a refused TLS handshake ends sooner)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]")
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: not resolved here (it may point anywhere)
+
+
+def check_scheduler(scheduler, insecure_tcp: bool = False) -> str:
+    """``local`` or a scheduler address (tcp://HOST:PORT, tls://, ws://, wss://, inproc://); else ConfigError.
+    Plain tcp:// or ws:// (no authentication, no encryption: whoever reaches the port can run code on the
+    workers, and read the tasks) is accepted to a loopback host only, unless ``insecure_tcp``; tls:// or wss://
+    with certificates is the way to reach a scheduler on another machine."""
     if scheduler in (None, "", "local"):
         return "local"
-    if not re.fullmatch(r"(tcp|tls|ws|wss|inproc)://\S+", str(scheduler)):
+    m = re.fullmatch(r"(tcp|tls|ws|wss|inproc)://(\S+)", str(scheduler))
+    if not m:
         raise ConfigError(f"scheduler = {scheduler!r} is neither 'local' nor an address such as "
-                          "tcp://HOST:8786")
+                          "tls://HOST:8786 or tcp://127.0.0.1:8786")
+    if m.group(1) in PLAIN_PROTOCOLS and not insecure_tcp:
+        hostport = m.group(2).split("/", 1)[0]
+        host = hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 or hostport.startswith("[") else hostport
+        if not _is_loopback(host):
+            raise ConfigError(f"scheduler = {scheduler!r}: plain {m.group(1)}:// to another machine is "
+                              "unauthenticated and unencrypted (anyone who reaches the port can run code on the "
+                              "workers); use tls://HOST:PORT with --tls-ca-file, --tls-cert and --tls-key, or pass "
+                              "--insecure-tcp on a private network you trust")
     return str(scheduler)
 
 
+def make_security(scheduler: str, ca_file: str | None = None, cert: str | None = None, key: str | None = None):
+    """A distributed.security.Security for a tls:// scheduler from certificate files (``ca_file``: the CA that
+    signed the scheduler's certificate; ``cert``/``key``: this client's certificate and private key, PEM; the key
+    may be inside ``cert``), or None: Dask's own configuration (distributed.comm.tls.*) applies. ConfigError for
+    a missing file, or certificates given for an address that is not tls:// or wss://."""
+    given = {"--tls-ca-file": ca_file, "--tls-cert": cert, "--tls-key": key}
+    if not any(given.values()):
+        return None
+    if not re.match(r"(tls|wss)://", str(scheduler or "")):
+        raise ConfigError(f"{', '.join(k for k, v in given.items() if v)} given, but scheduler = {scheduler!r} is "
+                          "not a tls:// address; use --scheduler tls://HOST:PORT")
+    for flag, path in given.items():
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{flag} {path!r} does not exist; give a PEM file")
+    if not ca_file or not cert:
+        raise ConfigError("a TLS client needs --tls-ca-file (the CA that signed the scheduler's certificate) and "
+                          "--tls-cert (this client's certificate; --tls-key its key unless it is in the same file)")
+    from distributed.security import Security
+
+    return Security(tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key or None,
+                    require_encryption=True)
+
+
+RESOURCE_TRACKER_FILTER = "ignore:resource_tracker:UserWarning"  # -W for multiprocessing's resource tracker
+
+
+def quiet_resource_tracker() -> None:
+    """multiprocessing's resource tracker (a process started for the LocalCluster's worker processes) warns about
+    "leaked" semaphores when it sees this process end, after the program's last line (after "interrupted ..."
+    on Ctrl-C). The tracker takes its warning filters from this process's -W options when it starts: ignore
+    its own warnings (they name semaphores it then cleans up anyway)."""
+    if RESOURCE_TRACKER_FILTER not in sys.warnoptions:
+        sys.warnoptions.append(RESOURCE_TRACKER_FILTER)
+
+
+def stop_resource_tracker() -> None:
+    """End the resource tracker now (it cleans up and exits), so that nothing it might print comes after the
+    program's last line. Idempotent; harmless where none runs."""
+    with contextlib.suppress(Exception):
+        from multiprocessing import resource_tracker
+
+        tracker = resource_tracker._resource_tracker
+        if getattr(tracker, "_fd", None) is not None and getattr(tracker, "_pid", None) is not None:
+            tracker._stop()
+
+
 @contextlib.contextmanager
-def open_client(scheduler: str = "local", workers: int | None = None):
+def open_client(scheduler: str = "local", workers: int | None = None, *, security=None,
+                insecure_tcp: bool = False):
     """A Dask client for ``scheduler``: ``local`` starts a LocalCluster of ``workers`` processes with one thread
-    each (default: one per CPU core) and closes it at the end; ``tcp://HOST:PORT`` connects to a running
-    scheduler. ``workers = 1`` with ``local`` yields None: run in this process, without Dask."""
+    each (default: one per CPU core) and closes it at the end; ``tls://HOST:PORT`` (``security``: a
+    distributed.security.Security, see :func:`make_security`, else Dask's configuration) or a loopback
+    ``tcp://HOST:PORT`` (another host with ``insecure_tcp``, see :func:`check_scheduler`) connects to a
+    running scheduler. ``workers = 1`` with ``local`` yields None: run in this process, without Dask."""
     if scheduler in (None, "", "local"):
         n = workers if workers else (os.cpu_count() or 1)
         n = check_int("workers", n, 1, 4096)
@@ -180,6 +258,7 @@ def open_client(scheduler: str = "local", workers: int | None = None):
         import dask
         from distributed import Client, LocalCluster
 
+        quiet_resource_tracker()  # before the cluster starts the tracker
         # Ctrl-C reaches every process of the terminal's group: the workers ignore it and this process, which
         # records the rows, stops them (otherwise each worker prints a KeyboardInterrupt traceback)
         with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
@@ -201,14 +280,17 @@ def open_client(scheduler: str = "local", workers: int | None = None):
             with contextlib.suppress(Exception):
                 cluster.close()
         return
-    check_scheduler(scheduler)
+    check_scheduler(scheduler, insecure_tcp)
     from distributed import Client
 
+    kw = {} if security is None else {"security": security}
     try:
-        client = Client(scheduler, timeout=20)
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(f"could not connect to the Dask scheduler at {scheduler}: {one_line(exc)}; start one "
-                          "with `dask scheduler` and workers with `dask worker ADDRESS`") from None
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT_SECONDS, **kw)
+    except Exception as exc:  # noqa: BLE001 - refused, timed out, TLS handshake or certificate errors
+        hint = ("; check --tls-ca-file, --tls-cert and --tls-key (the scheduler's CA, a certificate it accepts)"
+                if str(scheduler).startswith(("tls://", "wss://")) else
+                "; start one with `dask scheduler` and workers with `dask worker ADDRESS`")
+        raise ConfigError(f"could not connect to the Dask scheduler at {scheduler}: {one_line(exc)}{hint}") from None
     try:
         try:
             client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)

@@ -12,6 +12,108 @@ from common.io import jsonable
 from analysis.sweeps.spec import describe
 
 RESULTS_JSONL, RESULTS_CSV, SPEC_JSON = "results.jsonl", "results.csv", "spec.json"
+LOCK_NAME = ".frd-grid.lock"  # the client's lock: one frd-grid per sweep folder (SweepLock)
+
+
+# ----------------------------------------------------------------------------- one client per sweep folder
+class SweepLock:
+    """An exclusive lock on the sweep folder ``folder`` (``shown``: the name to print): ``fcntl.flock`` on
+    ``folder/.frd-grid.lock``, which holds the client's pid. A second client is refused at once (ConfigError:
+    "another frd-grid is using OUT (pid N)"); the operating system drops the lock when the process ends, crash
+    or kill -9 included, so a stale file left by a crash locks nothing. ``acquire`` creates the folder if it does
+    not exist; ``release`` removes the lock file, and the folder too if this lock created it and nothing else
+    was written there."""
+
+    def __init__(self, folder: str, shown: str):
+        self.folder, self.shown = folder, shown
+        self.path = os.path.join(folder, LOCK_NAME)
+        self.fd = None
+        self.created = False
+
+    def acquire(self) -> "SweepLock":
+        import fcntl
+
+        from common.signals import critical_section
+
+        with critical_section():  # a signal cannot fall between taking the lock and owning its release
+            if not os.path.isdir(self.folder):
+                try:
+                    os.makedirs(self.folder)
+                    self.created = True
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise ConfigError(f"out = {self.shown!r} cannot be created: {exc.strerror or exc}; choose "
+                                      "another --out") from None
+            while True:
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                except OSError as exc:
+                    self._remove_created()
+                    raise ConfigError(f"out = {self.shown!r} cannot be written: {exc.strerror or exc}; choose "
+                                      "another --out") from None
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # held by another process (EWOULDBLOCK)
+                    pid = _read_pid(fd)
+                    os.close(fd)
+                    raise ConfigError(f"another frd-grid is using {self.shown} (pid {pid}); wait until it ends, or "
+                                      "choose another --out") from None
+                try:  # still the file at the path? (a client that ended meanwhile unlinked the one locked here)
+                    same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                os.close(fd)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:  # a full disk: the lock holds without the pid
+                pass
+            self.fd = fd
+        return self
+
+    def _remove_created(self) -> None:
+        if self.created:
+            try:
+                os.rmdir(self.folder)  # only if empty: nothing was written
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        from common.signals import critical_section
+
+        with critical_section():
+            if self.fd is None:
+                return
+            try:
+                os.unlink(self.path)  # before closing: a client waiting on this file sees it gone and retries
+            except OSError:
+                pass
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+            self._remove_created()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text if text.isdigit() else "unknown"
+
+
+def folder_entries(folder: str) -> list[str]:
+    """The entries of a sweep folder other than the client's lock file."""
+    return [e for e in os.listdir(folder) if e != LOCK_NAME]
 
 
 # ----------------------------------------------------------------------------- the results file
@@ -156,7 +258,7 @@ def prepare_folder(out: str, spec_doc: dict, *, overwrite: bool = False, create:
     if os.path.lexists(target):
         if not os.path.isdir(target):
             raise ConfigError(f"out = {out!r} exists and is not a folder; give a folder path with --out")
-        if os.listdir(target):
+        if folder_entries(target):
             if not overwrite:
                 raise ConfigError(f"out = {out!r} already exists, is not empty and holds no sweep ({SPEC_JSON}); "
                                   "pass --overwrite to replace it, or choose another --out")
@@ -166,8 +268,13 @@ def prepare_folder(out: str, spec_doc: dict, *, overwrite: bool = False, create:
                                   "not replace it; choose another --out")
             if not os.path.isfile(spec_path):
                 check_out(out, overwrite=True)  # an output folder of files only, as every program's --overwrite
-            if create:
-                shutil.rmtree(target)
+            if create:  # empty it, but keep the lock file of this client (SweepLock)
+                for e in folder_entries(target):
+                    path = os.path.join(target, e)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
     else:
         check_out(out)  # a place where a folder can be created
     if create:
@@ -204,15 +311,35 @@ def write_results_csv(folder: str, rows: list[dict], varied=()) -> str:
 
 
 def write_run_folder(folder: str, row: dict, params: dict) -> None:
-    from common.io import output_dir, write_csv, write_json
+    """runs/<key>/ (results.json and the trajectory or history), built under a hidden name and renamed into
+    place; an OSError (a full disk) leaves no partial folder and propagates as it is."""
+    import shutil
+    import secrets
+
+    from common.io import write_csv, write_json
+    from common.signals import critical_section
 
     files = row.get("files")
     if not files:
         return
-    dest = os.path.join(folder, "runs", row["key"])
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    with output_dir(dest, overwrite=True) as d:
-        write_json(os.path.join(d, "results.json"), dict(key=row["key"], index=row["index"], params=params,
-                                                         results=files["results"]))
+    runs = os.path.join(folder, "runs")
+    dest = os.path.join(runs, row["key"])
+    tmp = None
+    try:
+        with critical_section():
+            os.makedirs(runs, exist_ok=True)
+            tmp = os.path.join(runs, f".{row['key']}.{secrets.token_hex(6)}.tmp")
+            os.mkdir(tmp, 0o777)
+        write_json(os.path.join(tmp, "results.json"), dict(key=row["key"], index=row["index"], params=params,
+                                                           results=files["results"]))
         name, cols = files["table"]
-        write_csv(os.path.join(d, name), cols)
+        write_csv(os.path.join(tmp, name), cols)
+        with critical_section():
+            if os.path.isdir(dest):  # a run recorded before (--retry-failed): replaced
+                shutil.rmtree(dest)
+            os.rename(tmp, dest)
+            tmp = None
+    finally:
+        if tmp is not None:
+            with critical_section():
+                shutil.rmtree(tmp, ignore_errors=True)

@@ -41,6 +41,8 @@ sweep folder) and analysis.sweeps.bands (bands over seeds). This module keeps wh
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -50,13 +52,14 @@ import numpy as np
 from common.errors import ConfigError, check_int
 from common.io import jsonable
 
-from analysis.sweeps.dask_tasks import (call_task, check_scheduler, check_task_memory, one_line, open_client, run_tasks,
-                                        worker_memory_limits)
+from analysis.sweeps.dask_tasks import (call_task, check_scheduler, check_task_memory, make_security, one_line,
+                                        open_client, run_tasks, worker_memory_limits)
 from analysis.sweeps.spec import (KINDS, PlannedRun, SweepSpec, build_config, canonical_name, config_fields, describe,
                                   field_names, load_experiment_doc, parse_axis, parse_value, plan, product_grid,
                                   read_run_list, resolved_dict, run_key)
-from analysis.sweeps.results_log import (RESULTS_CSV, SPEC_JSON, ResultsLog, latest_rows, prepare_folder, spec_difference,
-                                         write_results_csv, write_run_folder)
+from analysis.sweeps.results_log import (RESULTS_CSV, RESULTS_JSONL, SPEC_JSON, ResultsLog, SweepLock, folder_entries,
+                                         latest_rows, prepare_folder, spec_difference, write_results_csv,
+                                         write_run_folder)
 from analysis.sweeps.bands import BandsResult, band_columns, training_bands
 
 
@@ -116,6 +119,34 @@ def _experiment_row(res) -> dict:
             for k in ("t1", "t2", "t3"):
                 row[f"{n}.{set_name}.{k}"] = ph[k]
             row[f"{n}.{set_name}.loss_end"] = st["at_end"][set_name]["loss"]
+    return row
+
+
+UNFINISHED_RUN_STATUSES = {"flow": ("max_steps", "failed"), "train": ("diverged",)}  # else experiment: not completed
+
+
+def did_not_finish(kind: str, run_status) -> bool:
+    """True if a run that returned ended without finishing, as its own program (dynamics.run, models.train,
+    dynamics.experiment) would exit 3: a flow that ran out of steps or whose solver failed, a diverged training
+    run, an experiment with a stage that did not reach its stop rule."""
+    if run_status is None:
+        return False
+    if kind == "experiment":
+        return str(run_status) != "completed"
+    return str(run_status) in UNFINISHED_RUN_STATUSES.get(kind, ())
+
+
+def _finish_status(kind: str, row: dict) -> dict:
+    """``status`` unfinished (the reason in ``error``) for a run that returned without finishing."""
+    if did_not_finish(kind, row.get("run_status")):
+        row["status"] = "unfinished"
+        why = f"run_status {row['run_status']}"
+        if row.get("message"):
+            why += f": {row['message']}"
+        elif row.get("diverged_at") is not None:
+            why += f" at step {row['diverged_at']}"
+        text = " ".join(why.split())
+        row["error"] = text if len(text) <= 500 else text[:497] + "..."
     return row
 
 
@@ -187,13 +218,13 @@ def execute(task: dict) -> list[dict]:
                        final_loss=res["final_loss"],
                        t_final=res["t_final"], n_steps=res["n_steps"], n_rejected=res["n_rejected"],
                        nfe=res["nfe"], batched=len(results), wall_seconds=wall / len(results), worker=_where())
-            out.append(row)
+            out.append(_finish_status(kind, row))
         return out
     for r in task["runs"]:
         t0 = time.perf_counter()
         try:
             row = _run_single(kind, r["fields"], task.get("experiment"), task.get("keep", False))
-            row = dict(index=r["index"], key=r["key"], status="done", error="", **row)
+            row = _finish_status(kind, dict(index=r["index"], key=r["key"], status="done", error="", **row))
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded, the sweep goes on
@@ -223,21 +254,32 @@ class GridResult:
     interrupted: bool = False
     folder: str | None = None
     bands: object = field(repr=False, default=None)
+    unfinished: int = 0
 
     def __repr__(self) -> str:
-        return (f"GridResult({self.total} runs: {self.done} done, {self.failed} failed, {self.skipped} skipped; "
+        return (f"GridResult({self.total} runs: {self.done} done, "
+                + (f"{self.unfinished} unfinished, " if self.unfinished else "")
+                + f"{self.failed} failed, {self.skipped} skipped; "
                 f"{self.wall_seconds:.3g} s, {self.runs_per_second:.3g} runs/s"
                 f"{', interrupted' if self.interrupted else ''})")
 
     def summary_line(self) -> str:
-        left = self.total - self.done - self.failed - self.skipped
-        return (f"{self.total} runs: {self.done} done, {self.failed} failed, {self.skipped} skipped (recorded "
+        left = self.total - self.done - self.unfinished - self.failed - self.skipped
+        return (f"{self.total} runs: {self.done} done, "
+                + (f"{self.unfinished} unfinished, " if self.unfinished else "")
+                + f"{self.failed} failed, {self.skipped} skipped (recorded "
                 f"before)" + (f", {left} not run" if left else "") + f"; wall {self.wall_seconds:.1f} s, "
                 f"{self.runs_per_second:.3g} runs/s")
 
     @property
     def failed_rows(self) -> list:
         return [r for r in self.rows if r.get("status") == "failed"]
+
+    @property
+    def unfinished_rows(self) -> list:
+        """Runs that returned without finishing (status unfinished: a flow out of steps or whose solver failed,
+        a diverged training run, an experiment stage short of its stop rule)."""
+        return [r for r in self.rows if r.get("status") == "unfinished"]
 
     def to_dataframe(self):
         """results.csv as a pandas DataFrame."""
@@ -251,16 +293,19 @@ class GridResult:
 
 def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None = None, client=None,
               progress: bool | None = False, max_runs: int | None = None, on_row=None, retry_failed: bool = False,
-              overwrite: bool = False, plots: bool = False) -> GridResult:
+              overwrite: bool = False, plots: bool = False, security=None, insecure_tcp: bool = False) -> GridResult:
     """Run every run of ``spec`` not recorded yet in its folder ``spec.out`` and record each as it ends.
 
     scheduler / workers: see :func:`open_client` (``workers = 1``: in this process; default a LocalCluster
     with one worker process per core); ``client``: an existing distributed.Client (then scheduler and workers
-    are ignored). Runs recorded ``done`` are skipped; runs recorded ``failed`` too unless ``retry_failed``.
+    are ignored). Runs recorded ``done`` are skipped; runs recorded ``failed`` or ``unfinished`` too (the same
+    configuration gives the same outcome again) unless ``retry_failed``.
     max_runs: run at most this many of the remaining runs (re-run to continue). on_row(row): called in this
     process after each row is recorded (raising KeyboardInterrupt there stops the sweep like Ctrl-C).
     progress: a bar on a terminal (None: only there; False: off) with counts and ETA. overwrite: start over
-    in a folder that holds another sweep. plots: draw the bands figure (kind train).
+    in a folder that holds another sweep. plots: draw the bands figure (kind train). security: a
+    distributed.security.Security for a tls:// scheduler (:func:`make_security`; None: Dask's configuration);
+    insecure_tcp: accept a plain tcp:// scheduler on another host (see :func:`check_scheduler`).
     """
     t_start = time.perf_counter()
     if not spec.out:
@@ -270,13 +315,33 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
     if max_runs is not None:
         max_runs = check_int("max_runs", max_runs, 0)
     if client is None:
-        check_scheduler(scheduler)
+        check_scheduler(scheduler, insecure_tcp)
         if workers is not None:
             check_int("workers", workers, 1, 4096)
     spec_doc = spec.to_dict()
     if experiment is not None:
         spec_doc["experiment_sha256"] = experiment["sha"]
     folder, resumed = prepare_folder(spec.out, spec_doc, overwrite=overwrite, create=False)  # checks only
+    # one client per sweep folder: a second one would run every missing run again (SweepLock)
+    lock = SweepLock(folder, spec.out).acquire()
+    try:
+        return _run_locked(spec, runs, experiment, spec_doc, folder, lock, t_start=t_start, scheduler=scheduler,
+                           workers=workers, client=client, security=security, insecure_tcp=insecure_tcp, progress=progress, max_runs=max_runs, on_row=on_row,
+                           retry_failed=retry_failed, overwrite=overwrite, plots=plots)
+    finally:
+        lock.release()
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, scheduler, workers, client, security,
+                insecure_tcp, progress,
+                max_runs, on_row, retry_failed, overwrite, plots) -> GridResult:
+    """run_grid's sweep, under the folder's lock."""
+    # again under the lock: another client may have written the folder between the check and the lock
+    folder, resumed = prepare_folder(spec.out, spec_doc, overwrite=overwrite, create=False)
     log = ResultsLog(folder)
     known = latest_rows(log.read()) if resumed else {}
     keys = {r.key for r in runs}
@@ -303,22 +368,28 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
     else:
         memory = [sum(r.memory_bytes for r in tr) for tr in task_runs]
     by_key = {r.key: r for r in runs}
-    counts = dict(done=0, failed=0)
+    counts = dict(done=0, failed=0, unfinished=0)
     from common.progress import Progress
 
     bar = Progress(len(todo), f"{spec.kind} sweep", unit=" runs", enabled=progress)
     interrupted = False
+    writing = ["spec.json"]  # what was being written: named if the disk is full
+    started = []  # the folder was made (or emptied) for this sweep
 
     def record_row(row):
         r = by_key[row["key"]]
         row["params"] = r.params
         if spec.keep_runs and row.get("status") == "done":
+            writing[0] = f"runs/{row['key']}/"
             write_run_folder(folder, row, r.params)
         row.pop("files", None)
+        writing[0] = RESULTS_JSONL
         log.append(row)
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         bar.update(1)
-        bar.set_postfix_str(f"{counts['done']} done, {counts['failed']} failed")
+        bar.set_postfix_str(f"{counts['done']} done, " + (f"{counts['unfinished']} unfinished, "
+                                                          if counts["unfinished"] else "")
+                            + f"{counts['failed']} failed")
         if on_row is not None:
             on_row(row)
 
@@ -332,41 +403,103 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
 
     def start(cl):
         check_task_memory(memory, labels, cl)  # before the folder is made and anything submitted
+        started.append(True)
         prepare_folder(spec.out, spec_doc, overwrite=overwrite and not resumed)
         if tasks:
             run_tasks(execute, tasks, client=cl, on_result=on_result)
 
+    full = None
     try:
         if not tasks or client is not None:
             start(client)
         else:
-            with open_client(scheduler, workers) as cl:
+            with open_client(scheduler, workers, security=security, insecure_tcp=insecure_tcp) as cl:
                 start(cl)
     except KeyboardInterrupt:
         interrupted = True
         raise
+    except OSError as exc:
+        if not _disk_full(exc):
+            raise
+        full = exc
     finally:
         bar.close()
         rows_all = log.read()
-        if os.path.isfile(os.path.join(folder, SPEC_JSON)):
-            write_results_csv(folder, [r for r in rows_all if r["key"] in keys], spec.varied)
+        if full is None and os.path.isfile(os.path.join(folder, SPEC_JSON)):
+            writing[0] = RESULTS_CSV
+            try:
+                write_results_csv(folder, [r for r in rows_all if r["key"] in keys], spec.varied)
+            except OSError as exc:
+                if not _disk_full(exc):
+                    raise
+                full = exc
     latest = latest_rows(rows_all)
     rows = [latest[r.key] for r in runs if r.key in latest]
     bands = None
-    if spec.kind == "train":
+    if full is None and spec.kind == "train":
         bands = training_bands(rows, spec)
         if bands is not None:
-            bands.save(folder, plots=plots)
+            writing[0] = "the bands (bands.csv, bands.json, bands.png)"
+            try:
+                bands.save(folder, plots=plots)
+            except OSError as exc:
+                if not _disk_full(exc):
+                    raise
+                full = exc
+    if full is not None:
+        raise ConfigError(_after_disk_full(full, folder, spec.out, writing[0], rows, resumed, bool(started)))
     wall = time.perf_counter() - t_start
-    ran = counts["done"] + counts["failed"]
+    ran = counts["done"] + counts["failed"] + counts["unfinished"]
     return GridResult(spec=spec, rows=rows, total=len(runs), done=counts["done"], failed=counts["failed"],
                       skipped=len(skip), wall_seconds=wall, runs_per_second=ran / wall if wall > 0 else 0.0,
-                      interrupted=interrupted, folder=folder, bands=bands)
+                      interrupted=interrupted, folder=folder, bands=bands, unfinished=counts["unfinished"])
+
+
+def _after_disk_full(exc: OSError, folder: str, shown: str, writing: str, rows: list, resumed: bool,
+                     started: bool) -> str:
+    """Leave the sweep folder in a clean state after a full disk (ENOSPC, EDQUOT) and return the line to print.
+    No run recorded and the folder made for this sweep: everything written is removed (the lock's release removes
+    the folder it created). Runs recorded: spec.json and results.jsonl stay (the same command continues), the
+    bands and a results.csv that could not be brought up to date are removed, and so is an empty runs/."""
+    import shutil
+
+    from common.signals import critical_section
+
+    why = exc.strerror or os.strerror(exc.errno)
+    head = f"the disk is full ({why}) while writing {os.path.join(shown, writing)}"
+    with critical_section():
+        for name in ("bands.csv", "bands.json"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            if name.startswith("bands") and name.endswith(".png"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+        if not rows:
+            if started and not resumed:
+                for e in folder_entries(folder):
+                    path = os.path.join(folder, e)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(folder, "runs"))  # only if empty
+            return f"{head}; no run was recorded and nothing was written; free some space and run the same command " \
+                   "again"
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, RESULTS_CSV))  # out of date: written again by the next call
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(folder, "runs"))  # only if empty
+    return (f"{head}; the {len(rows)} finished run(s) are recorded in {os.path.join(shown, RESULTS_JSONL)} "
+            f"(results.csv and the bands are not written); free some space and run the same command again to "
+            "continue")
 
 
 __all__ = ["KINDS", "SweepSpec", "PlannedRun", "GridResult", "BandsResult", "ResultsLog", "parse_value",
            "parse_axis", "product_grid", "read_run_list", "field_names", "canonical_name", "config_fields",
            "build_config", "resolved_dict", "run_key", "plan", "execute", "call_task", "run_tasks", "open_client",
-           "run_grid", "training_bands", "band_columns", "prepare_folder", "spec_difference", "write_results_csv",
-           "check_task_memory", "check_scheduler", "worker_memory_limits", "latest_rows", "load_experiment_doc", "one_line",
+           "run_grid", "did_not_finish", "training_bands", "band_columns", "prepare_folder", "spec_difference", "write_results_csv",
+           "check_task_memory", "check_scheduler", "make_security", "worker_memory_limits", "latest_rows", "load_experiment_doc", "one_line",
            "jsonable"]

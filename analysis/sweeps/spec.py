@@ -46,38 +46,95 @@ def parse_value(text: str):
         return s
 
 
-def parse_axis(text: str) -> tuple[str, list]:
-    """``NAME=VALUES`` -> (name, values). VALUES: ``a,b,c`` (a list), ``LO:HI`` or ``LO:HI:STEP`` (the integers
-    range(LO, HI, STEP)), ``log:LO:HI:COUNT`` (COUNT log-spaced numbers from LO to HI) or
-    ``lin:LO:HI:COUNT`` (COUNT evenly spaced)."""
-    name, eq, values = text.partition("=")
+_LINLOG = re.compile(r"(log|lin):([^:]+):([^:]+):([^:]+)")
+_RANGE = re.compile(r"([+-]?\d+):([+-]?\d+)(?::([+-]?\d+))?")
+
+
+def _split_axis(text: str) -> tuple[str, str]:
+    name, eq, values = str(text).partition("=")
     name = name.strip()
     if not eq or not name or not values.strip():
         raise ConfigError(f"grid axis {text!r} is not NAME=VALUES (e.g. alpha=1e-5,1e-4 or seed=0:8 or "
                           "alpha=log:1e-6:1e-2:5)")
-    v = values.strip()
-    m = re.fullmatch(r"(log|lin):([^:]+):([^:]+):([^:]+)", v)
+    return name, values.strip()
+
+
+def axis_size(text: str) -> int:
+    """How many values ``NAME=VALUES`` gives, computed from the syntax alone (nothing is built: a range of
+    10**13 integers is counted, not listed); ConfigError if the syntax is wrong."""
+    name, v = _split_axis(text)
+    m = _LINLOG.fullmatch(v)
     if m:
-        lo, hi, n = parse_value(m.group(2)), parse_value(m.group(3)), parse_value(m.group(4))
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi)):
-            raise ConfigError(f"grid axis {text!r}: LO and HI of {m.group(1)}:LO:HI:COUNT must be numbers")
-        n = check_int(f"{name} COUNT", n, 1, MAX_RUNS)
-        if m.group(1) == "log":
-            if not (lo > 0 and hi > 0):
-                raise ConfigError(f"grid axis {text!r}: log:LO:HI:COUNT needs LO > 0 and HI > 0")
-            return name, [float(x) for x in np.geomspace(lo, hi, n)]
-        return name, [float(x) for x in np.linspace(lo, hi, n)]
-    m = re.fullmatch(r"([+-]?\d+):([+-]?\d+)(?::([+-]?\d+))?", v)
+        n = parse_value(m.group(4))
+        if isinstance(n, float) and n.is_integer() and abs(n) <= 2 ** 53:
+            n = int(n)  # 1e3 as typed for 1000
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise ConfigError(f"grid axis {text!r}: COUNT of {m.group(1)}:LO:HI:COUNT = {m.group(4)!r} is not an "
+                              "integer; give an integer >= 1")
+        if n < 1:
+            raise ConfigError(f"grid axis {text!r}: COUNT of {m.group(1)}:LO:HI:COUNT = {n} is too small; give an "
+                              "integer >= 1")
+        return n
+    m = _RANGE.fullmatch(v)
     if m:
         lo, hi, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
         if step == 0:
             raise ConfigError(f"grid axis {text!r}: the STEP of LO:HI:STEP must not be 0")
-        out = list(range(lo, hi, step))
-        if not out:
+        n = len(range(lo, hi, step))  # O(1): the range is never listed here
+        if not n:
             raise ConfigError(f"grid axis {text!r}: range({lo}, {hi}, {step}) is empty")
-        if len(out) > MAX_RUNS:
-            raise ConfigError(f"grid axis {text!r} has {len(out):,} values; at most {MAX_RUNS:,} runs are allowed")
-        return name, out
+        return n
+    return v.count(",") + 1
+
+
+def check_grid_size(sizes, listed: int | None = None) -> int:
+    """The number of runs of axes of ``sizes`` ((name, count) pairs; with ``listed`` runs of a run list, every
+    listed run with every combination); ConfigError naming the estimate if it exceeds MAX_RUNS."""
+    sizes = list(sizes)
+    total = math.prod(n for _, n in sizes) * (1 if listed is None else listed)
+    if total > MAX_RUNS:
+        parts = [f"{name}: {n:,} values" for name, n in sizes] + ([] if listed is None else
+                                                                  [f"--list: {listed:,} runs"])
+        raise ConfigError(f"the grid has {total:,} runs ({' x '.join(parts)}); at most {MAX_RUNS:,} are allowed; "
+                          "split the sweep")
+    return total
+
+
+def _finite_number(text: str, what: str, raw: str) -> float:
+    x = parse_value(raw)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ConfigError(f"grid axis {text!r}: {what} = {raw!r} is not a number; LO and HI must be finite numbers")
+    if not math.isfinite(x):
+        raise ConfigError(f"grid axis {text!r}: {what} = {raw!r} is not finite; LO and HI must be finite numbers")
+    return x
+
+
+def parse_axis(text: str) -> tuple[str, list]:
+    """``NAME=VALUES`` -> (name, values). VALUES: ``a,b,c`` (a list), ``LO:HI`` or ``LO:HI:STEP`` (the integers
+    range(LO, HI, STEP)), ``log:LO:HI:COUNT`` (COUNT log-spaced numbers from LO to HI) or
+    ``lin:LO:HI:COUNT`` (COUNT evenly spaced). The size is checked (:func:`axis_size`, at most MAX_RUNS values)
+    before any value is built; LO and HI must be finite (no numpy warning, one ConfigError)."""
+    name, v = _split_axis(text)
+    n = axis_size(text)
+    if n > MAX_RUNS:
+        raise ConfigError(f"grid axis {text!r} has {n:,} values; at most {MAX_RUNS:,} runs are allowed")
+    m = _LINLOG.fullmatch(v)
+    if m:
+        lo, hi = _finite_number(text, "LO", m.group(2)), _finite_number(text, "HI", m.group(3))
+        if m.group(1) == "log" and not (lo > 0 and hi > 0):
+            raise ConfigError(f"grid axis {text!r}: log:LO:HI:COUNT needs LO > 0 and HI > 0")
+        with np.errstate(all="raise"):
+            try:
+                values = np.geomspace(lo, hi, n) if m.group(1) == "log" else np.linspace(lo, hi, n)
+            except FloatingPointError:
+                values = np.array([np.inf])
+        if not np.all(np.isfinite(values)):
+            raise ConfigError(f"grid axis {text!r}: the values overflow (LO and HI too far apart); give LO and HI "
+                              "of at most about 1e307 in size")
+        return name, [float(x) for x in values]
+    m = _RANGE.fullmatch(v)
+    if m:
+        return name, list(range(int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)))
     parts = [p for p in v.split(",")]
     if any(not p.strip() for p in parts):
         raise ConfigError(f"grid axis {text!r} has an empty value; separate values by single commas")
@@ -86,14 +143,12 @@ def parse_axis(text: str) -> tuple[str, list]:
 
 def product_grid(axes) -> list[dict]:
     """Every combination of the axes ((name, values) pairs; the last varies fastest) as a list of dicts."""
-    axes = list(axes)
+    axes = [(n, v if isinstance(v, (list, tuple, range)) else list(v)) for n, v in axes]
     names = [n for n, _ in axes]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ConfigError(f"grid axis {dup!r} is given twice; give all its values in one NAME=VALUES")
-    total = math.prod(len(list(v)) for _, v in axes) if axes else 1
-    if total > MAX_RUNS:
-        raise ConfigError(f"the grid has {total:,} runs; at most {MAX_RUNS:,} are allowed; split the sweep")
+    check_grid_size((n, len(v)) for n, v in axes)
     return [dict(zip(names, combo)) for combo in itertools.product(*[list(v) for _, v in axes])]
 
 
@@ -113,15 +168,30 @@ def read_run_list(path: str) -> list[dict]:
         import io
 
         reader = csv.DictReader(io.StringIO(text))
+        header = [str(h).strip() for h in (reader.fieldnames or [])]
+        dup = next((h for i, h in enumerate(header) if h in header[:i]), None)
+        if dup is not None:  # DictReader would keep the last column of that name silently
+            raise ConfigError(f"run list {path!r}: column {dup!r} appears twice in the CSV header; give each field "
+                              "one column")
         rows = [{k.strip(): parse_value(v) for k, v in r.items() if k is not None and v not in (None, "")}
                 for r in reader]  # an empty cell leaves the field at its base value
     else:
+        def unique_keys(pairs):
+            seen = {}
+            for k, v in pairs:
+                if k in seen:
+                    raise ConfigError(f"run list {path!r}: field {k!r} is given twice in one run; give each field "
+                                      "once")
+                seen[k] = v
+            return seen
+
         try:
-            doc = json.loads(text)
+            doc = json.loads(text, object_pairs_hook=unique_keys)
             rows = doc if isinstance(doc, list) else None
         except json.JSONDecodeError:
             try:
-                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+                rows = [json.loads(line, object_pairs_hook=unique_keys) for line in text.splitlines()
+                        if line.strip()]
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"run list {path!r} is neither JSON, JSON lines nor CSV: {exc}") from None
     if not rows or not all(isinstance(r, dict) for r in rows):
