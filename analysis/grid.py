@@ -169,7 +169,7 @@ def build_parser() -> ArgumentParser:
 def _fields(a, kind: str) -> dict:
     from common.errors import ConfigError
 
-    from analysis.sweeps.runner import parse_value
+    from analysis.sweeps.spec import parse_value
 
     base = {}
     for flag, dest, _, _ in FLAGS[kind] + ((None, "compare_flow", None, None),):
@@ -191,7 +191,8 @@ def run(a, job) -> int:
     # heavy imports (torch, dask, matplotlib) only after parsing: --help, --version and bad flags answer at once
     from common.errors import ConfigError, check_int
 
-    from analysis.sweeps.runner import SweepSpec, canonical_name, parse_axis, product_grid, read_run_list, run_grid
+    from analysis.sweeps.runner import run_grid
+    from analysis.sweeps.spec import SweepSpec, canonical_name, parse_axis, product_grid, read_run_list
     from analysis.sweeps.dask_tasks import check_scheduler, make_security
     from analysis.sweeps.spec import axis_size, check_grid_size
 

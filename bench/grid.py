@@ -17,7 +17,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from analysis.sweeps.runner import SweepSpec, open_client, run_grid  # noqa: E402
+from analysis.sweeps.dask_tasks import open_client
+from analysis.sweeps.runner import run_grid
+from analysis.sweeps.spec import SweepSpec  # noqa: E402
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""Figures of training runs over seeds (analysis.sweeps.runner.training_bands): the mean of each loss with a band of
+"""Figures of training runs over seeds (analysis.sweeps.bands.training_bands): the mean of each loss with a band of
 one standard deviation and a lighter min-max band.
 
 - model 1 (linear attention): against flow time step x lr, around the exact gradient flow from the same init
@@ -46,7 +46,7 @@ def _setting(config) -> str:
 
 
 def plot_bands(group: dict):
-    """The figure of one group of analysis.sweeps.runner.BandsResult (a dict: columns, config, seeds, theory, and
+    """The figure of one group of analysis.sweeps.bands.BandsResult (a dict: columns, config, seeds, theory, and
     flow / verdicts)."""
     cols, config, seeds = group["columns"], group["config"], group["seeds"]
     th = group["theory"]

@@ -199,7 +199,8 @@ def run(a, job) -> int:
 
 def run_seeds(a, job, config) -> int:
     """--seeds N: the configuration with seeds --seed .. --seed + N - 1 through analysis.sweeps.runner (resumable)."""
-    from analysis.sweeps.runner import SweepSpec, config_fields, run_grid
+    from analysis.sweeps.runner import run_grid
+    from analysis.sweeps.spec import SweepSpec, config_fields
     from common.errors import check_int
 
     n = check_int("seeds", a.seeds, 1, 100_000)

@@ -33,11 +33,11 @@ worker process dies (killed, out of memory) is retried once on another worker; i
 recorded failed. Each task's memory is estimated (the configurations' own estimates) before anything is
 submitted, and a run that no worker can hold is refused (ConfigError) with the numbers.
 
-The parts live in their own modules, and every public name is importable from here as before:
-analysis.sweeps.spec (the grid syntax, the fields of each kind, SweepSpec and plan), analysis.sweeps.dask_tasks
-(generic task execution on Dask: run_tasks, open_client), analysis.sweeps.results_log (results.jsonl and the
-sweep folder) and analysis.sweeps.bands (bands over seeds). This module keeps what one task does on a worker
-(execute) and the sweep itself (run_grid, GridResult).
+The parts live in their own modules, imported from there: analysis.sweeps.spec (the grid syntax, the fields of
+each kind, SweepSpec and plan), analysis.sweeps.dask_tasks (generic task execution on Dask: run_tasks,
+open_client), analysis.sweeps.results_log (results.jsonl and the sweep folder) and analysis.sweeps.bands (bands
+over seeds). This module holds what one task does on a worker (execute) and the sweep itself (run_grid,
+GridResult).
 """
 from __future__ import annotations
 
@@ -50,17 +50,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.errors import ConfigError, check_int
-from common.io import jsonable
 
-from analysis.sweeps.dask_tasks import (call_task, check_scheduler, check_task_memory, make_security, one_line,
-                                        open_client, run_tasks, worker_memory_limits)
-from analysis.sweeps.spec import (KINDS, PlannedRun, SweepSpec, build_config, canonical_name, config_fields, describe,
-                                  field_names, load_experiment_doc, parse_axis, parse_value, plan, product_grid,
-                                  read_run_list, resolved_dict, run_key)
+from analysis.sweeps.dask_tasks import check_scheduler, check_task_memory, one_line, open_client, run_tasks
+from analysis.sweeps.spec import SweepSpec, build_config, describe, load_experiment_doc, plan
 from analysis.sweeps.results_log import (RESULTS_CSV, RESULTS_JSONL, SPEC_JSON, ResultsLog, SweepLock, folder_entries,
-                                         latest_rows, prepare_folder, spec_difference, write_results_csv,
-                                         write_run_folder)
-from analysis.sweeps.bands import BandsResult, band_columns, training_bands
+                                         latest_rows, prepare_folder, write_results_csv, write_run_folder)
+from analysis.sweeps.bands import training_bands
 
 
 # ----------------------------------------------------------------------------- what one task does (workers)
@@ -496,10 +491,3 @@ def _after_disk_full(exc: OSError, folder: str, shown: str, writing: str, rows: 
             f"(results.csv and the bands are not written); free some space and run the same command again to "
             "continue")
 
-
-__all__ = ["KINDS", "SweepSpec", "PlannedRun", "GridResult", "BandsResult", "ResultsLog", "parse_value",
-           "parse_axis", "product_grid", "read_run_list", "field_names", "canonical_name", "config_fields",
-           "build_config", "resolved_dict", "run_key", "plan", "execute", "call_task", "run_tasks", "open_client",
-           "run_grid", "did_not_finish", "training_bands", "band_columns", "prepare_folder", "spec_difference", "write_results_csv",
-           "check_task_memory", "check_scheduler", "make_security", "worker_memory_limits", "latest_rows", "load_experiment_doc", "one_line",
-           "jsonable"]

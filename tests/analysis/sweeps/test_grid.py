@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.sweeps import runner
-from analysis.sweeps.runner import (ResultsLog, SweepSpec, check_task_memory, parse_axis, parse_value, plan, product_grid,
-                             run_grid, run_tasks)
+from analysis.sweeps.dask_tasks import check_task_memory, run_tasks
+from analysis.sweeps.results_log import ResultsLog
+from analysis.sweeps.runner import run_grid
+from analysis.sweeps.spec import SweepSpec, build_config, parse_axis, parse_value, plan, product_grid
 from common.errors import ConfigError
 
 TINY = dict(S=8, R=2, D=4, T=4, N=2)
@@ -88,7 +89,7 @@ def test_keys_stable_and_names_checked(tmp_path):
         plan(SweepSpec(kind="flow", base=TINY, grid=({"alpha": 1e-3}, {"alpha": -1})))
     # train: seed seeds the training, task_seed the fact table
     r = plan(SweepSpec(kind="train", base=TRAIN, grid=({"seed": 1, "task_seed": 2},)))[0]
-    config, _ = runner.build_config("train", r.fields)
+    config, _ = build_config("train", r.fields)
     assert config.seed == 1 and config.task.seed == 2
 
 
@@ -103,7 +104,7 @@ def test_serial_sweep_resume_and_spec_check(tmp_path):
     assert {"alpha", "seed", "t1", "t2", "t3", "plateau_loss", "nfe", "drift_balance"} <= set(df.columns)
     from analysis import analyze_flow
 
-    one = analyze_flow(runner.build_config("flow", plan(flow_spec(out))[2].fields), progress=False)
+    one = analyze_flow(build_config("flow", plan(flow_spec(out))[2].fields), progress=False)
     assert df["t1"][2] == one.phases.t1 and df["nfe"][2] == one.solver["nfe"]
     again = run_grid(flow_spec(out), workers=1)
     assert (again.done, again.skipped) == (0, 4) and len(jsonl_rows(out)) == 4

@@ -16,7 +16,9 @@ import cloudpickle
 import pandas as pd
 import pytest
 
-from analysis.sweeps.runner import SweepSpec, open_client, plan, product_grid, run_grid, run_tasks
+from analysis.sweeps.dask_tasks import open_client, run_tasks
+from analysis.sweeps.runner import run_grid
+from analysis.sweeps.spec import SweepSpec, plan, product_grid
 
 pytest.importorskip("distributed")
 

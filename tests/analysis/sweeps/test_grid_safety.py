@@ -37,12 +37,12 @@ def test_axis_sizes_are_computed_from_the_syntax():
 @pytest.mark.parametrize("grid", [["seed=0:10000000000000"], ["seed=0:300000000"],
                                   ["seed=0:1000", "alpha=lin:1e-5:1e-3:1001"]])
 def test_a_huge_grid_is_refused_before_any_axis_is_built(tmp_path, capsys, monkeypatch, grid):
-    from analysis.sweeps import runner
+    from analysis.sweeps import spec
 
     def never(text):
         raise AssertionError(f"parse_axis({text!r}) built an axis before the size was checked")
 
-    monkeypatch.setattr(runner, "parse_axis", never)
+    monkeypatch.setattr(spec, "parse_axis", never)
     out = tmp_path / "never"
     args = ["flow"] + [x for g in grid for x in ("--grid", g)]
     assert main(args + ["--out", str(out), "--quiet"]) == 2
