@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dynamics.capacity_training import TrainConfig, train_batch, train_one  # noqa: E402
+from dynamics.capacity_training import MemoryTrainConfig, train_batch, train_one  # noqa: E402
 from models.memory import MemoryConfig  # noqa: E402
 
 
@@ -36,8 +36,8 @@ def main(argv=None):
     lrs = [3e-2, 1e-2]
     configs = [MemoryConfig(model=a.model, N=a.N, d=a.d, m=m, seed=i // len(lrs)) for i in range(a.n)]
     rates = [lrs[i % len(lrs)] for i in range(a.n)]
-    train = TrainConfig(max_steps=a.steps, dtype=a.dtype)
-    train_one(configs[0], rates[0], TrainConfig(max_steps=5, dtype=a.dtype))  # warm-up (allocator, kernels)
+    train = MemoryTrainConfig(max_steps=a.steps, dtype=a.dtype)
+    train_one(configs[0], rates[0], MemoryTrainConfig(max_steps=5, dtype=a.dtype))  # warm-up (allocator, kernels)
     t0 = time.perf_counter()
     batch = train_batch(configs, rates, train)
     t_batch = time.perf_counter() - t0

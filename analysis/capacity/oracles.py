@@ -1,9 +1,7 @@
 """Oracles ok(N, seeds) -> [bool per seed] for the capacity search (SPEC §9), and the memory they need."""
 from __future__ import annotations
 
-import numpy as np
-
-from dynamics.capacity_training import TrainConfig, train_batch
+from dynamics.capacity_training import MemoryTrainConfig, train_batch
 from models.memory import MemoryConfig, needed_count
 from models.memory.constructions import construction_accuracy
 
@@ -14,7 +12,7 @@ def memory_config(model: str, N: int, d: int, m: int, target: str, M: int | None
                         M=M if target == "fixed" else None, seed=seed)
 
 
-def training_oracle(model: str, d: int, m: int, target: str, M, lrs, train: TrainConfig):
+def training_oracle(model: str, d: int, m: int, target: str, M, lrs, train: MemoryTrainConfig):
     """ok(N, seeds): for each seed, some learning rate in ``lrs`` trains the memory to the target accuracy.
     All seeds × learning rates of one probe are trained as one batch."""
     from dataclasses import replace

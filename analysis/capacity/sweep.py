@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from common.errors import ConfigError, check_choice, check_int, check_positive
-from dynamics.capacity_training import TrainConfig
+from dynamics.capacity_training import MemoryTrainConfig
 from models.memory import TARGET_KINDS, parameter_count
 
 SWEEP_MODELS = ("linear", "mlp", "construction")
@@ -58,7 +58,7 @@ class CapacitySettings:
         elif self.M is not None:
             raise ConfigError(f"M = {self.M!r} is given with target identity (M = N); leave M unset or use "
                               f"target fixed")
-        TrainConfig(max_steps=self.max_steps, dtype=self.dtype, device=self.device)  # validates those three
+        MemoryTrainConfig(max_steps=self.max_steps, dtype=self.dtype, device=self.device)  # validates those three
         check_positive("rtol", self.rtol, allow_zero=True, maximum=1.0)
         object.__setattr__(self, "max_doublings", check_int("max_doublings", self.max_doublings, 0, 20))
         for d, m in self.sizes():
@@ -166,7 +166,7 @@ def run_sweep(settings: CapacitySettings, progress=None) -> SweepResult:
 
     start = time.perf_counter()
     s = settings
-    train = TrainConfig(max_steps=s.max_steps, dtype=s.dtype, device=s.device, record=False)
+    train = MemoryTrainConfig(max_steps=s.max_steps, dtype=s.dtype, device=s.device, record=False)
     main, cons = [], []
     for d, m in s.sizes():
         lo, hi = s.bracket(d, m)

@@ -11,7 +11,7 @@ MAX_STEPS = 2**24
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class MemoryTrainConfig:
     """Full-batch Adam on the cross-entropy of SPEC §7. Validated at construction.
 
     max_steps: at most this many Adam steps (the paper: 2**15); the run stops early once the accuracy reaches

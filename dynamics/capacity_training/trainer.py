@@ -15,7 +15,7 @@ import torch
 
 from common.errors import ConfigError
 from dynamics.capacity_training.adam import BatchedAdam
-from dynamics.capacity_training.config import TrainConfig, check_lr
+from dynamics.capacity_training.config import MemoryTrainConfig, check_lr
 from dynamics.threads import threads_for, torch_threads
 from models.memory import MODELS, correct_count, logits, loss, needed_count, stack_params
 from models.memory.embeddings import stack_instances
@@ -53,7 +53,7 @@ def _check_batch(configs, lrs) -> list[float]:
     return lrs
 
 
-def train_batch(configs, lrs, train: TrainConfig = TrainConfig()) -> BatchRun:
+def train_batch(configs, lrs, train: MemoryTrainConfig = MemoryTrainConfig()) -> BatchRun:
     """Train the memories ``configs`` (one shape) with learning rates ``lrs`` (one per memory) together."""
     lrs = _check_batch(list(configs), list(lrs))
     c = configs[0]
@@ -65,7 +65,7 @@ def train_batch(configs, lrs, train: TrainConfig = TrainConfig()) -> BatchRun:
         return _train(configs, lrs, train)
 
 
-def _train(configs, lrs, train: TrainConfig) -> BatchRun:
+def _train(configs, lrs, train: MemoryTrainConfig) -> BatchRun:
     import time
 
     start = time.perf_counter()
@@ -110,6 +110,6 @@ def _train(configs, lrs, train: TrainConfig) -> BatchRun:
                     seconds=time.perf_counter() - start)
 
 
-def train_one(config, lr, train: TrainConfig = TrainConfig()) -> BatchRun:
+def train_one(config, lr, train: MemoryTrainConfig = MemoryTrainConfig()) -> BatchRun:
     """Train one memory (a batch of one)."""
     return train_batch([config], [lr], train)

@@ -10,7 +10,7 @@ from analysis.capacity.fit import scaling_fit
 from analysis.capacity.oracles import training_oracle
 from analysis.capacity.search import Bracket, search_capacity
 from common.errors import ConfigError
-from dynamics.capacity_training import TrainConfig, train_one
+from dynamics.capacity_training import MemoryTrainConfig, train_one
 from models.memory import MemoryConfig
 
 
@@ -83,7 +83,7 @@ def test_fit_refuses_a_single_size():
 
 def test_trained_capacity_is_consistent_with_single_runs():
     """The search's answer for the linear memory at d = 4 succeeds one at a time and N* + 1 fails (rtol = 0)."""
-    train = TrainConfig(max_steps=600, record=False)
+    train = MemoryTrainConfig(max_steps=600, record=False)
     r = search_capacity(training_oracle("linear", 4, 0, "identity", None, [0.05], train), [0, 1],
                         Bracket(4, 16, rtol=0, max_doublings=1))
     for s, c in zip(r.seeds, r.capacity):

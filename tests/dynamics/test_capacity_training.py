@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.errors import ConfigError
-from dynamics.capacity_training import BatchedAdam, TrainConfig, train_batch, train_one
+from dynamics.capacity_training import BatchedAdam, MemoryTrainConfig, train_batch, train_one
 from models.memory import MODELS, MemoryConfig, logits, loss, stack_params
 from models.memory.embeddings import stack_instances
 
@@ -52,7 +52,7 @@ def test_batched_run_equals_one_at_a_time_runs(model, m):
     N = 8 if model == "linear" else 16
     configs = [MemoryConfig(model=model, N=N, d=5, m=m, seed=s) for s in (0, 1) for _ in (0, 1)]
     lrs = [0.1, 0.003] * 2
-    train = TrainConfig(max_steps=200, **F64)
+    train = MemoryTrainConfig(max_steps=200, **F64)
     batch = train_batch(configs, lrs, train)
     assert batch.success.any() and not batch.success.all()  # both kinds of model are in the batch
     K = batch.loss.shape[0]
@@ -69,17 +69,17 @@ def test_batched_run_equals_one_at_a_time_runs(model, m):
 
 
 def test_stop_rule_is_the_first_step_at_target():
-    r = train_one(MemoryConfig(N=8, d=6, seed=0), 0.05, TrainConfig(max_steps=500, **F64))
+    r = train_one(MemoryConfig(N=8, d=6, seed=0), 0.05, MemoryTrainConfig(max_steps=500, **F64))
     assert r.success[0] and r.accuracy[-1, 0] >= 0.99 and np.all(r.accuracy[:-1, 0] < 0.99)
     assert r.steps[0] == r.loss.shape[0] - 1
 
 
 def test_linear_memory_learns_below_capacity_and_fails_far_above():
     below = train_batch([MemoryConfig(N=8, d=8, seed=s) for s in range(3)], [0.03] * 3,
-                        TrainConfig(max_steps=2000, record=False))
+                        MemoryTrainConfig(max_steps=2000, record=False))
     assert below.success.all()
     # N = 8 d² facts in d² = 16 parameters: cannot be stored (the loss still decreases)
-    above = train_one(MemoryConfig(N=128, d=4, seed=0), 0.03, TrainConfig(max_steps=300))
+    above = train_one(MemoryConfig(N=128, d=4, seed=0), 0.03, MemoryTrainConfig(max_steps=300))
     assert not above.success[0] and above.best_accuracy[0] < 0.3
     assert above.loss[-1, 0] < above.loss[0, 0]
 
