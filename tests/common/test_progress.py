@@ -3,6 +3,7 @@ import io
 import time
 
 from common.progress import Progress
+from helpers import TINY
 
 
 class _Pipe(io.StringIO):
@@ -41,8 +42,7 @@ def test_default_is_silent_off_a_terminal_and_throttled():
 
 def test_trainer_progress_in_a_log_has_no_carriage_returns(capfd):
     from dynamics import TrainConfig, train
-    from models.task import TaskConfig
 
-    train(TrainConfig(task=TaskConfig(S=4, R=2, D=2), optimizer="gd", init="balanced", lr=0.1, steps=50),
+    train(TrainConfig(task=TINY, optimizer="gd", init="balanced", lr=0.1, steps=50),
           progress=True)
     assert "\r" not in capfd.readouterr().err

@@ -15,6 +15,7 @@ from models.modules import LinearAttentionModel, SoftmaxAttentionModel
 from models.population import PopulationObjective
 from models.sampler import TaskSampler
 from models.task import TaskConfig, make_task
+from helpers import PAPER
 
 
 @pytest.fixture(autouse=True)
@@ -204,7 +205,7 @@ def test_softmax_forward_matches_loop():
 
 
 def test_softmax_embeddings_fixed_unit_sphere_and_init_scale():
-    task = make_task(TaskConfig(S=16, R=4, D=8))
+    task = make_task(PAPER)
     m = SoftmaxAttentionModel(task, d=64, init_scale=0.5, seed=3)
     assert {n for n, _ in m.named_parameters()} == {"W_KQ", "W_OV"}
     assert m.phi.shape == (task.vocab_size, 64) and m.psi.shape == (task.num_answers, 64)

@@ -14,6 +14,7 @@ from dynamics.training import SampledTrainer, TrainConfig
 from models.linear import sequence_logits
 from models.sampler import TaskSampler
 from models.task import TaskConfig, make_task
+from helpers import SMALL
 
 
 # ----------------------------------------------------------------------------- bag-of-tokens sampler
@@ -48,7 +49,7 @@ def tokens_from_counts(task, s, r, counts):
 
 @pytest.mark.parametrize("init", ["uniform", "balanced"])
 def test_linear_sgd_step_equals_autograd_on_the_definition(init):
-    task = make_task(TaskConfig(S=8, R=2, D=4, T=7, N=3))
+    task = make_task(SMALL)
     cfg = TrainConfig(task=task.config, model="linear", optimizer="sgd", lr=0.7, batch=64, steps=3, init=init,
                       init_scale=0.3, device="cpu", eval_size=8192)
     tr = SampledTrainer(cfg, task)
@@ -75,7 +76,7 @@ def test_linear_sgd_matches_population_loss_after_training():
     from models.linear import compress
     from models.population import PopulationObjective
 
-    task = make_task(TaskConfig(S=8, R=2, D=4, T=7, N=3))
+    task = make_task(SMALL)
     cfg = TrainConfig(task=task.config, model="linear", optimizer="sgd", lr=0.5, batch=256, steps=200,
                       init="balanced", init_scale=0.1, eval_every=200, eval_size=65536, device="cpu")
     res = SampledTrainer(cfg, task).run(progress=False)
@@ -239,7 +240,7 @@ def test_paper_figure_small(tmp_path):
 def test_softmax_hand_gradient_equals_autograd():
     from models.modules import SoftmaxAttentionModel
 
-    task = make_task(TaskConfig(S=8, R=2, D=4, T=7, N=3))
+    task = make_task(SMALL)
     m = SoftmaxAttentionModel(task, d=16, init_scale=2.0, seed=1, dtype=torch.float64)
     b = TaskSampler(task, seed=2).sample(300)
     tokens = b.tokens.clone()
@@ -256,7 +257,7 @@ def test_softmax_hand_gradient_equals_autograd():
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 1.0), ("adam", 3e-3)])
 def test_softmax_training_hand_vs_autograd_same_trajectory(optimizer, lr):
-    cfg = dict(task=TaskConfig(S=8, R=2, D=4, T=7, N=3), model="softmax", optimizer=optimizer, lr=lr,
+    cfg = dict(task=SMALL, model="softmax", optimizer=optimizer, lr=lr,
                batch=256, steps=60, d=16, eval_every=20, device="cpu")
     a = SampledTrainer(TrainConfig(**cfg, manual_grad=True)).run(progress=False)
     b = SampledTrainer(TrainConfig(**cfg, manual_grad=False)).run(progress=False)

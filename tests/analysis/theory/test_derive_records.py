@@ -10,6 +10,7 @@ import pytest
 from analysis.theory.derivation import derive_reduction
 from models.task import TaskConfig
 from tests.helpers import ROOT
+from helpers import SMALL
 
 # the configuration: a random table with Zipf subjects, where the exact staircase depends on T and N
 GENERAL = dict(S=15, R=3, D=5, zipf_subjects=0.9, facts="random", seed=4)
@@ -23,7 +24,7 @@ def test_config_records_T_and_N_in_both_cases(monkeypatch):
     c = general.predictions["config"]
     assert (c["T"], c["N"]) == (9, 6) and general.predictions["reduced"] is False
     assert "T=9, N=6" in general.markdown()  # the general case's markdown needs no algebra
-    reduced = derive_reduction(8, 2, 4, 1e-5, task=TaskConfig(S=8, R=2, D=4, T=7, N=3), exact=False)
+    reduced = derive_reduction(8, 2, 4, 1e-5, task=SMALL, exact=False)
     assert reduced.predictions["reduced"] is True
     assert (reduced.predictions["config"]["T"], reduced.predictions["config"]["N"]) == (7, 3)
     assert json.loads(json.dumps(general.to_dict()))["config"]["T"] == 9
@@ -43,7 +44,7 @@ def test_reduced_predictions_do_not_depend_on_T_and_N(monkeypatch):
     import analysis.theory.derivation as derivation
 
     monkeypatch.setattr(derivation, "algebra", lambda: {})
-    a = derive_reduction(8, 2, 4, 1e-5, task=TaskConfig(S=8, R=2, D=4, T=7, N=3), exact=False).predictions
+    a = derive_reduction(8, 2, 4, 1e-5, task=SMALL, exact=False).predictions
     b = derive_reduction(8, 2, 4, 1e-5, task=TaskConfig(S=8, R=2, D=4, T=32, N=20), exact=False).predictions
     assert a["predicted"] == b["predicted"]
 

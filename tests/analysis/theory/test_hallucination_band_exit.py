@@ -7,6 +7,7 @@ import pytest
 from analysis.theory.hallucination import RHO, hallucination
 from dynamics import FlowConfig, run_flow
 from models.task import TaskConfig, make_task
+from helpers import PAPER
 
 
 def _on_the_flow(cfg, alpha):
@@ -21,7 +22,7 @@ def _on_the_flow(cfg, alpha):
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg,alpha,visible", [
     (TaskConfig(S=8, R=7, D=8), 1e-5, False),   # the case: 0.5064 at the band exit, 0.4206 closest
-    (TaskConfig(S=16, R=4, D=8), 1e-5, True),
+    (PAPER, 1e-5, True),
 ])
 def test_relation_loss_is_at_the_band_exit(cfg, alpha, visible):
     t_end, rel = _on_the_flow(cfg, alpha)

@@ -7,9 +7,10 @@ from analysis.theory.lumped import LumpedFlow, find_classes, run_lumped, symboli
 from dynamics import FlowConfig, run_flow
 from models.population import PopulationObjective
 from models.task import TaskConfig, make_task
+from helpers import PAPER, RANDOM
 
-CASES = [TaskConfig(S=16, R=4, D=8, zipf_subjects=1.0), TaskConfig(S=16, R=4, D=8),
-         TaskConfig(S=16, R=4, D=8, zipf_relations=1.0), TaskConfig(S=12, R=3, D=4, facts="random", seed=1),
+CASES = [TaskConfig(S=16, R=4, D=8, zipf_subjects=1.0), PAPER,
+         TaskConfig(S=16, R=4, D=8, zipf_relations=1.0), RANDOM,
          TaskConfig(S=8, R=3, D=4, T=10, N=3, zipf_subjects=0.5)]
 
 

@@ -12,6 +12,7 @@ from analysis.theory.hallucination import hallucination
 from analysis.theory.staircase import Escaped, escape_schedule, level, staircase
 from dynamics import FlowConfig, run_flow
 from models.task import TaskConfig, make_task
+from helpers import PAPER, RANDOM, TINY
 
 
 def _unbalanced_table(tmp_path, S=9, R=3, D=4):
@@ -124,7 +125,7 @@ def _staircase_config(name, tmp_path):
     return {"zipf-subjects": TaskConfig(S=16, R=4, D=8, zipf_subjects=1.0),
             "zipf-relations": TaskConfig(S=16, R=4, D=8, zipf_relations=1.0),
             "zipf-both": TaskConfig(S=16, R=4, D=8, zipf_subjects=1.0, zipf_relations=0.5),
-            "random": TaskConfig(S=12, R=3, D=4, facts="random", seed=1)}[name]
+            "random": RANDOM}[name]
 
 
 @pytest.mark.slow
@@ -181,10 +182,10 @@ def test_resolved_levels_are_where_the_full_flow_dwells(name, tmp_path):
 HALLUCINATION_CASES = [  # (config, alpha, visible on the full flow)
     (TaskConfig(S=8, R=7, D=8), 1e-5, False),
     (TaskConfig(S=8, R=7, D=8), 1e-20, True),
-    (TaskConfig(S=16, R=4, D=8), 1e-5, True),
+    (PAPER, 1e-5, True),
     (TaskConfig(S=8, R=8, D=8), 1e-5, False),
     (TaskConfig(S=16, R=4, D=8, zipf_relations=1.0), 1e-5, True),
-    (TaskConfig(S=12, R=3, D=4, facts="random", seed=1), 1e-8, True),
+    (RANDOM, 1e-8, True),
     (TaskConfig(S=8, R=8, D=4, zipf_relations=1.0), 1e-5, False),
 ]
 
@@ -216,7 +217,7 @@ def test_old_condition_is_not_alpha_aware_but_the_new_one_is():
 
 
 def test_schedule_refuses_alpha_outside_its_range():
-    task = make_task(TaskConfig(S=4, R=2, D=2))
+    task = make_task(TINY)
     for bad in (0.0, 1.0, float("nan"), -1e-3):
         with pytest.raises(ValueError, match="alpha"):
             escape_schedule(task, alpha=bad)

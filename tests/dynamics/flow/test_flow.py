@@ -9,6 +9,7 @@ from analysis import analyze_flow, detect_phases, thresholds
 from dynamics import FlowConfig, conserved_quantities, torch_threads
 from dynamics.flow.solve import initial_state
 from models import PopulationObjective, TaskConfig, init_linear, make_task
+from helpers import PAPER
 
 
 def flow(task_kw=None, **kw):
@@ -40,7 +41,7 @@ def reference_run(config, rtol=1e-12):
 
 
 REFERENCE_CONFIGS = [
-    dict(task=TaskConfig(S=16, R=4, D=8)),
+    dict(task=PAPER),
     dict(task=TaskConfig(S=12, R=3, D=4, facts="balanced", seed=1, T=10, N=7), alpha=1e-2),
     dict(task=TaskConfig(S=8, R=2, D=4, T=7, N=4, zipf_subjects=0.7), init="uniform", alpha=1e-3),
 ]
@@ -309,7 +310,7 @@ def test_step_end_loss_reuses_the_last_rhs_bit_for_bit(monkeypatch):
         y[0] += 1.0
         assert obj.loss_at_last_rhs(y) is None  # written into since
     for method in ("rock4", "dopri5"):
-        cfg = FlowConfig(task=TaskConfig(S=16, R=4, D=8), rtol=1e-8, method=method)
+        cfg = FlowConfig(task=PAPER, rtol=1e-8, method=method)
         from dynamics.flow.solve import run_flow
 
         fast = run_flow(cfg, levels=(2.5, 1.0))

@@ -15,6 +15,7 @@ from dynamics.choices import DEFAULT_METHOD
 from dynamics.ode.registry import make_stepper
 from dynamics.ode.base import StepSizeCollapse
 from models.task import TaskConfig
+from helpers import PAPER, TINY
 
 
 def _trial(f, y0, h, ms):
@@ -116,7 +117,7 @@ def test_adaptive_solution_matches_the_exact_one_at_tight_tolerance():
 
 
 # ---------------------------------------------------------------- the real flow against DOPRI5
-FLOWS = [TaskConfig(S=16, R=4, D=8), TaskConfig(S=32, R=4, D=4, facts="random"),
+FLOWS = [PAPER, TaskConfig(S=32, R=4, D=4, facts="random"),
          TaskConfig(S=12, R=3, D=3, zipf_subjects=1.0)]
 
 
@@ -210,7 +211,7 @@ def test_registration_and_failures():
     st = make_stepper("native", "rock4", lambda y, out=None: torch.stack([y[1], -y[0]], out=out), 0.0, y0,
                       rtol=1e-6, atol=1e-9, t_bound=1.0)
     assert isinstance(st, Rock4Stepper)
-    assert FlowConfig(task=TaskConfig(S=4, R=2, D=2), method="rock4").method == "rock4"
+    assert FlowConfig(task=TINY, method="rock4").method == "rock4"
     with pytest.raises(ValueError):
         Rock4Stepper(lambda y, out: out.copy_(y), 0.0, y0, 1e-6, 1e-9, fixed_stages=21)  # not tabulated
     # y' = y^2 from 1 blows up at t = 1: the step size collapses (or the state overflows) before

@@ -2,13 +2,13 @@
 the true answer, against independent references."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from dynamics import TrainConfig, train
 from dynamics.training import EvalSchedule, HeldOutEvaluator
 from models.task import TaskConfig, make_task
+from helpers import TINY
 
 
 def test_schedule_is_multiples_plus_rounded_powers():
@@ -26,7 +26,7 @@ def test_schedule_is_multiples_plus_rounded_powers():
 
 @pytest.mark.parametrize("optimizer", ["gd", "sgd"])
 def test_history_steps_follow_the_schedule(optimizer):
-    cfg = TrainConfig(task=TaskConfig(S=4, R=2, D=2), model="linear", optimizer=optimizer, lr=0.1, batch=64,
+    cfg = TrainConfig(task=TINY, model="linear", optimizer=optimizer, lr=0.1, batch=64,
                       steps=300, eval_every=100, eval_geometric=2, init="balanced", init_scale=1e-2,
                       eval_size=8192, device="cpu")
     h = train(cfg, progress=False).history

@@ -18,8 +18,9 @@ from dynamics.training import (DIVERGENCE_FACTOR, HISTORY_COLUMNS, EvalSchedule,
 from dynamics.training.base import Measurement
 from models.task import TaskConfig
 from models.weights import Distribution
+from helpers import TINY
 
-TASK = TaskConfig(S=4, R=2, D=2)
+TASK = TINY
 
 
 @pytest.fixture(autouse=True)
