@@ -7,6 +7,8 @@ import pytest
 from dynamics import ExperimentConfig, FlowConfig, Stage, Stop, run_experiment
 from models import Distribution, TaskConfig
 
+pytestmark = pytest.mark.slow  # four flows, two at rtol 1e-12 (~10 s)
+
 
 def two_stage(rtol):
     flow = FlowConfig(task=TaskConfig(S=8, R=2, D=4, facts="balanced", seed=0), alpha=1e-5, rtol=rtol, t_max=1e7)
