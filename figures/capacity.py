@@ -46,3 +46,27 @@ def capacity_figure(series, title: str):
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def tradeoff_figure(accuracy, Hs, ms, params, title: str):
+    """Heat map of accuracy (len(Hs), len(ms)) over heads H (rows) and MLP width m (columns), with lines of
+    equal parameter count ``params`` (len(Hs), len(ms)) drawn as contours. Returns the matplotlib Figure."""
+    acc = np.asarray(accuracy, dtype=float)
+    P = np.asarray(params, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    im = ax.imshow(acc, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
+    if min(acc.shape) >= 2 and np.unique(P).size > 1:
+        cs = ax.contour(np.arange(len(ms)), np.arange(len(Hs)), P, levels=6, colors="white", linewidths=0.8)
+        ax.clabel(cs, fmt=lambda v: f"P={v:.0f}", fontsize=6)
+    ax.set_xticks(range(len(ms)), [str(m) for m in ms])
+    ax.set_yticks(range(len(Hs)), [str(h) for h in Hs])
+    ax.set_xlabel("MLP width m")
+    ax.set_ylabel("heads H")
+    for i in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="black" if acc[i, j] > 0.6 else "white")
+    fig.colorbar(im, ax=ax, label="accuracy (fraction of facts)")
+    ax.set_title(textwrap.fill(title, 80), fontsize=8)
+    fig.tight_layout()
+    return fig

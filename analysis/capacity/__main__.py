@@ -8,7 +8,8 @@ import sys
 
 from common.cli import EXIT_OK, ArgumentParser, Program, add_overwrite, program_name, run_program
 
-MODELS = ("linear", "mlp", "construction")  # analysis.capacity.sweep.SWEEP_MODELS (kept torch-free here)
+MODELS = ("linear", "mlp", "construction", "transformer")  # sweep.SWEEP_MODELS + transformer (kept torch-free)
+SCALINGS = ("linear", "square", "distinct")  # analysis.capacity.transformer.SCALINGS
 
 
 def build_parser() -> ArgumentParser:
@@ -24,7 +25,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--model", default="linear", choices=MODELS,
                    help="linear: F(e) = W e (d^2 parameters); mlp: F(e) = V^T relu(W e + b), width m = alpha*d "
                         "(2md + m parameters); construction: no training, the memory of SPEC §8 (see "
-                        "--construction-of) (default linear)")
+                        "--construction-of); transformer: the one-layer transformer of SPEC §11 on the fact task, "
+                        "capacity in facts S*R (4*H*d_h*d + 2*m*d parameters) (default linear)")
     g.add_argument("--construction-of", default="linear", choices=("linear", "mlp"),
                    help="with --model construction: linear = correlation memory sum_x u_f(x) e_x^T, mlp = random "
                         "features + least-squares readout (default linear)")
@@ -36,13 +38,44 @@ def build_parser() -> ArgumentParser:
                    help="target map: identity (M = N outputs, f(x) = x) or fixed (M outputs, f(x) = "
                         "floor(x*M/N)) (default identity)")
     g.add_argument("--M", type=int, default=None, help="number of outputs with --target fixed (the authors: 32)")
+    g = p.add_argument_group("transformer (--model transformer, SPEC §11)")
+    g.add_argument("--heads", type=int, default=2, metavar="H", help="attention heads H (default 2)")
+    g.add_argument("--head-dim", type=int, default=None, metavar="DH",
+                   help="head dimension d_h (default: from --attn-ratio, d_h = alpha*d/H)")
+    g.add_argument("--attn-ratio", type=float, default=1.0, metavar="ALPHA",
+                   help="the paper's alpha = H*d_h/d, used when --head-dim is not given; alpha*d/H must be an "
+                        "integer (default 1)")
+    g.add_argument("--mlp-width", type=int, default=None, metavar="M",
+                   help="MLP width m, 0 = attention only (default: from --mlp-ratio)")
+    g.add_argument("--mlp-ratio", type=float, default=0.0, metavar="BETA",
+                   help="the paper's beta = m/d, m = round(beta*d), used when --mlp-width is not given (default 0)")
+    g.add_argument("--scaling", default="linear", choices=SCALINGS,
+                   help="task sizes searched: linear S = R (D fixed), square S = R^2 (D fixed), distinct "
+                        "S = R = D (default linear, the cheapest on a CPU; the paper's main one)")
+    g.add_argument("--D", type=int, default=4, help="answers per relation for linear/square scaling (default 4; "
+                                                    "the paper 8)")
+    g.add_argument("--T", type=int, default=8, help="sequence length (default 8 for a CPU; the paper 32); the "
+                                                    "noise vocabulary is S + R as in the paper")
+    g.add_argument("--batch", type=int, default=128, help="fresh sequences per Adam step (default 128; the "
+                                                          "paper 1024)")
+    g.add_argument("--eval-every", type=int, default=32,
+                   help="steps between evaluations on every fact (default 32; the authors max_steps/128)")
+    g.add_argument("--tradeoff", action="store_true",
+                   help="instead of the capacity search: accuracy over heads x MLP width at S = R = 32, D = 8, "
+                        "d = 32, d_h = 8 (a CPU subgrid: H 1 2 4, m 8 32, T 8, 512 steps); writes tradeoff.csv "
+                        "and tradeoff.png/pdf")
+    g.add_argument("--full-grid", action="store_true",
+                   help="with --tradeoff: the paper's grid (H 1..32, m 1..128, T 32, batch 1024, 2^14 steps, lr "
+                        "1e-2); hours on a CPU")
     g = p.add_argument_group("training and search")
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
                    help="seeds of embeddings and initialization; each gets its own capacity (default 0 1 2)")
     g.add_argument("--lr", type=float, nargs="+", default=[3e-2], metavar="LR",
-                   help="Adam learning rates; a size succeeds when any of them does (default 0.03)")
-    g.add_argument("--max-steps", type=int, default=2048,
-                   help="Adam steps per run, early stop at 99%% accuracy (default 2048; the paper 32768)")
+                   help="Adam learning rates; a size succeeds when any of them does (default 0.03; the paper's "
+                        "transformers 0.001 0.003 0.01)")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="Adam steps per run, early stop at 99%% accuracy (default 2048 for memories, 1024 for the "
+                        "transformer; the paper 32768 and 16384)")
     g.add_argument("--rtol", type=float, default=0.05,
                    help="bisection stops when hi - lo <= max(1, rtol*lo), in [0, 1] (default 0.05; the authors 0.01)")
     g.add_argument("--max-doublings", type=int, default=3,
@@ -62,17 +95,48 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+TRANSFORMER_ONLY = ("heads", "head_dim", "attn_ratio", "mlp_width", "mlp_ratio", "scaling", "D", "T", "batch",
+                    "eval_every", "tradeoff", "full_grid")
+
+
 def settings_from_args(a):
-    """CapacitySettings of parsed arguments (ConfigError if invalid)."""
+    """CapacitySettings (memories) or TransformerSettings (--model transformer) of parsed arguments
+    (ConfigError if invalid, or if a flag of the other kind of model is given)."""
+    from common.errors import ConfigError
+
+    defaults = build_parser().parse_args([])
+    if a.model == "transformer":
+        from analysis.capacity.transformer import TransformerSettings
+
+        if a.alpha != defaults.alpha:
+            raise ConfigError("--alpha is the MLP memory's width ratio; for the transformer give --mlp-ratio (beta "
+                              "= m/d) and --attn-ratio (alpha = H*d_h/d)")
+        if a.full_grid and not a.tradeoff:
+            raise ConfigError("--full-grid is a setting of --tradeoff; add --tradeoff")
+        return TransformerSettings(ds=tuple(a.d) if a.d != defaults.d else (8, 12, 16), heads=a.heads,
+                                   head_dim=a.head_dim, attn_ratio=a.attn_ratio, mlp_width=a.mlp_width,
+                                   mlp_ratio=a.mlp_ratio, D=a.D, T=a.T, scaling=a.scaling, seeds=tuple(a.seeds),
+                                   lrs=tuple(a.lr), batch=a.batch,
+                                   max_steps=1024 if a.max_steps is None else a.max_steps,
+                                   eval_every=a.eval_every, rtol=a.rtol, max_doublings=a.max_doublings,
+                                   dtype=a.dtype, device=a.device)
+    given = [n for n in TRANSFORMER_ONLY if getattr(a, n) != getattr(defaults, n)]
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')} is a transformer setting; add --model transformer")
     from analysis.capacity.sweep import CapacitySettings
 
     return CapacitySettings(model=a.model, ds=tuple(a.d), alphas=tuple(a.alpha), construction_of=a.construction_of,
-                            seeds=tuple(a.seeds), lrs=tuple(a.lr), target=a.target, M=a.M, max_steps=a.max_steps,
+                            seeds=tuple(a.seeds), lrs=tuple(a.lr), target=a.target, M=a.M,
+                            max_steps=2048 if a.max_steps is None else a.max_steps,
                             rtol=a.rtol, max_doublings=a.max_doublings, dtype=a.dtype, device=a.device,
                             with_construction=not a.no_construction)
 
 
 def title(s) -> str:
+    if s.__class__.__name__ == "TransformerSettings":
+        return (f"Capacity of one-layer transformers: H {s.heads}, shapes (d, H, d_h, m) {s.shapes()}, {s.scaling} "
+                f"scaling, D {s.D}, T {s.T}, {len(s.seeds)} seeds, Adam lr {list(s.lrs)}, batch {s.batch}, "
+                f"{s.max_steps} steps")
     what = f"construction of {s.construction_of}" if s.model == "construction" else s.model
     extra = "" if s.model == "construction" else f", Adam lr {list(s.lrs)}, {s.max_steps} steps"
     return (f"Capacity of {what} memories: target {s.target}{f' M={s.M}' if s.M else ''}, d {list(s.ds)}"
@@ -86,13 +150,12 @@ def write(out: str, result, job) -> None:
     from figures.capacity import capacity_figure
 
     s = result.settings
-    series = []
-    for label, res, fit in ((s.model if s.model != "construction" else "construction", result.results, result.fit),
-                            ("construction", result.construction, result.construction_fit)):
-        if res:
-            series.append(dict(label=f"{label} ({s.kind})" if label == "construction" else label,
-                               params=[r.params for r in res], capacity=[list(r.capacity) for r in res],
-                               fit=None if fit is None else fit.to_dict()))
+    if s.__class__.__name__ == "TransformerSettings":
+        series = [dict(label="transformer", params=[r.params for r in result.results],
+                       capacity=[list(f) for f in result.facts],
+                       fit=None if result.fit is None else result.fit.to_dict())]
+    else:
+        series = _memory_series(result)
     fig = capacity_figure(series, title(s))
     with job.folder(out) as tmp:
         write_json(f"{tmp}/results.json", result.to_dict())
@@ -101,26 +164,90 @@ def write(out: str, result, job) -> None:
         save_figure(fig, f"{tmp}/capacity.pdf")
 
 
+def _memory_series(result) -> list:
+    s = result.settings
+    series = []
+    for label, res, fit in ((s.model if s.model != "construction" else "construction", result.results, result.fit),
+                            ("construction", result.construction, result.construction_fit)):
+        if res:
+            series.append(dict(label=f"{label} ({s.kind})" if label == "construction" else label,
+                               params=[r.params for r in res], capacity=[list(r.capacity) for r in res],
+                               fit=None if fit is None else fit.to_dict()))
+    return series
+
+
 def run(args, job) -> int:
     """Check the settings and the memory they need, claim --out, search every size, write and print."""
     from common.errors import check_device
 
     settings = settings_from_args(args)
     check_device("device", args.device)
+    if args.tradeoff:
+        return run_tradeoff(args, settings, job)
     settings.check_memory()
     out = job.claim(args.out or job.default_out(f"runs/capacity-{args.model}", skip=("model",)))  # before computing
-    from analysis.capacity.sweep import run_sweep
     from common.cli import describe_device
 
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     say(f"device: {describe_device(args.device)}")
-    result = run_sweep(settings, progress=say)
+    if args.model == "transformer":
+        from analysis.capacity.transformer import run_transformer_sweep
+
+        result = run_transformer_sweep(settings, progress=say)
+    else:
+        from analysis.capacity.sweep import run_sweep
+
+        result = run_sweep(settings, progress=say)
     write(out, result, job)
-    for name, fit in (("fit", result.fit), ("construction fit", result.construction_fit)):
+    for name, fit in (("fit", result.fit), ("construction fit", getattr(result, "construction_fit", None))):
         if fit is not None:
             say(f"{name}: capacity ~ P^{fit.slope:.3f}, 95% CI [{fit.ci[0]:.3f}, {fit.ci[1]:.3f}] over {fit.n} "
                 f"points (paper: slope ~ 1 up to log factors)")
     say(f"wrote {out}/results.json, capacity.csv, capacity.png, capacity.pdf ({result.seconds:.1f} s)")
+    return EXIT_OK
+
+
+TRADEOFF_CPU = dict(Hs=(1, 2, 4), ms=(8, 32), T=8, batch=128, max_steps=512, lrs=(3e-2,))
+TRADEOFF_PAPER = dict(Hs=(1, 2, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32),
+                      ms=(1, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128), T=32, batch=1024, max_steps=2**14,
+                      lrs=(1e-2,))  # eshnich/factual-recall-iclr param_scaling_sweep.py
+
+
+def run_tradeoff(args, settings, job) -> int:
+    """Accuracy over H x m at S = R = 32, D = 8, d = 32, d_h = 8 (SPEC §11): tradeoff.csv, tradeoff.png/pdf."""
+    from common.errors import ConfigError
+
+    grid = dict(TRADEOFF_PAPER if args.full_grid else TRADEOFF_CPU)
+    if args.lr != build_parser().parse_args([]).lr:
+        grid["lrs"] = tuple(settings.lrs)
+    if args.max_steps is not None:
+        grid["max_steps"] = args.max_steps
+    # one seed: the first of --seeds
+    if grid["max_steps"] < 1:
+        raise ConfigError("max_steps = 0 with --tradeoff; give at least 1 step")
+    out = job.claim(args.out or job.default_out("runs/capacity-tradeoff", skip=("model", "tradeoff")))
+    import pandas as pd
+
+    from analysis.capacity.transformer import tradeoff_map
+    from common.io import save_figure, write_text
+    from dynamics.capacity_training import TransformerTrainConfig
+    from figures.capacity import tradeoff_figure
+
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    train = TransformerTrainConfig(batch=grid["batch"], max_steps=grid["max_steps"], eval_every=settings.eval_every,
+                                   dtype=settings.dtype, device=settings.device, record=False)
+    acc, params = tradeoff_map(grid["Hs"], grid["ms"], T=grid["T"], seed=settings.seeds[0], lrs=grid["lrs"],
+                               train=train, progress=say)
+    rows = [dict(H=H, m=m, params=int(params[i, j]), accuracy=float(acc[i, j]))
+            for i, H in enumerate(grid["Hs"]) for j, m in enumerate(grid["ms"])]
+    fig = tradeoff_figure(acc, list(grid["Hs"]), list(grid["ms"]), params,
+                          f"Accuracy over heads H x MLP width m: S = R = 32, D = 8, d = 32, d_h = 8, T = {grid['T']}, "
+                          f"{grid['max_steps']} steps, lr {list(grid['lrs'])}, seed {settings.seeds[0]}")
+    with job.folder(out) as tmp:
+        write_text(f"{tmp}/tradeoff.csv", pd.DataFrame(rows).to_csv(index=False))
+        save_figure(fig, f"{tmp}/tradeoff.png", dpi=150)
+        save_figure(fig, f"{tmp}/tradeoff.pdf")
+    say(f"wrote {out}/tradeoff.csv, tradeoff.png, tradeoff.pdf")
     return EXIT_OK
 
 

@@ -1,0 +1,8 @@
+"""The one-layer transformer on the fact task (SPEC §11): configuration, fixed instance parts, the batched model.
+Loss, accuracy and the success count are models.memory.metrics' (written once)."""
+from models.transformer.config import TransformerConfig, transformer_parameter_count
+from models.transformer.instance import embeddings, eval_sequences, init_params, task_of
+from models.transformer.model import attention_weights, residual_stream, stack_transformer_params, transformer_logits
+
+__all__ = ["TransformerConfig", "transformer_parameter_count", "embeddings", "eval_sequences", "init_params",
+           "task_of", "attention_weights", "residual_stream", "stack_transformer_params", "transformer_logits"]

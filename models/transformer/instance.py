@@ -1,0 +1,77 @@
+"""A transformer instance's fixed parts (SPEC §11): fact task, embeddings on the sphere, evaluation sequences,
+and its standard initialization, each from its own stream of the instance's seed.
+
+Streams: ``numpy.random.SeedSequence(seed).spawn(6)`` in the order of STREAMS; the fact table, the training
+batches and the evaluation sequences get integer seeds drawn from theirs (TaskConfig and torch.Generator take
+integers).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.memory.embeddings import sphere
+from models.task import Task, TaskConfig, make_task
+from models.transformer.config import TransformerConfig
+
+STREAMS = ("inputs", "outputs", "init", "facts", "data", "eval")
+
+
+def streams(seed: int) -> dict:
+    """Independent SeedSequences of one instance, by name."""
+    return dict(zip(STREAMS, np.random.SeedSequence(seed).spawn(len(STREAMS))))
+
+
+def stream_int(seed: int, name: str) -> int:
+    """A non-negative 63-bit integer seed drawn from stream ``name`` of ``seed``."""
+    return int(streams(seed)[name].generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def task_of(config: TransformerConfig) -> Task:
+    """The fact task of SPEC §1: sizes of ``config``, ``random`` fact table, uniform frequencies."""
+    return make_task(TaskConfig(S=config.S, R=config.R, D=config.D, T=config.T, N=config.N, facts="random",
+                                seed=stream_int(config.seed, "facts")))
+
+
+def embeddings(config: TransformerConfig, dtype=torch.float32, device="cpu"):
+    """Phi (V, d) input-token embeddings and Psi (|A|, d) answer unembeddings, rows uniform on the sphere."""
+    s = streams(config.seed)
+    Phi = sphere(np.random.default_rng(s["inputs"]), config.vocab_size, config.d)     # (V, d)
+    Psi = sphere(np.random.default_rng(s["outputs"]), config.num_answers, config.d)   # (|A|, d)
+    return torch.as_tensor(Phi, dtype=dtype, device=device), torch.as_tensor(Psi, dtype=dtype, device=device)
+
+
+def init_params(config: TransformerConfig) -> dict:
+    """Initial parameters of one model (float64 numpy, no model axis), Gaussian with the authors' scales:
+    W_Q, W_K, W_V (H, d, d_h) std 1/√d_h; W_O (H·d_h, d) std 1/√d; W_1 (d, m) std 1/√d; W_2 (m, d) std 1/√m
+    (W_1, W_2 only when m > 0)."""
+    rng = np.random.default_rng(streams(config.seed)["init"])
+    d, H, dh, m = config.d, config.H, config.d_h, config.m
+    p = {n: rng.standard_normal((H, d, dh)) / np.sqrt(dh) for n in ("WQ", "WK", "WV")}
+    p["WO"] = rng.standard_normal((H * dh, d)) / np.sqrt(d)
+    if m > 0:
+        p["W1"] = rng.standard_normal((d, m)) / np.sqrt(d)
+        p["W2"] = rng.standard_normal((m, d)) / np.sqrt(m)
+    return p
+
+
+def eval_sequences(task: Task, seed: int, device="cpu"):
+    """The evaluation set: every fact once, in order f = s·R + r, with its own positions and noise drawn once.
+
+    Returns tokens (S·R, T) int64 and targets (S·R,) int64. Same layout as TaskSampler.sample: noise
+    everywhere, EOS last, s and r at two distinct uniform positions among the first T-1.
+    """
+    S, R, T, N = task.S, task.R, task.T, task.N
+    g = torch.Generator().manual_seed(stream_int(seed, "eval"))
+    n = S * R
+    s = torch.arange(S).repeat_interleave(R)                                 # (n,)
+    r = torch.arange(R).repeat(S)                                            # (n,)
+    tokens = torch.randint(S + R, S + R + N, (n, T), generator=g)            # (n, T)
+    tokens[:, T - 1] = task.eos
+    i = torch.randint(0, T - 1, (n,), generator=g)                           # (n,)
+    j = torch.randint(0, T - 2, (n,), generator=g)
+    j = j + (j >= i).long()                                                  # (n,) != i
+    tokens.scatter_(1, i[:, None], s[:, None])
+    tokens.scatter_(1, j[:, None], (r + S)[:, None])
+    targets = torch.tensor(task.answers)[s, r]                               # (n,)
+    return tokens.to(device), targets.to(device)
