@@ -240,7 +240,8 @@ class Program:
 def run_program(program: Program, argv=None) -> int:
     """Run ``program`` on ``argv`` (None: the process's arguments) and return its exit status.
 
-    Parse (argparse: a bad flag is one line and exit status 2), import ``program.native``, then
+    Parse (argparse: a bad flag is one line and exit status 2; an --out that is given must name a path:
+    common.io.check_out_text, so an empty one is refused for every program alike), import ``program.native``, then
     ``program.run(args, job)``, all inside the signal guard: ConfigError -> one line, status 2, nothing written
     (every program checks its inputs and claims --out before computing); an unfinished run -> its line and
     status 3; SIGINT/SIGTERM/SIGHUP -> the temporary outputs removed, one line, status 128 + signal. As the
@@ -250,6 +251,10 @@ def run_program(program: Program, argv=None) -> int:
     def body():
         parser = program.build_parser()
         args = parser.parse_args(argv)
+        if getattr(args, "out", None) is not None:  # --out '' or '   ' is bad input, not "not given": one check
+            from common.io import check_out_text
+
+            check_out_text(args.out)
         if program.native:
             import_native(*program.native)  # a signal during torch's import would abort in C++: held back
         jobs.append(Job(parser, args))
