@@ -123,6 +123,19 @@ def default_out(prefix: str, parser: argparse.ArgumentParser, args, *, skip=(), 
     return "-".join([prefix] + [text for _, text in sorted(parts, key=lambda p: p[0])])
 
 
+MESSAGE_MAX = 300  # characters of a message's text: a message that echoes a huge value is cut in its middle
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line (each line break as a space), at most about MESSAGE_MAX
+    characters: a longer one keeps its start and end around ``...`` (an echoed 100 MB value stays short)."""
+    text = " ".join(message.splitlines())
+    if len(text) > MESSAGE_MAX:
+        keep = MESSAGE_MAX // 2 - 3
+        text = f"{text[:keep]} ... {text[-keep:]}"
+    return text
+
+
 def _is_process_entry(module: str) -> bool:
     """True when ``module`` is what this process runs: ``python -m module`` or its console command."""
     if module == "__main__":  # python -m dynamics.run: main was defined in the __main__ module
@@ -142,7 +155,7 @@ def _guard(body, interrupted=None):
         try:
             return body()
         except ConfigError as exc:
-            sys.stderr.write(f"error: {exc}\n")
+            sys.stderr.write(f"error: {one_line(str(exc))}\n")
             return EXIT_BAD_INPUT
         except KeyboardInterrupt as exc:
             note = interrupted() if interrupted is not None else None
