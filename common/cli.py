@@ -139,6 +139,19 @@ def default_out(prefix: str, parser: argparse.ArgumentParser, args, *, skip=(), 
     return kept + tag
 
 
+MESSAGE_MAX = 300  # characters of a message's text: a message that echoes a huge value is cut in its middle
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line (each line break as a space), at most about MESSAGE_MAX
+    characters: a longer one keeps its start and end around ``...`` (an echoed 100 MB value stays short)."""
+    text = " ".join(message.splitlines())
+    if len(text) > MESSAGE_MAX:
+        keep = MESSAGE_MAX // 2 - 3
+        text = f"{text[:keep]} ... {text[-keep:]}"
+    return text
+
+
 def _is_process_entry(module: str) -> bool:
     """True when ``module`` is what this process runs: ``python -m module`` or its console command."""
     if module == "__main__":  # python -m dynamics.run: main was defined in the __main__ module
@@ -158,7 +171,7 @@ def _guard(body, interrupted=None):
         try:
             return body()
         except ConfigError as exc:
-            sys.stderr.write(f"error: {exc}\n")
+            sys.stderr.write(f"error: {one_line(str(exc))}\n")
             return EXIT_BAD_INPUT
         except KeyboardInterrupt as exc:
             note = interrupted() if interrupted is not None else None
@@ -256,7 +269,8 @@ class Program:
 def run_program(program: Program, argv=None) -> int:
     """Run ``program`` on ``argv`` (None: the process's arguments) and return its exit status.
 
-    Parse (argparse: a bad flag is one line and exit status 2), import ``program.native``, then
+    Parse (argparse: a bad flag is one line and exit status 2; an --out that is given must name a path:
+    common.io.check_out_text, so an empty one is refused for every program alike), import ``program.native``, then
     ``program.run(args, job)``, all inside the signal guard: ConfigError -> one line, status 2, nothing written
     (every program checks its inputs and claims --out before computing); an unfinished run -> its line and
     status 3; SIGINT/SIGTERM/SIGHUP -> the temporary outputs removed, one line, status 128 + signal. As the
@@ -266,6 +280,10 @@ def run_program(program: Program, argv=None) -> int:
     def body():
         parser = program.build_parser()
         args = parser.parse_args(argv)
+        if getattr(args, "out", None) is not None:  # --out '' or '   ' is bad input, not "not given": one check
+            from common.io import check_out_text
+
+            check_out_text(args.out)
         if program.native:
             import_native(*program.native)  # a signal during torch's import would abort in C++: held back
         jobs.append(Job(parser, args))

@@ -153,6 +153,18 @@ def _check_replaceable(target: str, shown: str) -> None:
                           f"program; --overwrite replaces output folders only; choose another --out")
 
 
+def check_out_text(path, *, kind: str = "folder") -> str:
+    """``path`` as a string, unless it cannot name an output at all: empty, whitespace only or with a NUL character
+    (one-line ConfigError). Every program's --out goes through it (common.cli.run_program, right after parsing,
+    so an empty --out is never taken for "not given"), and check_out again."""
+    shown = os.fspath(path) if path is not None else ""
+    if not isinstance(shown, str) or not shown.strip():
+        raise ConfigError(f"out = {shown!r} is empty; give a {kind} path with --out")
+    if "\0" in shown:
+        raise ConfigError(f"out = {shown!r} contains a NUL character; give a {kind} path with --out")
+    return shown
+
+
 def check_out(path, *, overwrite: bool = False, kind: str = "folder") -> str:
     """Check, before any work, that ``path`` can receive a new output ``kind`` ("folder" or "file").
 
@@ -163,11 +175,7 @@ def check_out(path, *, overwrite: bool = False, kind: str = "folder") -> str:
     """
     if kind not in ("folder", "file"):
         raise ValueError(f"kind = {kind!r}; use 'folder' or 'file'")
-    shown = os.fspath(path) if path is not None else ""
-    if not isinstance(shown, str) or not shown.strip():
-        raise ConfigError(f"out = {shown!r} is empty; give a {kind} path with --out")
-    if "\0" in shown:
-        raise ConfigError(f"out = {shown!r} contains a NUL character; give a {kind} path with --out")
+    shown = check_out_text(path, kind=kind)
     target = os.path.realpath(os.path.abspath(shown))
     if os.path.lexists(target):
         if kind == "folder":

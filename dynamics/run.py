@@ -60,7 +60,8 @@ def build_parser() -> ArgumentParser:
                         "in float64, 1e-7 to 1e-3 in float32 (smaller: the dtype cannot deliver it; larger: the "
                         "phase times are meaningless)")
     g.add_argument("--atol", type=float, default=None,
-                   help="absolute tolerance, finite and > 0 (default: 1e-3 * rtol * smallest initial |entry|)")
+                   help="absolute tolerance, > 0 and at most rtol * smallest initial |entry| (larger cannot resolve the escape "
+                        "from alpha; docs/numerics.md) (default: 1e-3 * rtol * smallest initial |entry|)")
     g.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="default float64")
     g.add_argument("--device", default="cpu", help="torch device for the flow (default cpu)")
     g.add_argument("--mode", default="full", choices=("full", "reduced", "compare"),

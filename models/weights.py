@@ -58,6 +58,11 @@ def as_indices(name: str, value, n: int) -> tuple:
     return tuple(sorted(idx))
 
 
+# The largest weight entry and mixture coefficient: sums of up to 1e8 such numbers stay finite in float64 (1.8e308),
+# so normalising never overflows (a weights file of 1e308 entries used to be "all weights are zero").
+WEIGHT_MAX = 1e300
+
+
 def normalized(name: str, w, S: int, R: int) -> np.ndarray:
     """Validate nonnegative, finite (S, R) weights and return them divided by their sum (read-only float64)."""
     try:
@@ -66,8 +71,9 @@ def normalized(name: str, w, S: int, R: int) -> np.ndarray:
         raise ConfigError(f"{name} must be an (S, R) = ({S}, {R}) array of numbers") from None
     if w.shape != (S, R):
         raise ConfigError(f"{name} has shape {w.shape}; it must be (S, R) = ({S}, {R})")
-    if not np.all(np.isfinite(w)):
-        raise ConfigError(f"{name} holds a non-finite weight; weights must be finite and >= 0")
+    if not np.all(np.isfinite(w)) or np.any(w > WEIGHT_MAX):
+        raise ConfigError(f"{name} holds a weight that is not finite or above {WEIGHT_MAX:g}; entries must be finite, "
+                          f">= 0 and at most {WEIGHT_MAX:g}")
     if np.any(w < 0):
         s, r = map(int, np.argwhere(w < 0)[0])
         raise ConfigError(f"{name}: weight [{s}, {r}] = {w[s, r]:g} is negative; weights must be >= 0")
@@ -141,8 +147,8 @@ class Distribution:
             for c, d in parts:
                 if not isinstance(d, Distribution):
                     raise ConfigError(f"{n}: mix entries must name distributions, got {d!r}")
-                if not (np.isfinite(c) and c >= 0):
-                    raise ConfigError(f"{n}: mix coefficient {c:g} must be finite and >= 0")
+                if not (np.isfinite(c) and 0 <= c <= WEIGHT_MAX):
+                    raise ConfigError(f"{n}: mix coefficient {c:g} must be finite, >= 0 and at most {WEIGHT_MAX:g}")
             if not sum(c for c, _ in parts) > 0:
                 raise ConfigError(f"{n}: all mix coefficients are zero; at least one must be positive")
             object.__setattr__(self, "mix", parts)

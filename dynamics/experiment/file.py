@@ -55,6 +55,7 @@ DIST_KEYS = ("zipf_subjects", "zipf_relations", "subjects", "relations", "weight
 STAGE_KEYS = ("name", "train", "until_time", "until_loss", "on")
 EXPERIMENT_KEYS = ("eval",)
 PATH_KEYS = ("facts_file", "init_file", "weights_file")
+MAX_FILE_BYTES = 2 ** 20  # experiment files are a few kB; a larger one is refused before it is read
 
 
 def _check_keys(where: str, table, allowed) -> dict:
@@ -181,8 +182,20 @@ def load_experiment(path: str, *, overrides: dict | None = None) -> ExperimentCo
     if not os.path.isfile(path):
         raise ConfigError(f"experiment file {path!r} does not exist")
     try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:  # checked before reading: a 100 MB value is not parsed, nor echoed
+            raise ConfigError(f"{path}: is {size / 2**20:.1f} MiB; an experiment file is at most "
+                              f"{MAX_FILE_BYTES // 2**20} MiB of TOML")
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            raw = f.read(MAX_FILE_BYTES + 1)
+        text = raw.decode("utf-8")
+        doc = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); an "
+                          f"experiment file is TOML, which is UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to parse (arrays or tables inside one another hundreds of "
+                          f"levels deep); an experiment file needs a few levels") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except OSError as exc:

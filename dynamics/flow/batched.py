@@ -54,7 +54,7 @@ from dynamics.ode.dopri5 import Dopri5Interp
 from dynamics.ode.dopri5_batched import BatchedTableau, accept_factors, reject_steps, row_floors, starting_steps
 from dynamics.ode.engine import locate_crossing
 from dynamics.ode.status import Status
-from dynamics.ode.tolerances import auto_atol
+from dynamics.ode.tolerances import auto_atol, check_resolves, smallest_entry
 from dynamics.threads import threads_for, torch_threads
 
 _SHARED = ("backend", "method", "rtol", "atol", "dtype", "device")  # solver settings every run must share
@@ -254,6 +254,8 @@ class _BatchRun:
         for j in js:
             Wt0, K0 = initial_state(self.configs[j], self.tasks[j], dtype, device)
             ys.append(self.layout.pack(Wt0, K0))
+            if self.configs[j].init == "file":  # FlowConfig checked alpha's entries; a file's are known only now
+                check_resolves(self.rtol, self.fixed_atol, smallest_entry(ys[-1]), dtype, where="init_file's state")
             self.atol0[j] = self.fixed_atol if self.fixed_atol is not None else auto_atol(ys[-1], self.rtol)
             self.res[j]["atol"] = float(self.atol0[j])
         Y_s = torch.stack(ys)  # (m, P)

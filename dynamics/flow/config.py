@@ -8,11 +8,11 @@ import torch
 
 from common.errors import ConfigError, check_choice, check_device, check_int, check_positive
 from common.memory import available_memory_bytes
-from models.linear import FLOW_ALPHA
+from models.linear import FLOW_ALPHA, init_entries
 from models.task import TaskConfig
 
 from dynamics.choices import BACKENDS, DEFAULT_METHOD, IMPLICIT, INITS, METHODS
-from dynamics.ode.tolerances import DEFAULT_RTOL, RTOL_RANGE, check_atol, check_rtol
+from dynamics.ode.tolerances import DEFAULT_RTOL, RTOL_RANGE, check_atol, check_resolves, check_rtol
 
 # The error control is relative to the entries (~alpha), the logits move by O(1) through differences of
 # entries, so the logit error is ~alpha^2 rtol: it must stay below LOGIT_ERROR_MAX (measured at S16/R4/D8:
@@ -41,7 +41,15 @@ class FlowConfig:
     backend: ``native`` (default; the stage-major Dormand-Prince 5(4) of :mod:`dynamics.ode.dopri5`, or from
         ROCK4_MIN_SIZE state entries on the stabilized explicit ROCK4 of :mod:`dynamics.ode.rock4`),
         ``torchdiffeq`` or ``scipy`` (independent implementations, for cross-checks and other methods).
-    rtol, atol: None picks the defaults of :mod:`dynamics.ode.tolerances`.
+    rtol, atol: None picks the defaults of :mod:`dynamics.ode.tolerances`. Every accepted (rtol, atol, dtype,
+        alpha) resolves the flow (docs/numerics.md, "Which tolerances resolve the flow";
+        :func:`dynamics.ode.tolerances.check_resolves`), with m the smallest initial |entry| (alpha/sqrt|A| for
+        ``balanced``, alpha for ``uniform``, the file's smallest nonzero one for ``file``, checked when it is read):
+        atol <= rtol * m (so the error control stays relative on the entries that carry the escape: the phase times
+        then agree with an rtol-1e-12 run to the accuracy of the automatic atol, measured up to 100 rtol m);
+        atol at least the dtype's smallest subnormal; m at least the dtype's smallest normal number and
+        rtol * m >= 1e3 of the dtype's smallest subnormal (float32: alpha >~ 1e-37 sqrt|A| / (rtol / 1e-5));
+        alpha^2 rtol <= LOGIT_ERROR_MAX. Anything else is a ConfigError that names the value it needs.
     samples_per_octave: saved points per doubling of t (plus 16 linear points before).
     max_steps: budget of accepted solver steps; a run that exhausts it ends with status ``max_steps``.
     """
@@ -98,6 +106,10 @@ class FlowConfig:
                 f"of ~alpha^2 rtol = {self.alpha ** 2 * self.resolved_rtol:.1e} (allowed {LOGIT_ERROR_MAX:g}); "
                 + (f"pass rtol <= {need:.1e} or a smaller alpha" if need >= RTOL_RANGE[self.torch_dtype][0]
                    else f"use alpha <= {math.sqrt(LOGIT_ERROR_MAX / RTOL_RANGE[self.torch_dtype][0]):.3g}"))
+        if self.init != "file":  # a file's entries are checked when it is read (dynamics.flow.solve.flow_numerics)
+            w, k = init_entries(self.init, self.alpha, self.task.R * self.task.D)
+            check_resolves(self.resolved_rtol, self.atol, min(w, k), self.torch_dtype,
+                           where=f"alpha = {self.alpha:g}")
         object.__setattr__(self, "samples_per_octave", check_int("samples_per_octave",
                                                                  self.samples_per_octave, 4))
         object.__setattr__(self, "max_steps", check_int("max_steps", self.max_steps, 1))

@@ -29,7 +29,7 @@ from dynamics.ode.controller import RowAtol
 from dynamics.ode.engine import Event, SaveAt, Solution, integrate
 from dynamics.ode.registry import make_stepper
 from dynamics.ode.status import Status, flow_status
-from dynamics.ode.tolerances import auto_atol
+from dynamics.ode.tolerances import auto_atol, check_resolves, smallest_entry
 from dynamics.threads import threads_for, torch_threads
 from dynamics.flow.trajectory import Trajectory
 
@@ -256,6 +256,8 @@ class FlowNumerics:
 
 def flow_numerics(config: FlowConfig, layout, y0: torch.Tensor, device) -> FlowNumerics:
     rtol = config.resolved_rtol
+    if config.init == "file":  # FlowConfig checked alpha's entries; a file's are known only now
+        check_resolves(rtol, config.atol, smallest_entry(y0), config.torch_dtype, where=f"init_file's state")
     atol = config.atol if config.atol is not None else auto_atol(y0, rtol)
     # automatic atol with the native solver: a floor relative to each token's row, which the stepper's controller
     # raises itself after accepted steps 1, 9, 17, ... (the row maxima move slowly: every 8th step is plenty)

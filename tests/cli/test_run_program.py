@@ -227,3 +227,17 @@ def test_grid_says_how_to_continue_when_interrupted(tmp_path, monkeypatch, capsy
                        f"{out}/results.csv); run the same command again to continue\n")
     else:
         assert err == "interrupted; nothing was written\n"
+
+
+@pytest.mark.parametrize("module", ["dynamics.run", "models.train", "analysis.derive", "analysis.sweep",
+                                    "figures.paper"])
+@pytest.mark.parametrize("out", ["", "   "])
+def test_an_empty_out_is_bad_input_for_every_program(module, out, tmp_path, monkeypatch, capsys):
+    """--out '' is not "not given" (issue 24 §3): run_program refuses it for every program, nothing written."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    assert importlib.import_module(module).main(["--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: out = {out!r} is empty; give a folder path with --out\n"
+    assert os.listdir(tmp_path) == []
