@@ -257,7 +257,7 @@ class FlowNumerics:
 def flow_numerics(config: FlowConfig, layout, y0: torch.Tensor, device) -> FlowNumerics:
     rtol = config.resolved_rtol
     if config.init == "file":  # FlowConfig checked alpha's entries; a file's are known only now
-        check_resolves(rtol, config.atol, smallest_entry(y0), config.torch_dtype, where=f"init_file's state")
+        check_resolves(rtol, config.atol, smallest_entry(y0), config.torch_dtype, where="init_file's state")
     atol = config.atol if config.atol is not None else auto_atol(y0, rtol)
     # automatic atol with the native solver: a floor relative to each token's row, which the stepper's controller
     # raises itself after accepted steps 1, 9, 17, ... (the row maxima move slowly: every 8th step is plenty)
