@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,17 +140,23 @@ def default_out(prefix: str, parser: argparse.ArgumentParser, args, *, skip=(), 
     return kept + tag
 
 
-MESSAGE_MAX = 300  # characters of a message's text: a message that echoes a huge value is cut in its middle
+WORD_MAX = 160  # characters of one word (no spaces) of a message: a path fits, an echoed huge value is cut
+MESSAGE_MAX = 600  # characters of a message's text: what is left over is cut in its middle
+
+
+def _shorten(text: str, limit: int) -> str:
+    keep = limit // 2 - 3
+    return f"{text[:keep]} ... {text[-keep:]}" if len(text) > limit else text
 
 
 def one_line(message: str) -> str:
-    """``message`` on one line (each line break as a space), at most about MESSAGE_MAX
-    characters: a longer one keeps its start and end around ``...`` (an echoed 100 MB value stays short)."""
+    """``message`` on one line (each line break as a space): each word (a run without spaces) over WORD_MAX
+    characters keeps its start and end around ``...`` (an echoed 100 MB value stays short, a path stays whole),
+    then a text still over MESSAGE_MAX characters is cut the same way in its middle."""
     text = " ".join(message.splitlines())
-    if len(text) > MESSAGE_MAX:
-        keep = MESSAGE_MAX // 2 - 3
-        text = f"{text[:keep]} ... {text[-keep:]}"
-    return text
+    if len(text) > WORD_MAX:
+        text = re.sub(r"\S{%d,}" % (WORD_MAX + 1), lambda m: _shorten(m.group(0), WORD_MAX), text)
+    return _shorten(text, MESSAGE_MAX)
 
 
 def _is_process_entry(module: str) -> bool:
