@@ -174,6 +174,7 @@ def test_batched_two_shapes_each_batched_separately(one_by_one, monkeypatch):
     assert steps == [1] * 6
 
 
+@pytest.mark.slow  # sympy derivation and a subprocess
 def test_derive_writes_json_and_markdown(tmp_path, capsys):
     out = tmp_path / "d"
     assert derive_main(["--S", "16", "--R", "4", "--D", "8", "--alpha", "1e-5", "--out", str(out)]) == 0

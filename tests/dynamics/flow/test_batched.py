@@ -43,7 +43,11 @@ def batched():
     return run_flows_batched(CONFIGS, plateau=True)
 
 
-@pytest.mark.parametrize("i", range(len(CONFIGS)))
+# the fast suite checks a random table, the smallest and largest alpha and the Zipf run; the rest are slow
+FAST = (0, 8, 10, 11)
+
+
+@pytest.mark.parametrize("i", [i if i in FAST else pytest.param(i, marks=pytest.mark.slow) for i in range(len(CONFIGS))])
 def test_batched_equals_single_run(batched, i):
     b, s = batched[i], single(CONFIGS[i])
     assert b["status"] == s["status"] == "converged"
