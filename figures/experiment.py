@@ -266,6 +266,126 @@ def _caption(cols, names, spans, log_A, *, flow_drawn: bool) -> str:
     return "\n".join(textwrap.fill(x, 130) for x in lines)
 
 
+def _ordered_sets(known: list[str], sets) -> list[str]:
+    """The sets to draw, in drawing order: ``sets`` (each checked against the trajectory's), else every set, the
+    built-in ones first in a fixed order (so overlays and legends match across plots)."""
+    if sets is None:
+        return sorted(known, key=lambda n: (list(EVAL_SET_COLORS).index(n) if n in EVAL_SET_COLORS
+                                            else len(EVAL_SET_COLORS)))
+    names = list(sets)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"no evaluation set {', '.join(map(repr, unknown))} in the trajectory "
+                         f"(it has {', '.join(known) or 'none'})")
+    return names
+
+
+def _time_axis(t: np.ndarray) -> tuple[bool, float, float]:
+    """(log scale?, left end, right end) of the time axis: logarithmic when t spans more than LOG_X_DECADES
+    decades from its first positive value (which is then the left end)."""
+    log_x = _is_log_time(t)
+    finite = t[np.isfinite(t)]
+    t_hi = float(finite.max()) if finite.size else 1.0
+    if log_x:
+        left = float(finite[finite > 0].min())
+    else:
+        left = float(finite.min()) if finite.size else 0.0
+        if t_hi <= left:
+            t_hi = left + 1.0
+    return log_x, left, t_hi
+
+
+def _panels(spans, left: float, log_x: bool):
+    """The figure and its three panels sharing the time axis, each with the stages shaded (names on the top
+    one) and a grid."""
+    fig, axes = plt.subplots(3, 1, figsize=(8.5, 10.0), sharex=True, constrained_layout=True)
+    for ax in axes:
+        if log_x:
+            ax.set_xscale("log", nonpositive="mask")
+        _draw_stages(ax, spans, left, labels=ax is axes[0])
+        ax.grid(True, which="major", lw=0.4, color="0.85", zorder=0)
+    return fig, axes
+
+
+def _label_coinciding(ax, drawn: list[str], same: dict, spans) -> None:
+    """A set drawn over another says so in the legend: its label gets '(= <set> in <stage>; ...)'."""
+    for line in ax.get_lines():
+        n = str(line.get_gid() or "")[4:]
+        if n in drawn and same.get(n):
+            line.set_label(f"{n} ({_same_note(same[n], [sp[0] for sp in spans])})")
+
+
+def _loss_panel(ax, t, cols, names, colors, rank, same, spans, ents, left, *, log_A, flow) -> bool:
+    """Panel 1: every set's loss (coinciding ones labelled), the exact flow's, log|A| and H(A|R) of ``all``;
+    the sets' legend. True if the flow was drawn."""
+    drawn = _plot_sets(ax, t, cols, names, "loss", colors, rank=rank)
+    _label_coinciding(ax, drawn, same, spans)
+    flow_drawn = _plot_flow(ax, flow, names, "loss", colors)
+    ax.axhline(log_A, color="0.3", ls="--", lw=1, gid="reference", label=rf"$\log|A|$ = {log_A:.3g} (uniform)")
+    h_all = [e.get("all") for e in ents]
+    if any(v is not None and math.isfinite(v) for v in h_all):
+        h0 = next(v for v in h_all if v is not None and math.isfinite(v))
+        _level_lines(ax, spans, h_all, left, color="0.3", ls=(0, (2, 2)), lw=1,
+                     label=rf"$H(A|R)$ of all = {h0:.3g} (relation only)")
+    ax.set_ylabel("loss (nats)")
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+    _legend_outside(ax, title="evaluation set")
+    return flow_drawn
+
+
+def _probability_panel(ax, t, cols, names, colors, rank, *, log_A, flow) -> bool:
+    """Panel 2: every set's mean probability of the true answer, the exact flow's, 1/|A|. True if the flow was
+    drawn."""
+    _plot_sets(ax, t, cols, names, "p_true", colors, rank=rank)
+    flow_drawn = _plot_flow(ax, flow, names, "p_true", colors)
+    if math.isfinite(log_A):
+        uniform = ax.axhline(math.exp(-log_A), color="0.3", ls="--", lw=1, gid="reference",
+                             label=r"$1/|A|$ (uniform)")
+        _legend_outside(ax, handles=[uniform])  # the sets' colours are those of the legend above
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("mean probability of\nthe true answer")
+    return flow_drawn
+
+
+def _excess_panel(ax, t, cols, colors, spans, ents, left, *, log_A) -> None:
+    """Panel 3 when ``unseen`` has an excess loss: that curve, its uniform-start level log|A| - H(A|R) and 0 (the
+    relation-only predictor), with a legend saying what they mean."""
+    ax.plot(t, cols["unseen_excess"], color=colors["unseen"], lw=1.6, gid="set:unseen",
+            label="unseen: excess = loss $-$ $H(A|R)$,\nthe loss above the relation-only\npredictor's", zorder=3)
+    h_unseen = [e.get("unseen") for e in ents]
+    if math.isfinite(log_A) and any(v is not None and math.isfinite(v) for v in h_unseen):
+        _level_lines(ax, spans, [None if v is None else log_A - v for v in h_unseen], left, color="0.3",
+                     ls="--", lw=1, label=r"$\log|A| - H(A|R)$: uniform" + "\nprediction (the start)")
+    ax.axhline(0.0, color="0.3", ls=(0, (2, 2)), lw=1, gid="reference",
+               label="0: relation-only predictor $p(a|r)$")
+    ax.set_ylabel("excess loss of unseen\nsubjects (nats)")
+    ax.set_ylim(bottom=min(-0.05, ax.get_ylim()[0]))
+    handles = ax.get_legend_handles_labels()[0]
+    handles.append(Line2D([], [], ls="none", label="above 0 once $p(a|r)$ is learned:\nconfident wrong answers"))
+    _legend_outside(ax, handles=handles)
+
+
+def _gap_panel(ax, t, cols, names, colors, rank, *, flow) -> bool:
+    """Panel 3 otherwise: every set's hallucination gap (coloured as in the loss panel's legend) and the exact
+    flow's. True if the flow was drawn."""
+    _plot_sets(ax, t, cols, names, "hallucination_gap", colors, rank=rank)
+    flow_drawn = _plot_flow(ax, flow, names, "hallucination_gap", colors)
+    ax.set_ylabel("hallucination gap\n" + r"KL$(p(\cdot|r)\,\|\,\hat p)$ (nats)")
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+    return flow_drawn
+
+
+def _caption_and_title(fig, cols, names, spans, log_A, title, *, flow_drawn: bool) -> None:
+    """The caption under the panels (stage switches, a loss above log|A|, the dashed flow) and the title
+    (default: the stages' names in order)."""
+    caption = _caption(cols, names, spans, log_A, flow_drawn=flow_drawn)
+    if caption:
+        fig.supxlabel(caption, fontsize=8, x=0.01, ha="left", color="0.2", gid="caption")
+    if title is None:
+        title = "Multi-stage experiment: " + r" $\to$ ".join(n for n, _, _ in spans if n)
+    fig.suptitle(title, fontsize=11)
+
+
 def experiment_figure(traj, stages, *, log_A, entropies=None, sets=None, title=None, flow=None):
     """Figure of a multi-stage experiment, three panels sharing the time axis.
 
@@ -285,95 +405,24 @@ def experiment_figure(traj, stages, *, log_A, entropies=None, sets=None, title=N
        decades from its first positive value (rows at t = 0 are then off the axis), else linear.
     """
     cols = _columns(traj)
-    known = set_names(cols)
-    if sets is None:  # the built-in sets first, in a fixed order (so overlays and legends match across plots)
-        names = sorted(known, key=lambda n: (list(EVAL_SET_COLORS).index(n) if n in EVAL_SET_COLORS
-                                             else len(EVAL_SET_COLORS)))
-    else:
-        names = list(sets)
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"no evaluation set {', '.join(map(repr, unknown))} in the trajectory "
-                             f"(it has {', '.join(known) or 'none'})")
+    names = _ordered_sets(set_names(cols), sets)
     t = cols["t"]
     spans = _stage_spans(stages, cols)
     ents = _stage_entropies(entropies, stages, len(spans))
     colors = _set_colors(names)
     same = coincidences(cols, names, spans)
     rank = _overlay_ranks(names, same)
-    log_x = _is_log_time(t)
-    finite = t[np.isfinite(t)]
-    t_hi = float(finite.max()) if finite.size else 1.0
-    if log_x:
-        left = float(finite[finite > 0].min())
-    else:
-        left = float(finite.min()) if finite.size else 0.0
-        if t_hi <= left:
-            t_hi = left + 1.0
-
-    fig, axes = plt.subplots(3, 1, figsize=(8.5, 10.0), sharex=True, constrained_layout=True)
-    ax1, ax2, ax3 = axes
-    for ax in axes:
-        if log_x:
-            ax.set_xscale("log", nonpositive="mask")
-        _draw_stages(ax, spans, left, labels=ax is ax1)
-        ax.grid(True, which="major", lw=0.4, color="0.85", zorder=0)
-
-    # panel 1: losses
-    drawn = _plot_sets(ax1, t, cols, names, "loss", colors, rank=rank)
-    for line in ax1.get_lines():  # a set drawn over another says so in the legend
-        n = str(line.get_gid() or "")[4:]
-        if n in drawn and same.get(n):
-            line.set_label(f"{n} ({_same_note(same[n], [sp[0] for sp in spans])})")
-    flow_drawn = _plot_flow(ax1, flow, names, "loss", colors)
-    ax1.axhline(log_A, color="0.3", ls="--", lw=1, gid="reference", label=rf"$\log|A|$ = {log_A:.3g} (uniform)")
-    h_all = [e.get("all") for e in ents]
-    if any(v is not None and math.isfinite(v) for v in h_all):
-        h0 = next(v for v in h_all if v is not None and math.isfinite(v))
-        _level_lines(ax1, spans, h_all, left, color="0.3", ls=(0, (2, 2)), lw=1,
-                     label=rf"$H(A|R)$ of all = {h0:.3g} (relation only)")
-    ax1.set_ylabel("loss (nats)")
-    ax1.set_ylim(bottom=min(0.0, ax1.get_ylim()[0]))
-    _legend_outside(ax1, title="evaluation set")
-
-    # panel 2: probability of the true answer
-    _plot_sets(ax2, t, cols, names, "p_true", colors, rank=rank)
-    flow_drawn |= _plot_flow(ax2, flow, names, "p_true", colors)
-    if math.isfinite(log_A):
-        uniform = ax2.axhline(math.exp(-log_A), color="0.3", ls="--", lw=1, gid="reference",
-                              label=r"$1/|A|$ (uniform)")
-        _legend_outside(ax2, handles=[uniform])  # the sets' colours are those of the legend above
-    ax2.set_ylim(-0.02, 1.02)
-    ax2.set_ylabel("mean probability of\nthe true answer")
-
-    # panel 3: excess loss of unseen subjects, or the hallucination gap
+    log_x, left, t_hi = _time_axis(t)
+    fig, (ax1, ax2, ax3) = _panels(spans, left, log_x)
+    flow_drawn = _loss_panel(ax1, t, cols, names, colors, rank, same, spans, ents, left, log_A=log_A, flow=flow)
+    flow_drawn |= _probability_panel(ax2, t, cols, names, colors, rank, log_A=log_A, flow=flow)
     if "unseen" in names and _nonempty(cols, "unseen", "excess"):
-        ax3.plot(t, cols["unseen_excess"], color=colors["unseen"], lw=1.6, gid="set:unseen",
-                 label="unseen: excess = loss $-$ $H(A|R)$,\nthe loss above the relation-only\npredictor's", zorder=3)
-        h_unseen = [e.get("unseen") for e in ents]
-        if math.isfinite(log_A) and any(v is not None and math.isfinite(v) for v in h_unseen):
-            _level_lines(ax3, spans, [None if v is None else log_A - v for v in h_unseen], left, color="0.3",
-                         ls="--", lw=1, label=r"$\log|A| - H(A|R)$: uniform" + "\nprediction (the start)")
-        ax3.axhline(0.0, color="0.3", ls=(0, (2, 2)), lw=1, gid="reference",
-                    label="0: relation-only predictor $p(a|r)$")
-        ax3.set_ylabel("excess loss of unseen\nsubjects (nats)")
-        ax3.set_ylim(bottom=min(-0.05, ax3.get_ylim()[0]))
-        handles = ax3.get_legend_handles_labels()[0]
-        handles.append(Line2D([], [], ls="none", label="above 0 once $p(a|r)$ is learned:\nconfident wrong answers"))
-        _legend_outside(ax3, handles=handles)
-    else:  # one curve per set, coloured as in the legend of the loss panel
-        _plot_sets(ax3, t, cols, names, "hallucination_gap", colors, rank=rank)
-        flow_drawn |= _plot_flow(ax3, flow, names, "hallucination_gap", colors)
-        ax3.set_ylabel("hallucination gap\n" + r"KL$(p(\cdot|r)\,\|\,\hat p)$ (nats)")
-        ax3.set_ylim(bottom=min(0.0, ax3.get_ylim()[0]))
+        _excess_panel(ax3, t, cols, colors, spans, ents, left, log_A=log_A)
+    else:
+        flow_drawn |= _gap_panel(ax3, t, cols, names, colors, rank, flow=flow)
     ax3.set_xlim(left, t_hi)
     ax3.set_xlabel("flow time t (log scale)" if log_x else "flow time t")
-    caption = _caption(cols, names, spans, log_A, flow_drawn=flow_drawn)
-    if caption:
-        fig.supxlabel(caption, fontsize=8, x=0.01, ha="left", color="0.2", gid="caption")
-    if title is None:
-        title = "Multi-stage experiment: " + r" $\to$ ".join(n for n, _, _ in spans if n)
-    fig.suptitle(title, fontsize=11)
+    _caption_and_title(fig, cols, names, spans, log_A, title, flow_drawn=flow_drawn)
     return fig
 
 

@@ -331,10 +331,54 @@ def _disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, scheduler, workers, client, security,
-                insecure_tcp, progress,
-                max_runs, on_row, retry_failed, overwrite, plots) -> GridResult:
-    """run_grid's sweep, under the folder's lock."""
+def _full_disk_of(write) -> OSError | None:
+    """Call write(): a full disk (ENOSPC, EDQUOT) is returned instead of raised; any other error is raised."""
+    try:
+        write()
+    except OSError as exc:
+        if not _disk_full(exc):
+            raise
+        return exc
+    return None
+
+
+@dataclass
+class _SweepPlan:
+    """What this call does in the sweep folder: the runs recorded before (skipped) and the tasks to submit."""
+
+    folder: str
+    resumed: bool  # the folder already holds this sweep
+    log: ResultsLog
+    keys: set  # every run's key
+    skip: set  # the keys recorded before that are not run again
+    todo: list  # the runs to run now
+    tasks: list  # one task per run, or per batch of flows of one shape
+    labels: list  # each task as a memory refusal names it
+    memory: list  # each task's memory estimate in bytes
+
+
+def _task_runs(spec, todo: list) -> list[list]:
+    """The runs of each task: one run each, or batches of up to spec.batch flows of one shape and solver setting."""
+    if spec.batch > 1:
+        groups = {}
+        for r in todo:
+            groups.setdefault(r.shape, []).append(r)
+        return [g[i:i + spec.batch] for g in groups.values() for i in range(0, len(g), spec.batch)]
+    return [[r] for r in todo]
+
+
+def _task_memory(spec, task_runs: list[list]) -> list:
+    """Each task's memory estimate in bytes: its runs' own estimates, or a batch's shared state."""
+    if spec.batch > 1:  # one batched state: the runs share the direct-path chunks (dynamics.flow.batched's estimate)
+        from dynamics.flow.batched import batch_memory_estimate_bytes
+
+        return [batch_memory_estimate_bytes([build_config("flow", r.fields) for r in tr]) for tr in task_runs]
+    return [sum(r.memory_bytes for r in tr) for tr in task_runs]
+
+
+def _plan_sweep(spec, runs, experiment, spec_doc, *, overwrite, retry_failed, max_runs) -> _SweepPlan:
+    """Read what the folder has recorded, skip those runs (a failed or unfinished one too unless retry_failed),
+    keep at most max_runs of the others and group them into tasks."""
     # again under the lock: another client may have written the folder between the check and the lock
     folder, resumed = prepare_folder(spec.out, spec_doc, overwrite=overwrite, create=False)
     log = ResultsLog(folder)
@@ -344,110 +388,134 @@ def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, sche
     todo = [r for r in runs if r.key not in skip]
     if max_runs is not None:
         todo = todo[:max_runs]
-    # tasks: one run each, or batches of flows of one shape and solver setting
-    if spec.batch > 1:
-        groups = {}
-        for r in todo:
-            groups.setdefault(r.shape, []).append(r)
-        task_runs = [g[i:i + spec.batch] for g in groups.values() for i in range(0, len(g), spec.batch)]
-    else:
-        task_runs = [[r] for r in todo]
+    task_runs = _task_runs(spec, todo)
     tasks = [dict(kind=spec.kind, runs=[dict(index=r.index, key=r.key, fields=r.fields) for r in tr],
                   experiment=experiment, keep=spec.keep_runs, batched=spec.batch > 1) for tr in task_runs]
     labels = [f"run {tr[0].index} ({describe(tr[0].params)}, key {tr[0].key})" if len(tr) == 1 else
               f"a batch of {len(tr)} runs from run {tr[0].index}" for tr in task_runs]
-    if spec.batch > 1:  # one batched state: the runs share the direct-path chunks (dynamics.flow.batched's estimate)
-        from dynamics.flow.batched import batch_memory_estimate_bytes
+    return _SweepPlan(folder=folder, resumed=resumed, log=log, keys=keys, skip=skip, todo=todo, tasks=tasks,
+                      labels=labels, memory=_task_memory(spec, task_runs))
 
-        memory = [batch_memory_estimate_bytes([build_config("flow", r.fields) for r in tr]) for tr in task_runs]
-    else:
-        memory = [sum(r.memory_bytes for r in tr) for tr in task_runs]
-    by_key = {r.key: r for r in runs}
-    counts = dict(done=0, failed=0, unfinished=0)
-    from common.progress import Progress
 
-    bar = Progress(len(todo), f"{spec.kind} sweep", unit=" runs", enabled=progress)
-    interrupted = False
-    writing = ["spec.json"]  # what was being written: named if the disk is full
-    started = []  # the folder was made (or emptied) for this sweep
+class _Recorder:
+    """Records every run as its result comes back (its run folder, its results.jsonl row, the counts and the
+    progress bar, on_row) and remembers what was being written, for a full disk's message."""
 
-    def record_row(row):
-        r = by_key[row["key"]]
+    def __init__(self, spec, plan: _SweepPlan, runs, progress, on_row):
+        from common.progress import Progress
+
+        self.spec, self.plan, self.on_row = spec, plan, on_row
+        self.by_key = {r.key: r for r in runs}
+        self.counts = dict(done=0, failed=0, unfinished=0)
+        self.bar = Progress(len(plan.todo), f"{spec.kind} sweep", unit=" runs", enabled=progress)
+        self.interrupted = False
+        self.writing = "spec.json"  # what was being written: named if the disk is full
+        self.started = False  # the folder was made (or emptied) for this sweep
+
+    def record_row(self, row) -> None:
+        """Write one finished run: its run folder (keep_runs, done), its results.jsonl row; count it."""
+        r = self.by_key[row["key"]]
         row["params"] = r.params
-        if spec.keep_runs and row.get("status") == "done":
-            writing[0] = f"runs/{row['key']}/"
-            write_run_folder(folder, row, r.params)
+        if self.spec.keep_runs and row.get("status") == "done":
+            self.writing = f"runs/{row['key']}/"
+            write_run_folder(self.plan.folder, row, r.params)
         row.pop("files", None)
-        writing[0] = RESULTS_JSONL
-        log.append(row)
+        self.writing = RESULTS_JSONL
+        self.plan.log.append(row)
+        counts = self.counts
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-        bar.update(1)
-        bar.set_postfix_str(f"{counts['done']} done, " + (f"{counts['unfinished']} unfinished, "
-                                                          if counts["unfinished"] else "")
-                            + f"{counts['failed']} failed")
-        if on_row is not None:
-            on_row(row)
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"{counts['done']} done, " + (f"{counts['unfinished']} unfinished, "
+                                                               if counts["unfinished"] else "")
+                                 + f"{counts['failed']} failed")
+        if self.on_row is not None:
+            self.on_row(row)
 
-    def on_result(i, status, value):
+    def on_result(self, i, status, value) -> None:
+        """Task i's outcome from run_tasks: its rows, or (the task itself failed: its worker died twice) every run
+        of it failed with the error."""
         if status == "done":
             for row in value:
-                record_row(row)
-        else:  # the task itself failed (its worker died twice): every run of it is failed
-            for r in tasks[i]["runs"]:
-                record_row(dict(index=r["index"], key=r["key"], status="failed", error=value))
+                self.record_row(row)
+        else:
+            for r in self.plan.tasks[i]["runs"]:
+                self.record_row(dict(index=r["index"], key=r["key"], status="failed", error=value))
 
-    def start(cl):
-        check_task_memory(memory, labels, cl)  # before the folder is made and anything submitted
-        started.append(True)
-        prepare_folder(spec.out, spec_doc, overwrite=overwrite and not resumed)
-        if tasks:
-            run_tasks(execute, tasks, client=cl, on_result=on_result)
 
+def _start_tasks(cl, spec, spec_doc, plan: _SweepPlan, rec: _Recorder, overwrite) -> None:
+    """On client cl (None: in this process): check each task's memory before the folder is made and anything
+    submitted, make the folder, run the tasks."""
+    check_task_memory(plan.memory, plan.labels, cl)
+    rec.started = True
+    prepare_folder(spec.out, spec_doc, overwrite=overwrite and not plan.resumed)
+    if plan.tasks:
+        run_tasks(execute, plan.tasks, client=cl, on_result=rec.on_result)
+
+
+def _submit(spec, spec_doc, plan: _SweepPlan, rec: _Recorder, *, scheduler, workers, client, security,
+            insecure_tcp, overwrite) -> None:
+    """Run the plan's tasks on the given client, or on one opened for the sweep (none when nothing is to run)."""
+    if not plan.tasks or client is not None:
+        _start_tasks(client, spec, spec_doc, plan, rec, overwrite)
+    else:
+        with open_client(scheduler, workers, security=security, insecure_tcp=insecure_tcp) as cl:
+            _start_tasks(cl, spec, spec_doc, plan, rec, overwrite)
+
+
+def _run_and_write_csv(spec, spec_doc, plan: _SweepPlan, rec: _Recorder, **submit) -> tuple[list, OSError | None]:
+    """Run the tasks, then (also on Ctrl-C or an error) close the bar and rewrite results.csv from results.jsonl.
+    Returns every recorded row and the error of a full disk (None if none); other errors are raised."""
     full = None
     try:
-        if not tasks or client is not None:
-            start(client)
-        else:
-            with open_client(scheduler, workers, security=security, insecure_tcp=insecure_tcp) as cl:
-                start(cl)
+        full = _full_disk_of(lambda: _submit(spec, spec_doc, plan, rec, **submit))
     except KeyboardInterrupt:
-        interrupted = True
+        rec.interrupted = True
         raise
-    except OSError as exc:
-        if not _disk_full(exc):
-            raise
-        full = exc
     finally:
-        bar.close()
-        rows_all = log.read()
-        if full is None and os.path.isfile(os.path.join(folder, SPEC_JSON)):
-            writing[0] = RESULTS_CSV
-            try:
-                write_results_csv(folder, [r for r in rows_all if r["key"] in keys], spec.varied)
-            except OSError as exc:
-                if not _disk_full(exc):
-                    raise
-                full = exc
+        rec.bar.close()
+        rows_all = plan.log.read()
+        if full is None and os.path.isfile(os.path.join(plan.folder, SPEC_JSON)):
+            rec.writing = RESULTS_CSV
+            full = _full_disk_of(lambda: write_results_csv(plan.folder, [r for r in rows_all if r["key"] in plan.keys],
+                                                           spec.varied))
+    return rows_all, full
+
+
+def _save_bands(spec, rows: list, folder: str, rec: _Recorder, plots) -> tuple[object, OSError | None]:
+    """Kind train: the bands over seeds of the rows, saved in the folder. Returns them (None if there are none)
+    and the error of a full disk (None if none)."""
+    bands = training_bands(rows, spec)
+    if bands is None:
+        return None, None
+    rec.writing = "the bands (bands.csv, bands.json, bands.png)"
+    return bands, _full_disk_of(lambda: bands.save(folder, plots=plots))
+
+
+def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, scheduler, workers, client, security,
+                insecure_tcp, progress,
+                max_runs, on_row, retry_failed, overwrite, plots) -> GridResult:
+    """run_grid's sweep, under the folder's lock: plan it, run and record the runs, write results.csv and the
+    bands; a full disk leaves the folder clean and is a ConfigError saying what was kept."""
+    plan = _plan_sweep(spec, runs, experiment, spec_doc, overwrite=overwrite, retry_failed=retry_failed,
+                       max_runs=max_runs)
+    rec = _Recorder(spec, plan, runs, progress, on_row)
+    rows_all, full = _run_and_write_csv(spec, spec_doc, plan, rec, scheduler=scheduler, workers=workers,
+                                        client=client, security=security, insecure_tcp=insecure_tcp,
+                                        overwrite=overwrite)
     latest = latest_rows(rows_all)
     rows = [latest[r.key] for r in runs if r.key in latest]
     bands = None
     if full is None and spec.kind == "train":
-        bands = training_bands(rows, spec)
-        if bands is not None:
-            writing[0] = "the bands (bands.csv, bands.json, bands.png)"
-            try:
-                bands.save(folder, plots=plots)
-            except OSError as exc:
-                if not _disk_full(exc):
-                    raise
-                full = exc
+        bands, full = _save_bands(spec, rows, plan.folder, rec, plots)
     if full is not None:
-        raise ConfigError(_after_disk_full(full, folder, spec.out, writing[0], rows, resumed, bool(started)))
+        raise ConfigError(_after_disk_full(full, plan.folder, spec.out, rec.writing, rows, plan.resumed,
+                                           rec.started))
     wall = time.perf_counter() - t_start
+    counts = rec.counts
     ran = counts["done"] + counts["failed"] + counts["unfinished"]
     return GridResult(spec=spec, rows=rows, total=len(runs), done=counts["done"], failed=counts["failed"],
-                      skipped=len(skip), wall_seconds=wall, runs_per_second=ran / wall if wall > 0 else 0.0,
-                      interrupted=interrupted, folder=folder, bands=bands, unfinished=counts["unfinished"])
+                      skipped=len(plan.skip), wall_seconds=wall, runs_per_second=ran / wall if wall > 0 else 0.0,
+                      interrupted=rec.interrupted, folder=plan.folder, bands=bands, unfinished=counts["unfinished"])
 
 
 def _after_disk_full(exc: OSError, folder: str, shown: str, writing: str, rows: list, resumed: bool,

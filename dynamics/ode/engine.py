@@ -210,6 +210,182 @@ def locate_crossing(g, a: float, b: float, ga: float, gb: float) -> float:
     return hi
 
 
+def _check_stepper(stepper) -> None:
+    """Refuse anything that is not a :class:`dynamics.ode.base.Stepper` (TypeError saying what it got)."""
+    if not isinstance(stepper, Stepper):
+        raise TypeError(f"integrate needs a dynamics.ode.base.Stepper (from make_stepper or a subclass), "
+                        f"not a {type(stepper).__name__}")
+
+
+def _copy_state(t: float, y: torch.Tensor) -> torch.Tensor:
+    """The default saved value: a copy of the state."""
+    return y.clone()
+
+
+def _lazy_interpolant(stepper) -> Callable:
+    """A function that returns the interpolant of the stepper's last step, built on the first call only."""
+    interp = None
+
+    def get_interp():
+        nonlocal interp
+        if interp is None:
+            interp = stepper.interpolant()
+        return interp
+
+    return get_interp
+
+
+class _Saves:
+    """The saveat outputs: ``fn(t, y)`` at every requested time the run reaches, in order."""
+
+    def __init__(self, saveat: SaveAt | None, t0: float, y0: torch.Tensor):
+        """Skip the requested times before t0 and save those at t0 (the initial state)."""
+        self.ts = saveat.ts if saveat is not None else np.empty(0)
+        self.fn = saveat.fn if saveat is not None and saveat.fn is not None else _copy_state
+        self.times: list[float] = []
+        self.values: list = []
+        self.j = 0  # the next requested time not yet saved
+        while self.j < len(self.ts) and self.ts[self.j] < t0:
+            self.j += 1
+        while self.j < len(self.ts) and self.ts[self.j] == t0:
+            self.times.append(t0)
+            self.values.append(self.fn(t0, y0))
+            self.j += 1
+
+    def through(self, t_cut: float, tb: float, y_end: torch.Tensor, get_interp) -> None:
+        """Save every requested time up to t_cut inside the step ending at tb (state y_end, interpolant
+        get_interp())."""
+        while self.j < len(self.ts) and self.ts[self.j] <= t_cut:
+            s = float(self.ts[self.j])
+            self.times.append(s)
+            self.values.append(self.fn(s, y_end if s == tb else get_interp()(s)))
+            self.j += 1
+
+
+def _locate_level(ev: Event, lv: float, ta: float, tb: float, v_start: float, v_end: float, get_interp) -> float:
+    """The first time in the step (ta, tb] at which ``ev`` crosses level lv, found on the step's interpolant
+    (v_start, v_end: the event's values at ta and tb)."""
+    sign = 1.0 if ev.direction < 0 else -1.0
+
+    def g(s):
+        return sign * (float(ev.fn(s, get_interp()(s))) - lv)
+
+    return locate_crossing(g, ta, tb, sign * (v_start - lv), sign * (v_end - lv))
+
+
+class _Crossings:
+    """The first crossing time of every level of every event (the stop event included), step by step."""
+
+    def __init__(self, events, stop: Event | None, t0: float, y0: torch.Tensor):
+        """Evaluate every event at the initial state; a level already crossed there is found at t0."""
+        self.stop = stop
+        self.all = list(events) + ([stop] if stop is not None else [])
+        self.found = {ev.name: [None] * len(ev.levels) for ev in self.all}
+        self.values: dict[int, float] = {}  # id(event function) -> its value at the current time
+        self.prev = {}  # event name -> its value at the last step's end
+        for ev in self.all:
+            v = self.value(ev, t0, y0)
+            self.prev[ev.name] = v
+            for k, lv in enumerate(ev.levels):
+                if ev.crossed(v, lv):
+                    self.found[ev.name][k] = t0
+        self.values.clear()
+
+    def value(self, ev: Event, t: float, y: torch.Tensor) -> float:
+        """ev.fn(t, y) as a float; events that share a function evaluate it once per time."""
+        key = id(ev.fn)
+        if key not in self.values:
+            self.values[key] = float(ev.fn(t, y))
+        return self.values[key]
+
+    def after_step(self, ta: float, tb: float, y_end: torch.Tensor, get_interp) -> float:
+        """Evaluate the events at the step's end tb and locate every new crossing on its interpolant; returns
+        where the step is cut: the stop event's crossing if it crossed in this step, else tb."""
+        t_cut = tb
+        self.values.clear()
+        for ev in self.all:
+            v = self.value(ev, tb, y_end)
+            for k, lv in enumerate(ev.levels):
+                if self.found[ev.name][k] is None and ev.crossed(v, lv):
+                    tc = _locate_level(ev, lv, ta, tb, self.prev[ev.name], v, get_interp)
+                    self.found[ev.name][k] = tc
+                    if ev is self.stop:
+                        t_cut = tc
+            self.prev[ev.name] = v
+        self.values.clear()
+        return t_cut
+
+    def stopped(self) -> bool:
+        """Whether the stop event has crossed (its first level)."""
+        return self.stop is not None and self.found[self.stop.name][0] is not None
+
+    def forget_after(self, t_cut: float) -> None:
+        """Drop the crossings after the stop time t_cut: they did not happen."""
+        for name, times in self.found.items():
+            self.found[name] = [None if x is not None and x > t_cut else x for x in times]
+
+    def times(self) -> dict:
+        """Event name -> tuple of first-crossing times (None where not crossed), one per level."""
+        return {k: tuple(v) for k, v in self.found.items()}
+
+
+@dataclass
+class _Outcome:
+    """Where and why the step loop ended."""
+
+    t: float
+    y: torch.Tensor
+    status: Status
+    message: str = ""
+    stop_time: float | None = None
+
+
+def _run_steps(stepper, t_end: float, t: float, y: torch.Tensor, dense: _DenseOutput, saves: _Saves,
+               crossings: _Crossings, max_steps: int, on_step: Callable | None) -> _Outcome:
+    """Take accepted steps from (t, y) until t_end, the stop event, the step budget or a solver failure; after
+    each one record it for dense output, locate event crossings, save the requested outputs, call on_step."""
+    steps = 0
+    while t < t_end:
+        if steps >= max_steps:
+            return _Outcome(t, y, Status.MAX_STEPS, f"the step budget of {max_steps} steps ran out at t = {t:.6g}")
+        y_start = stepper.y
+        try:
+            ta, tb, h = stepper.step(t_end)
+        except SolverFailure as exc:
+            return _Outcome(t, y, Status.FAILED, str(exc))
+        steps += 1
+        y_end = stepper.y
+        if not bool(torch.isfinite(y_end).all()):
+            return _Outcome(t, y, Status.FAILED, f"the state became non-finite at t = {tb:.6g}")
+        get_interp = _lazy_interpolant(stepper)
+        dense.add(ta, tb, h, y_start, get_interp)
+        t_cut = crossings.after_step(ta, tb, y_end, get_interp)
+        stopped = crossings.stopped()
+        if stopped:
+            crossings.forget_after(t_cut)
+        saves.through(t_cut, tb, y_end, get_interp)
+        t, y = t_cut, (y_end if t_cut == tb else get_interp()(t_cut))
+        if on_step is not None:
+            on_step(t, y)
+        if stopped:
+            return _Outcome(t, y, Status.STOPPED, "", t_cut)
+    return _Outcome(t, y, Status.T_END)
+
+
+def _solution(stepper, t0: float, dense: _DenseOutput, saves: _Saves, crossings: _Crossings,
+              end: _Outcome) -> Solution:
+    """The Solution of a finished run: its end, saved outputs, event times, solver and dense-output statistics."""
+    dense.t_final, dense.y_final = end.t, end.y
+    stats = dict(stepper.stats)
+    stats["replayed_steps"] = dense.stats["replayed_steps"]
+    dense.stats = stats  # later replays (dense output after the run) are counted here
+    stats["dense_bytes"] = dense.nbytes
+    stats["dense_mode"] = "all steps kept" if dense.keep_all else f"checkpoint every {dense.every} steps, replay"
+    return Solution(t0=t0, t_final=end.t, y_final=end.y.clone(), status=end.status, message=end.message,
+                    ts=np.asarray(saves.times), saved=saves.values, events=crossings.times(),
+                    stop_time=end.stop_time, stats=stats, _dense=dense)
+
+
 def integrate(stepper, t_end: float, *, saveat: SaveAt | None = None, events=(), stop: Event | None = None,
               max_steps: int = 1_000_000, on_step: Callable | None = None,
               dense_budget_bytes: int = DEFAULT_DENSE_BUDGET) -> Solution:
@@ -217,107 +393,14 @@ def integrate(stepper, t_end: float, *, saveat: SaveAt | None = None, events=(),
 
     on_step(t, y) is called after every accepted step (progress reports); it may raise to abort.
     """
-    if not isinstance(stepper, Stepper):
-        raise TypeError(f"integrate needs a dynamics.ode.base.Stepper (from make_stepper or a subclass), "
-                        f"not a {type(stepper).__name__}")
+    _check_stepper(stepper)
     t0 = float(stepper.t)
     y0 = stepper.y.clone()
     dense = _DenseOutput(stepper, t0, y0, dense_budget_bytes)
-    ts = saveat.ts if saveat is not None else np.empty(0)
-    save_fn = (saveat.fn if saveat is not None and saveat.fn is not None else (lambda t, y: y.clone()))
-    saved_t: list[float] = []
-    saved: list = []
-    j = 0
-    while j < len(ts) and ts[j] < t0:
-        j += 1
-    while j < len(ts) and ts[j] == t0:
-        saved_t.append(t0)
-        saved.append(save_fn(t0, y0))
-        j += 1
-
-    all_events = list(events) + ([stop] if stop is not None else [])
-    found = {ev.name: [None] * len(ev.levels) for ev in all_events}
-    cache: dict[int, float] = {}
-
-    def value(ev, t, y):
-        key = id(ev.fn)  # events that share a function evaluate it once per time
-        if key not in cache:
-            cache[key] = float(ev.fn(t, y))
-        return cache[key]
-
-    prev = {}
-    for ev in all_events:
-        v = value(ev, t0, y0)
-        prev[ev.name] = v
-        for k, lv in enumerate(ev.levels):
-            if ev.crossed(v, lv):
-                found[ev.name][k] = t0
-    cache.clear()
-    status, message, stop_time = Status.T_END, "", None
-    if stop is not None and found[stop.name][0] is not None:
-        status, stop_time = Status.STOPPED, t0
-    steps = 0
-    t, y = t0, y0
-    while status is Status.T_END and t < t_end:
-        if steps >= max_steps:
-            status, message = Status.MAX_STEPS, f"the step budget of {max_steps} steps ran out at t = {t:.6g}"
-            break
-        y_start = stepper.y
-        try:
-            ta, tb, h = stepper.step(t_end)
-        except SolverFailure as exc:
-            status, message = Status.FAILED, str(exc)
-            break
-        steps += 1
-        y_end = stepper.y
-        if not bool(torch.isfinite(y_end).all()):
-            status, message = Status.FAILED, f"the state became non-finite at t = {tb:.6g}"
-            break
-        interp = None
-
-        def get_interp():
-            nonlocal interp
-            if interp is None:
-                interp = stepper.interpolant()
-            return interp
-
-        dense.add(ta, tb, h, y_start, get_interp)
-        # events at the step's end; a crossing is located on the interpolant
-        t_cut = tb
-        cache.clear()
-        for ev in all_events:
-            v = value(ev, tb, y_end)
-            for k, lv in enumerate(ev.levels):
-                if found[ev.name][k] is None and ev.crossed(v, lv):
-                    sign = 1.0 if ev.direction < 0 else -1.0
-
-                    def g(s, ev=ev, lv=lv, sign=sign):
-                        return sign * (float(ev.fn(s, get_interp()(s))) - lv)
-
-                    tc = locate_crossing(g, ta, tb, sign * (prev[ev.name] - lv), sign * (v - lv))
-                    found[ev.name][k] = tc
-                    if ev is stop:
-                        t_cut = tc
-            prev[ev.name] = v
-        cache.clear()
-        if stop is not None and found[stop.name][0] is not None:
-            status, stop_time = Status.STOPPED, t_cut
-            for name, times in found.items():  # crossings after the stop did not happen
-                found[name] = [None if x is not None and x > t_cut else x for x in times]
-        while j < len(ts) and ts[j] <= t_cut:
-            s = float(ts[j])
-            saved_t.append(s)
-            saved.append(save_fn(s, y_end if s == tb else get_interp()(s)))
-            j += 1
-        t, y = t_cut, (y_end if t_cut == tb else get_interp()(t_cut))
-        if on_step is not None:
-            on_step(t, y)
-    dense.t_final, dense.y_final = t, y
-    stats = dict(stepper.stats)
-    stats["replayed_steps"] = dense.stats["replayed_steps"]
-    dense.stats = stats  # later replays (dense output after the run) are counted here
-    stats["dense_bytes"] = dense.nbytes
-    stats["dense_mode"] = "all steps kept" if dense.keep_all else f"checkpoint every {dense.every} steps, replay"
-    return Solution(t0=t0, t_final=t, y_final=y.clone(), status=status, message=message,
-                    ts=np.asarray(saved_t), saved=saved,
-                    events={k: tuple(v) for k, v in found.items()}, stop_time=stop_time, stats=stats, _dense=dense)
+    saves = _Saves(saveat, t0, y0)
+    crossings = _Crossings(events, stop, t0, y0)
+    if crossings.stopped():  # the stop level is already crossed at the initial state
+        end = _Outcome(t0, y0, Status.STOPPED, "", t0)
+    else:
+        end = _run_steps(stepper, t_end, t0, y0, dense, saves, crossings, max_steps, on_step)
+    return _solution(stepper, t0, dense, saves, crossings, end)
