@@ -15,6 +15,7 @@ from common.cli import EXIT_OK, ArgumentParser, Program, add_overwrite, program_
 from common.errors import check_int
 from models.task import MAX_SIZE
 
+from analysis.theory.cost import MAX_MINUTES, check_derive_cost
 from analysis.theory.derivation import derive_reduction
 
 
@@ -57,6 +58,10 @@ def build_parser() -> ArgumentParser:
                         "runs/derive-S{S}-R{R}-D{D} plus every setting that differs from its default, e.g. "
                         "runs/derive-S16-R4-D8-alpha1e-03); an existing non-empty folder is refused unless "
                         "--overwrite")
+    p.add_argument("--max-minutes", type=float, default=MAX_MINUTES, metavar="M",
+                   help="refuse (exit 2, with the estimate) a derivation estimated to take longer than this on the "
+                        "2-core CPU the estimate was measured on (analysis.theory.cost; default %(default)g); one that "
+                        "would not fit in the available memory is refused always")
     add_overwrite(p)
     p.add_argument("--quiet", action="store_true", help="print nothing")
     return p
@@ -72,7 +77,8 @@ def run(a, job) -> int:
     task = TaskConfig(S=S, R=R, D=D, T=a.T, N=a.N, facts="file" if a.facts_file else a.facts,
                       facts_file=a.facts_file, zipf_subjects=a.zipf_subjects, zipf_relations=a.zipf_relations,
                       seed=a.seed)
-    out = job.claim(a.out or job.default_out(f"runs/derive-S{S}-R{R}-D{D}", skip=("S", "R", "D"),
+    check_derive_cost(task, a.alpha, exact=not a.leading_only, max_minutes=a.max_minutes)  # before allocating
+    out = job.claim(a.out or job.default_out(f"runs/derive-S{S}-R{R}-D{D}", skip=("S", "R", "D", "max_minutes"),
                                              labels=dict(eps_conv="eps")))  # before any computation
     result = derive_reduction(S, R, D, a.alpha, a.eps_conv, task=task, exact=not a.leading_only)
     result.save(out, overwrite=a.overwrite)

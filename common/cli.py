@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from common.errors import ConfigError
 from common.io import OVERWRITE_HELP, completed_outputs
-from common.signals import handling_signals, import_native
+from common.signals import handling_signals, import_native, interrupted_by
 from common.version import __version__
 
 # console command -> module of every program, as ``python -m`` runs it ([project.scripts] in pyproject.toml is the
@@ -177,10 +177,14 @@ def _guard(body, interrupted=None):
     with handling_signals():
         try:
             return body()
-        except ConfigError as exc:
-            sys.stderr.write(f"error: {one_line(str(exc))}\n")
-            return EXIT_BAD_INPUT
-        except KeyboardInterrupt as exc:
+        except BaseException as exc:  # a signal, or an error of the cleanup a signal set off (interrupted_by)
+            signalled = exc if isinstance(exc, KeyboardInterrupt) else interrupted_by(exc)
+            if signalled is None and isinstance(exc, ConfigError):
+                sys.stderr.write(f"error: {one_line(str(exc))}\n")
+                return EXIT_BAD_INPUT
+            if signalled is None:
+                raise
+            exc = signalled
             note = interrupted() if interrupted is not None else None
             done = completed_outputs()[before:]
             if note is not None:

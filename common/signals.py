@@ -82,6 +82,20 @@ def handling_signals():
         _State.installed, _State.depth, _State.pending, _State.raised = saved
 
 
+def interrupted_by(exc: BaseException | None) -> Interrupted | None:
+    """The :class:`Interrupted` that ``exc`` is, or that was unwinding when ``exc`` was raised (its
+    ``__context__``/``__cause__`` chain), else None. A signal raised inside a library's C-backed code can make
+    that library's cleanup fail with its own error (matplotlib's PDF writer: ``zlib.error: inconsistent stream
+    state`` when SIGTERM lands inside its compressor); the run was still interrupted by the signal."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Interrupted):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def import_native(*modules: str) -> None:
     """Import ``modules`` (torch, say) with SIGINT/SIGTERM/SIGHUP held back until they are loaded.
 

@@ -150,6 +150,7 @@ def run(args, job) -> int:
         check_reduced_memory(config)
     else:
         config.check_memory()
+    config.check_reachable(noise=args.mode != "reduced")  # loss target, t_max and T within what the flow can reach (dynamics.flow.reach)
     out = job.claim(args.out or default_out_dir(args, job.parser))  # before any computation
 
     # progress: a bar on a terminal, elsewhere one line on stderr every ~30 s (dynamics.flow.solve.FlowProgress)

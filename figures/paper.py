@@ -206,7 +206,8 @@ def run(a, job) -> int:
     return EXIT_OK
 
 
-PROGRAM = Program(module=__name__, build_parser=build_parser, run=run, native=("torch",))
+PROGRAM = Program(module=__name__, build_parser=build_parser, run=run,
+                  native=("torch", "matplotlib.backends.backend_agg"))  # both load C++ (pybind11) extensions
 
 
 def main(argv=None) -> int:

@@ -70,10 +70,12 @@ class Stop:
         if self.time is None and self.loss is None:
             raise ConfigError("a stage needs a stop rule: until_time (flow time) or until_loss (a loss level), "
                               "or both")
-        if self.time is not None:
-            object.__setattr__(self, "time", check_positive("until_time", self.time))
+        from dynamics.flow.reach import check_flow_time, check_loss_target
+
+        if self.time is not None:  # a length and a level the flow can reach (dynamics.flow.reach)
+            object.__setattr__(self, "time", check_flow_time(check_positive("until_time", self.time), "until_time"))
         if self.loss is not None:
-            object.__setattr__(self, "loss", check_positive("until_loss", self.loss))
+            object.__setattr__(self, "loss", check_loss_target(check_positive("until_loss", self.loss), "until_loss"))
         if not isinstance(self.on, str) or not self.on:
             raise ConfigError(f"on = {self.on!r} must name an evaluation set")
 
@@ -158,6 +160,10 @@ class ExperimentConfig:
     def __post_init__(self):
         if not isinstance(self.flow, FlowConfig):
             raise ConfigError("flow must be a FlowConfig")
+        from dynamics.flow.reach import check_flow_time, check_noise_stiffness
+
+        check_flow_time(self.flow.t_max)  # the longest a stage may run: within reach (its loss target is unused)
+        check_noise_stiffness(self.flow)
         stages = checked_stages(self.stages)
         object.__setattr__(self, "stages", stages)
         object.__setattr__(self, "eval_sets", checked_sets(self.eval_sets, stages))

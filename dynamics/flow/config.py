@@ -161,6 +161,17 @@ class FlowConfig:
                 f"about {need / 2**30:.1f} GiB but this machine has {have / 2**30:.1f} GiB available; "
                 f"reduce S, R or D" + (" or use an explicit method (DOP853)" if self.method in IMPLICIT else ""))
 
+    def check_reachable(self, *, noise: bool = True) -> None:
+        """Raise ConfigError (with the reason) for a loss target float64 cannot resolve, a t_max beyond any use,
+        or a T so large that the noise stiffness keeps the solver from leaving the plateau in max_steps
+        (dynamics.flow.reach; the programs call it, library callers may pass 1e-300 to mean "no loss stop")."""
+        from dynamics.flow.reach import check_flow_time, check_loss_target, check_noise_stiffness
+
+        check_loss_target(self.resolved_loss_target, "loss_target" if self.loss_target is not None else "eps_conv")
+        check_flow_time(self.t_max)
+        if noise:  # the class-reduced flow (dynamics.run --mode reduced) has no noise tokens to be stiff
+            check_noise_stiffness(self)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["rtol"] = self.resolved_rtol
