@@ -235,8 +235,9 @@ def execute(task: dict) -> list[dict]:
 class GridResult:
     """A sweep's outcome: ``rows`` (the last row recorded for every run of the spec, grid order; a run not
     yet run is absent), counts of this call (``done``, ``failed``: run now; ``skipped``: recorded before),
-    ``wall_seconds``, ``runs_per_second`` (runs finished now per second of wall time), ``interrupted``,
-    ``bands`` (kind train: a BandsResult, else None) and ``folder``."""
+    ``wall_seconds``, ``runs_per_second`` (runs finished now per second of wall time), ``bands`` (kind train: a
+    BandsResult, else None) and ``folder``. An interrupted sweep returns none: the KeyboardInterrupt goes on to
+    the caller after results.csv is rewritten from what was recorded."""
 
     spec: SweepSpec = field(repr=False)
     rows: list = field(repr=False)
@@ -246,7 +247,6 @@ class GridResult:
     skipped: int
     wall_seconds: float
     runs_per_second: float
-    interrupted: bool = False
     folder: str | None = None
     bands: object = field(repr=False, default=None)
     unfinished: int = 0
@@ -255,8 +255,7 @@ class GridResult:
         return (f"GridResult({self.total} runs: {self.done} done, "
                 + (f"{self.unfinished} unfinished, " if self.unfinished else "")
                 + f"{self.failed} failed, {self.skipped} skipped; "
-                f"{self.wall_seconds:.3g} s, {self.runs_per_second:.3g} runs/s"
-                f"{', interrupted' if self.interrupted else ''})")
+                f"{self.wall_seconds:.3g} s, {self.runs_per_second:.3g} runs/s)")
 
     def summary_line(self) -> str:
         left = self.total - self.done - self.unfinished - self.failed - self.skipped
@@ -408,7 +407,6 @@ class _Recorder:
         self.by_key = {r.key: r for r in runs}
         self.counts = dict(done=0, failed=0, unfinished=0)
         self.bar = Progress(len(plan.todo), f"{spec.kind} sweep", unit=" runs", enabled=progress)
-        self.interrupted = False
         self.writing = "spec.json"  # what was being written: named if the disk is full
         self.started = False  # the folder was made (or emptied) for this sweep
 
@@ -468,10 +466,7 @@ def _run_and_write_csv(spec, spec_doc, plan: _SweepPlan, rec: _Recorder, **submi
     full = None
     try:
         full = _full_disk_of(lambda: _submit(spec, spec_doc, plan, rec, **submit))
-    except KeyboardInterrupt:
-        rec.interrupted = True
-        raise
-    finally:
+    finally:  # also on Ctrl-C: results.csv then holds every run recorded so far
         rec.bar.close()
         rows_all = plan.log.read()
         if full is None and os.path.isfile(os.path.join(plan.folder, SPEC_JSON)):
@@ -515,7 +510,7 @@ def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, sche
     ran = counts["done"] + counts["failed"] + counts["unfinished"]
     return GridResult(spec=spec, rows=rows, total=len(runs), done=counts["done"], failed=counts["failed"],
                       skipped=len(plan.skip), wall_seconds=wall, runs_per_second=ran / wall if wall > 0 else 0.0,
-                      interrupted=rec.interrupted, folder=plan.folder, bands=bands, unfinished=counts["unfinished"])
+                      folder=plan.folder, bands=bands, unfinished=counts["unfinished"])
 
 
 def _after_disk_full(exc: OSError, folder: str, shown: str, writing: str, rows: list, resumed: bool,
