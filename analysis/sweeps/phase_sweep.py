@@ -247,7 +247,7 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
     """
     from analysis.theory.modes import escape_rates, hallucination_stage_exists
     from analysis.theory.plateau import plateaus
-    from analysis.theory.reduced_phases import phase_times  # NaN (null), not an error, where a phase does not exist (D = 1)
+    from analysis.theory.reduced_phases import phase_times_any  # NaN where a phase does not exist (D = 1)
 
     max_full = check_int("max_full", max_full, 0)
     batch_flows = check_int("batch_flows", batch_flows, 0, MAX_BATCH_FLOWS)
@@ -270,7 +270,7 @@ def run_sweep(cols, *, facts="structured", seed=0, zipf=0.0, eps_conv=1e-2, full
     t0 = time.perf_counter()
     if red.any():
         idx = np.nonzero(red)[0]
-        p = phase_times(cols["S"][idx], cols["R"][idx], cols["D"][idx], cols["alpha"][idx], eps_conv)
+        p = phase_times_any(cols["S"][idx], cols["R"][idx], cols["D"][idx], cols["alpha"][idx], eps_conv)
         for k in ("t1", "t2", "t3"):
             for suffix in ("", "_leading", "_leading_o1"):
                 out[k + suffix][idx] = p[k + suffix]

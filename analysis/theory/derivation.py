@@ -25,10 +25,10 @@ def predictions(S, R, D, alpha, eps_conv=1e-2) -> dict:
     """Numbers of the derivation for one configuration (the content of derivation.json minus the algebra)."""
     from analysis.theory.modes import escape_rates, hallucination_stage_exists, plateau_levels
     from analysis.theory.plateau import plateau
-    from analysis.theory.reduced_phases import phase_times  # null (not an error) where a phase does not exist (R or D = 1)
+    from analysis.theory.reduced_phases import phase_times_any  # null where a phase does not exist (R, D = 1)
 
     r = escape_rates(S, R, D)
-    pt = phase_times([S], [R], [D], [alpha], eps_conv)
+    pt = phase_times_any([S], [R], [D], [alpha], eps_conv)
     lv = plateau_levels(S, R, D)
     h = bool(hallucination_stage_exists(S, R, D))
     pred = {f"t{i}": _f(pt[f"t{i}"][0]) for i in (1, 2, 3)}

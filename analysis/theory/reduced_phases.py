@@ -2,7 +2,7 @@
 
 :func:`analysis.theory.reduced_solution.phase_times` refuses a result that is not finite. For ``D = 1`` that is
 the right answer, not an error: ``theta2 = H(A|R) / 2 = 0`` and the loss, positive at every finite time,
-never reaches it, so ``t2`` does not exist. :func:`phase_times` here returns the same columns, with
+never reaches it, so ``t2`` does not exist. :func:`phase_times_any` here returns the same columns, with
 SPEC §3's definition ("first time L(t) <= theta") applied to every row:
 
 - ``t = 0`` where the loss starts at or below the threshold (``log|A| <= theta``: e.g. ``R = D = 1``,
@@ -22,7 +22,7 @@ from analysis.theory.reduced_solution import phase_times as exact_phase_times
 _FLOAT_KEYS = ("t{i}", "t{i}_leading", "t{i}_leading_o1", "theta{i}")
 
 
-def phase_times(S, R, D, alpha, eps_conv=1e-2) -> dict:
+def phase_times_any(S, R, D, alpha, eps_conv=1e-2) -> dict:
     """Like :func:`analysis.theory.reduced_solution.phase_times` (same keys, arrays of shape (B,)), but valid for
     every configuration: a phase whose threshold is never reached is NaN instead of an error."""
     S, R, D, alpha = np.broadcast_arrays(*(np.atleast_1d(np.asarray(x, dtype=np.float64)) for x in (S, R, D, alpha)))

@@ -78,7 +78,7 @@ def reduced_loss():
     return sp.log(Z) - xi[(1, 1)]
 
 
-def mode_loss(m, n):
+def mode_loss_expr(m, n):
     """Loss of one 'mode' with n choices and margin m: log(1 + (n-1) e^{-m})."""
     return sp.log(1 + (n - 1) * sp.exp(-m))
 
@@ -148,8 +148,8 @@ def _loss_identities():
     shared = (T - 3) * wn * kn + we * ke
     Z = sum(CLASS_COUNTS[c] * sp.exp(xi[c]) for c in xi)
     out["Z_factorisation_check"] = exp_free(Z - sp.exp(shared) * Zs * Zr)
-    LS = mode_loss(a_, D)
-    LR = mode_loss(b_, R)
+    LS = mode_loss_expr(a_, D)
+    LR = mode_loss_expr(b_, R)
     out["loss_split"] = (LS, LR)
     margins = {a_: k * (w1 - w0), b_: kap * (v1 - v0)}
     diff_split = (sp.log(Zs) - w1 * k) + (sp.log(Zr) - v1 * kap) - (LS + LR).subs(margins)
@@ -281,7 +281,7 @@ def flow_equations() -> dict:
     -(1/n_p) dL_red/dp of the loss built from the model (``rhs_check_split``). Written with e^{-margin}
     so that nothing overflows once the margins are large and positive.
     """
-    LS, LR = mode_loss(a_, D), mode_loss(b_, R)
+    LS, LR = mode_loss_expr(a_, D), mode_loss_expr(b_, R)
     Lsplit = (LS + LR).subs({a_: k * (w1 - w0), b_: kap * (v1 - v0)})
     return {p: -sp.diff(Lsplit, p) / MULTIPLICITY[p] for p in PARAMS}
 
