@@ -13,7 +13,6 @@ Writes into --out (a new folder put in place as a whole; an existing non-empty o
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -62,46 +61,6 @@ def device_name(device) -> str:
     return dev.type.upper()
 
 
-def _nice_ceil(x: float) -> float:
-    """The smallest of 1, 2, 5 x 10^k that is >= x > 0."""
-    e = math.floor(math.log10(x))
-    for m in (1.0, 2.0, 5.0, 10.0):
-        if m * 10.0 ** e >= x * (1 - 1e-12):
-            return m * 10.0 ** e
-    return 10.0 ** (e + 1)
-
-
-def step_axis(ax, steps, t1, t2, t3, eval_every: int) -> float | None:
-    """A step axis for a run evaluated every ``eval_every`` steps: linear from 0 to a threshold past t1 (twice
-    t1, rounded up to 1, 2 or 5 x 10^k; without t1 ten evaluations), logarithmic beyond (symlog), running 25 %
-    past the last step in the log part so a phase line at the end stays inside. Returns the threshold, or
-    None when the run ends inside it (the axis stays linear)."""
-    import numpy as np
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
-    steps = np.asarray(steps, dtype=np.float64)
-    last = float(steps[-1]) if steps.size else 0.0
-    base = 2.0 * t1 if t1 is not None and t1 > 0 else 10.0 * eval_every
-    lt = _nice_ceil(max(base, float(eval_every), 1.0))
-    if last <= 2 * lt:  # nothing worth a log part: the linear axis of loss_axes (0 to 5 % past the end)
-        return None
-    ax.set_xscale("symlog", linthresh=lt, linscale=1.0)
-    right = max([last] + [x for x in (t1, t2, t3) if x is not None]) * 1.25
-    ax.set_xlim(0, right)
-    decades = range(math.floor(math.log10(lt)), math.floor(math.log10(right)) + 1)
-    ticks = [0.0, lt / 2, lt] + [10.0 ** k for k in decades if lt * 1.5 <= 10.0 ** k <= right]
-    if len(ticks) < 5:  # a short log part: 2 and 5 x 10^k as well
-        ticks = sorted(set(ticks) | {m * 10.0 ** k for k in decades for m in (1, 2, 5)
-                                     if lt * 1.5 <= m * 10.0 ** k <= right})
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v == 0 or v >= 1 else f"{v:g}"))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.axvline(lt, color="0.5", lw=0.6, ls=(0, (1, 3)), gid="linthresh",
-               label=f"step axis: linear up to {lt:,.0f}, log beyond")
-    ax.set_xlabel(f"training step (linear scale up to {lt:,.0f}, log scale beyond)")
-    return lt
-
-
 def run(a, job) -> int:
     """Claim --out, run the flow and both trainings, draw both figures, write them with paper.json, print."""
     job.claim(a.out)  # before any computation
@@ -116,8 +75,7 @@ def run(a, job) -> int:
     from analysis import flow_gap
     from dynamics import LR_MAX, FlowConfig, TrainConfig, train
 
-    from figures.flow import legend_outside, loss_axes
-    from figures.train import overlay_axes
+    from figures.sequential import sequential_figure, sgd_vs_flow_figure
 
     task = TaskConfig(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N)
     prog = False if a.quiet else None
@@ -154,37 +112,13 @@ def run(a, job) -> int:
     pairing = flow_gap(sgd_run)
     sgd_sum = summarize_training(sgd_run, pairing)
 
-    # one panel above the other, 10.5 in wide: 1575 px at the saved 150 dpi, every text at 9 pt or more
-    fig, axes = plt.subplots(2, 1, figsize=(10.5, 9.0), constrained_layout=True)
-    tr, ph, th = flow.trajectory, flow.phases, flow.theory
-    loss_axes(axes[0], tr["t"], tr["loss"], tr["relation_loss"], tr["subject_loss"], log_A=th["log_A"],
-              H_A_given_R=th["H_A_given_R"], t1=ph.t1, t2=ph.t2, t3=ph.t3, plateau=ph.plateau,
-              legend_fontsize=9,
-              title=f"Model 1: exact gradient flow (linear attention, one-hot), balanced init {a.alpha:g}")
-    h, sp = soft_run.history, soft_sum["phases"]["steps"]
-    opt = "SGD" if a.softmax_optimizer == "sgd" else "Adam"
-    # the trainer evaluates every eval_every steps (a linear schedule): a dot per evaluation, and a step axis
-    # linear over stage 1 and logarithmic beyond (symlog), so stage 1 is not drawn as long straight segments
-    loss_axes(axes[1], h["step"], h["loss"], h["relation_loss"], h["subject_loss"],
-              log_A=soft_sum["theory"]["log_A"], H_A_given_R=soft_sum["theory"]["H_A_given_R"],
-              t1=sp["t1"], t2=sp["t2"], t3=sp["t3"], plateau=sp["plateau"], xlabel="training step", markers=True,
-              legend=False, title=f"Model 2: softmax attention, random embeddings (d={a.d}), {opt} lr "
-                                  f"{a.softmax_lr:g}, batch 1024, on {device_name(soft_run.device)}\n"
-                                  f"dots: held-out loss, evaluated at every multiple of {soft.eval_every} steps "
-                                  f"and, early on, at 8 steps per doubling (1, 2, 3, ...)")
-    step_axis(axes[1], h["step"], sp["t1"], sp["t2"], sp["t3"], soft.eval_every)
-    legend_outside(axes[1], fontsize=9)
-    for ax in axes:
-        ax.title.set_fontsize(10)
-        ax.tick_params(labelsize=9)
-    fig.suptitle(f"Sequential learning of factual recall: S={a.S}, R={a.R}, D={a.D}, T={a.T}, N={a.N}\n"
-                 f"(stage 1: uniform, stage 2: relation only = hallucination, stage 3: facts)", fontsize=11)
-    fig2, ax2 = plt.subplots(figsize=(10, 4.4), constrained_layout=True)
-    hs = sgd_run.history
-    overlay_axes(ax2, hs["step"], sgd.lr, hs, pairing["flow"], label="SGD", gap=pairing["flow_gap"])
-    ax2.set_title(f"Model 1: SGD (uniform init 1e-5, lr 0.1, batch 1024, {a.sgd_steps} steps) vs exact flow\n"
-                  f"S={a.S}, R={a.R}, D={a.D}, T={a.T}, N={a.N}; on {device_name(sgd_run.device)}",
-                  fontsize=10)
+    fig = sequential_figure(
+        flow.trajectory, flow.phases, flow.theory, soft_run.history, soft_sum["phases"]["steps"], soft_sum["theory"],
+        alpha=a.alpha, d=a.d, optimizer=a.softmax_optimizer, lr=a.softmax_lr, eval_every=soft.eval_every,
+        device=device_name(soft_run.device), task=dict(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N))
+    fig2 = sgd_vs_flow_figure(sgd_run.history, sgd.lr, pairing, steps=a.sgd_steps, device=device_name(sgd_run.device),
+                              task=dict(S=a.S, R=a.R, D=a.D, T=a.T, N=a.N))
+    ph, th = flow.phases, flow.theory
     with job.folder(a.out) as d:
         for ext in ("png", "pdf"):
             save_figure(fig, os.path.join(d, f"sequential.{ext}"), dpi=150)

@@ -19,7 +19,8 @@ from analysis import analyze_flow  # noqa: E402
 from analysis.sweeps.phase_sweep import run_sweep  # noqa: E402
 from dynamics import FlowConfig  # noqa: E402
 from figures.flow import loss_axes, plot_invariant, plot_loss  # noqa: E402
-from figures.paper import device_name, step_axis  # noqa: E402
+from figures.paper import device_name  # noqa: E402
+from figures.sequential import step_axis  # noqa: E402
 from figures.sweep import MAX_SERIES, label_log_axis, plot_sweep  # noqa: E402
 from models import TaskConfig  # noqa: E402
 
