@@ -2,6 +2,7 @@
 
 Each series: per-seed capacities as small points, their mean as a larger marker joined by a line, and its
 fitted power law (dashed) when given; the legend names every series and fit (slope with its interval).
+The information-theoretic bound (SPEC §9), when given, is a dashed grey line above them.
 """
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ import numpy as np  # noqa: E402
 STYLES = (("C0", "o"), ("C1", "s"), ("C2", "^"), ("C3", "D"))
 
 
-def capacity_figure(series, title: str):
+def capacity_figure(series, title: str, bound=None):
     """series: list of dicts with ``label`` (str), ``params`` (n,) parameter counts, ``capacity`` (n, S)
     per-seed capacities (number of facts), optional ``fit`` dict (slope, intercept, ci (low, high), level) of
-    log capacity = intercept + slope · log params. Returns the matplotlib Figure."""
+    log capacity = intercept + slope · log params. bound: optional dict with ``params`` (k,), ``capacity`` (k,)
+    (the bound's largest number of facts at each) and ``label``, drawn as given. Returns the matplotlib Figure."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    if bound:
+        ax.plot(np.asarray(bound["params"], dtype=float), np.asarray(bound["capacity"], dtype=float),
+                color="0.5", ls="--", lw=1.2, label=bound["label"])
     for i, s in enumerate(series):
         color, marker = STYLES[i % len(STYLES)]
         P = np.asarray(s["params"], dtype=float)                 # (n,)
