@@ -22,7 +22,7 @@ def capacity_figure(series, title: str, bound=None):
     per-seed capacities (number of facts), optional ``fit`` dict (slope, intercept, ci (low, high), level) of
     log capacity = intercept + slope · log params. bound: optional dict with ``params`` (k,), ``capacity`` (k,)
     (the bound's largest number of facts at each) and ``label``, drawn as given. Returns the matplotlib Figure."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
     if bound:
         ax.plot(np.asarray(bound["params"], dtype=float), np.asarray(bound["capacity"], dtype=float),
                 color="0.5", ls="--", lw=1.2, label=bound["label"])
@@ -48,7 +48,8 @@ def capacity_figure(series, title: str, bound=None):
     ax.set_ylabel("capacity N* (facts stored at ≥ 99% accuracy)")
     ax.set_title(textwrap.fill(title, 90), fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    # below the axes: the bound line runs across the upper left, where a legend inside would hide it
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 
