@@ -92,8 +92,8 @@ def build_parser() -> ArgumentParser:
                    help="bits each parameter is assumed to hold, for the information-theoretic bound line "
                         "N*log2(M) = B*P drawn on the figure (SPEC §9): an upper bound on the facts any model "
                         "of P parameters at B bits each can store; finite and > 0 (default 8, the precision "
-                        "to which trained networks are often quantized with little loss; the dtype's 32 bits gives a bound "
-                        "far above)")
+                        "to which trained networks are often quantized with little loss; the dtype's 32 bits "
+                        "gives a bound far above)")
     g.add_argument("--out", default=None, metavar="DIR",
                    help="output folder, created as a whole when the run succeeds (default runs/capacity-<model> "
                         "plus every setting that differs from its default)")
