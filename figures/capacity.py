@@ -2,6 +2,7 @@
 
 Each series: per-seed capacities as small points, their mean as a larger marker joined by a line, and its
 fitted power law (dashed) when given; the legend names every series and fit (slope with its interval).
+The information-theoretic bound (SPEC §9), when given, is a dashed grey line above them.
 """
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ import numpy as np  # noqa: E402
 STYLES = (("C0", "o"), ("C1", "s"), ("C2", "^"), ("C3", "D"))
 
 
-def capacity_figure(series, title: str):
+def capacity_figure(series, title: str, bound=None):
     """series: list of dicts with ``label`` (str), ``params`` (n,) parameter counts, ``capacity`` (n, S)
     per-seed capacities (number of facts), optional ``fit`` dict (slope, intercept, ci (low, high), level) of
-    log capacity = intercept + slope · log params. Returns the matplotlib Figure."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    log capacity = intercept + slope · log params. bound: optional dict with ``params`` (k,), ``capacity`` (k,)
+    (the bound's largest number of facts at each) and ``label``, drawn as given. Returns the matplotlib Figure."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    if bound:
+        ax.plot(np.asarray(bound["params"], dtype=float), np.asarray(bound["capacity"], dtype=float),
+                color="0.5", ls="--", lw=1.2, label=bound["label"])
     for i, s in enumerate(series):
         color, marker = STYLES[i % len(STYLES)]
         P = np.asarray(s["params"], dtype=float)                 # (n,)
@@ -43,7 +48,8 @@ def capacity_figure(series, title: str):
     ax.set_ylabel("capacity N* (facts stored at ≥ 99% accuracy)")
     ax.set_title(textwrap.fill(title, 90), fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    # below the axes: the bound line runs across the upper left, where a legend inside would hide it
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 

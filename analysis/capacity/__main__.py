@@ -10,6 +10,7 @@ from common.cli import EXIT_OK, ArgumentParser, Program, add_overwrite, program_
 
 MODELS = ("linear", "mlp", "construction", "transformer")  # sweep.SWEEP_MODELS + transformer (kept torch-free)
 SCALINGS = ("linear", "square", "distinct")  # analysis.capacity.transformer.SCALINGS
+BITS_PER_PARAM = 8.0  # default b of the information bound (SPEC §9)
 
 
 def build_parser() -> ArgumentParser:
@@ -87,6 +88,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--device", default="cpu",
                    help="torch device for training: cpu (default) or cuda[:i] when a GPU is present")
     g = p.add_argument_group("output")
+    g.add_argument("--bits-per-param", type=float, default=BITS_PER_PARAM, metavar="B",
+                   help="bits each parameter is assumed to hold, for the information-theoretic bound line "
+                        "N*log2(M) = B*P drawn on the figure (SPEC §9): an upper bound on the facts any model "
+                        "of P parameters at B bits each can store; finite and > 0 (default 8, the precision "
+                        "to which trained networks are often quantized with little loss; the dtype's 32 bits "
+                        "gives a bound far above)")
     g.add_argument("--out", default=None, metavar="DIR",
                    help="output folder, created as a whole when the run succeeds (default runs/capacity-<model> "
                         "plus every setting that differs from its default)")
@@ -104,6 +111,9 @@ def settings_from_args(a):
     (ConfigError if invalid, or if a flag of the other kind of model is given)."""
     from common.errors import ConfigError
 
+    from analysis.capacity.bound import check_bits_per_param
+
+    check_bits_per_param(a.bits_per_param)
     defaults = build_parser().parse_args([])
     if a.model == "transformer":
         from analysis.capacity.transformer import TransformerSettings
@@ -143,7 +153,32 @@ def title(s) -> str:
             + (f", alpha {list(s.alphas)}" if s.kind == "mlp" else "") + f", {len(s.seeds)} seeds{extra}")
 
 
-def write(out: str, result, job) -> None:
+def outputs_of(s):
+    """M, the number of possible answers per fact, as a number or a function of the facts N (SPEC §9):
+    identity target M = N, fixed target M; transformer D per relation, or sqrt(N) with distinct scaling."""
+    if s.__class__.__name__ == "TransformerSettings":
+        return (lambda N: N ** 0.5) if s.scaling == "distinct" else s.D
+    return s.M if s.target == "fixed" else (lambda N: N)
+
+
+def information_bound(series, s, bits_per_param: float):
+    """The bound line over the series' parameter range (SPEC §9): dict of plain lists and its label, or None
+    when no fact carries information (M = 1) or no parameter counts."""
+    import numpy as np
+
+    from analysis.capacity.bound import bound_line
+
+    P = [p for x in series for p in x["params"]]
+    if not P:
+        return None
+    params, facts = bound_line(np.geomspace(min(P), max(P), 50), bits_per_param, outputs_of(s))
+    if not np.isfinite(facts).all():
+        return None
+    return dict(params=params.tolist(), capacity=facts.tolist(), bits_per_param=bits_per_param,
+                label=f"information bound: N log2 M = b·P (b = {bits_per_param:g} bits)")
+
+
+def write(out: str, result, job, bits_per_param: float = BITS_PER_PARAM) -> None:
     import pandas as pd
 
     from common.io import save_figure, write_json, write_text
@@ -156,9 +191,11 @@ def write(out: str, result, job) -> None:
                        fit=None if result.fit is None else result.fit.to_dict())]
     else:
         series = _memory_series(result)
-    fig = capacity_figure(series, title(s))
+    bound = information_bound(series, s, bits_per_param)
+    fig = capacity_figure(series, title(s), bound=bound)
     with job.folder(out) as tmp:
-        write_json(f"{tmp}/results.json", result.to_dict())
+        write_json(f"{tmp}/results.json", dict(result.to_dict(), information_bound=bound or dict(
+            bits_per_param=bits_per_param, params=[], capacity=[], label=None)))  # M = 1: no bound
         write_text(f"{tmp}/capacity.csv", pd.DataFrame(result.rows()).to_csv(index=False))
         save_figure(fig, f"{tmp}/capacity.png", dpi=150)
         save_figure(fig, f"{tmp}/capacity.pdf")
@@ -198,7 +235,7 @@ def run(args, job) -> int:
         from analysis.capacity.sweep import run_sweep
 
         result = run_sweep(settings, progress=say)
-    write(out, result, job)
+    write(out, result, job, args.bits_per_param)
     for name, fit in (("fit", result.fit), ("construction fit", getattr(result, "construction_fit", None))):
         if fit is not None:
             say(f"{name}: capacity ~ P^{fit.slope:.3f}, 95% CI [{fit.ci[0]:.3f}, {fit.ci[1]:.3f}] over {fit.n} "

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from analysis.capacity.bound import bound_line, max_facts
 from analysis.capacity.fit import scaling_fit
 from analysis.capacity.oracles import training_oracle
 from analysis.capacity.search import Bracket, search_capacity
@@ -90,3 +91,21 @@ def test_trained_capacity_is_consistent_with_single_runs():
         assert 4 <= c < 32
         assert train_one(MemoryConfig(N=c, d=4, seed=s), 0.05, train).success[0]
         assert not train_one(MemoryConfig(N=c + 1, d=4, seed=s), 0.05, train).success[0]
+
+
+def test_information_bound_against_hand_computed_values():
+    """N log2 N = 1024 bits (identity target, M = N): 143·log2 143 = 1023.86 < 1024 < 144·log2 144 = 1032.5, so
+    N_max = 143.016; a fixed M = 32 gives N_max = 1024 / 5 = 204.8; M = 1 carries no information: no bound."""
+    n = max_facts(1024, lambda N: N)
+    assert 143 < n < 144 and n * math.log2(n) == pytest.approx(1024, rel=1e-10)
+    assert n == pytest.approx(143.016, abs=1e-3)
+    assert max_facts(1024, 32) == pytest.approx(204.8)
+    assert max_facts(1024, 1) == math.inf
+    P, N = bound_line([16, 128], 8, lambda N: N)  # P·b = 128 and 1024 bits
+    assert list(P) == [16, 128] and N[1] == pytest.approx(n) and N[0] * math.log2(N[0]) == pytest.approx(128)
+
+
+@pytest.mark.parametrize("b", [0, -1, float("nan"), float("inf")])
+def test_information_bound_refuses_bad_bits_per_param(b):
+    with pytest.raises(ConfigError, match="bits_per_param"):
+        bound_line([16], b, lambda N: N)

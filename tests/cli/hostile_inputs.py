@@ -77,6 +77,9 @@ ROWS = [
     ("dynamics.run", ["--S", "nan", "--quiet"], {}, 2, "python -m dynamics.run: error: argument --S"),
     ("dynamics.run", ["--S", "-4", "--quiet"], {}, 2, "error: S"),
     ("dynamics.run", SMALL_RUN + ["--t-max", "inf"], {}, 2, "error: t_max"),
+    # ---- the capacity figure's information bound: analysis.capacity
+    ("analysis.capacity", ["--bits-per-param", "nan", "--quiet"], {}, 2, "error: bits_per_param = nan"),
+    ("analysis.capacity", ["--bits-per-param", "0", "--quiet"], {}, 2, "error: bits_per_param = 0"),
     # ---- --out
     ("dynamics.run", SMALL_RUN + ["--out", ""], {}, 2, "error: out = '' is empty"),
     ("dynamics.run", SMALL_RUN + ["--out", "   "], {}, 2, "error: out = '   ' is empty"),

@@ -1,6 +1,7 @@
 """python -m analysis.capacity (SPEC §10): outputs of a tiny run, and bad input refused with exit status 2,
 one line on stderr and nothing written."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,6 +29,9 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert [c for r in res["results"] for c in r["capacity"]] == list(lin.capacity)
     assert res["fit"]["n"] == 4 and res["fit"]["ci"][0] <= res["fit"]["slope"] <= res["fit"]["ci"][1]
     assert res["device"].startswith("cpu")
+    bound = res["information_bound"]  # identity target, M = N, default b = 8: N log2 N = 8·P
+    assert bound["bits_per_param"] == 8 and bound["params"][0] == 9 and bound["params"][-1] == 16
+    assert all(n * math.log2(n) == pytest.approx(8 * p) for p, n in zip(bound["params"], bound["capacity"]))
 
 
 @pytest.mark.parametrize("args, match", [
@@ -41,6 +45,9 @@ def test_tiny_run_writes_every_output(tmp_path):
     (["--device", "tpu"], "device"),
     (["--d", "100000"], "GiB"),
     (["--model", "conv"], "invalid choice"),
+    (["--bits-per-param", "0"], "bits_per_param"),
+    (["--bits-per-param", "nan"], "bits_per_param"),
+    (["--bits-per-param=-8"], "bits_per_param"),
 ])
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, args, match):
     out = tmp_path / "never"

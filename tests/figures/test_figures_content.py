@@ -296,3 +296,33 @@ def test_paper_figures_content(tmp_path, monkeypatch):
     t1 = res["softmax"]["phases"]["steps"]["t1"]
     if ax2.get_xscale() == "symlog":
         assert ax2.xaxis.get_transform().linthresh >= t1
+
+
+def test_capacity_figure_draws_the_information_bound_as_computed():
+    """The dashed grey line labelled with the bound's formula and b has y = max_facts(b·P, M = N) at its x."""
+    from analysis.capacity.sweep import CapacitySettings
+
+    series = [dict(label="linear", params=[16, 36, 64], capacity=[[4, 5], [9, 8], [15, 14]],
+                   fit=dict(slope=1.0, intercept=-1.4, ci=(0.8, 1.2), level=0.95))]
+    check_bound_line(series, CapacitySettings(ds=(4, 6, 8)))
+    # the real run of docs (d 4 6, seed 0, 256 steps): the bound crosses the upper left, where a legend once sat
+    check_bound_line([dict(label="linear", params=[16, 36], capacity=[[6], [11]], fit=None),
+                      dict(label="construction (linear)", params=[16, 36], capacity=[[4], [3]], fit=None)],
+                     CapacitySettings(ds=(4, 6)))
+
+
+def check_bound_line(series, settings):
+    from analysis.capacity.__main__ import information_bound
+    from analysis.capacity.bound import max_facts
+    from figures.capacity import capacity_figure
+
+    bound = information_bound(series, settings, 8.0)
+    fig = capacity_figure(series, "capacity", bound=bound)
+    label = "information bound: N log2 M = b·P (b = 8 bits)"
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == label]
+    assert len(lines) == 1 and lines[0].get_linestyle() == "--"
+    x, y = lines[0].get_xdata(), lines[0].get_ydata()
+    assert x[0] == 16 and x[-1] == pytest.approx(max(series[0]["params"]))
+    assert np.allclose(y, [max_facts(8 * p, lambda N: N) for p in x], rtol=1e-12)
+    assert label in [t.get_text() for leg in legends(fig) for t in leg.get_texts()]
+    assert_legends_clear(fig)
