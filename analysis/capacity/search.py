@@ -13,6 +13,18 @@ import numpy as np
 from common.errors import ConfigError, check_int, check_positive
 
 
+def check_sizes_and_seeds(settings) -> None:
+    """Validate a sweep's ``ds`` (embedding dimensions >= 1) and ``seeds`` (distinct, >= 0) in place, as tuples
+    of ints (ConfigError otherwise); shared by the memories' and the transformer's settings."""
+    for name, lo in (("ds", 1), ("seeds", 0)):
+        vals = tuple(getattr(settings, name))
+        if not vals:
+            raise ConfigError(f"{name} is empty; give at least one value")
+        object.__setattr__(settings, name, tuple(check_int(name[:-1], v, lo, 2**31 - 1) for v in vals))
+    if len(set(settings.seeds)) != len(settings.seeds):
+        raise ConfigError(f"seeds = {list(settings.seeds)} repeats a seed; give distinct seeds")
+
+
 @dataclass(frozen=True)
 class Bracket:
     """Search settings: first bracket [lo, hi] (lo >= 1, hi > lo), relative resolution, doublings allowed."""

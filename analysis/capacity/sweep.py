@@ -7,6 +7,8 @@ from common.errors import ConfigError, check_choice, check_int, check_positive
 from dynamics.capacity_training import MemoryTrainConfig
 from models.memory import TARGET_KINDS, parameter_count
 
+from analysis.capacity.search import check_sizes_and_seeds
+
 SWEEP_MODELS = ("linear", "mlp", "construction")
 
 
@@ -40,13 +42,7 @@ class CapacitySettings:
         check_choice("model", self.model, SWEEP_MODELS)
         check_choice("construction_of", self.construction_of, ("linear", "mlp"))
         check_choice("target", self.target, TARGET_KINDS)
-        for name, lo in (("ds", 1), ("seeds", 0)):
-            vals = tuple(getattr(self, name))
-            if not vals:
-                raise ConfigError(f"{name} is empty; give at least one value")
-            object.__setattr__(self, name, tuple(check_int(name[:-1], v, lo, 2**31 - 1) for v in vals))
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds = {list(self.seeds)} repeats a seed; give distinct seeds")
+        check_sizes_and_seeds(self)
         object.__setattr__(self, "alphas", tuple(check_positive("alpha", a) for a in self.alphas))
         object.__setattr__(self, "lrs", tuple(check_positive("lr", a) for a in self.lrs))
         if not self.lrs or not self.alphas:

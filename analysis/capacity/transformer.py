@@ -11,6 +11,8 @@ from common.errors import ConfigError, check_choice, check_int, check_positive
 from dynamics.capacity_training import TransformerTrainConfig, train_transformers
 from models.transformer import TransformerConfig, transformer_parameter_count
 
+from analysis.capacity.search import check_sizes_and_seeds
+
 SCALINGS = ("linear", "square", "distinct")  # S = R (D fixed); S = R² (D fixed); S = R = D
 
 
@@ -70,13 +72,7 @@ class TransformerSettings:
 
     def __post_init__(self):
         check_choice("scaling", self.scaling, SCALINGS)
-        for name, lo in (("ds", 1), ("seeds", 0)):
-            vals = tuple(getattr(self, name))
-            if not vals:
-                raise ConfigError(f"{name} is empty; give at least one value")
-            object.__setattr__(self, name, tuple(check_int(name[:-1], v, lo, 2**31 - 1) for v in vals))
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds = {list(self.seeds)} repeats a seed; give distinct seeds")
+        check_sizes_and_seeds(self)
         object.__setattr__(self, "lrs", tuple(check_positive("lr", a) for a in self.lrs))
         if not self.lrs:
             raise ConfigError("lrs is empty; give at least one learning rate")

@@ -31,13 +31,33 @@ class MemoryTrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "max_steps", check_int("max_steps", self.max_steps, 0, MAX_STEPS))
-        check_positive("target", self.target, maximum=1.0, why="an accuracy")
-        for name in ("beta1", "beta2"):
-            x = check_positive(name, getattr(self, name), allow_zero=True, maximum=1.0)
-            if x == 1.0:
-                raise ConfigError(f"{name} = 1 is not allowed; {name} must be in [0, 1)")
-        check_positive("eps", self.eps)
-        check_choice("dtype", self.dtype, DTYPES)
+        check_adam_settings(self)
+
+
+def check_adam_settings(config) -> None:
+    """The settings every capacity trainer shares: target (an accuracy in (0, 1]), beta1 and beta2 in [0, 1),
+    eps > 0 and a known dtype (ConfigError otherwise)."""
+    check_positive("target", config.target, maximum=1.0, why="an accuracy")
+    for name in ("beta1", "beta2"):
+        if check_positive(name, getattr(config, name), allow_zero=True, maximum=1.0) == 1.0:
+            raise ConfigError(f"{name} = 1 is not allowed; {name} must be in [0, 1)")
+    check_positive("eps", config.eps)
+    check_choice("dtype", config.dtype, DTYPES)
+
+
+def check_batch(configs, lrs, *, noun: str, plural: str, per: str, grouping: str = "") -> list[float]:
+    """Configs to train as one batch: at least one, all of one shape (``c.shape()``), one learning rate each.
+    ``noun``/``plural`` name them in messages, ``per`` what each learning rate belongs to, ``grouping`` a hint
+    appended to the shape message. Returns the checked learning rates."""
+    if not configs:
+        raise ConfigError(f"configs is empty; give at least one {noun} to train")
+    shapes = {c.shape() for c in configs}
+    if len(shapes) > 1:
+        raise ConfigError(f"{plural} of different shapes {sorted(shapes)} cannot be trained as one batch{grouping}")
+    lrs = [check_lr(lr) for lr in lrs]
+    if len(lrs) != len(configs):
+        raise ConfigError(f"{len(lrs)} learning rates for {len(configs)} {plural}; give one per {per}")
+    return lrs
 
 
 def check_lr(lr) -> float:

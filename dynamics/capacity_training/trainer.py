@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.errors import ConfigError
 from dynamics.capacity_training.adam import BatchedAdam
-from dynamics.capacity_training.config import MemoryTrainConfig, check_lr
+from dynamics.capacity_training.config import MemoryTrainConfig, check_batch
 from dynamics.threads import threads_for, torch_threads
 from models.memory import MODELS, correct_count, logits, loss, needed_count, stack_params
 from models.memory.embeddings import stack_instances
@@ -40,22 +39,10 @@ class BatchRun:
     seconds: float
 
 
-def _check_batch(configs, lrs) -> list[float]:
-    if not configs:
-        raise ConfigError("configs is empty; give at least one memory to train")
-    shapes = {c.shape() for c in configs}
-    if len(shapes) > 1:
-        raise ConfigError(f"memories of different shapes {sorted(shapes)} cannot be trained as one batch; "
-                          f"group them by (model, N, M, d, m, target)")
-    lrs = [check_lr(lr) for lr in lrs]
-    if len(lrs) != len(configs):
-        raise ConfigError(f"{len(lrs)} learning rates for {len(configs)} memories; give one per memory")
-    return lrs
-
-
 def train_batch(configs, lrs, train: MemoryTrainConfig = MemoryTrainConfig()) -> BatchRun:
     """Train the memories ``configs`` (one shape) with learning rates ``lrs`` (one per memory) together."""
-    lrs = _check_batch(list(configs), list(lrs))
+    lrs = check_batch(list(configs), list(lrs), noun="memory", plural="memories", per="memory",
+                      grouping="; group them by (model, N, M, d, m, target)")
     c = configs[0]
     entries = len(configs) * c.N * max(c.M, c.d, c.m)  # the largest intermediate, (B, N, max(M, d, m))
     # below 2^22 entries one thread: a step is ~10 small kernels, and on a shared CPU spin-waiting threads

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.errors import ConfigError, check_choice, check_int, check_positive
+from common.errors import check_int
 from dynamics.capacity_training.adam import BatchedAdam
-from dynamics.capacity_training.config import DTYPES, MAX_STEPS, check_lr
+from dynamics.capacity_training.config import MAX_STEPS, check_adam_settings, check_batch
 from dynamics.threads import threads_for, torch_threads
 from models.memory import ACCURACY_TARGET, correct_count, loss, needed_count
 from models.sampler import TaskSampler
@@ -51,12 +51,7 @@ class TransformerTrainConfig:
         object.__setattr__(self, "batch", check_int("batch", self.batch, 1, MAX_BATCH))
         object.__setattr__(self, "max_steps", check_int("max_steps", self.max_steps, 0, MAX_STEPS))
         object.__setattr__(self, "eval_every", check_int("eval_every", self.eval_every, 1, MAX_STEPS))
-        check_positive("target", self.target, maximum=1.0, why="an accuracy")
-        for name in ("beta1", "beta2"):
-            if check_positive(name, getattr(self, name), allow_zero=True, maximum=1.0) == 1.0:
-                raise ConfigError(f"{name} = 1 is not allowed; {name} must be in [0, 1)")
-        check_positive("eps", self.eps)
-        check_choice("dtype", self.dtype, DTYPES)
+        check_adam_settings(self)
 
 
 @dataclass(frozen=True)
@@ -79,22 +74,10 @@ class TransformerRun:
     seconds: float
 
 
-def _check(configs, lrs) -> list[float]:
-    if not configs:
-        raise ConfigError("configs is empty; give at least one transformer to train")
-    shapes = {c.shape() for c in configs}
-    if len(shapes) > 1:
-        raise ConfigError(f"transformers of different shapes {sorted(shapes)} cannot be trained as one batch")
-    lrs = [check_lr(lr) for lr in lrs]
-    if len(lrs) != len(configs):
-        raise ConfigError(f"{len(lrs)} learning rates for {len(configs)} transformers; give one per model")
-    return lrs
-
-
 def train_transformers(configs, lrs, train: TransformerTrainConfig = TransformerTrainConfig()) -> TransformerRun:
     """Train the transformers ``configs`` (one shape) with learning rates ``lrs`` (one per model) together."""
     configs = list(configs)
-    lrs = _check(configs, list(lrs))
+    lrs = check_batch(configs, list(lrs), noun="transformer", plural="transformers", per="model")
     c = configs[0]
     entries = len(configs) * train.batch * max(c.T * c.H * c.d_h, c.num_answers, c.m, c.d)
     with torch_threads(threads_for(entries // 20, train.device)):
