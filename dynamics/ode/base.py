@@ -40,6 +40,30 @@ class Interpolant:
         raise NotImplementedError
 
 
+class RowInterpolant(Interpolant):
+    """Dense output that is a fixed linear combination of rows stored per step: ``interp(t) = rowsᵀ w(θ)``
+    with θ = (t - t0) / h and ``rows`` (k, P). Subclasses set ``rows`` and ``h`` and implement
+    :meth:`weights`; ``interp(t1)`` is exactly y1."""
+
+    rows: torch.Tensor
+    h: float
+
+    def weights(self, th: float) -> tuple:
+        """The k weights of the rows at θ in [0, 1]."""
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.numel() * self.rows.element_size()
+
+    def __call__(self, t: float) -> torch.Tensor:
+        """State (P,) at t in [t0, t1] (a new tensor); exactly y1 at t1."""
+        if t == self.t1:
+            return self.y1
+        w = torch.tensor(self.weights((t - self.t0) / self.h), dtype=self.rows.dtype, device=self.rows.device)
+        return torch.mv(self.rows.T, w)
+
+
 class Stepper:
     """One adaptive method for y' = f(y) on a flat (P,) torch tensor, advanced one accepted step at a time.
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from dynamics.ode.base import Interpolant, Stepper, starting_step
+from dynamics.ode.base import RowInterpolant, Stepper, starting_step
 from dynamics.ode.controller import PIController
 
 # Dormand & Prince (1980), RK5(4)7M: nodes, stage matrix, 5th-order weights, error weights.
@@ -51,7 +51,7 @@ SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 BETA = 0.04
 
 
-class Dopri5Interp(Interpolant):
+class Dopri5Interp(RowInterpolant):
     """Dense output of one accepted step on [t0, t1]: the 4th-order continuous extension.
 
     Holds one (5, P) array, rows y0, y1 (the step's exact end state), bspl = h k0 - (y1 - y0),
@@ -97,19 +97,9 @@ class Dopri5Interp(Interpolant):
         torch.bmm((d[None, :] * h)[:, None, :], K, out=st[:, 4:5])  # r5 = h sum_j d_j k_j
         return st
 
-    @property
-    def nbytes(self) -> int:
-        return self.rows.numel() * self.rows.element_size()
-
-    def __call__(self, t: float) -> torch.Tensor:
-        """State (P,) at t in [t0, t1] (a new tensor); exactly y1 at t1."""
-        if t == self.t1:
-            return self.y1
-        th = (t - self.t0) / self.h
+    def weights(self, th: float) -> tuple:
         th1 = 1.0 - th
-        w = torch.tensor((th1, th, th * th1, th * th * th1, th * th * th1 * th1), dtype=self.rows.dtype,
-                         device=self.rows.device)
-        return torch.mv(self.rows.T, w)
+        return (th1, th, th * th1, th * th * th1, th * th * th1 * th1)
 
 
 class Dopri5Stepper(Stepper):

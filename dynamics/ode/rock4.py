@@ -60,7 +60,7 @@ from array import array
 import torch
 
 from dynamics.ode.rock4_tables import FPA, FPB, FPBE, MS, RECF
-from dynamics.ode.base import Interpolant, Stepper, starting_step
+from dynamics.ode.base import RowInterpolant, Stepper, starting_step
 from dynamics.ode.controller import Rock4Controller
 
 ORDER = 4
@@ -92,7 +92,7 @@ def degree_index(h_rho: float) -> int:
     return USED[-1]
 
 
-class HermiteInterp(Interpolant):
+class HermiteInterp(RowInterpolant):
     """Dense output of one step on [t0, t1]: the cubic Hermite interpolant of (y0, y1, f0, f1).
 
     Holds one (4, P) array, rows y0, y1, d0 = h f0 - (y1 - y0), d1 = h f1 - (y1 - y0), so that
@@ -108,20 +108,13 @@ class HermiteInterp(Interpolant):
         torch.sub(y0, y1, out=rows[3]).add_(f1, alpha=h)
         self.y0, self.y1 = rows[0], rows[1]
 
-    @property
-    def nbytes(self) -> int:
-        return self.rows.numel() * self.rows.element_size()
+    def weights(self, th: float) -> tuple:
+        th1 = 1.0 - th
+        return (th1, th, th * th1 * th1, -th * th * th1)
 
     def __call__(self, t: float) -> torch.Tensor:
         """State (P,) at t in [t0, t1]; exactly y0 at t0 and y1 at t1."""
-        if t == self.t1:
-            return self.y1
-        if t == self.t0:
-            return self.y0
-        th = (t - self.t0) / self.h
-        th1 = 1.0 - th
-        w = torch.tensor((th1, th, th * th1 * th1, -th * th * th1), dtype=self.rows.dtype, device=self.rows.device)
-        return torch.mv(self.rows.T, w)
+        return self.y0 if t == self.t0 and t != self.t1 else super().__call__(t)
 
 
 class Rock4Stepper(Stepper):
