@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import cloudpickle
 import pandas as pd
@@ -22,7 +21,7 @@ from analysis.sweeps.spec import SweepSpec, plan, product_grid
 
 pytest.importorskip("distributed")
 
-from helpers import ROOT  # noqa: E402
+from helpers import ROOT, wait_until_listening  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a Dask cluster: scheduler and worker processes
 TINY = dict(S=8, R=2, D=4, T=4, N=2, facts="balanced", eps_conv=0.1, samples_per_octave=8)
@@ -156,15 +155,8 @@ def test_separate_scheduler_and_worker_over_tcp(tmp_path):
         args = [sys.executable, "-m", "analysis.grid", "flow", "--S", "8", "--R", "2", "--D", "4", "--T", "4", "--N",
                 "2", "--eps-conv", "0.1", "--grid", "alpha=1e-3,1e-2", "--grid", "seed=0:2", "--facts", "balanced",
                 "--scheduler", addr, "--out", str(out)]
-        deadline = time.monotonic() + 60
-        while True:  # the scheduler takes a moment to listen
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("the scheduler did not start")
-                time.sleep(0.2)
+        if not wait_until_listening(port):
+            pytest.fail("the scheduler did not start")
         r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "4 done, 0 failed" in r.stdout

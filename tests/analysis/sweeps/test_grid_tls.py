@@ -17,7 +17,7 @@ import pytest
 
 from analysis.grid import main
 
-from helpers import ROOT  # noqa: E402
+from helpers import ROOT, wait_until_listening  # noqa: E402
 
 TINY_ARGS = ["--S", "8", "--R", "2", "--D", "4", "--T", "4", "--N", "2", "--eps-conv", "0.1", "--facts", "balanced",
              "--grid", "alpha=1e-3,1e-2", "--grid", "seed=0:2"]
@@ -103,15 +103,8 @@ def test_a_sweep_over_tls_gives_the_in_process_rows_and_strangers_are_refused(tm
                                        "--tls-ca-file", pki["ca"], "--tls-cert", pki["scheduler"],
                                        "--tls-key", pki["scheduler-key"]], cwd=ROOT, env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 60
-        while True:  # the scheduler takes a moment to listen
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("the scheduler did not start")
-                time.sleep(0.2)
+        if not wait_until_listening(port):
+            pytest.fail("the scheduler did not start")
         procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", addr, "--nworkers", "1",
                                        "--nthreads", "1", "--no-dashboard", "--tls-ca-file", pki["ca"],
                                        "--tls-cert", pki["worker"], "--tls-key", pki["worker-key"]], cwd=ROOT,
