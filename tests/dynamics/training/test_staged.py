@@ -25,14 +25,6 @@ from models.task import TaskConfig, make_task
 from models.weights import Distribution
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def assert_frequencies(s, r, w, n):
     """Empirical (s, r) frequencies within 4 binomial standard errors of w, per fact; zero-weight facts never."""
     S, R = w.shape

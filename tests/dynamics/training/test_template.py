@@ -23,14 +23,6 @@ from helpers import TINY
 TASK = TINY
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_both_trainers_run_the_one_template():
     for cls in (SampledTrainer, GDTrainer):
         assert issubclass(cls, Trainer) and cls.run is Trainer.run

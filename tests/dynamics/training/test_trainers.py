@@ -19,14 +19,6 @@ from models.population import PopulationObjective
 from models.task import TaskConfig, make_task
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def full_population_loss(task, W, K):
     """Exact population loss on the FULL parameters W (|A|, |V|), K (|V|,), written independently:
     E over noise of the logits is linear, and with the noise columns equal each noise token enters
