@@ -20,6 +20,7 @@ import pytest
 from analysis.phases import detect_phases
 from analysis.results.flow import analyze_flow
 from analysis.results.pairing import flow_gap
+from analysis.results.training import summarize_training
 from dynamics.flow.config import FlowConfig
 from dynamics.training import TrainConfig, train
 from models.task import TaskConfig, make_task
@@ -58,3 +59,6 @@ def test_sampled_phases_of_gd_agree_with_the_exact_flow():
     assert p.loss == pytest.approx(q.loss, abs=pairing["flow_gap"])
     rel_gap = np.max(np.abs(h["relation_loss"] - pairing["flow"]["relation_loss"]))
     assert p.relation_loss == pytest.approx(q.relation_loss, abs=rel_gap)
+    summary = summarize_training(run, pairing)  # the report: the same phases, in flow time, and converged
+    assert summary["phases"]["flow_time"]["t3"] == pytest.approx(ph.t3, rel=1e-12)
+    assert summary["converged"] is True and np.min(h["loss"]) <= 0.01

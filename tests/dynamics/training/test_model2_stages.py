@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.results.training import staged_phases, summarize_staged_training
+from analysis.results.training import staged_phases, summarize_staged_training, summarize_training
 from dynamics.experiment.file import load_experiment
 from dynamics.experiment.schedule import Stop
-from dynamics.training import HeldOutEvaluator, SampledTrainer, TrainConfig, train_schedule
+from dynamics.training import HeldOutEvaluator, SampledTrainer, TrainConfig, train, train_schedule
 from models.task import make_task
 
 EXPERIMENT = """
@@ -147,6 +147,11 @@ def test_the_step_budget_is_reported_as_cut_not_finished(tmp_path, capsys):
     assert saved["finished"] is False and saved["time_unit"] == "steps"
     assert main(argv[:-1] + [str(tmp_path / "seeds"), "--seeds", "2"]) == 2
     assert "--seeds" in capsys.readouterr().err and not (tmp_path / "seeds").exists()
+    # a one-stage run ends at its budget: converged only if an evaluation reached eps_conv
+    plain = train(config(exp.flow.task, steps=20), progress=False)
+    s = summarize_training(plain)
+    assert s["status"] == "completed" and s["time_unit"] == "steps"
+    assert np.min(plain.history["loss"]) > 0.01 and s["converged"] is False
 
 
 def entropy_by_hand(answers, subjects, R):
