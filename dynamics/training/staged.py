@@ -69,8 +69,10 @@ def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progres
       counted from the stage's start, its end); the stage ends at the first evaluation whose loss on that set
       is <= the level. GD measures it with the exact population metrics of the set; the sampled trainers
       (SGD of either model, Adam) with the held-out evaluator, eval_size sequences drawn (seeded) from the
-      set's weights, the numbers the history records;
-    - every stage ends after at most ``config.steps`` steps (reason ``steps``).
+      set's weights, the numbers the history records (the same sequences at every evaluation; each stage's
+      outcome keeps the loss on ``on`` at its end and that estimate's standard error, ``end_loss_se``);
+    - every stage ends after at most ``config.steps`` steps (reason ``steps``: cut by the budget, not by its
+      own rule; the result's ``finished`` is then False and ``cut_stages`` names it; the later stages run).
     eval_sets: names of dynamics.experiment.schedule's built-in sets (``train``: the current stage's weights, ``all``,
     ``seen``, ``unseen``, ``top10``, ``middle``, ``bottom50``) or EvalSpec objects; ``train`` is always
     measured. Returns a :class:`ScheduleResult` (the history gets ``stage`` and, for model 1, ``flow_time``).
