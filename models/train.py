@@ -79,8 +79,10 @@ def build_parser() -> ArgumentParser:
                         "its [task] replaces the task flags, each stage samples (SGD/Adam) or weights (GD) its own "
                         "distribution and stops after until_time / lr steps (linear model: step k is flow time "
                         "k*lr; softmax model: until_time counts steps) or at the first evaluation with its "
-                        "loss on `on` <= until_loss; --steps is the most any one stage may take. Writes "
-                        "history.csv (a stage column, <set>_<metric> columns), results.json and experiment.png")
+                        "loss on `on` <= until_loss; --steps is the most any one stage may take (a stage it "
+                        "ends is reported as cut, the run as unfinished, exit 3, after the later stages ran). "
+                        "Writes history.csv (a stage column, <set>_<metric> columns), results.json (the stages, "
+                        "their phase times t1, t2, t3 per evaluation set) and experiment.png; not with --seeds")
     o = p.add_argument_group("output")
     o.add_argument("--compare-flow", action="store_true", help="linear model: integrate the exact flow from "
                    "the same init, report flow_gap = max_k |L_train(k) - L_flow(k*lr)| over the evaluated steps k "
@@ -157,6 +159,9 @@ def run(a, job) -> int:
     from dynamics import resolve_device
 
     if a.experiment is not None:
+        if a.seeds != 1:  # the sweep runner trains single-stage runs: refuse rather than train one seed
+            raise ConfigError(f"--seeds {a.seeds} with --experiment: seeds of a staged run are not offered; run "
+                              "one --seed at a time (each writes its own --out)")
         return run_experiment_file(a, job)
     config = config_from_args(a)
     if a.seeds != 1:
@@ -261,12 +266,18 @@ def run_experiment_file(a, job) -> int:
             save_experiment_figures(d, curves, summary["stages"], log_A=result.task.log_A, flow=flow)
     if not a.quiet:
         for st in summary["stages"]:
-            print(f"stage {st['name']}: steps {st['step_start']} -> {st['step_end']} (ended by {st['reason']})")
+            print(f"stage {st['name']}: steps {st['step_start']} -> {st['step_end']} (ended by {st['reason']}"
+                  + ("" if st["by_own_rule"] or st["reason"] == "diverged" else ", the step budget: its own rule "
+                     "was not met") + ")")
         if pairing is not None:
             print(f"flow_gap {pairing['flow_gap']:.4f} at step {pairing['at_step']}")
         print(f"wrote {out}")
     if result.status == "diverged":
         return job.unfinished(f"training diverged; the history up to there is in {out}")
+    if result.cut_stages:  # as frd-experiment: a stage that did not meet its own rule is an unfinished run
+        return job.unfinished(f"stage(s) {', '.join(result.cut_stages)} used all --steps {config.steps} without "
+                              f"meeting their stop rule (results.json: finished false); the results are in {out} "
+                              "(raise --steps)")
     return EXIT_OK
 
 

@@ -3,12 +3,17 @@ and the result object a notebook gets from ``analyze_training(config)`` (repr, t
 and those of a staged run (dynamics.train_schedule, ``python -m models.train --experiment``): its summary,
 history columns and the curves of its figure.
 
-Time is in steps; for model 1 the phases are also given in flow time (step k is flow time k*lr).
+Time is in steps; for model 1 the phases are also given in flow time (step k is flow time k*lr). A staged
+run's phase times per stage and evaluation set (:func:`staged_phases`) follow the flow experiment's definitions
+(analysis.results.experiment) located on the sampled curve, in the run's time unit (:func:`staged_time_column`).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from common.cli import describe_device
 from common.errors import ConfigError
@@ -16,7 +21,7 @@ from dynamics.training import HISTORY_COLUMNS, train
 
 from analysis.results.confirm import confirmation_report
 from analysis.results.pairing import flow_gap
-from analysis.phases import detect_phases, thresholds
+from analysis.phases import detect_phases, first_crossing, thresholds
 
 
 def recorded_config(config, device) -> dict:
@@ -71,6 +76,11 @@ def summarize_training(result, pairing=None) -> dict:
                # completed, or diverged: at step diverged_at a loss was not finite or above 100 x its start
                # (dynamics.training.base.DIVERGENCE_FACTOR) and training stopped there
                status=status, diverged_at=getattr(result, "diverged_at", None),
+               # a run ends when its steps run out, whatever its loss: converged only where an evaluation has the
+               # loss at or below eps_conv (t3 reached), so a plateau at the budget's end is not convergence
+               converged=ph["t3"] is not None,
+               time_unit="steps" + (" (and flow time = step * lr in phases.flow_time)" if c.model == "linear"
+                                    else ""),
                throughput=dict(sequences_per_second=result.sequences_per_second,
                                steps_per_second=result.steps_per_second, train_seconds=result.train_seconds),
                phases=dict(steps=ph),
@@ -118,16 +128,71 @@ def summarize_staged_training(result, experiment: str, pairing=None) -> dict:
     """
     c, h = result.config, result.history
     in_flow_time = staged_time_column(h) == "flow_time"
+    phases, entropies = staged_phases(result), staged_entropies(result)
     stages = [dict(name=o.name, index=o.index, step_start=o.step_start, step_end=o.step_end, reason=o.reason,
-                   t_start=o.step_start * (c.lr if in_flow_time else 1),
-                   t_end=o.step_end * (c.lr if in_flow_time else 1)) for o in result.stages]
+                   by_own_rule=o.by_own_rule, t_start=o.step_start * (c.lr if in_flow_time else 1),
+                   t_end=o.step_end * (c.lr if in_flow_time else 1), on=o.on, end_loss=o.end_loss,
+                   end_loss_se=o.end_loss_se, phases=phases.get(o.name, {}),
+                   H_A_given_R={k: _num(v) for k, v in entropies[o.index].items()} if o.index < len(entropies)
+                   else {}) for o in result.stages]
     out = dict(config=recorded_config(c, result.device), experiment=experiment, status=result.status, stages=stages,
+               # finished: every stage ended by its own rule; cut_stages: those the step budget ended instead
+               finished=result.finished, cut_stages=list(result.cut_stages),
                time_unit="flow time (step * lr)" if in_flow_time else "steps",
+               theory=dict(log_A=result.task.log_A, eps_conv=c.eps_conv),
                final={k: float(h[k][-1]) for k in h if k not in ("step", "stage")} if len(h["step"]) else None)
     if pairing is not None:
         out["flow_gap"] = pairing["flow_gap"]
         out["flow_gap_at"] = dict(step=pairing["at_step"], flow_time=pairing["at_flow_time"],
                                   stage=pairing["at_stage"])
+    return out
+
+
+def _num(x):
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def staged_entropies(result) -> list:
+    """Per stage of the schedule, set name -> H_v(A|R) in nats of its evaluation weights v then (NaN where the
+    set is empty), as the flow experiment's StageRun.entropies."""
+    task = result.task
+    return [{name: (math.nan if v is None else task.entropy_given_relation(v)) for name, v in sets.items()}
+            for sets in result.stage_sets]
+
+
+def staged_phases(result) -> dict:
+    """Phase times of a staged trainer run (a dynamics.training.ScheduleResult): stage name -> set name ->
+    dict(t1, t2, t3, theta1, theta2, theta3), the definitions of the flow experiment's phases
+    (analysis.results.experiment.experiment_phases) on the sampled curve.
+
+    For stage k and evaluation set v, with v's levels ``thresholds(log|A|, H_v(A|R), eps_conv)`` (H_v of v's
+    weights in that stage): the first time in the stage with L_v <= the level; the stage's start time where it
+    holds at the stage's first row; None where no evaluation of the stage reaches it (t3 needs an evaluation
+    with L_v <= eps_conv: a plateau above it is never taken for convergence). Between the two evaluations that
+    bracket a crossing it is located on the PCHIP interpolant in log t (analysis.phases.first_crossing). An
+    empty set gets None for every time and level but theta3. Times in the run's time unit
+    (:func:`staged_time_column`: flow time = step * lr for model 1, steps for model 2), as the stages' t_start
+    and t_end. The train set's curve is the history's plain ``loss`` column, every other set's
+    ``<set>_loss``."""
+    h, c, task = result.history, result.config, result.task
+    if not len(h["step"]):
+        return {}
+    t_all = np.asarray(h[staged_time_column(h)], dtype=np.float64)
+    stage_col = np.asarray(h["stage"]).astype(int)
+    entropies = staged_entropies(result)
+    out = {}
+    for o in result.stages:
+        rows = np.nonzero(stage_col == o.index)[0]
+        per = {}
+        for name, H in entropies[o.index].items():
+            L = np.asarray(h["loss" if name == "train" else f"{name}_loss"], dtype=np.float64)[rows]
+            if not math.isfinite(H) or rows.size == 0 or not np.isfinite(L).any():
+                per[name] = dict(t1=None, t2=None, t3=None, theta1=None, theta2=None, theta3=c.eps_conv)
+                continue
+            th = thresholds(task.log_A, H, c.eps_conv)
+            times = [first_crossing(t_all[rows], L, x) for x in th]
+            per[name] = dict(t1=times[0], t2=times[1], t3=times[2], theta1=th[0], theta2=th[1], theta3=th[2])
+        out[o.name] = per
     return out
 
 

@@ -76,8 +76,10 @@ class TrainResult:
 class StageOutcome:
     """One stage of :func:`train_schedule`: steps [step_start, step_end] and why it ended: ``time`` (its
     until_time, round(time / lr) steps), ``loss`` (until_loss reached at an evaluation), ``steps`` (the
-    config's ``steps``, the most any one stage may take) or ``diverged``; ``weights`` its (S, R) training
-    weights."""
+    config's ``steps``, the most any one stage may take: the budget ran out before the stage's own rule was
+    met) or ``diverged``; ``weights`` its (S, R) training weights. ``on``: the set its loss rule reads;
+    ``end_loss``: the loss on ``on`` at the stage's last recorded evaluation (None if it has none) and
+    ``end_loss_se`` its standard error (sampled trainers: the held-out estimate's; None for GD, exact)."""
 
     name: str
     index: int
@@ -85,10 +87,19 @@ class StageOutcome:
     step_end: int
     reason: str
     weights: np.ndarray = field(repr=False, compare=False)
+    on: str = "train"
+    end_loss: float | None = None
+    end_loss_se: float | None = None
 
     @property
     def steps(self) -> int:
         return self.step_end - self.step_start
+
+    @property
+    def by_own_rule(self) -> bool:
+        """Whether the stage ended by its own stop rule (``time`` or ``loss``), not by the step budget or a
+        divergence."""
+        return self.reason in ("time", "loss")
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,7 @@ class Trainer:
         if leg.sets is not None:
             self.set_weights(leg.weights)
         self._begin_leg(leg)
+        self._leg_last = None  # the metrics of the leg's last recorded evaluation
         step, end = start, start + leg.steps
         reason = self._evaluate_at(step, leg)
         if reason is None:
@@ -221,7 +233,10 @@ class Trainer:
                 self._diverged_at, reason = step, "diverged"
             elif (step - start) in sched or step == end:
                 reason = self._evaluate_at(step, leg)
-        self.outcomes.append(StageOutcome(leg.name, leg.index, start, step, reason or leg.end_reason, leg.weights))
+        last = self._leg_last.get(leg.on) if self._leg_last is not None else None
+        self.outcomes.append(StageOutcome(leg.name, leg.index, start, step, reason or leg.end_reason, leg.weights,
+                                          on=leg.on, end_loss=None if last is None else last["loss"],
+                                          end_loss_se=None if last is None else last.get("loss_se")))
         return step, reason
 
     def _evaluate_at(self, step: int, leg: Leg) -> str | None:
@@ -235,6 +250,7 @@ class Trainer:
             if step == 0:
                 self._set_limit(DIVERGENCE_FACTOR * max(self.task.log_A, m.metrics["train"]["loss"]))
             _append_row(self._history, step, leg, m.metrics, m.train_loss)
+            self._leg_last = m.metrics
         else:
             self._diverged_at = m.diverged_at
         self._t0 = time.perf_counter()

@@ -32,7 +32,8 @@ class HeldOutEvaluator:
         self.negH = torch.as_tensor(negH, dtype=torch.float32, device=dev)
 
     def metric_sums(self, logits: torch.Tensor, b: Batch) -> torch.Tensor:
-        """(6,) sums over the batch of: loss, relation-only loss, subject-only loss, correct, gap, p_true."""
+        """(7,) float64 sums over the batch of: loss, relation-only loss, subject-only loss, correct, gap, p_true
+        and the squared loss (for the loss's standard error)."""
         n = logits.shape[0]
         R, D = self.task.R, self.task.D
         logp = torch.log_softmax(logits.float(), dim=1)  # (n, |A|)
@@ -44,19 +45,25 @@ class HeldOutEvaluator:
         best_other = logits.scatter(1, b.targets[:, None], -math.inf).amax(1)  # (n,)
         correct = (target_logit > best_other).float()  # (n,) strictly largest, as the population metric
         gap = self.negH[b.r] - (self.P[b.r] * logp).sum(1)  # (n,) KL(p(.|r) || p_hat)
-        return torch.stack([ce.sum(), rel.sum(), subj.sum(), correct.sum(), gap.sum(), torch.exp(-ce).sum()])  # (6,)
+        sums = torch.stack([ce.sum(), rel.sum(), subj.sum(), correct.sum(), gap.sum(), torch.exp(-ce).sum()])
+        return torch.cat([sums.double(), (ce.double() ** 2).sum()[None]])  # (7,) float64
 
     @torch.no_grad()
     def __call__(self, model) -> dict:
         b, n = self.batch, self.batch.tokens.shape[0]
-        tot = torch.zeros(6, dtype=torch.float32, device=b.tokens.device)
+        tot = torch.zeros(7, dtype=torch.float64, device=b.tokens.device)
         for lo in range(0, n, self.chunk):
             sl = slice(lo, min(n, lo + self.chunk))
             part = Batch(b.tokens[sl], b.targets[sl], b.s[sl], b.r[sl])
             tot += self.metric_sums(model(part.tokens), part)
-        v = (tot.double() / n).tolist()
+        v = (tot / n).tolist()
+        # loss_se: the standard error of the loss as an estimate of the population loss under the set's weights
+        # (the sample standard deviation of the per-sequence losses over sqrt(n)). The held-out sequences are
+        # drawn once, so every evaluation measures the same sample: the recorded curve is a smooth function of
+        # the parameters, and this is the size of its one fixed offset from the population curve.
+        var = max(v[6] - v[0] ** 2, 0.0) * n / max(n - 1, 1)
         return dict(loss=v[0], relation_loss=v[1], subject_loss=v[2], accuracy=v[3], hallucination_gap=v[4],
-                    p_true=v[5])
+                    p_true=v[5], loss_se=math.sqrt(var / n))
 
 
 class EvalSchedule:

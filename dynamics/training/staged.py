@@ -21,11 +21,28 @@ class ScheduleResult(TrainResult):
     the ``train`` set, the current stage's weights), ``stage`` (stage index of the row) and
     ``<set>_<metric>`` for every other evaluation set (NaN while a set is empty). Every stage has a row at
     its start and at its end, so a boundary step appears twice (end of one stage, start of the next), as in
-    the flow's trajectory. ``stages``: a StageOutcome per stage run; ``schedule``: the Stage objects."""
+    the flow's trajectory. ``stages``: a StageOutcome per stage run; ``schedule``: the Stage objects;
+    ``stage_sets``: per stage in the schedule, set name -> its (S, R) evaluation weights (None: empty then).
+
+    A stage cut by the step budget (reason ``steps``) did not meet its own rule: :attr:`finished` is False
+    and :attr:`cut_stages` names it. Unlike the flow, which ends the experiment at such a stage (status
+    ``t_max``), the trainers go on to the next stage, so that a model that cannot reach a loss level (a
+    capacity-limited model 2 on a plateau) still runs the later stages; the report says it was cut."""
 
     stages: tuple = ()
     schedule: tuple = field(default=(), repr=False)
     eval_sets: tuple = ()
+    stage_sets: tuple = field(default=(), repr=False)
+
+    @property
+    def finished(self) -> bool:
+        """Every stage of the schedule ran and ended by its own stop rule (``time`` or ``loss``)."""
+        return len(self.stages) == len(self.schedule) and all(o.by_own_rule for o in self.stages)
+
+    @property
+    def cut_stages(self) -> tuple:
+        """Names of the stages the step budget ended before their own rule was met (reason ``steps``)."""
+        return tuple(o.name for o in self.stages if o.reason == "steps")
 
 
 def make_trainer(config: TrainConfig, task: Task | None = None, weights=None) -> Trainer:
@@ -52,8 +69,10 @@ def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progres
       counted from the stage's start, its end); the stage ends at the first evaluation whose loss on that set
       is <= the level. GD measures it with the exact population metrics of the set; the sampled trainers
       (SGD of either model, Adam) with the held-out evaluator, eval_size sequences drawn (seeded) from the
-      set's weights, the numbers the history records;
-    - every stage ends after at most ``config.steps`` steps (reason ``steps``).
+      set's weights, the numbers the history records (the same sequences at every evaluation; each stage's
+      outcome keeps the loss on ``on`` at its end and that estimate's standard error, ``end_loss_se``);
+    - every stage ends after at most ``config.steps`` steps (reason ``steps``: cut by the budget, not by its
+      own rule; the result's ``finished`` is then False and ``cut_stages`` names it; the later stages run).
     eval_sets: names of dynamics.experiment.schedule's built-in sets (``train``: the current stage's weights, ``all``,
     ``seen``, ``unseen``, ``top10``, ``middle``, ``bottom50``) or EvalSpec objects; ``train`` is always
     measured. Returns a :class:`ScheduleResult` (the history gets ``stage`` and, for model 1, ``flow_time``).
@@ -72,7 +91,8 @@ def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progres
     run = trainer.run(progress=progress, plan=legs)
     return ScheduleResult(**{f.name: getattr(run, f.name) for f in dataclasses.fields(TrainResult)},
                           stages=trainer.outcomes, schedule=stages,
-                          eval_sets=tuple(e.name if isinstance(e, EvalSpec) else e for e in specs))
+                          eval_sets=tuple(e.name if isinstance(e, EvalSpec) else e for e in specs),
+                          stage_sets=tuple(plans))
 
 
 def stage_leg(config: TrainConfig, index: int, stage, weights, sets) -> Leg:
