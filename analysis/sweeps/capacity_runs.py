@@ -32,6 +32,7 @@ TRANSFORMER_ONLY = ("heads", "head_dim", "attn_ratio", "mlp_width", "mlp_ratio",
 # the fields that change the parameter count: runs that differ only in these and in seed form one series
 SIZE_FIELDS = ("d", "alpha", "m", "heads", "head_dim", "attn_ratio", "mlp_width", "mlp_ratio")
 DEFAULT_D = 8
+BITS_PER_PARAM = 8.0  # the information bound's bits per parameter: frd-capacity's default (SPEC §9)
 MAX_WIDTH = 2**24
 # above this lower bound on a run's bytes (parameters and Adam moments alone) the bracket is not computed: the
 # transformer's bracket counts task sizes up to P/4 facts one by one, and the run is refused anyway
@@ -173,11 +174,15 @@ class CapacityBandsResult:
     ``n_above_bracket``. series: one dict per set of runs that differ only in size fields (d, alpha, m, heads,
     head_dim, attn_ratio, mlp_width, mlp_ratio) and seed: ``label``, ``params``, ``groups`` (indices), ``fit``
     (analysis.capacity.ScalingFit as a dict: slope, its 95 % interval ``ci``, ...; None with fewer than 3
-    points inside their brackets or one parameter count) and ``fit_points``. title: the figure's title."""
+    points inside their brackets or one parameter count) and ``fit_points``. title: the figure's title.
+    bound: the information bound of SPEC §9 over the groups' parameter range at BITS_PER_PARAM bits per
+    parameter (dict: params, capacity, bits_per_param, label), when every run has the same outputs per fact
+    M (target and M of the memories; scaling and D of the transformer) and M > 1; else None."""
 
     groups: list
     series: list
     title: str
+    bound: dict | None = None
 
     def lines(self) -> list[str]:
         """One line per size and one per fitted series, for the terminal."""
@@ -219,7 +224,7 @@ class CapacityBandsResult:
             width = max(len(g["capacity"]) for g in gs)
             cap = [list(g["capacity"]) + [float("nan")] * (width - len(g["capacity"])) for g in gs]
             series.append(dict(label=s["label"], params=[g["P"] for g in gs], capacity=cap, fit=s["fit"]))
-        return capacity_figure(series, self.title)
+        return capacity_figure(series, self.title, bound=self.bound)
 
     def save(self, folder: str, *, plots: bool = True) -> list:
         """Write bands.csv, bands.json and (plots) capacity.png and capacity.pdf into ``folder``, each atomically.
@@ -227,7 +232,8 @@ class CapacityBandsResult:
         from common.io import save_figure, write_json, write_text
 
         write_text(os.path.join(folder, "bands.csv"), self.to_dataframe().to_csv(index=False))
-        write_json(os.path.join(folder, "bands.json"), dict(groups=self.groups, series=self.series, title=self.title))
+        write_json(os.path.join(folder, "bands.json"), dict(groups=self.groups, series=self.series, title=self.title,
+                                                            information_bound=self.bound))
         names = ["bands.csv", "bands.json"]
         if plots:
             import matplotlib.pyplot as plt
@@ -292,4 +298,31 @@ def capacity_bands(rows: list[dict], spec=None) -> CapacityBandsResult | None:
                     min(c for _, c in pts) >= 1 else None)
     title = (f"Capacity sweep (frd-grid capacity): {len(done)} searches, {len(out_groups)} sizes"
              + (f"; {_describe({k: v for k, v in base.items() if k != 'device'})}" if base else ""))
-    return CapacityBandsResult(groups=out_groups, series=out_series, title=title)
+    return CapacityBandsResult(groups=out_groups, series=out_series, title=title,
+                               bound=_bound([{**base, **g["params"]} for g in out_groups], [g["P"] for g in out_groups]))
+
+
+def _outputs(settings):
+    """(what M is, M as a number or a function of the facts N) of one run's settings (SPEC §9)."""
+    if is_transformer(settings):
+        if settings.scaling == "distinct":
+            return ("sqrt(N)",), lambda N: N ** 0.5
+        return ("D", settings.D), settings.D
+    if settings.target == "fixed":
+        return ("M", settings.M), settings.M
+    return ("N",), lambda N: N
+
+
+def _bound(fields: list, params: list) -> dict | None:
+    """The information bound over the parameter range when every group has the same outputs per fact, else None
+    (as frd-capacity's figure: none when M = 1)."""
+    from analysis.capacity.bound import bound_line
+
+    outs = [_outputs(capacity_settings(f)) for f in fields]
+    if len({key for key, _ in outs}) != 1 or not params:
+        return None
+    P, facts = bound_line(np.geomspace(min(params), max(params), 50), BITS_PER_PARAM, outs[0][1])
+    if not np.isfinite(facts).all():
+        return None
+    return dict(params=P.tolist(), capacity=facts.tolist(), bits_per_param=BITS_PER_PARAM,
+                label=f"information bound: N log2 M = b·P (b = {BITS_PER_PARAM:g} bits)")

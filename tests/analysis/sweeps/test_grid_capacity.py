@@ -63,6 +63,9 @@ def test_each_run_equals_the_separate_search_and_the_summary_its_statistics(tmp_
     else:
         assert series["fit"]["slope"] == pytest.approx(reference.fit.slope, rel=1e-12)
         assert series["fit"]["ci"] == pytest.approx(list(reference.fit.ci), rel=1e-12)
+    # the information bound at P = 9, b = 8 bits, M = N: the root of N log2 N = 72 (SPEC §9)
+    n = bands.bound["capacity"][0]
+    assert bands.bound["params"][0] == 9 and n * np.log2(n) == pytest.approx(72.0, rel=1e-9)
     saved = pd.read_csv(tmp_path / "g" / "bands.csv")
     assert list(saved["capacity_mean"]) == pytest.approx([g["mean"] for g in bands.groups])
     assert json.loads((tmp_path / "g" / "bands.json").read_text())["series"][0]["fit_points"] == series["fit_points"]
