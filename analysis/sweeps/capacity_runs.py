@@ -298,8 +298,8 @@ def capacity_bands(rows: list[dict], spec=None) -> CapacityBandsResult | None:
                     min(c for _, c in pts) >= 1 else None)
     title = (f"Capacity sweep (frd-grid capacity): {len(done)} searches, {len(out_groups)} sizes"
              + (f"; {_describe({k: v for k, v in base.items() if k != 'device'})}" if base else ""))
-    return CapacityBandsResult(groups=out_groups, series=out_series, title=title,
-                               bound=_bound([{**base, **g["params"]} for g in out_groups], [g["P"] for g in out_groups]))
+    bound = _bound([{**base, **g["params"]} for g in out_groups], [g["P"] for g in out_groups])
+    return CapacityBandsResult(groups=out_groups, series=out_series, title=title, bound=bound)
 
 
 def _outputs(settings):

@@ -113,7 +113,8 @@ def test_cli_writes_the_outputs_and_continues(tmp_path, capsys):
     df = pd.read_csv(out / "results.csv")
     assert list(df["m"]) == [3, 3] and list(df["parameters"]) == [2 * 3 * d + 3 for d in (3, 4)]  # 2md + m
     assert main(argv + ["--no-plots"]) == 0 and "0 done, 0 failed, 2 skipped" in capsys.readouterr().out
-    assert main([a if a != "60" else "61" for a in argv] + ["--no-plots"]) == 2  # another spec in the same folder: refused
+    other = [a if a != "60" else "61" for a in argv]  # another spec in the same folder: refused
+    assert main(other + ["--no-plots"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "max_steps" in err, err
 
