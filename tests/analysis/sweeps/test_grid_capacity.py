@@ -104,7 +104,7 @@ def test_cli_writes_the_outputs_and_continues(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["capacity", "--model", "mlp", "--m", "3", "--max-steps", "60", "--max-doublings", "0",
             "--grid", "d=3,4", "--workers", "1", "--out", str(out)]
-    assert main(argv) == 0
+    assert main(argv + ["--keep-runs"]) == 0
     text = capsys.readouterr().out
     assert "capacity [d=3]" in text and "capacity [d=4]" in text and "fit [mlp]" in text
     for name in ("spec.json", "results.jsonl", "results.csv", "bands.csv", "bands.json", "capacity.png",
@@ -112,6 +112,9 @@ def test_cli_writes_the_outputs_and_continues(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     df = pd.read_csv(out / "results.csv")
     assert list(df["m"]) == [3, 3] and list(df["parameters"]) == [2 * 3 * d + 3 for d in (3, 4)]  # 2md + m
+    for key, probes in zip(df["key"], df["probes"]):  # --keep-runs: each run's probes in its own folder
+        kept = pd.read_csv(out / "runs" / key / "probes.csv")
+        assert " ".join(f"{int(n)}:{int(ok)}" for n, ok in zip(kept["N"], kept["ok"])) == probes
     assert main(argv + ["--no-plots"]) == 0 and "0 done, 0 failed, 2 skipped" in capsys.readouterr().out
     other = [a if a != "60" else "61" for a in argv]  # another spec in the same folder: refused
     assert main(other + ["--no-plots"]) == 2
