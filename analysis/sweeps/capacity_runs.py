@@ -70,6 +70,8 @@ def capacity_settings(fields: dict):
             raise ConfigError(f"{given[0]} = {f[given[0]]!r} is a transformer setting; it applies with model = "
                               f"transformer, not {model}")
         kind = f.get("construction_of", "linear") if model == "construction" else model
+        if model != "construction":
+            f.pop("construction_of", None)  # read by model construction only: not part of a trained memory's run
         alpha = f.pop("alpha", None)
         if "m" in f:
             m = f.pop("m")
