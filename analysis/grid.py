@@ -1,10 +1,11 @@
-"""Command line: sweeps of flows, training runs or experiments over a grid of configuration fields, on Dask,
-resumable (analysis.sweeps.runner).
+"""Command line: sweeps of flows, training runs, experiments or capacity searches over a grid of configuration
+fields, on Dask, resumable (analysis.sweeps.runner).
 
     python -m analysis.grid flow --S 16 --R 4 --D 8 --grid alpha=1e-5,1e-4 --grid seed=0:8 --facts balanced \\
         --out runs/grid
     python -m analysis.grid train --model linear --steps 8192 --compare-flow --grid seed=0:8 --out runs/sgd-seeds
     python -m analysis.grid experiment experiments/finetune.toml --grid alpha=1e-5,1e-3 --out runs/exp-grid
+    python -m analysis.grid capacity --model linear --grid d=4,6,8 --grid seed=0:3 --out runs/cap-grid
 """
 from __future__ import annotations
 
@@ -26,13 +27,20 @@ NAME is a configuration field: flow: S, R, D, T, N, facts, seed (the fact table'
 zipf_relations, alpha, init, rtol, atol, t_max, eps_conv, max_steps, method, ... (dynamics.FlowConfig,
 models.TaskConfig); train: model, optimizer, lr, batch, steps, seed, init, init_scale, d, eval_every,
 eval_size, task_seed, compare_flow, ... (dynamics.TrainConfig); experiment: the file's [task] and [flow]
-keys. --set NAME=VALUE sets any field for every run (the flags --S, --alpha, ... are shorthands).
+keys; capacity: model, construction_of, d, alpha, m, target, M, heads, head_dim, attn_ratio, mlp_width,
+mlp_ratio, scaling, D, T, batch, eval_every, seed, lr, max_steps, rtol, max_doublings, dtype, device (the
+settings of frd-capacity, one size and one seed per run). --set NAME=VALUE sets any field for every run (the
+flags --S, --alpha, ... are shorthands).
 
 The sweep folder --out: spec.json; results.jsonl (one line per finished run, appended as it ends: index, key,
 status done/unfinished/failed, error, the grid fields and the run's numbers; a training run's history too);
 results.csv (the same rows, one per run, rewritten at the end); runs/<key>/ with --keep-runs; for train,
 bands.csv / bands.json / bands.png (mean, std, min, max over seeds of every history column; model 1 around
-the exact flow, model 2 with its confirmation verdict per seed and overall). Running the same command again
+the exact flow, model 2 with its confirmation verdict per seed and overall); for capacity (one run = the
+capacity search of SPEC §9 for one model size and one seed): results.csv with capacity, parameters,
+below_bracket, above_bracket and the probes per run; bands.csv / bands.json (mean, std, min, max of the
+capacity over seeds per size; per series of sizes the log-log slope of capacity on parameters with its 95 %
+interval) and capacity.png / capacity.pdf. Running the same command again
 continues: runs already recorded are skipped (after a crash, a killed worker or Ctrl-C), so nothing is lost.
 A different spec in the same --out is refused (naming the difference) unless --overwrite. One frd-grid
 at a time per --out: a second is refused (it holds OUT/.frd-grid.lock; the lock ends with the process, crash
@@ -74,16 +82,49 @@ TRAIN_FLAGS = (("--S", "S", int, "subjects"), ("--R", "R", int, "relations"), ("
                ("--device", "device", str, "auto, cpu or cuda[:i]"))
 EXPERIMENT_FLAGS = (("--S", "S", int, "subjects"), ("--R", "R", int, "relations"),
                     ("--D", "D", int, "answers per relation"), ("--alpha", "alpha", float, "initialization scale"))
-FLAGS = {"flow": FLOW_FLAGS, "train": TRAIN_FLAGS, "experiment": EXPERIMENT_FLAGS}
+CAPACITY_FLAGS = (("--model", "model", str, "linear, mlp, construction (no training, SPEC §8) or transformer "
+                   "(SPEC §11); default linear"),
+                  ("--construction-of", "construction_of", str, "with model construction: linear or mlp"),
+                  ("--d", "d", int, "embedding dimension, >= 1 (default 8; sweep it: --grid d=4,6,8)"),
+                  ("--alpha", "alpha", float, "MLP memory width ratio, m = round(alpha*d) (default 1)"),
+                  ("--m", "m", int, "MLP memory width, >= 1, instead of --alpha"),
+                  ("--target", "target", str, "memories' target map: identity (M = N) or fixed"),
+                  ("--M", "M", int, "outputs with target fixed"),
+                  ("--heads", "heads", int, "transformer: attention heads H (default 2)"),
+                  ("--head-dim", "head_dim", int, "transformer: head dimension d_h (default alpha*d/H)"),
+                  ("--attn-ratio", "attn_ratio", float, "transformer: alpha = H*d_h/d; alpha*d/H must be an "
+                   "integer (default 1)"),
+                  ("--mlp-width", "mlp_width", int, "transformer: MLP width m, 0 = attention only"),
+                  ("--mlp-ratio", "mlp_ratio", float, "transformer: beta = m/d (default 0)"),
+                  ("--scaling", "scaling", str, "transformer: task sizes searched, linear, square or distinct"),
+                  ("--D", "D", int, "transformer: answers per relation (default 4)"),
+                  ("--T", "T", int, "transformer: sequence length (default 8)"),
+                  ("--batch", "batch", int, "transformer: sequences per Adam step (default 128)"),
+                  ("--eval-every", "eval_every", int, "transformer: steps between evaluations (default 32)"),
+                  ("--seed", "seed", int, "seed of embeddings and init (default 0; sweep it: --grid seed=0:5)"),
+                  ("--max-steps", "max_steps", int, "Adam steps per training run (default 2048 memories, 1024 "
+                   "transformer)"),
+                  ("--rtol", "rtol", float, "bisection resolution in [0, 1] (default 0.05)"),
+                  ("--max-doublings", "max_doublings", int, "times the bracket's top may double (default 3)"),
+                  ("--dtype", "dtype", str, "training dtype: float32 (default) or float64"),
+                  ("--device", "device", str, "cpu (default) or cuda[:i]"))
+FLAGS = {"flow": FLOW_FLAGS, "train": TRAIN_FLAGS, "experiment": EXPERIMENT_FLAGS, "capacity": CAPACITY_FLAGS}
+CONFIG_DEFAULTS = {"capacity": "frd-capacity's: d 8, seed 0, lr 0.03, max_steps 2048 for memories and 1024 for "
+                               "the transformer, rtol 0.05, max_doublings 3, float32 on the CPU"}
 
 
 def _common(p, kind: str) -> None:
-    g = p.add_argument_group("configuration (unset fields keep the configuration's defaults: FlowConfig's, TrainConfig's "
-                             "(steps 1000, eval_every 50, init_scale 1e-5 for both models, unlike frd-train) or "
-                             "the experiment file's)")
+    g = p.add_argument_group("configuration (unset fields keep the configuration's defaults: " + CONFIG_DEFAULTS.get(
+        kind, "FlowConfig's, TrainConfig's (steps 1000, eval_every 50, init_scale 1e-5 for both models, unlike "
+              "frd-train) or the experiment file's") + ")")
     for flag, dest, typ, text in FLAGS[kind]:
         g.add_argument(flag, dest=f"field_{dest}", type=typ, default=None, metavar=dest.upper() if
-                       typ is not str else "X", help=f"{text} (field {dest}; default: the configuration's)")
+                       typ is not str else "X", help=f"{text} (field {dest}" + (")" if "default" in text else
+                                                                               "; default: the configuration's)"))
+    if kind == "capacity":
+        g.add_argument("--lr", dest="field_lr", type=float, nargs="+", default=None, metavar="LR",
+                       help="Adam learning rates; a run succeeds at N when any of them does (field lr; default "
+                            "0.03; --grid lr=... instead makes one run per learning rate)")
     if kind == "train":
         g.add_argument("--compare-flow", dest="field_compare_flow", action="store_const", const=True, default=None,
                        help="model 1: pair every run with the exact flow from its init (flow_gap; the bands get "
@@ -133,7 +174,8 @@ def _common(p, kind: str) -> None:
     o.add_argument("--keep-runs", action="store_true",
                    help="also write each run's own folder out/runs/<key>/ (results.json and its trajectory or "
                         "history)")
-    o.add_argument("--no-plots", action="store_true", help="skip the bands figure (train)")
+    o.add_argument("--no-plots", action="store_true",
+                   help="skip the figures (train: bands.png; capacity: capacity.png and capacity.pdf)")
     o.add_argument("--quiet", action="store_true", help="no progress and no summary")
 
 
@@ -145,11 +187,12 @@ def add_overwrite_sweep(group) -> None:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=program_name("analysis.grid"), formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Sweep flows, training runs or experiments over a grid of configuration fields "
+                       description="Sweep flows, training runs, experiments or capacity searches over a grid of "
+                                   "configuration fields "
                                    "on Dask (a local cluster or a running one), resumable: each finished run is "
                                    "recorded at once, and the same command again continues where it stopped.",
                        epilog=GRID_HELP)
-    sub = p.add_subparsers(dest="kind", metavar="{flow,train,experiment}",
+    sub = p.add_subparsers(dest="kind", metavar="{flow,train,experiment,capacity}",
                            parser_class=lambda **kw: ArgumentParser(
                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GRID_HELP, **kw))
     f = sub.add_parser("flow", help="exact gradient flows of model 1 (dynamics.FlowConfig; phases, plateau, "
@@ -163,6 +206,14 @@ def build_parser() -> ArgumentParser:
                                           "set)", description="Sweep an experiment file's [task] and [flow] keys.")
     e.add_argument("file", metavar="FILE", help="the experiment file (the format of frd-experiment --help)")
     _common(e, "experiment")
+    c = sub.add_parser("capacity", help="capacity searches (SPEC §9, as frd-capacity): one run per model size and "
+                                        "seed; capacity over seeds per size and the scaling fit",
+                       description="Sweep capacity searches: each run searches, by bracket doubling and bisection "
+                                   "over N, the largest number of facts one model size stores at >= 99% accuracy "
+                                   "for one seed (analysis.capacity's search, as frd-capacity). At the end: the "
+                                   "capacity over seeds per size (bands.csv, bands.json), the log-log slope of "
+                                   "capacity on parameters with its 95% interval per series, and capacity.png/pdf.")
+    _common(c, "capacity")
     return p
 
 
@@ -172,8 +223,10 @@ def _fields(a, kind: str) -> dict:
     from analysis.sweeps.spec import parse_value
 
     base = {}
-    for flag, dest, _, _ in FLAGS[kind] + ((None, "compare_flow", None, None),):
+    for flag, dest, _, _ in FLAGS[kind] + ((None, "compare_flow", None, None), (None, "lr", None, None)):
         v = getattr(a, f"field_{dest}", None)
+        if isinstance(v, list) and len(v) == 1:
+            v = v[0]  # --lr 0.03 is the field lr = 0.03, as --set lr=0.03
         if v is not None:
             base[dest] = v
     for item in a.set:
@@ -187,7 +240,7 @@ def _fields(a, kind: str) -> dict:
 def run(a, job) -> int:
     """Build the sweep's spec from the flags and run it (analysis.sweeps.runner.run_grid: resumable), then print."""
     if a.kind is None:
-        job.parser.error("choose what to sweep: flow, train or experiment (see --help)")
+        job.parser.error("choose what to sweep: flow, train, experiment or capacity (see --help)")
     # heavy imports (torch, dask, matplotlib) only after parsing: --help, --version and bad flags answer at once
     from common.errors import ConfigError, check_int
 
@@ -249,7 +302,10 @@ def run(a, job) -> int:
     job.interrupted = None
     if not a.quiet:
         print(f"{a.kind} sweep: {result.summary_line()}")
-        if result.bands is not None:
+        if result.bands is not None and a.kind == "capacity":
+            for line in result.bands.lines():
+                print(line)
+        elif result.bands is not None:
             for g in result.bands.groups:
                 line = f"bands [{g['label']}]: {len(g['seeds'])} seeds"
                 if g.get("mean_flow_gap") is not None:
@@ -263,7 +319,8 @@ def run(a, job) -> int:
                 print(line)
         print(f"wrote {out}/results.jsonl, results.csv" + (", bands.csv, bands.json" if result.bands is not None
                                                           else "")
-              + (", bands.png" if result.bands is not None and not a.no_plots else ""))
+              + ((", capacity.png, capacity.pdf" if a.kind == "capacity" else ", bands.png")
+                 if result.bands is not None and not a.no_plots else ""))
     failed, unfinished = result.failed_rows, result.unfinished_rows
     if failed or unfinished:  # ran, but some run did not finish: results written, exit 3
         parts = []

@@ -12,7 +12,9 @@ Fields are the configuration fields of the kind, by their names: ``flow``: dynam
 rtol, t_max, ...) and models.TaskConfig's (S, R, D, T, N, facts, seed, zipf_subjects, ...); ``train``:
 dynamics.TrainConfig's (model, optimizer, lr, batch, steps, seed, d, init_scale, ...), the task's (``task_seed``
 for the task's seed) and ``compare_flow``; ``experiment``: the [task] and [flow] keys of an experiment file
-(dynamics.experiment.file). ``task.S`` and ``flow.alpha`` are accepted as well.
+(dynamics.experiment.file); ``capacity``: one capacity search (SPEC §9) per run, analysis.sweeps.capacity_runs's
+CAPACITY_FIELDS (model, d, alpha or m, heads, ..., seed, lr, max_steps). ``task.S`` and ``flow.alpha`` are
+accepted as well.
 
 The sweep folder (``out``):
 
@@ -27,6 +29,9 @@ The sweep folder (``out``):
 - ``runs/<key>/`` (``keep_runs``): the run's results.json and trajectory.csv / history.csv.
 - ``bands.csv``, ``bands.json``, ``bands*.png`` (kind ``train``): mean, standard deviation, min and max over
   seeds of every history column at every evaluated step (see :func:`training_bands`).
+- ``bands.csv``, ``bands.json``, ``capacity.png``, ``capacity.pdf`` (kind ``capacity``: one capacity search
+  per size and seed): mean, standard deviation, min and max of the capacity over seeds per size, and the
+  scaling fit of every series (analysis.sweeps.capacity_runs.capacity_bands).
 
 A run that raises is recorded ``failed`` with its one-line error and the sweep goes on. On Dask a task whose
 worker process dies (killed, out of memory) is retried once on another worker; if that dies too the run is
@@ -168,6 +173,10 @@ def _run_single(kind: str, fields: dict, experiment: dict | None, keep: bool) ->
             if res.summary.get("confirmation") is not None:
                 row["confirmation"] = res.summary["confirmation"]
             files = dict(results=res.summary, table=("history.csv", hist)) if keep else None
+        elif kind == "capacity":
+            from analysis.sweeps.capacity_runs import capacity_row
+
+            row, files = capacity_row(config, keep)
         else:
             from analysis.results.experiment import analyze_experiment
 
@@ -236,8 +245,8 @@ class GridResult:
     """A sweep's outcome: ``rows`` (the last row recorded for every run of the spec, grid order; a run not
     yet run is absent), counts of this call (``done``, ``failed``: run now; ``skipped``: recorded before),
     ``wall_seconds``, ``runs_per_second`` (runs finished now per second of wall time), ``bands`` (kind train: a
-    BandsResult, else None) and ``folder``. An interrupted sweep returns none: the KeyboardInterrupt goes on to
-    the caller after results.csv is rewritten from what was recorded."""
+    BandsResult; kind capacity: a CapacityBandsResult; else None) and ``folder``. An interrupted sweep returns none:
+    the KeyboardInterrupt goes on to the caller after results.csv is rewritten from what was recorded."""
 
     spec: SweepSpec = field(repr=False)
     rows: list = field(repr=False)
@@ -477,12 +486,18 @@ def _run_and_write_csv(spec, spec_doc, plan: _SweepPlan, rec: _Recorder, **submi
 
 
 def _save_bands(spec, rows: list, folder: str, rec: _Recorder, plots) -> tuple[object, OSError | None]:
-    """Kind train: the bands over seeds of the rows, saved in the folder. Returns them (None if there are none)
+    """Kind train: the bands over seeds of the rows; kind capacity: the capacity over seeds per size and the
+    scaling fits (analysis.sweeps.capacity_runs); saved in the folder. Returns them (None if there are none)
     and the error of a full disk (None if none)."""
-    bands = training_bands(rows, spec)
+    if spec.kind == "capacity":
+        from analysis.sweeps.capacity_runs import capacity_bands
+
+        bands = capacity_bands(rows, spec)
+    else:
+        bands = training_bands(rows, spec)
     if bands is None:
         return None, None
-    rec.writing = "the bands (bands.csv, bands.json, bands.png)"
+    rec.writing = "the bands (bands.csv, bands.json, " + ("capacity.png)" if spec.kind == "capacity" else "bands.png)")
     return bands, _full_disk_of(lambda: bands.save(folder, plots=plots))
 
 
@@ -500,7 +515,7 @@ def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, sche
     latest = latest_rows(rows_all)
     rows = [latest[r.key] for r in runs if r.key in latest]
     bands = None
-    if full is None and spec.kind == "train":
+    if full is None and spec.kind in ("train", "capacity"):
         bands, full = _save_bands(spec, rows, plan.folder, rec, plots)
     if full is not None:
         raise ConfigError(_after_disk_full(full, plan.folder, spec.out, rec.writing, rows, plan.resumed,
@@ -530,7 +545,7 @@ def _after_disk_full(exc: OSError, folder: str, shown: str, writing: str, rows: 
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, name))
         for name in os.listdir(folder) if os.path.isdir(folder) else ():
-            if name.startswith("bands") and name.endswith(".png"):
+            if (name.startswith("bands") and name.endswith(".png")) or name in ("capacity.png", "capacity.pdf"):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, name))
         if not rows:

@@ -18,7 +18,7 @@ import numpy as np
 from common.errors import ConfigError, check_choice, check_int
 from common.io import jsonable
 
-KINDS = ("flow", "train", "experiment")
+KINDS = ("flow", "train", "experiment", "capacity")
 MAX_RUNS = 1_000_000
 # most flows one batched state holds: SweepSpec.batch (analysis.grid flow --batch-flows) and analysis.sweep's
 # --batch-flows (analysis.sweeps.phase_sweep)
@@ -211,6 +211,10 @@ def _task_fields() -> tuple:
 def field_names(kind: str) -> tuple:
     """The canonical field names a sweep of ``kind`` may set (see the module docstring)."""
     check_choice("kind", kind, KINDS)
+    if kind == "capacity":
+        from analysis.sweeps.capacity_runs import CAPACITY_FIELDS
+
+        return CAPACITY_FIELDS
     task = _task_fields()
     if kind == "flow":
         from dynamics.flow.config import FlowConfig
@@ -270,7 +274,12 @@ def config_fields(kind: str, config, *, compare_flow: bool = False) -> dict:
 def build_config(kind: str, fields: dict, experiment: dict | None = None):
     """The validated configuration of one run from canonical fields: a FlowConfig (flow), a (TrainConfig,
     compare_flow) pair (train) or an ExperimentConfig (experiment; ``experiment``: dict(doc, base_dir) of the
-    parsed file). ConfigError (with the field's message) if a value is not allowed."""
+    parsed file), a CapacitySettings or TransformerSettings of one size and seed (capacity:
+    analysis.sweeps.capacity_runs). ConfigError (with the field's message) if a value is not allowed."""
+    if kind == "capacity":
+        from analysis.sweeps.capacity_runs import capacity_settings
+
+        return capacity_settings(fields)
     from models.task import TaskConfig
 
     task_names = set(_task_fields())
@@ -316,6 +325,8 @@ def resolved_dict(kind: str, config, experiment: dict | None = None) -> dict:
     if kind == "train":
         c, compare = config
         return dict(kind=kind, config=c.to_dict(), compare_flow=compare)
+    if kind == "capacity":
+        return dict(kind=kind, model=type(config).__name__, settings=config.to_dict())
     return dict(kind=kind, flow=config.flow.to_dict(), experiment_sha=experiment["sha"],
                 stages=[st.name for st in config.stages], eval_sets=list(config.set_names))
 
@@ -330,8 +341,8 @@ def run_key(resolved: dict) -> str:
 # ----------------------------------------------------------------------------- the spec
 @dataclass(frozen=True)
 class SweepSpec:
-    """A sweep: ``kind`` (flow, train or experiment), ``base`` fields (canonical name -> value; unset fields
-    keep the configuration's defaults), ``grid`` (one dict of field overrides per run), ``out`` (the sweep
+    """A sweep: ``kind`` (flow, train, experiment or capacity), ``base`` fields (canonical name -> value;
+    unset fields keep the configuration's defaults), ``grid`` (one dict of field overrides per run), ``out`` (the sweep
     folder), ``experiment_file`` (kind experiment: the TOML file whose [task] and [flow] the fields override),
     ``batch`` (kind flow: up to this many flows of one shape per task, integrated together by
     dynamics.run_flows_batched: phase times, plateau and step counts, no conservation or trajectory;
@@ -421,6 +432,10 @@ def _memory_of(kind: str, config) -> int:
     if kind == "train":
         c, compare = config
         return int(sum(c.memory_estimate_bytes(compare).values()))
+    if kind == "capacity":
+        from analysis.sweeps.capacity_runs import capacity_memory_bytes
+
+        return capacity_memory_bytes(config)
     return int(config.flow.memory_estimate_bytes())
 
 
