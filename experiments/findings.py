@@ -45,7 +45,7 @@ from common.io import output_dir, save_figure, write_json, write_text  # noqa: E
 
 QUESTIONS = ("scaling", "zipf", "warmup", "finetune")
 ZUCCHET_EXPONENT = 0.81  # plateau ~ 0.43 N^0.81 in the number of individuals (Zucchet et al. 2025)
-CPU_SCALE = dict(S=32, flow_S="16,32,64,128,256,512,1024", softmax_S="16,32,64,128", ratios="6,2,1",
+CPU_SCALE = dict(S=32, flow_S="16,32,64,128,256,512,1024", softmax_S="16,32,64,128", ratios="6,3,2,1",
                  seeds=5, steps=3000, betas="0,0.5,1,1.5,2", finetune_steps=1500)
 PAPER_SCALE = dict(S=256, flow_S="16,32,64,128,256,512,1024,2048", softmax_S="16,32,64,128,256,512",
                    ratios="8,4,2,1,0.5", seeds=10, steps=100000, betas="0,0.25,0.5,0.75,1,1.25,1.5,1.75,2",
@@ -356,7 +356,13 @@ def machine() -> str:
     import platform
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, load average {load:.1f} at the end"
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core {name}, load average {load:.1f} at the end"
 
 
 def main(argv=None) -> int:
@@ -421,8 +427,11 @@ def docs_from(folder: str) -> int:
     settings = data[found[0]]["settings"]
     a = argparse.Namespace(**settings)
     walls = {q: d["wall_seconds"] for q, d in data.items()}
-    print(f"wrote {report.regenerate_docs(folder, {q: d['summary'] for q, d in data.items()}, a, settings, walls)}",
-          file=sys.stderr)
+    # the summaries and the figures that need no curves are remade from the rows (the fine-tuning figure,
+    # drawn from the loss curves, is copied)
+    summaries = {q: report.summarize(q, d["rows"], a) for q, d in data.items()}
+    figures = {q: report.figure(q, d["rows"], [], summaries[q], a) for q, d in data.items() if q != "finetune"}
+    print(f"wrote {report.regenerate_docs(folder, summaries, a, settings, walls, figures)}", file=sys.stderr)
     return 0
 
 

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from common.io import write_text
+from common.io import save_figure, write_text
 
 # the per-question keys averaged over seeds
 METRICS = dict(scaling=("t1", "t2", "plateau_length", "loss_all_end"),
@@ -104,24 +104,29 @@ def summarize(q: str, rows: list, a) -> dict:
             fits[f"softmax {ratio:g}"] = f
         out["fits"] = fits
     if q in ("zipf", "warmup"):
-        out["optimum"] = optimum(q, entries)
+        out["optimum"] = optimum(q, entries, rows)
     return out
 
 
-def optimum(q: str, entries: list) -> list:
-    """Per model and ratio: the setting with the smallest mean time (time to eps on all; total time), among
-    the settings where every seed reached it, and the one with the smallest mean end loss on `all`."""
-    metric = "t_eps_all" if q == "zipf" else "t_total"
+def optimum(q: str, entries: list, rows: list) -> list:
+    """Per model and ratio: the setting with the smallest median time over seeds (time to eps on all; total
+    time), a seed that never reaches eps counting as slower than every seed that does (so the median is
+    finite when more than half the seeds reach it), and the setting with the smallest mean end loss on all."""
+    metric, key = ("t_eps_all" if q == "zipf" else "t_total"), SETTING[q]
     out = []
     for (model, ratio) in dict.fromkeys((e["model"], e["ratio"]) for e in entries):
         es = [e for e in entries if e["model"] == model and e["ratio"] == ratio]
-        full = [e for e in es if e[metric]["n"] == e[metric]["n_runs"] and e[metric]["mean"] is not None]
-        best = min(full, key=lambda e: e[metric]["mean"]) if full else None
+        medians = {}
+        for e in es:
+            ts = [r.get(metric) for r in rows if r["model"] == model and r.get("ratio") == ratio
+                  and r[key] == e["setting"]]
+            medians[e["setting"]] = float(np.median([math.inf if t is None else t for t in ts]))
+        best = min(medians, key=medians.get)
         low = min(es, key=lambda e: e["loss_all_end"]["mean"])
-        out.append(dict(model=model, ratio=ratio, best_setting=best["setting"] if best else None,
-                        best_time=best[metric]["mean"] if best else None, n_reached_all=len(full),
-                        n_settings=len(es), lowest_end_loss_setting=low["setting"],
-                        lowest_end_loss=low["loss_all_end"]["mean"]))
+        out.append(dict(model=model, ratio=ratio, best_setting=best if math.isfinite(medians[best]) else None,
+                        best_median=medians[best] if math.isfinite(medians[best]) else None,
+                        medians={f"{k:g}": (v if math.isfinite(v) else None) for k, v in medians.items()},
+                        lowest_end_loss_setting=low["setting"], lowest_end_loss=low["loss_all_end"]["mean"]))
     return out
 
 
@@ -170,14 +175,17 @@ def markdown(q: str, summary: dict, a) -> str:
         lines.append("| Zucchet et al. (2025), transformers | 0.81 | — | 0.43 | — | — |")
     if q in ("zipf", "warmup"):
         what = "time to ε on all" if q == "zipf" else "total time"
-        lines += ["", f"| model | fastest {key} ({what}, every seed reaching it) | its mean time | "
-                      f"lowest end loss on all at {key} | that loss |", "|---|---|---|---|---|"]
+        settings = list(summary["optimum"][0]["medians"]) if summary["optimum"] else []
+        lines += ["", f"Median {what} over seeds (a seed that never reaches ε counts as slower than all; "
+                      "∞: more than half never did), the fastest setting, and the setting with the lowest mean "
+                      "end loss on all:", "",
+                  "| model | " + " | ".join(f"{key} = {k}" for k in settings) + f" | fastest {key} | "
+                  f"lowest end loss at {key} |", "|" + "---|" * (len(settings) + 3)]
         for o in summary["optimum"]:
-            lab = model_label(dict(model=o["model"], ratio=o["ratio"]))
-            best = "none reached" if o["best_setting"] is None else f"{o['best_setting']:g}"
-            bt = "—" if o["best_time"] is None else f"{o['best_time']:.4g}"
-            lines.append(f"| {lab} | {best} ({o['n_reached_all']}/{o['n_settings']} reached) | {bt} | "
-                         f"{o['lowest_end_loss_setting']:g} | {o['lowest_end_loss']:.4g} |")
+            med = [("∞" if v is None else f"{v:.4g}") for v in o["medians"].values()]
+            best = "none" if o["best_setting"] is None else f"{o['best_setting']:g}"
+            lines.append(f"| {model_label(dict(model=o['model'], ratio=o['ratio']))} | " + " | ".join(med)
+                         + f" | {best} | {o['lowest_end_loss_setting']:g} ({o['lowest_end_loss']:.3g}) |")
     return "\n".join(lines)
 
 
@@ -244,7 +252,7 @@ def figure(q: str, rows: list, curves: list, summary: dict, a):
                   warmup="total time to ε on all facts")[q]
         ax.set(xlabel=xl, ylabel=f"{yl} ({unit})",
                title=("exact flow of model 1" if model == "flow" else "model 2 (softmax head, Adam), "
-                      f"{rows[-1].get('seed', 0) + 1 - a.seed0} seeds per point"))
+                      f"{a.seeds} seeds per point; mean of the seeds that reached it"))
         ax.legend(fontsize=7, loc="best")
     if three:
         _end_loss_panel(axes[2], q, summary, ratios, color, a)
@@ -328,14 +336,15 @@ def run_line(settings: dict, walls: dict) -> str:
     """The generated sentence on where and how long the run took."""
     per = ", ".join(f"{q} {w / 60:.1f} min" for q, w in walls.items())
     return (f"Measured by one run of `python experiments/findings.py` ({'paper' if settings.get('paper_scale') else 'CPU'}"
-            f" scale, one process, one thread per run) on a {settings['machine']} (the machine was shared with "
-            f"other jobs): {settings['wall_seconds'] / 60:.1f} min in all ({per}).")
+            f" scale, one process, one thread per run; {settings['machine']}, the machine shared with other "
+            f"jobs): {settings['wall_seconds'] / 60:.1f} min in all ({per}).")
 
 
-def regenerate_docs(out: str, summaries: dict, a, settings: dict, walls: dict) -> str:
+def regenerate_docs(out: str, summaries: dict, a, settings: dict, walls: dict, figures: dict | None = None) -> str:
     """Replace each question's generated block of docs/findings.md (between its markers) by this run's
     tables, and the ``run`` block by the machine and wall time, and copy the figures into docs/findings/.
-    The prose around the blocks is written by hand. Returns the path written."""
+    The prose around the blocks is written by hand. ``figures``: question -> a figure to save there instead
+    of copying <out>/<question>.png. Returns the path written."""
     import shutil
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -352,6 +361,10 @@ def regenerate_docs(out: str, summaries: dict, a, settings: dict, walls: dict) -
         text = pat.sub(lambda _: f"{b}\n\n{body}\n\n{e}", text)
     os.makedirs(os.path.join(root, "docs", "findings"), exist_ok=True)
     for q in summaries:
-        shutil.copyfile(os.path.join(out, f"{q}.png"), os.path.join(root, "docs", "findings", f"{q}.png"))
+        target = os.path.join(root, "docs", "findings", f"{q}.png")
+        if figures and q in figures:
+            save_figure(figures[q], target, dpi=130)
+        else:
+            shutil.copyfile(os.path.join(out, f"{q}.png"), target)
     write_text(path, text)
     return path

@@ -128,3 +128,9 @@ def test_bad_values_exit_2_one_line_nothing_written(tmp_path, capsys, flag, valu
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flag in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_docs_from_an_empty_folder_exits_2(tmp_path, capsys):
+    assert load_findings().main(["--docs-from", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--docs-from" in err
