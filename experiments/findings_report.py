@@ -251,8 +251,7 @@ def figure(q: str, rows: list, curves: list, summary: dict, a):
         yl = dict(scaling="plateau length t2 − t1", zipf="time to ε on all facts (solid)",
                   warmup="total time to ε on all facts")[q]
         ax.set(xlabel=xl, ylabel=f"{yl} ({unit})",
-               title=("exact flow of model 1" if model == "flow" else "model 2 (softmax head, Adam), "
-                      f"{a.seeds} seeds per point; mean of the seeds that reached it"))
+               title=("exact flow of model 1" if model == "flow" else f"model 2 (Adam), {a.seeds} seeds: mean of those that reach it"))
         ax.legend(fontsize=7, loc="best")
     if three:
         _end_loss_panel(axes[2], q, summary, ratios, color, a)
