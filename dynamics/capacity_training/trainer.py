@@ -16,7 +16,7 @@ import torch
 from dynamics.capacity_training.adam import BatchedAdam
 from dynamics.capacity_training.config import MemoryTrainConfig, check_batch
 from dynamics.threads import threads_for, torch_threads
-from models.memory import MODELS, correct_count, logits, loss, needed_count, stack_params
+from models.memory import MODELS, loss_and_grad, needed_count, stack_params
 from models.memory.embeddings import stack_instances
 
 
@@ -60,9 +60,8 @@ def _train(configs, lrs, train: MemoryTrainConfig) -> BatchRun:
     cls = MODELS[configs[0].model]
     B, N = len(configs), configs[0].N
     E, U, f = stack_instances(configs, dtype, dev)                 # (B, N, d), (B, M, d), (B, N)
+    Ut = U.transpose(1, 2).contiguous()                             # (B, d, M): MKL's faster layout here
     params = stack_params(configs, dtype, dev)                      # name -> (B, ...)
-    for p in params.values():
-        p.requires_grad_(True)
     opt = BatchedAdam(params, torch.tensor(lrs, dtype=dtype, device=dev), train.beta1, train.beta2, train.eps)
     need = needed_count(N, train.target)
     active = torch.ones(B, dtype=torch.bool, device=dev)           # (B,) still training
@@ -74,11 +73,10 @@ def _train(configs, lrs, train: MemoryTrainConfig) -> BatchRun:
         if train.record else None
     k = 0
     for k in range(K + 1):
-        xi = logits(cls.apply(params, E), U)                        # (B, N, M)
-        L = loss(xi, f)                                             # (B,)
-        count = correct_count(xi.detach(), f)                       # (B,)
+        F, saved = cls.forward(params, E)                           # (B, N, d)
+        L, count, G = loss_and_grad(torch.bmm(F, Ut), f)            # (B,), (B,), (B, N, M) ∂L_b/∂ξ_b
         if curves is not None:
-            curves[0][k] = L.detach()
+            curves[0][k] = L
             curves[1][k] = count.to(dtype) / N
         best = torch.maximum(best, count)
         done = active & (count >= need)                             # (B,) reached the target now
@@ -87,8 +85,8 @@ def _train(configs, lrs, train: MemoryTrainConfig) -> BatchRun:
         active &= ~done
         if k == K or not bool(active.any()):
             break
-        grads = torch.autograd.grad(L.sum(), list(params.values()))  # ∂(Σ_b L_b)/∂θ_b = ∂L_b/∂θ_b
-        opt.step(params, dict(zip(params, grads)), active)
+        # the gradient written out (models.memory: tested against autograd): (∂L_b/∂F_b)ᵀ = U_bᵀ G_bᵀ (B, d, N)
+        opt.step(params, cls.backward(params, E, saved, torch.bmm(Ut, G.transpose(1, 2))), active)
     return BatchRun(success=success.cpu().numpy(), steps=steps.cpu().numpy(),
                     best_accuracy=best.cpu().numpy() / N,
                     loss=None if curves is None else curves[0][:k + 1].cpu().numpy(),
