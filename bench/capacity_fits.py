@@ -1,0 +1,123 @@
+"""The memory capacity numbers of docs/capacity.md: linear and MLP capacity sweeps (SPEC §9) and their fits.
+
+    python bench/capacity_fits.py --out runs/capacity-fits                 # linear, then MLP alpha 1 2 4
+    python bench/capacity_fits.py --only linear --linear-d 8 11 16 --seeds 0 1 --out /tmp/cf
+
+Linear: capacity N* per seed at d in --linear-d, fitted against P = d² (log N* on log P, SPEC §9) and, for the
+log factor the paper expects (N log N ∝ d²), log(N* ln N*) on log d². MLP (m = alpha·d, alpha in --alphas):
+fitted against m·d (the authors' alpha·d²) and against the exact parameter count 2md + m. Writes
+fits.json (settings, per-seed capacities, fits, seconds, machine, load) into --out and prints a summary.
+Every run is one process on this machine's CPU, one torch thread per batch (the trainer's own choice).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from analysis.capacity.fit import scaling_fit  # noqa: E402
+from analysis.capacity.sweep import CapacitySettings, run_sweep  # noqa: E402
+from common.io import write_json  # noqa: E402
+
+LINEAR_D = (8, 11, 16, 22, 32, 45, 64)   # the authors' half-octaves 2^3 .. 2^6
+MLP_D = (8, 11, 16, 22)
+
+
+def load() -> list:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def fit_dict(P, C) -> dict | None:
+    """The fit's slope, 95 % interval, standard error, points and r; None with too few points to fit."""
+    if len(P) < 3 or len(set(P)) < 2:
+        return None
+    f = scaling_fit(P, C)
+    return dict(slope=f.slope, ci=list(f.ci), stderr=f.stderr, n=f.n, r=f.r)
+
+
+def points(result, what):
+    """(x, N*) over every size and seed inside its bracket; x = what(d, m, params)."""
+    s = result.settings
+    xs, cs, flagged = [], [], 0
+    for (d, m), r in zip(s.sizes(), result.results):
+        for i, c in enumerate(r.capacity):
+            if r.below_bracket[i] or r.above_bracket[i]:
+                flagged += 1
+                continue
+            xs.append(what(d, m, r.params))
+            cs.append(c)
+    return np.array(xs, dtype=float), np.array(cs, dtype=float), flagged
+
+
+def sweep(settings, label, say) -> dict:
+    start, load_before = time.perf_counter(), load()
+    result = run_sweep(settings, progress=lambda line: say(f"  {label}: {line}"))
+    out = dict(label=label, settings=settings.to_dict(), seconds=time.perf_counter() - start,
+               load_before=load_before, load_after=load(),
+               sizes=[dict(d=d, m=m, params=r.params, capacity=list(r.capacity), below=list(r.below_bracket),
+                           above=list(r.above_bracket)) for (d, m), r in zip(settings.sizes(), result.results)])
+    if settings.kind == "linear":
+        x, c, flagged = points(result, lambda d, m, p: d * d)
+        out["fit_vs_d2"] = fit_dict(x, c)
+        out["fit_NlogN_vs_d2"] = fit_dict(x, c * np.log(c))
+        out["NlogN_over_d2"] = float(np.mean(c * np.log(c) / x)) if len(c) else None
+    else:
+        x, c, flagged = points(result, lambda d, m, p: m * d)
+        out["fit_vs_md"] = fit_dict(x, c)
+        out["fit_vs_params"] = fit_dict(*points(result, lambda d, m, p: p)[:2])
+        out["fit_NlogN_vs_md"] = fit_dict(x, c * np.log(c))
+    out["points_outside_bracket"] = flagged
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=("linear", "mlp"), default=None, help="run one model only (default both)")
+    p.add_argument("--linear-d", type=int, nargs="+", default=list(LINEAR_D), help=f"default {LINEAR_D}")
+    p.add_argument("--mlp-d", type=int, nargs="+", default=list(MLP_D), help=f"default {MLP_D}")
+    p.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="MLP m/d (default 1 2 4)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="default 0..4")
+    p.add_argument("--mlp-seeds", type=int, nargs="+", default=None, help="MLP seeds (default: --seeds)")
+    p.add_argument("--linear-lr", type=float, nargs="+", default=[1.0], help="default 1")
+    p.add_argument("--mlp-lr", type=float, nargs="+", default=[3e-2], help="default 0.03 (the authors')")
+    p.add_argument("--linear-steps", type=int, default=4096, help="default 4096")
+    p.add_argument("--mlp-steps", type=int, default=4096, help="default 4096")
+    p.add_argument("--mlp-d-by-alpha", default=None,
+                   help="per-alpha d lists overriding --mlp-d, e.g. '4:6,8,11,16' (alpha:ds; several separated by ';')")
+    p.add_argument("--rtol", type=float, default=0.02, help="bisection resolution (default 0.02)")
+    p.add_argument("--out", required=True, help="folder for fits.json (created if missing)")
+    a = p.parse_args(argv)
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    machine = f"os.cpu_count()={os.cpu_count()} {platform.processor() or platform.machine()}"
+    say(f"machine: {machine}; load average {load()}")
+    runs = []
+    if a.only in (None, "linear"):
+        runs.append(sweep(CapacitySettings(model="linear", ds=tuple(a.linear_d), seeds=tuple(a.seeds),
+                                           lrs=tuple(a.linear_lr), max_steps=a.linear_steps, rtol=a.rtol,
+                                           with_construction=False), "linear", say))
+    if a.only in (None, "mlp"):
+        by_alpha = {float(k): tuple(int(d) for d in v.split(",")) for k, v in
+                    (item.split(":") for item in (a.mlp_d_by_alpha or "").split(";") if item)}
+        for alpha in a.alphas:
+            runs.append(sweep(CapacitySettings(model="mlp", ds=by_alpha.get(alpha, tuple(a.mlp_d)), alphas=(alpha,),
+                                               seeds=tuple(a.mlp_seeds or a.seeds), lrs=tuple(a.mlp_lr),
+                                               max_steps=a.mlp_steps, rtol=a.rtol, with_construction=False),
+                              f"mlp alpha={alpha:g}", say))
+    for r in runs:
+        fits = {k: v for k, v in r.items() if k.startswith("fit") and v is not None}
+        say(f"{r['label']}: {r['seconds']:.0f} s, load {r['load_before']} -> {r['load_after']}; "
+            + "; ".join(f"{k} {v['slope']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] (n={v['n']})"
+                        for k, v in fits.items()))
+    os.makedirs(a.out, exist_ok=True)
+    write_json(os.path.join(a.out, "fits.json"), dict(machine=machine, runs=runs))
+    say(f"wrote {a.out}/fits.json")
+
+
+if __name__ == "__main__":
+    main()
