@@ -112,7 +112,7 @@ def test_written_out_gradients_match_autograd(model, m):
     auto = torch.autograd.grad(L_ref.sum(), list(ref.values()))
     F, saved = cls.forward(params, E)
     L, count, G = loss_and_grad(logits(F, U), f)
-    grads = cls.backward(params, E, saved, torch.bmm(U.transpose(1, 2), G.transpose(1, 2)))
+    grads = cls.backward(params, E, saved, torch.bmm(U.transpose(1, 2), G.transpose(1, 2)) / 11)  # G = N·∂L/∂ξ
     assert torch.allclose(L, L_ref.detach(), rtol=1e-12, atol=1e-14)
     assert torch.equal(count, correct_count(xi_ref.detach(), f))
     for n, g in zip(ref, auto):
@@ -123,14 +123,14 @@ def test_written_out_gradients_match_autograd(model, m):
 
 def test_loss_stays_finite_when_the_target_probability_underflows():
     """Logits 1e4 apart: softmax of the target underflows to 0, the loss is still the margin (torch's
-    cross_entropy) and the gradient is softmax − onehot."""
+    cross_entropy) and the gradient is (softmax − onehot)/N."""
     xi = torch.tensor([[[0.0, 1e4, -1e4], [3.0, 1.0, 2.0]]], dtype=torch.float32)  # (1, 2, 3)
     f = torch.tensor([[0, 0]])
     ref = torch.nn.functional.cross_entropy(xi[0], f[0])
     L, count, G = loss_and_grad(xi.clone(), f)
     assert torch.isfinite(L).all() and float(L[0]) == pytest.approx(float(ref), rel=1e-6)
     assert int(count[0]) == 1
-    expected = (torch.softmax(xi[0], dim=1) - torch.nn.functional.one_hot(f[0], 3)) / 2
+    expected = torch.softmax(xi[0], dim=1) - torch.nn.functional.one_hot(f[0], 3)  # N·∂L/∂ξ
     assert torch.allclose(G[0], expected)
 
 
