@@ -7,6 +7,10 @@ Linear: capacity N* per seed at d in --linear-d, fitted against P = d² (log N* 
 log factor the paper expects (N log N ∝ d²), log(N* ln N*) on log d². MLP (m = alpha·d, alpha in --alphas):
 fitted against m·d (the authors' alpha·d²) and against the exact parameter count 2md + m. Writes
 fits.json (settings, per-seed capacities, fits, seconds, machine, load) into --out and prints a summary.
+--check FITS --check-steps K instead retrains, for the largest linear d of an earlier fits.json, each seed at
+the smallest N its search saw fail (or, without probes in the file, lo + max(1, rtol·lo), at or above
+it), with K steps (more than the search's): whether the capacity still grows
+with more training (writes check.json).
 Every run is one process on this machine's CPU, one torch thread per batch (the trainer's own choice).
 """
 from __future__ import annotations
@@ -61,7 +65,8 @@ def sweep(settings, label, say) -> dict:
     out = dict(label=label, settings=settings.to_dict(), seconds=time.perf_counter() - start,
                load_before=load_before, load_after=load(),
                sizes=[dict(d=d, m=m, params=r.params, capacity=list(r.capacity), below=list(r.below_bracket),
-                           above=list(r.above_bracket)) for (d, m), r in zip(settings.sizes(), result.results)])
+                           above=list(r.above_bracket), probes=[[list(p) for p in q] for q in r.probes])
+                      for (d, m), r in zip(settings.sizes(), result.results)])
     if settings.kind == "linear":
         x, c, flagged = points(result, lambda d, m, p: d * d)
         out["fit_vs_d2"] = fit_dict(x, c)
@@ -74,6 +79,39 @@ def sweep(settings, label, say) -> dict:
         out["fit_NlogN_vs_md"] = fit_dict(x, c * np.log(c))
     out["points_outside_bracket"] = flagged
     return out
+
+
+def check(path, steps, seeds, out, say) -> None:
+    """Retrain the largest linear size of fits.json ``path`` at each seed's smallest failing N with ``steps``."""
+    import json
+
+    from dynamics.capacity_training import MemoryTrainConfig, train_one
+    from models.memory import MemoryConfig
+
+    with open(path) as fh:
+        run = next(r for r in json.load(fh)["runs"] if r["label"] == "linear")
+    size, st = run["sizes"][-1], run["settings"]
+    rows = []
+    for i, seed in enumerate(st["seeds"][:seeds]):
+        if "probes" in size:
+            failed = [N for N, ok in size["probes"][i] if not ok]
+            if not failed:
+                continue
+            N = min(failed)
+        else:  # the search stopped with a failed hi <= lo + max(1, rtol·lo): N is at or above it
+            N = size["capacity"][i] + max(1, int(st["rtol"] * size["capacity"][i]))
+        for lr in st["lrs"]:
+            start = time.perf_counter()
+            r = train_one(MemoryConfig(model="linear", N=N, d=size["d"], seed=seed), lr,
+                          MemoryTrainConfig(max_steps=steps, dtype=st["dtype"], record=False))
+            rows.append(dict(d=size["d"], seed=seed, capacity=size["capacity"][i], N=N, lr=lr, steps=steps,
+                             search_steps=st["max_steps"], success=bool(r.success[0]), step=int(r.steps[0]),
+                             best_accuracy=float(r.best_accuracy[0]), seconds=time.perf_counter() - start))
+            say(f"d={size['d']} seed {seed}: capacity {size['capacity'][i]} with {st['max_steps']} steps; N = {N} "
+                f"(failed in the search) with {steps} steps, lr {lr:g}: success {rows[-1]['success']}, best accuracy "
+                f"{rows[-1]['best_accuracy']:.3f} ({rows[-1]['seconds']:.0f} s)")
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "check.json"), dict(rows=rows, load=load()))
 
 
 def main(argv=None):
@@ -92,15 +130,26 @@ def main(argv=None):
                    help="per-alpha d lists overriding --mlp-d, e.g. '4:6,8,11,16' (alpha:ds; several separated by ';')")
     p.add_argument("--rtol", type=float, default=0.02, help="bisection resolution (default 0.02)")
     p.add_argument("--out", required=True, help="folder for fits.json (created if missing)")
+    p.add_argument("--check", default=None, metavar="FITS", help="an earlier fits.json: run the check instead")
+    p.add_argument("--check-steps", type=int, default=16384, help="steps of the check's runs (default 16384)")
+    p.add_argument("--check-seeds", type=int, default=3, help="first seeds checked (default 3)")
     a = p.parse_args(argv)
     say = lambda line: print(line, flush=True)  # noqa: E731
+    if a.check:
+        return check(a.check, a.check_steps, a.check_seeds, a.out, say)
     machine = f"os.cpu_count()={os.cpu_count()} {platform.processor() or platform.machine()}"
     say(f"machine: {machine}; load average {load()}")
     runs = []
+    os.makedirs(a.out, exist_ok=True)
+
+    def save():  # after every sweep, so that a long run's finished parts are kept
+        write_json(os.path.join(a.out, "fits.json"), dict(machine=machine, runs=runs))
+
     if a.only in (None, "linear"):
         runs.append(sweep(CapacitySettings(model="linear", ds=tuple(a.linear_d), seeds=tuple(a.seeds),
                                            lrs=tuple(a.linear_lr), max_steps=a.linear_steps, rtol=a.rtol,
                                            with_construction=False), "linear", say))
+        save()
     if a.only in (None, "mlp"):
         by_alpha = {float(k): tuple(int(d) for d in v.split(",")) for k, v in
                     (item.split(":") for item in (a.mlp_d_by_alpha or "").split(";") if item)}
@@ -109,13 +158,12 @@ def main(argv=None):
                                                seeds=tuple(a.mlp_seeds or a.seeds), lrs=tuple(a.mlp_lr),
                                                max_steps=a.mlp_steps, rtol=a.rtol, with_construction=False),
                               f"mlp alpha={alpha:g}", say))
+            save()
     for r in runs:
         fits = {k: v for k, v in r.items() if k.startswith("fit") and v is not None}
         say(f"{r['label']}: {r['seconds']:.0f} s, load {r['load_before']} -> {r['load_after']}; "
             + "; ".join(f"{k} {v['slope']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] (n={v['n']})"
                         for k, v in fits.items()))
-    os.makedirs(a.out, exist_ok=True)
-    write_json(os.path.join(a.out, "fits.json"), dict(machine=machine, runs=runs))
     say(f"wrote {a.out}/fits.json")
 
 
