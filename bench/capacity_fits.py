@@ -10,7 +10,9 @@ fits.json (settings, per-seed capacities, fits, seconds, machine, load) into --o
 --check FITS --check-steps K instead retrains, for the largest linear d of an earlier fits.json, each seed at
 the smallest N its search saw fail (or, without probes in the file, lo + max(1, rtol·lo), at or above
 it), with K steps (more than the search's): whether the capacity still grows
-with more training (writes check.json).
+with more training (writes check.json). --scan D N... trains the memories of dimension D at those N for
+every seed and learning rate of --scan-lrs with --scan-steps steps and prints whether and at which step each
+succeeds (the learning-rate comparison of docs/capacity.md; --scan-model mlp --scan-m M for MLPs).
 Every run is one process on this machine's CPU, one torch thread per batch (the trainer's own choice).
 """
 from __future__ import annotations
@@ -114,6 +116,21 @@ def check(path, steps, seeds, out, say) -> None:
     write_json(os.path.join(out, "check.json"), dict(rows=rows, load=load()))
 
 
+def scan(model, d, m, Ns, lrs, seeds, steps, say) -> None:
+    """Whether, and at which step, each (N, seed, lr) trains to the target within ``steps`` steps."""
+    from dynamics.capacity_training import MemoryTrainConfig, train_batch
+    from models.memory import MemoryConfig
+
+    for N in Ns:
+        configs = [MemoryConfig(model=model, N=N, d=d, m=m, seed=s) for s in seeds for _ in lrs]
+        start = time.perf_counter()
+        r = train_batch(configs, list(lrs) * len(seeds), MemoryTrainConfig(max_steps=steps, record=False))
+        for i, c in enumerate(configs):
+            say(f"{model} d={d}{f' m={m}' if m else ''} N={N} seed={c.seed} lr={lrs[i % len(lrs)]:g}: success "
+                f"{bool(r.success[i])} at step {int(r.steps[i])}, best accuracy {r.best_accuracy[i]:.3f}")
+        say(f"  ({time.perf_counter() - start:.0f} s, load {load()})")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=("linear", "mlp"), default=None, help="run one model only (default both)")
@@ -133,8 +150,18 @@ def main(argv=None):
     p.add_argument("--check", default=None, metavar="FITS", help="an earlier fits.json: run the check instead")
     p.add_argument("--check-steps", type=int, default=16384, help="steps of the check's runs (default 16384)")
     p.add_argument("--check-seeds", type=int, default=3, help="first seeds checked (default 3)")
+    p.add_argument("--scan", type=int, nargs="+", default=None, metavar="D_THEN_N",
+                   help="D N [N ...]: the learning-rate scan instead of the sweeps")
+    p.add_argument("--scan-model", choices=("linear", "mlp"), default="linear", help="default linear")
+    p.add_argument("--scan-m", type=int, default=0, help="MLP width for --scan-model mlp")
+    p.add_argument("--scan-lrs", type=float, nargs="+", default=[0.1, 0.3, 1, 3, 10, 100, 1000],
+                   help="default 0.1 0.3 1 3 10 100 1000")
+    p.add_argument("--scan-seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
+    p.add_argument("--scan-steps", type=int, default=16384, help="default 16384")
     a = p.parse_args(argv)
     say = lambda line: print(line, flush=True)  # noqa: E731
+    if a.scan:
+        return scan(a.scan_model, a.scan[0], a.scan_m, a.scan[1:], a.scan_lrs, a.scan_seeds, a.scan_steps, say)
     if a.check:
         return check(a.check, a.check_steps, a.check_seeds, a.out, say)
     machine = f"os.cpu_count()={os.cpu_count()} {platform.processor() or platform.machine()}"
