@@ -131,6 +131,32 @@ def scan(model, d, m, Ns, lrs, seeds, steps, say) -> None:
         say(f"  ({time.perf_counter() - start:.0f} s, load {load()})")
 
 
+def table(paths, say) -> None:
+    """Markdown tables of the runs in the fits.json files ``paths``: sizes, per-seed capacities and fits."""
+    import json
+
+    for path in paths:
+        with open(path) as fh:
+            for r in json.load(fh)["runs"]:
+                st = r["settings"]
+                say(f"{r['label']}: lr {st['lrs']}, {st['max_steps']} steps, seeds {st['seeds']}, rtol {st['rtol']}, "
+                    f"{r['seconds']:.0f} s, load {r['load_before']} -> {r['load_after']}\n")
+                linear = st["model"] == "linear"
+                say("| d | " + ("P = d²" if linear else "m | m·d") + " | capacity per seed | mean | mean / "
+                    + ("d²" if linear else "m·d") + " |")
+                say("|---|---|" + ("" if linear else "---|") + "---|---|---|")
+                for z in r["sizes"]:
+                    x = z["d"] ** 2 if linear else z["m"] * z["d"]
+                    mean = float(np.mean(z["capacity"]))
+                    say(f"| {z['d']} | " + (f"{x}" if linear else f"{z['m']} | {x}") + f" | "
+                        f"{', '.join(map(str, z['capacity']))} | {mean:.1f} | {mean / x:.2f} |")
+                for k, v in r.items():
+                    if k.startswith("fit") and v is not None:
+                        say(f"\n{k}: slope {v['slope']:.3f}, 95 % interval [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}], "
+                            f"{v['n']} points")
+                say("")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=("linear", "mlp"), default=None, help="run one model only (default both)")
@@ -146,7 +172,7 @@ def main(argv=None):
     p.add_argument("--mlp-d-by-alpha", default=None,
                    help="per-alpha d lists overriding --mlp-d, e.g. '4:6,8,11,16' (alpha:ds; several separated by ';')")
     p.add_argument("--rtol", type=float, default=0.02, help="bisection resolution (default 0.02)")
-    p.add_argument("--out", required=True, help="folder for fits.json (created if missing)")
+    p.add_argument("--out", default=None, help="folder for fits.json or check.json (created if missing)")
     p.add_argument("--check", default=None, metavar="FITS", help="an earlier fits.json: run the check instead")
     p.add_argument("--check-steps", type=int, default=16384, help="steps of the check's runs (default 16384)")
     p.add_argument("--check-seeds", type=int, default=3, help="first seeds checked (default 3)")
@@ -158,8 +184,14 @@ def main(argv=None):
                    help="default 0.1 0.3 1 3 10 100 1000")
     p.add_argument("--scan-seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
     p.add_argument("--scan-steps", type=int, default=16384, help="default 16384")
+    p.add_argument("--table", nargs="+", default=None, metavar="FITS",
+                   help="print markdown tables of earlier fits.json files instead")
     a = p.parse_args(argv)
     say = lambda line: print(line, flush=True)  # noqa: E731
+    if a.table:
+        return table(a.table, say)
+    if not a.out:
+        p.error("--out is required (except with --table and --scan)")
     if a.scan:
         return scan(a.scan_model, a.scan[0], a.scan_m, a.scan[1:], a.scan_lrs, a.scan_seeds, a.scan_steps, say)
     if a.check:
