@@ -190,10 +190,10 @@ def main(argv=None):
     say = lambda line: print(line, flush=True)  # noqa: E731
     if a.table:
         return table(a.table, say)
-    if not a.out:
-        p.error("--out is required (except with --table and --scan)")
     if a.scan:
         return scan(a.scan_model, a.scan[0], a.scan_m, a.scan[1:], a.scan_lrs, a.scan_seeds, a.scan_steps, say)
+    if not a.out:
+        p.error("--out is required (except with --table and --scan)")
     if a.check:
         return check(a.check, a.check_steps, a.check_seeds, a.out, say)
     machine = f"os.cpu_count()={os.cpu_count()} {platform.processor() or platform.machine()}"
