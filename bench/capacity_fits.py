@@ -139,6 +139,12 @@ def table(paths, say) -> None:
         with open(path) as fh:
             for r in json.load(fh)["runs"]:
                 st = r["settings"]
+                if st["model"] == "mlp-pooled":
+                    for k in ("fit_vs_md", "fit_NlogN_vs_md"):
+                        v = r[k]
+                        say(f"{r['label']} {k}: slope {v['slope']:.3f}, 95 % interval [{v['ci'][0]:.3f}, "
+                            f"{v['ci'][1]:.3f}], {v['n']} points")
+                    continue
                 say(f"{r['label']}: lr {st['lrs']}, {st['max_steps']} steps, seeds {st['seeds']}, rtol {st['rtol']}, "
                     f"{r['seconds']:.0f} s, load {r['load_before']} -> {r['load_after']}\n")
                 linear = st["model"] == "linear"
@@ -218,6 +224,17 @@ def main(argv=None):
                                                max_steps=a.mlp_steps, rtol=a.rtol, with_construction=False),
                               f"mlp alpha={alpha:g}", say))
             save()
+    mlp = [r for r in runs if r["settings"]["model"] == "mlp"]
+    if len(mlp) > 1:  # every width together: does capacity follow m·d whatever the shape?
+        x = [z["m"] * z["d"] for r in mlp for z in r["sizes"] for i, c in enumerate(z["capacity"])
+             if not (z["below"][i] or z["above"][i])]
+        c = np.array([c for r in mlp for z in r["sizes"] for i, c in enumerate(z["capacity"])
+                      if not (z["below"][i] or z["above"][i])], dtype=float)
+        runs.append(dict(label="mlp, all alphas", settings=dict(model="mlp-pooled"), seconds=0.0,
+                         load_before=load(), load_after=load(), sizes=[],
+                         fit_vs_md=fit_dict(np.array(x, dtype=float), c),
+                         fit_NlogN_vs_md=fit_dict(np.array(x, dtype=float), c * np.log(c))))
+        save()
     for r in runs:
         fits = {k: v for k, v in r.items() if k.startswith("fit") and v is not None}
         say(f"{r['label']}: {r['seconds']:.0f} s, load {r['load_before']} -> {r['load_after']}; "
