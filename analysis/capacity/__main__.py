@@ -78,7 +78,8 @@ def build_parser() -> ArgumentParser:
                         "converges on a CPU; MLP memories: --lr 0.03 0.1 (0.3 and above is unstable at small sizes)")
     g.add_argument("--max-steps", type=int, default=None,
                    help="Adam steps per run, early stop at 99%% accuracy (default 2048 for memories, 1024 for the "
-                        "transformer; the paper 32768 and 16384)")
+                        "transformer; the paper 32768 and 16384). Linear memories at lr 1 have converged by 4096; "
+                        "MLP memories have not (16384 steps store about 3%% more facts at d=16, alpha=1)")
     g.add_argument("--rtol", type=float, default=0.05,
                    help="bisection stops when hi - lo <= max(1, rtol*lo), in [0, 1] (default 0.05; the authors 0.01)")
     g.add_argument("--max-doublings", type=int, default=3,
