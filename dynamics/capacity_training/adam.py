@@ -23,12 +23,21 @@ class BatchedAdam:
         """One update in place of the models where ``active`` (B,) bool is true."""
         self.t += 1
         c1, c2 = 1 - self.beta1**self.t, 1 - self.beta2**self.t
+        everyone = bool(active.all())
         for n, p in params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast (B,) over a model's entries
-            keep = active.view(shape)
             g = grads[n]
-            m = torch.where(keep, self.beta1 * self.m[n] + (1 - self.beta1) * g, self.m[n])
-            v = torch.where(keep, self.beta2 * self.v[n] + (1 - self.beta2) * g * g, self.v[n])
-            self.m[n], self.v[n] = m, v
-            update = self.lr.view(shape) * (m / c1) / ((v / c2).sqrt() + self.eps)
-            p.sub_(torch.where(keep, update, torch.zeros_like(update)))
+            # the same operations whether or not some models are frozen, so that a model's arithmetic does
+            # not depend on its batch (the batched run equals the single runs bit for bit on one thread)
+            m = torch.mul(self.m[n], self.beta1).add_(g, alpha=1 - self.beta1)
+            v = torch.mul(self.v[n], self.beta2).addcmul_(g, g, value=1 - self.beta2)
+            update = torch.div(v, c2).sqrt_().add_(self.eps)                    # denominator
+            update = torch.div(m, c1).div_(update).mul_(self.lr.view(shape))   # lr · m̂ / (√v̂ + ε)
+            if everyone:
+                self.m[n], self.v[n] = m, v
+                p.sub_(update)
+            else:
+                keep = active.view(shape)
+                self.m[n] = torch.where(keep, m, self.m[n])
+                self.v[n] = torch.where(keep, v, self.v[n])
+                p.sub_(update.mul_(keep))

@@ -16,7 +16,7 @@ import torch
 from dynamics.capacity_training.adam import BatchedAdam
 from dynamics.capacity_training.config import MemoryTrainConfig, check_batch
 from dynamics.threads import threads_for, torch_threads
-from models.memory import MODELS, correct_count, logits, loss, needed_count, stack_params
+from models.memory import MODELS, loss_and_grad, needed_count, stack_params
 from models.memory.embeddings import stack_instances
 
 
@@ -37,6 +37,9 @@ class BatchRun:
     accuracy: np.ndarray | None
     params: dict
     seconds: float
+
+
+CACHE_BYTES = 2**19  # logits per chunk of models: about a core's L2 cache
 
 
 def train_batch(configs, lrs, train: MemoryTrainConfig = MemoryTrainConfig()) -> BatchRun:
@@ -60,9 +63,8 @@ def _train(configs, lrs, train: MemoryTrainConfig) -> BatchRun:
     cls = MODELS[configs[0].model]
     B, N = len(configs), configs[0].N
     E, U, f = stack_instances(configs, dtype, dev)                 # (B, N, d), (B, M, d), (B, N)
+    Ut = U.transpose(1, 2).contiguous()                             # (B, d, M): MKL's faster layout here
     params = stack_params(configs, dtype, dev)                      # name -> (B, ...)
-    for p in params.values():
-        p.requires_grad_(True)
     opt = BatchedAdam(params, torch.tensor(lrs, dtype=dtype, device=dev), train.beta1, train.beta2, train.eps)
     need = needed_count(N, train.target)
     active = torch.ones(B, dtype=torch.bool, device=dev)           # (B,) still training
@@ -73,12 +75,24 @@ def _train(configs, lrs, train: MemoryTrainConfig) -> BatchRun:
     curves = (torch.empty(K + 1, B, dtype=dtype, device=dev), torch.empty(K + 1, B, dtype=dtype, device=dev)) \
         if train.record else None
     k = 0
+    chunk = max(1, CACHE_BYTES // (N * configs[0].M * E.element_size()))  # models per pass over the logits
+    L = torch.empty(B, dtype=dtype, device=dev)                    # (B,) loss
+    count = torch.empty(B, dtype=torch.int64, device=dev)          # (B,) correct inputs
+    dFt = torch.empty(B, E.shape[2], N, dtype=dtype, device=dev)   # (B, d, N) (∂L_b/∂F_b)ᵀ
     for k in range(K + 1):
-        xi = logits(cls.apply(params, E), U)                        # (B, N, M)
-        L = loss(xi, f)                                             # (B,)
-        count = correct_count(xi.detach(), f)                       # (B,)
+        F, saved = cls.forward(params, E)                           # (B, N, d)
+        for i in range(0, B, chunk):
+            # the logits of a few models at a time, so that they stay in cache through the passes over them
+            # (measured: 1.5-2x faster than all 32 MLPs' 2 MB of logits at once, d=8, N=128, one busy core)
+            s = slice(i, i + chunk)
+            if chunk >= B:  # one chunk: no slicing (a step of a single small model is mostly per-call overhead)
+                L, count, G = loss_and_grad(torch.bmm(F, Ut), f)
+            else:
+                L[s], count[s], G = loss_and_grad(torch.bmm(F[s], Ut[s]), f[s])  # G (chunk, N, M) N·∂L/∂ξ
+            # the gradient written out (models.memory: tested against autograd): (∂L_b/∂F_b)ᵀ = U_bᵀ G_bᵀ / N
+            torch.bmm(Ut[s], G.transpose(1, 2), out=dFt[s])
         if curves is not None:
-            curves[0][k] = L.detach()
+            curves[0][k] = L
             curves[1][k] = count.to(dtype) / N
         best = torch.maximum(best, count)
         done = active & (count >= need)                             # (B,) reached the target now
@@ -87,8 +101,7 @@ def _train(configs, lrs, train: MemoryTrainConfig) -> BatchRun:
         active &= ~done
         if k == K or not bool(active.any()):
             break
-        grads = torch.autograd.grad(L.sum(), list(params.values()))  # ∂(Σ_b L_b)/∂θ_b = ∂L_b/∂θ_b
-        opt.step(params, dict(zip(params, grads)), active)
+        opt.step(params, cls.backward(params, E, saved, dFt / N), active)
     return BatchRun(success=success.cpu().numpy(), steps=steps.cpu().numpy(),
                     best_accuracy=best.cpu().numpy() / N,
                     loss=None if curves is None else curves[0][:k + 1].cpu().numpy(),

@@ -57,6 +57,17 @@ def test_seeds_at_the_same_probe_are_asked_together():
     assert len({(N, s) for N, seeds in calls for s in seeds}) == sum(len(seeds) for _, seeds in calls)
 
 
+def test_first_bracket_top_is_the_fraction_of_d2_or_md():
+    """SPEC §9: hi = ceil(φ·d²) linear, ceil(φ·m·d) MLP, φ = 1/4 and 3/4 by default; lo = d; hi >= lo + 1."""
+    from analysis.capacity.sweep import CapacitySettings
+
+    assert CapacitySettings(model="linear", ds=(10,)).bracket(10, 0) == (10, 25)
+    assert CapacitySettings(model="mlp", ds=(8,), alphas=(2.0,)).bracket(8, 16) == (8, 96)
+    assert CapacitySettings(model="linear", ds=(10,), top_fraction=0.01).bracket(10, 0) == (10, 11)
+    with pytest.raises(ConfigError, match="top_fraction"):
+        CapacitySettings(model="linear", top_fraction=0.0)
+
+
 def test_bad_bracket_is_refused():
     with pytest.raises(ConfigError, match="hi = 4"):
         Bracket(5, 4)

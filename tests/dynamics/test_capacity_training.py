@@ -68,6 +68,17 @@ def test_batched_run_equals_one_at_a_time_runs(model, m):
             np.testing.assert_allclose(batch.params[n][b], one.params[n][0], rtol=1e-9, atol=1e-12)
 
 
+def test_float32_batch_equals_single_runs():
+    """The default dtype: 8 MLPs in one batch against their single runs (the bench's check, made a test)."""
+    configs = [MemoryConfig(model="mlp", N=40, d=6, m=12, seed=s) for s in range(8)]
+    train = MemoryTrainConfig(max_steps=60)
+    batch = train_batch(configs, [0.03] * 8, train)
+    for b, c in enumerate(configs):
+        one = train_one(c, 0.03, train)
+        np.testing.assert_allclose(batch.loss[:, b], one.loss[:, 0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(batch.accuracy[:, b], one.accuracy[:, 0])
+
+
 def test_stop_rule_is_the_first_step_at_target():
     r = train_one(MemoryConfig(N=8, d=6, seed=0), 0.05, MemoryTrainConfig(max_steps=500, **F64))
     assert r.success[0] and r.accuracy[-1, 0] >= 0.99 and np.all(r.accuracy[:-1, 0] < 0.99)

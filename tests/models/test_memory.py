@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from common.errors import ConfigError
-from models.memory import (MODELS, MemoryConfig, accuracy, instance, logits, loss, parameter_count, sphere,
-                           stack_params, target_map)
+from models.memory import (MODELS, MemoryConfig, accuracy, correct_count, instance, logits, loss, loss_and_grad,
+                           parameter_count, sphere, stack_params, target_map)
 from models.memory.embeddings import stack_instances
 
 
@@ -94,3 +94,52 @@ def test_linear_forward_is_W_e():
     F = MODELS["linear"].apply(params, E)
     for b in range(2):
         assert torch.allclose(F[b], torch.stack([params["W"][b] @ e for e in E[b]]), atol=1e-14)
+
+
+@pytest.mark.parametrize("model, m", [("linear", 0), ("mlp", 7)])
+def test_written_out_gradients_match_autograd(model, m):
+    """loss_and_grad and the models' backward against torch.autograd on the summed loss (float64), with
+    some ReLU features dead (the MLP's bias pushed negative) so the ReLU's zero branch is exercised."""
+    configs = [MemoryConfig(model=model, N=11, d=5, m=m, target="fixed", M=4, seed=s) for s in range(3)]
+    E, U, f = stack_instances(configs, torch.float64)
+    params = stack_params(configs, torch.float64)
+    if model == "mlp":
+        params["b"] = params["b"] - 0.4
+    cls = MODELS[model]
+    ref = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+    xi_ref = logits(cls.apply(ref, E), U)
+    L_ref = loss(xi_ref, f)
+    auto = torch.autograd.grad(L_ref.sum(), list(ref.values()))
+    F, saved = cls.forward(params, E)
+    L, count, G = loss_and_grad(logits(F, U), f)
+    grads = cls.backward(params, E, saved, torch.bmm(U.transpose(1, 2), G.transpose(1, 2)) / 11)  # G = N·∂L/∂ξ
+    assert torch.allclose(L, L_ref.detach(), rtol=1e-12, atol=1e-14)
+    assert torch.equal(count, correct_count(xi_ref.detach(), f))
+    for n, g in zip(ref, auto):
+        assert torch.allclose(grads[n], g, rtol=1e-10, atol=1e-14), n
+    if model == "mlp":
+        assert (saved == 0).any()  # the ReLU's zero branch was exercised
+
+
+def test_loss_stays_finite_when_the_target_probability_underflows():
+    """Logits 1e4 apart: softmax of the target underflows to 0, the loss is still the margin (torch's
+    cross_entropy) and the gradient is (softmax − onehot)/N."""
+    xi = torch.tensor([[[0.0, 1e4, -1e4], [3.0, 1.0, 2.0]]], dtype=torch.float32)  # (1, 2, 3)
+    f = torch.tensor([[0, 0]])
+    ref = torch.nn.functional.cross_entropy(xi[0], f[0])
+    L, count, G = loss_and_grad(xi.clone(), f)
+    assert torch.isfinite(L).all() and float(L[0]) == pytest.approx(float(ref), rel=1e-6)
+    assert int(count[0]) == 1
+    expected = torch.softmax(xi[0], dim=1) - torch.nn.functional.one_hot(f[0], 3)  # N·∂L/∂ξ
+    assert torch.allclose(G[0], expected)
+
+
+def test_a_tie_at_the_maximum_counts_as_wrong():
+    """All logits equal (e.g. an MLP whose features are all dead): no input is counted correct, in
+    correct_count, accuracy and loss_and_grad alike; a strict maximum is."""
+    xi = torch.zeros(1, 4, 4, dtype=torch.float64)
+    f = torch.arange(4).unsqueeze(0)
+    assert int(correct_count(xi, f)[0]) == 0 and float(accuracy(xi, f)[0]) == 0.0
+    assert int(loss_and_grad(xi.clone(), f)[1][0]) == 0
+    xi[0, 2, 2] = 1e-9
+    assert int(correct_count(xi, f)[0]) == 1 and int(loss_and_grad(xi.clone(), f)[1][0]) == 1
