@@ -20,7 +20,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dynamics import EvalSpec, ExperimentConfig, FlowConfig, Stage, Stop, run_experiment  # noqa: E402
+from dynamics import ExperimentConfig, FlowConfig, Stage, Stop, run_experiment  # noqa: E402
 from models import Distribution, TaskConfig  # noqa: E402
 
 REFERENCE_RTOL = 1e-12
