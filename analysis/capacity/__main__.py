@@ -185,12 +185,7 @@ def write(out: str, result, job, bits_per_param: float = BITS_PER_PARAM) -> None
     from figures.capacity import capacity_figure
 
     s = result.settings
-    if s.__class__.__name__ == "TransformerSettings":
-        series = [dict(label="transformer", params=[r.params for r in result.results],
-                       capacity=[list(f) for f in result.facts],
-                       fit=None if result.fit is None else result.fit.to_dict())]
-    else:
-        series = _memory_series(result)
+    series = series_of(result)
     bound = information_bound(series, s, bits_per_param)
     fig = capacity_figure(series, title(s), bound=bound)
     with job.folder(out) as tmp:
@@ -201,8 +196,13 @@ def write(out: str, result, job, bits_per_param: float = BITS_PER_PARAM) -> None
         save_figure(fig, f"{tmp}/capacity.pdf")
 
 
-def _memory_series(result) -> list:
+def series_of(result, label: str = "transformer") -> list:
+    """The figure's series (figures.capacity.capacity_figure) of a sweep result: a transformer sweep is one
+    series named ``label``; a memory sweep is its trained (or constructed) memories and their construction."""
     s = result.settings
+    if s.__class__.__name__ == "TransformerSettings":
+        return [dict(label=label, params=[r.params for r in result.results],
+                     capacity=[list(f) for f in result.facts], fit=None if result.fit is None else result.fit.to_dict())]
     series = []
     for label, res, fit in ((s.model if s.model != "construction" else "construction", result.results, result.fit),
                             ("construction", result.construction, result.construction_fit)):

@@ -1,0 +1,232 @@
+"""The CPU-scale reproduction of the paper's three capacity figures (docs/capacity.md):
+
+  memory       largest number of associations stored at >= 99 % accuracy by linear and MLP associative
+               memories against their parameter count, with the information-theoretic bound (paper §3);
+  transformer  facts S·R stored by one-layer transformers against their parameter count, one series per
+               shape (paper §4);
+  tradeoff     accuracy of one transformer per cell of a heads H × MLP width m grid on S = R = 32 facts,
+               with lines of equal parameter count (paper §4).
+
+    python experiments/capacity.py --out runs/capacity-repro          # all three (see docs/capacity.md for the time)
+    python experiments/capacity.py --only tradeoff --out runs/t       # one
+    python experiments/capacity.py --tiny --out runs/capacity-tiny    # seconds: every step at toy sizes
+    python experiments/capacity.py --docs --out runs/capacity-repro   # also copy the figures to docs/capacity/
+
+The settings are the constant blocks below (the memories' are `frd-capacity` flags). Every number comes from
+the library: analysis.capacity.sweep (memories), analysis.capacity.transformer (transformer search and
+trade-off map), figures.capacity (figures). Writes, per figure, <name>.csv (one row per size and seed, or per
+cell), <name>.json (settings, results, fits, wall time) and <name>.png into --out, and prints markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from analysis.capacity.__main__ import build_parser, information_bound, series_of, settings_from_args  # noqa: E402
+from common.io import output_dir, save_figure, write_json  # noqa: E402
+
+# --- memory figure (paper §3): frd-capacity flags, one sweep per model ------------------------------------------
+MEMORY_FLAGS = {
+    "linear": "--model linear --d 8 11 16 22 32 --seeds 0 1 2 3 4 --no-construction",
+    "mlp": "--model mlp --alpha 1 --d 8 11 16 22 32 --seeds 0 1 2 3 4 --no-construction",
+}
+# --- transformer figure (paper §4): frd-capacity --model transformer flags, one sweep per shape ----------------
+TRANSFORMER_COMMON = ("--model transformer --d 8 12 16 24 --seeds 0 1 2 3 --lr 0.03 0.1 --batch 128 "
+                      "--max-steps 2048 --rtol 0.1 --max-doublings 2")
+TRANSFORMER_SHAPES = {
+    "attention only, H=2, alpha=1": "--heads 2 --attn-ratio 1",
+    "attention H=2, alpha=1 + MLP beta=1": "--heads 2 --attn-ratio 1 --mlp-ratio 1",
+    "attention only, H=2, alpha=2": "--heads 2 --attn-ratio 2",
+}
+# --- trade-off map (paper §4): analysis.capacity.transformer.tradeoff_map ---------------------------------------
+TRADEOFF = dict(Hs=(1, 2, 4, 8, 16), ms=(8, 16, 32, 64, 128), S=32, R=32, D=8, d=32, d_h=8, T=8, seed=0,
+                lrs=(1e-2,), batch=128, max_steps=2048, eval_every=64)
+
+# --- --tiny: the same steps at toy sizes (the test) -------------------------------------------------------------
+TINY_MEMORY_FLAGS = {
+    "linear": "--model linear --d 4 6 8 --seeds 0 --max-steps 128 --no-construction",
+    "mlp": "--model mlp --alpha 1 --d 4 6 8 --seeds 0 --max-steps 128 --no-construction",
+}
+TINY_TRANSFORMER_COMMON = ("--model transformer --d 8 12 --seeds 0 1 --lr 0.1 --batch 32 --max-steps 64 "
+                           "--rtol 0.5 --max-doublings 0 --T 4")
+TINY_TRANSFORMER_SHAPES = {"attention only, H=2, alpha=1": "--heads 2 --attn-ratio 1",
+                           "attention H=2, alpha=1 + MLP beta=1": "--heads 2 --attn-ratio 1 --mlp-ratio 1"}
+TINY_TRADEOFF = dict(Hs=(1, 2), ms=(4, 8), S=4, R=4, D=2, d=8, d_h=2, T=4, seed=0, lrs=(0.1,), batch=32,
+                     max_steps=32, eval_every=8)
+
+FIGURES = ("memory", "transformer", "tradeoff")
+DOCS_DIR = os.path.join(ROOT, "docs", "capacity")
+
+
+def settings_of(flags: str):
+    """The sweep settings that `frd-capacity FLAGS` would use."""
+    return settings_from_args(build_parser().parse_args(shlex.split(flags)))
+
+
+def fit_text(fit) -> str:
+    if fit is None:
+        return "no fit (fewer than 3 points inside their brackets)"
+    return f"slope {fit.slope:.3f}, 95% CI [{fit.ci[0]:.3f}, {fit.ci[1]:.3f}] over {fit.n} points"
+
+
+def capacity_rows(label: str, result) -> list:
+    """One dict per size and seed of a sweep result, with the series label in front."""
+    cols = result.rows()
+    return [dict(series=label, **{k: cols[k][i] for k in cols}) for i in range(len(next(iter(cols.values()))))]
+
+
+def sweeps(flags_by_label: dict, say) -> dict:
+    """Run the sweep of each label's flags: label -> (flags, result)."""
+    from analysis.capacity.sweep import run_sweep
+    from analysis.capacity.transformer import run_transformer_sweep
+
+    out = {}
+    for label, flags in flags_by_label.items():
+        s = settings_of(flags)
+        say(f"{label}: frd-capacity {flags}")
+        run = run_transformer_sweep if s.__class__.__name__ == "TransformerSettings" else run_sweep
+        out[label] = (flags, run(s, progress=lambda line: say(f"  {line}")))
+    return out
+
+
+def capacity_figure_of(name: str, runs: dict, title: str, bits_per_param: float):
+    """Figure, JSON body and rows of the memory or transformer figure from its sweeps."""
+    from figures.capacity import capacity_figure
+
+    series, rows, body = [], [], {}
+    for label, (flags, result) in runs.items():
+        ser = series_of(result, label=label)
+        if name == "memory":
+            ser = [dict(x, label=label) for x in ser]  # one series per model: its trained memories
+        series += ser
+        rows += capacity_rows(label, result)
+        body[label] = dict(flags=flags, result=result.to_dict(), fit=fit_text(result.fit))
+    first = next(iter(runs.values()))[1].settings
+    bound = information_bound(series, first, bits_per_param)
+    return capacity_figure(series, title, bound=bound), dict(series=body, information_bound=bound), rows
+
+
+def memory(a, say) -> tuple:
+    runs = sweeps(TINY_MEMORY_FLAGS if a.tiny else MEMORY_FLAGS, say)
+    first = next(iter(runs.values()))[1].settings
+    title = (f"Capacity of associative memories (target {first.target}, {len(first.seeds)} seeds, Adam lr "
+             f"{list(first.lrs)}, {first.max_steps} steps)")
+    return capacity_figure_of("memory", runs, title, a.bits_per_param)
+
+
+def transformer(a, say) -> tuple:
+    common, shapes = ((TINY_TRANSFORMER_COMMON, TINY_TRANSFORMER_SHAPES) if a.tiny
+                      else (TRANSFORMER_COMMON, TRANSFORMER_SHAPES))
+    runs = sweeps({label: f"{common} {flags}" for label, flags in shapes.items()}, say)
+    s = next(iter(runs.values()))[1].settings
+    title = (f"Facts stored by one-layer transformers ({s.scaling} scaling S = R, D {s.D}, T {s.T}, "
+             f"{len(s.seeds)} seeds, Adam lr {list(s.lrs)}, batch {s.batch}, {s.max_steps} steps)")
+    return capacity_figure_of("transformer", runs, title, a.bits_per_param)
+
+
+def tradeoff(a, say) -> tuple:
+    from analysis.capacity.transformer import tradeoff_map
+    from dynamics.capacity_training import TransformerTrainConfig
+    from figures.capacity import tradeoff_figure
+
+    g = dict(TINY_TRADEOFF if a.tiny else TRADEOFF)
+    train = TransformerTrainConfig(batch=g.pop("batch"), max_steps=g.pop("max_steps"),
+                                   eval_every=g.pop("eval_every"), record=False)
+    Hs, ms = g.pop("Hs"), g.pop("ms")
+    acc, params = tradeoff_map(Hs, ms, train=train, progress=lambda line: say(f"  tradeoff {line}"), **g)
+    rows = [dict(H=H, m=m, attn_params=4 * H * g["d_h"] * g["d"], mlp_params=2 * m * g["d"],
+                 params=int(params[i, j]), accuracy=float(acc[i, j]))
+            for i, H in enumerate(Hs) for j, m in enumerate(ms)]
+    title = (f"Accuracy over heads H x MLP width m: S = R = {g['S']}, D = {g['D']}, d = {g['d']}, d_h = {g['d_h']}, "
+             f"T = {g['T']}, batch {train.batch}, {train.max_steps} steps, lr {list(g['lrs'])}, seed {g['seed']}")
+    body = dict(settings=dict(g, Hs=Hs, ms=ms, batch=train.batch, max_steps=train.max_steps,
+                              eval_every=train.eval_every), accuracy=acc.tolist(), params=params.tolist())
+    return tradeoff_figure(acc, list(Hs), list(ms), params, title), body, rows
+
+
+def markdown(name: str, body: dict, rows: list) -> str:
+    if name == "tradeoff":
+        Hs, ms = body["settings"]["Hs"], body["settings"]["ms"]
+        acc = body["accuracy"]
+        lines = ["| H \\ m | " + " | ".join(str(m) for m in ms) + " |", "|" + "---|" * (len(ms) + 1)]
+        lines += [f"| {H} | " + " | ".join(f"{acc[i][j]:.2f}" for j in range(len(ms))) + " |"
+                  for i, H in enumerate(Hs)]
+        return "\n".join(lines)
+    lines = ["| series | params | capacity per seed | fit |", "|---|---|---|---|"]
+    for label, x in body["series"].items():
+        per = {}
+        for r in rows:
+            if r["series"] == label:
+                per.setdefault(r["params"], []).append(r["facts"] if "facts" in r else r["capacity"])
+        for P, caps in per.items():
+            lines.append(f"| {label} | {P} | {caps} | |")
+        lines.append(f"| {label} | | | {x['fit']} |")
+    return "\n".join(lines)
+
+
+FIGURE_FUNCTIONS = dict(memory=memory, transformer=transformer, tradeoff=tradeoff)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=FIGURES, action="append", help="run only this figure (repeatable)")
+    p.add_argument("--tiny", action="store_true", help="toy sizes for every figure (seconds; a smoke test)")
+    p.add_argument("--bits-per-param", type=float, default=8.0,
+                   help="bits per parameter of the information bound line (default 8, as frd-capacity)")
+    p.add_argument("--out", default="runs/capacity-repro", help="output folder (default runs/capacity-repro)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--docs", action="store_true",
+                   help="also copy the figures to docs/capacity/<name>.png (not with --tiny)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def main(argv=None) -> int:
+    import torch
+
+    a = build_arg_parser().parse_args(argv)
+    if a.docs and a.tiny:
+        print("--docs with --tiny: the docs show the full-size figures; drop one of them", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)  # one core per run: the figures' runs are small and the machine is shared
+    say = (lambda line: None) if a.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    names = [n for n in FIGURES if n in (a.only or FIGURES)]
+    results = {}
+    with output_dir(a.out, overwrite=a.overwrite) as d:
+        for name in names:
+            t0 = time.perf_counter()
+            fig, body, rows = FIGURE_FUNCTIONS[name](a, say)
+            wall = time.perf_counter() - t0
+            results[name] = (body, rows, wall)
+            say(f"{name}: {wall:.0f} s")
+            write_csv_rows(os.path.join(d, f"{name}.csv"), rows)
+            write_json(os.path.join(d, f"{name}.json"), dict(body, wall_seconds=wall, tiny=a.tiny))
+            save_figure(fig, os.path.join(d, f"{name}.png"), dpi=150)
+    if a.docs:
+        os.makedirs(DOCS_DIR, exist_ok=True)
+        for name in names:
+            shutil.copyfile(os.path.join(a.out, f"{name}.png"), os.path.join(DOCS_DIR, f"{name}.png"))
+    for name, (body, rows, wall) in results.items():
+        print(f"\n### {name} ({wall:.0f} s)\n")
+        print(markdown(name, body, rows))
+    return 0
+
+
+def write_csv_rows(path: str, rows: list) -> None:
+    """Rows (dicts with the same keys) as a CSV; text columns (labels, model names) kept as text."""
+    import pandas as pd
+
+    from common.io import write_text
+
+    write_text(path, pd.DataFrame(rows).to_csv(index=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
