@@ -61,6 +61,14 @@ def build_parser() -> ArgumentParser:
                                                           "paper 1024)")
     g.add_argument("--eval-every", type=int, default=32,
                    help="steps between evaluations on every fact (default 32; the authors max_steps/128)")
+    g.add_argument("--restarts", type=int, default=2,
+                   help="initializations (and batch orders) tried per seed and learning rate; a size succeeds "
+                        "when any does, so one bad initialization does not set the capacity (default 2; the "
+                        "authors 1)")
+    g.add_argument("--eval-size", type=int, default=1024,
+                   help="evaluation sequences: every fact ceil(EVAL_SIZE/(S*R)) times, each in its own noise "
+                        "context, accuracy over all of them (default 1024, the authors' test-set size; 1 = every "
+                        "fact once)")
     g.add_argument("--tradeoff", action="store_true",
                    help="instead of the capacity search: accuracy over heads x MLP width at S = R = 32, D = 8, "
                         "d = 32, d_h = 8 (a CPU subgrid: H 1 2 4, m 8 32, T 8, 512 steps); writes tradeoff.csv "
@@ -103,7 +111,7 @@ def build_parser() -> ArgumentParser:
 
 
 TRANSFORMER_ONLY = ("heads", "head_dim", "attn_ratio", "mlp_width", "mlp_ratio", "scaling", "D", "T", "batch",
-                    "eval_every", "tradeoff", "full_grid")
+                    "eval_every", "restarts", "eval_size", "tradeoff", "full_grid")
 
 
 def settings_from_args(a):
@@ -126,7 +134,7 @@ def settings_from_args(a):
         return TransformerSettings(ds=tuple(a.d) if a.d != defaults.d else (8, 12, 16), heads=a.heads,
                                    head_dim=a.head_dim, attn_ratio=a.attn_ratio, mlp_width=a.mlp_width,
                                    mlp_ratio=a.mlp_ratio, D=a.D, T=a.T, scaling=a.scaling, seeds=tuple(a.seeds),
-                                   lrs=tuple(a.lr), batch=a.batch,
+                                   lrs=tuple(a.lr), restarts=a.restarts, batch=a.batch, eval_size=a.eval_size,
                                    max_steps=1024 if a.max_steps is None else a.max_steps,
                                    eval_every=a.eval_every, rtol=a.rtol, max_doublings=a.max_doublings,
                                    dtype=a.dtype, device=a.device)
@@ -145,8 +153,8 @@ def settings_from_args(a):
 def title(s) -> str:
     if s.__class__.__name__ == "TransformerSettings":
         return (f"Capacity of one-layer transformers: H {s.heads}, shapes (d, H, d_h, m) {s.shapes()}, {s.scaling} "
-                f"scaling, D {s.D}, T {s.T}, {len(s.seeds)} seeds, Adam lr {list(s.lrs)}, batch {s.batch}, "
-                f"{s.max_steps} steps")
+                f"scaling, D {s.D}, T {s.T}, {len(s.seeds)} seeds, Adam lr {list(s.lrs)} x {s.restarts} inits, "
+                f"batch {s.batch}, {s.max_steps} steps")
     what = f"construction of {s.construction_of}" if s.model == "construction" else s.model
     extra = "" if s.model == "construction" else f", Adam lr {list(s.lrs)}, {s.max_steps} steps"
     return (f"Capacity of {what} memories: target {s.target}{f' M={s.M}' if s.M else ''}, d {list(s.ds)}"
@@ -272,7 +280,7 @@ def run_tradeoff(args, settings, job) -> int:
 
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     train = TransformerTrainConfig(batch=grid["batch"], max_steps=grid["max_steps"], eval_every=settings.eval_every,
-                                   dtype=settings.dtype, device=settings.device, record=False)
+                                   eval_size=settings.eval_size, dtype=settings.dtype, device=settings.device, record=False)
     acc, params = tradeoff_map(grid["Hs"], grid["ms"], T=grid["T"], seed=settings.seeds[0], lrs=grid["lrs"],
                                train=train, progress=say)
     rows = [dict(H=H, m=m, params=int(params[i, j]), accuracy=float(acc[i, j]))
