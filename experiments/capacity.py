@@ -82,22 +82,83 @@ def capacity_rows(label: str, result) -> list:
     return [dict(series=label, **{k: cols[k][i] for k in cols}) for i in range(len(next(iter(cols.values()))))]
 
 
-def sweeps(flags_by_label: dict, say) -> dict:
-    """Run the sweep of each label's flags: label -> (flags, result)."""
+def run_flags(flags: str, label: str, quiet: bool):
+    """One capacity sweep, as `frd-capacity FLAGS` would run it (memories or transformer): the result."""
+    import torch
+
     from analysis.capacity.sweep import run_sweep
     from analysis.capacity.transformer import run_transformer_sweep
 
-    out = {}
-    for label, flags in flags_by_label.items():
-        s = settings_of(flags)
-        say(f"{label}: frd-capacity {flags}")
-        run = run_transformer_sweep if s.__class__.__name__ == "TransformerSettings" else run_sweep
-        out[label] = (flags, run(s, progress=lambda line: say(f"  {line}")))
-    return out
+    torch.set_num_threads(1)  # one core per job: the jobs run side by side (--workers)
+    say = (lambda line: None) if quiet else (lambda line: print(f"{label}: {line}", file=sys.stderr, flush=True))
+    s = settings_of(flags)
+    run = run_transformer_sweep if s.__class__.__name__ == "TransformerSettings" else run_sweep
+    return run(s, progress=say)
+
+
+def run_tradeoff_row(H: int, grid: dict, quiet: bool):
+    """Row H of the trade-off map (accuracy and parameter count over the MLP widths) and its seconds."""
+    import torch
+
+    from analysis.capacity.transformer import tradeoff_map
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    g = dict(grid)
+    say = (lambda line: None) if quiet else (lambda line: print(f"tradeoff: {line}", file=sys.stderr, flush=True))
+    acc, params = tradeoff_map([H], g.pop("ms"), train=train_of(g), progress=say, **g)
+    return acc[0], params[0], time.perf_counter() - t0
+
+
+def train_of(g: dict):
+    """The trade-off map's TransformerTrainConfig; removes batch, max_steps and eval_every from ``g``."""
+    from dynamics.capacity_training import TransformerTrainConfig
+
+    return TransformerTrainConfig(batch=g.pop("batch"), max_steps=g.pop("max_steps"), eval_every=g.pop("eval_every"),
+                                  record=False)
+
+
+def settings_blocks(tiny: bool) -> tuple:
+    """(memory flags by label, transformer flags by label, trade-off grid) of the chosen size."""
+    if tiny:
+        return (dict(TINY_MEMORY_FLAGS),
+                {label: f"{TINY_TRANSFORMER_COMMON} {f}" for label, f in TINY_TRANSFORMER_SHAPES.items()},
+                dict(TINY_TRADEOFF))
+    return (dict(MEMORY_FLAGS), {label: f"{TRANSFORMER_COMMON} {f}" for label, f in TRANSFORMER_SHAPES.items()},
+            dict(TRADEOFF))
+
+
+def jobs_of(names, tiny: bool, quiet: bool) -> list:
+    """The independent computations behind the figures ``names``: (figure, key, function, args), the
+    transformer sweeps first (the longest), then the trade-off rows, then the memory sweeps."""
+    mem, tf, grid = settings_blocks(tiny)
+    jobs = []
+    if "transformer" in names:
+        jobs += [("transformer", label, run_flags, (flags, label, quiet)) for label, flags in tf.items()]
+    if "tradeoff" in names:
+        rows = {k: v for k, v in grid.items() if k != "Hs"}
+        jobs += [("tradeoff", H, run_tradeoff_row, (H, rows, quiet)) for H in sorted(grid["Hs"], reverse=True)]
+    if "memory" in names:
+        jobs += [("memory", label, run_flags, (flags, label, quiet)) for label, flags in mem.items()]
+    return jobs
+
+
+def run_jobs(jobs: list, workers: int) -> dict:
+    """(figure, key) -> the job's return value; ``workers`` processes side by side (1: in this process)."""
+    if workers == 1:
+        return {(fig, key): fn(*args) for fig, key, fn, args in jobs}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork: the workers inherit this module as loaded (also when loaded by path, as the test does); the
+    # parent has run no torch computation before, so no thread pool is forked
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {(fig, key): pool.submit(fn, *args) for fig, key, fn, args in jobs}
+        return {k: f.result() for k, f in futures.items()}
 
 
 def capacity_figure_of(name: str, runs: dict, title: str, bits_per_param: float):
-    """Figure, JSON body and rows of the memory or transformer figure from its sweeps."""
+    """Figure, JSON body and rows of the memory or transformer figure from its sweeps {label: (flags, result)}."""
     from figures.capacity import capacity_figure
 
     series, rows, body = [], [], {}
@@ -107,48 +168,43 @@ def capacity_figure_of(name: str, runs: dict, title: str, bits_per_param: float)
             ser = [dict(x, label=label) for x in ser]  # one series per model: its trained memories
         series += ser
         rows += capacity_rows(label, result)
-        body[label] = dict(flags=flags, result=result.to_dict(), fit=fit_text(result.fit))
+        body[label] = dict(flags=flags, result=result.to_dict(), fit=fit_text(result.fit), seconds=result.seconds)
     first = next(iter(runs.values()))[1].settings
     bound = information_bound(series, first, bits_per_param)
     return capacity_figure(series, title, bound=bound), dict(series=body, information_bound=bound), rows
 
 
-def memory(a, say) -> tuple:
-    runs = sweeps(TINY_MEMORY_FLAGS if a.tiny else MEMORY_FLAGS, say)
+def memory_figure(runs: dict, bits_per_param: float) -> tuple:
     first = next(iter(runs.values()))[1].settings
     title = (f"Capacity of associative memories (target {first.target}, {len(first.seeds)} seeds, Adam lr "
              f"{list(first.lrs)}, {first.max_steps} steps)")
-    return capacity_figure_of("memory", runs, title, a.bits_per_param)
+    return capacity_figure_of("memory", runs, title, bits_per_param)
 
 
-def transformer(a, say) -> tuple:
-    common, shapes = ((TINY_TRANSFORMER_COMMON, TINY_TRANSFORMER_SHAPES) if a.tiny
-                      else (TRANSFORMER_COMMON, TRANSFORMER_SHAPES))
-    runs = sweeps({label: f"{common} {flags}" for label, flags in shapes.items()}, say)
+def transformer_figure(runs: dict, bits_per_param: float) -> tuple:
     s = next(iter(runs.values()))[1].settings
     title = (f"Facts stored by one-layer transformers ({s.scaling} scaling S = R, D {s.D}, T {s.T}, "
-             f"{len(s.seeds)} seeds, Adam lr {list(s.lrs)}, batch {s.batch}, {s.max_steps} steps)")
-    return capacity_figure_of("transformer", runs, title, a.bits_per_param)
+             f"{len(s.seeds)} seeds, Adam lr {list(s.lrs)} x {s.restarts} inits, batch {s.batch}, "
+             f"{s.max_steps} steps)")
+    return capacity_figure_of("transformer", runs, title, bits_per_param)
 
 
-def tradeoff(a, say) -> tuple:
-    from analysis.capacity.transformer import tradeoff_map
-    from dynamics.capacity_training import TransformerTrainConfig
+def tradeoff_figure_of(rows_by_H: dict, grid: dict) -> tuple:
+    import numpy as np
+
     from figures.capacity import tradeoff_figure
 
-    g = dict(TINY_TRADEOFF if a.tiny else TRADEOFF)
-    train = TransformerTrainConfig(batch=g.pop("batch"), max_steps=g.pop("max_steps"),
-                                   eval_every=g.pop("eval_every"), record=False)
-    Hs, ms = g.pop("Hs"), g.pop("ms")
-    acc, params = tradeoff_map(Hs, ms, train=train, progress=lambda line: say(f"  tradeoff {line}"), **g)
+    Hs, ms, g = list(grid["Hs"]), list(grid["ms"]), grid
+    acc = np.array([rows_by_H[H][0] for H in Hs])        # (len(Hs), len(ms))
+    params = np.array([rows_by_H[H][1] for H in Hs])
     rows = [dict(H=H, m=m, attn_params=4 * H * g["d_h"] * g["d"], mlp_params=2 * m * g["d"],
                  params=int(params[i, j]), accuracy=float(acc[i, j]))
             for i, H in enumerate(Hs) for j, m in enumerate(ms)]
     title = (f"Accuracy over heads H x MLP width m: S = R = {g['S']}, D = {g['D']}, d = {g['d']}, d_h = {g['d_h']}, "
-             f"T = {g['T']}, batch {train.batch}, {train.max_steps} steps, lr {list(g['lrs'])}, seed {g['seed']}")
-    body = dict(settings=dict(g, Hs=Hs, ms=ms, batch=train.batch, max_steps=train.max_steps,
-                              eval_every=train.eval_every), accuracy=acc.tolist(), params=params.tolist())
-    return tradeoff_figure(acc, list(Hs), list(ms), params, title), body, rows
+             f"T = {g['T']}, batch {g['batch']}, {g['max_steps']} steps, lr {list(g['lrs'])}, seed {g['seed']}")
+    body = dict(settings=dict(g, Hs=Hs, ms=ms), accuracy=acc.tolist(), params=params.tolist(),
+                seconds={str(H): rows_by_H[H][2] for H in Hs})
+    return tradeoff_figure(acc, Hs, ms, params, title), body, rows
 
 
 def markdown(name: str, body: dict, rows: list) -> str:
@@ -171,13 +227,12 @@ def markdown(name: str, body: dict, rows: list) -> str:
     return "\n".join(lines)
 
 
-FIGURE_FUNCTIONS = dict(memory=memory, transformer=transformer, tradeoff=tradeoff)
-
-
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=FIGURES, action="append", help="run only this figure (repeatable)")
     p.add_argument("--tiny", action="store_true", help="toy sizes for every figure (seconds; a smoke test)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes side by side, one core each (default 2: a 2-core machine; 1 = no subprocess)")
     p.add_argument("--bits-per-param", type=float, default=8.0,
                    help="bits per parameter of the information bound line (default 8, as frd-capacity)")
     p.add_argument("--out", default="runs/capacity-repro", help="output folder (default runs/capacity-repro)")
@@ -189,32 +244,38 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    import torch
-
     a = build_arg_parser().parse_args(argv)
     if a.docs and a.tiny:
         print("--docs with --tiny: the docs show the full-size figures; drop one of them", file=sys.stderr)
         return 2
-    torch.set_num_threads(1)  # one core per run: the figures' runs are small and the machine is shared
-    say = (lambda line: None) if a.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if not 1 <= a.workers <= 64:
+        print(f"--workers {a.workers}: give 1 to 64 processes", file=sys.stderr)
+        return 2
     names = [n for n in FIGURES if n in (a.only or FIGURES)]
-    results = {}
+    mem, tf, grid = settings_blocks(a.tiny)
+    t0 = time.perf_counter()
+    done = run_jobs(jobs_of(names, a.tiny, a.quiet), a.workers)
+    wall = time.perf_counter() - t0
+    made = {}
+    if "memory" in names:
+        made["memory"] = memory_figure({k: (mem[k], done["memory", k]) for k in mem}, a.bits_per_param)
+    if "transformer" in names:
+        made["transformer"] = transformer_figure({k: (tf[k], done["transformer", k]) for k in tf}, a.bits_per_param)
+    if "tradeoff" in names:
+        made["tradeoff"] = tradeoff_figure_of({H: done["tradeoff", H] for H in grid["Hs"]}, grid)
     with output_dir(a.out, overwrite=a.overwrite) as d:
-        for name in names:
-            t0 = time.perf_counter()
-            fig, body, rows = FIGURE_FUNCTIONS[name](a, say)
-            wall = time.perf_counter() - t0
-            results[name] = (body, rows, wall)
-            say(f"{name}: {wall:.0f} s")
+        for name, (fig, body, rows) in made.items():
             write_csv_rows(os.path.join(d, f"{name}.csv"), rows)
-            write_json(os.path.join(d, f"{name}.json"), dict(body, wall_seconds=wall, tiny=a.tiny))
+            write_json(os.path.join(d, f"{name}.json"), dict(body, tiny=a.tiny, workers=a.workers,
+                                                              wall_seconds_all_figures=wall))
             save_figure(fig, os.path.join(d, f"{name}.png"), dpi=150)
     if a.docs:
         os.makedirs(DOCS_DIR, exist_ok=True)
-        for name in names:
+        for name in made:
             shutil.copyfile(os.path.join(a.out, f"{name}.png"), os.path.join(DOCS_DIR, f"{name}.png"))
-    for name, (body, rows, wall) in results.items():
-        print(f"\n### {name} ({wall:.0f} s)\n")
+    print(f"all figures: {wall:.0f} s wall with {a.workers} worker(s)")
+    for name, (_, body, rows) in made.items():
+        print(f"\n### {name}\n")
         print(markdown(name, body, rows))
     return 0
 

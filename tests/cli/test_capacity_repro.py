@@ -3,6 +3,7 @@ figure's files, and its numbers are the library's, checked against separately ru
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location("capacity_repro", os.path.join(ROOT, "experiments", "capacity.py"))
 repro = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = repro  # its job functions are pickled by name for the worker processes
 _spec.loader.exec_module(repro)
 
 
@@ -20,7 +22,7 @@ def test_tiny_reproduction_writes_every_figure_and_matches_separate_runs(tmp_pat
     from models.transformer import TransformerConfig
 
     out = tmp_path / "repro"
-    assert repro.main(["--tiny", "--quiet", "--out", str(out)]) == 0
+    assert repro.main(["--tiny", "--quiet", "--workers", "2", "--out", str(out)]) == 0
     assert sorted(os.listdir(out)) == sorted(f"{n}.{e}" for n in repro.FIGURES for e in ("csv", "json", "png"))
     # transformer figure: parameter counts are the paper's 4·H·d_h·d + 2·m·d, facts S·R, one row per size and seed
     tf = pd.read_csv(out / "transformer.csv")
@@ -30,7 +32,7 @@ def test_tiny_reproduction_writes_every_figure_and_matches_separate_runs(tmp_pat
     mem = pd.read_csv(out / "memory.csv")
     lin = mem[mem.series == "linear"]
     assert (lin.params == lin.d ** 2).all() and set(mem.series) == {"linear", "mlp"}
-    # trade-off cell (H=2, m=8) equals a separately trained transformer of that shape
+    # trade-off cell (H=2, m=8), computed in a worker process, equals a transformer of that shape trained here
     g = repro.TINY_TRADEOFF
     cfg = TransformerConfig(S=g["S"], R=g["R"], D=g["D"], d=g["d"], H=2, d_h=g["d_h"], m=8, T=g["T"], seed=g["seed"])
     run = train_transformers([cfg], list(g["lrs"]), TransformerTrainConfig(batch=g["batch"], max_steps=g["max_steps"],
