@@ -38,7 +38,7 @@ MEMORY_FLAGS = {
     "mlp": "--model mlp --alpha 1 --d 8 11 16 22 32 --seeds 0 1 2 3 4 --no-construction",
 }
 # --- transformer figure (paper §4): frd-capacity --model transformer flags, one sweep per shape ----------------
-TRANSFORMER_COMMON = ("--model transformer --d 8 12 16 24 --seeds 0 1 2 --lr 0.03 0.1 --restarts 2 --batch 128 "
+TRANSFORMER_COMMON = ("--model transformer --d 8 12 16 --seeds 0 1 2 --lr 0.03 0.1 --restarts 2 --batch 128 "
                       "--max-steps 2048 --rtol 0.1 --max-doublings 2")
 TRANSFORMER_SHAPES = {
     "attention only, H=2, alpha=1": "--heads 2 --attn-ratio 1",
