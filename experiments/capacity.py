@@ -7,10 +7,10 @@
   tradeoff     accuracy of one transformer per cell of a heads H × MLP width m grid on S = R = 32 facts,
                with lines of equal parameter count (paper §4).
 
-    python experiments/capacity.py --out runs/capacity-repro          # all three (see docs/capacity.md for the time)
-    python experiments/capacity.py --only tradeoff --out runs/t       # one
-    python experiments/capacity.py --tiny --out runs/capacity-tiny    # seconds: every step at toy sizes
-    python experiments/capacity.py --docs --out runs/capacity-repro   # also copy the figures to docs/capacity/
+    python experiments/capacity.py --out runs/capacity-repro         # all three (time: docs/capacity.md)
+    python experiments/capacity.py --only tradeoff --out runs/t      # one
+    python experiments/capacity.py --tiny --out runs/capacity-tiny   # about a minute: every step, toy sizes
+    python experiments/capacity.py --docs --out runs/capacity-repro  # also copy the figures to docs/capacity/
 
 The settings are the constant blocks below (the memories' are `frd-capacity` flags). Every number comes from
 the library: analysis.capacity.sweep (memories), analysis.capacity.transformer (transformer search and

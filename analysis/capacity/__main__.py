@@ -209,8 +209,9 @@ def series_of(result, label: str = "transformer") -> list:
     series named ``label``; a memory sweep is its trained (or constructed) memories and their construction."""
     s = result.settings
     if s.__class__.__name__ == "TransformerSettings":
+        fit = None if result.fit is None else result.fit.to_dict()
         return [dict(label=label, params=[r.params for r in result.results],
-                     capacity=[list(f) for f in result.facts], fit=None if result.fit is None else result.fit.to_dict())]
+                     capacity=[list(f) for f in result.facts], fit=fit)]
     series = []
     for label, res, fit in ((s.model if s.model != "construction" else "construction", result.results, result.fit),
                             ("construction", result.construction, result.construction_fit)):
@@ -280,7 +281,8 @@ def run_tradeoff(args, settings, job) -> int:
 
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     train = TransformerTrainConfig(batch=grid["batch"], max_steps=grid["max_steps"], eval_every=settings.eval_every,
-                                   eval_size=settings.eval_size, dtype=settings.dtype, device=settings.device, record=False)
+                                   eval_size=settings.eval_size, dtype=settings.dtype, device=settings.device,
+                                   record=False)
     acc, params = tradeoff_map(grid["Hs"], grid["ms"], T=grid["T"], seed=settings.seeds[0], lrs=grid["lrs"],
                                train=train, progress=say)
     rows = [dict(H=H, m=m, params=int(params[i, j]), accuracy=float(acc[i, j]))

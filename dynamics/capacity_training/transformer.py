@@ -35,8 +35,8 @@ class TransformerTrainConfig:
     eval_every: the accuracy on the evaluation set is computed at steps 0, e, 2e, … and at max_steps (the
     authors: max_steps/128); the run stops once it reaches ``target``. eval_size: the evaluation set holds every
     fact ceil(eval_size/(S·R)) times, each copy in its own noise context (SPEC §11; the authors test on 1024
-    sampled sequences; 1: every fact once), so that one unlucky noise draw cannot fail a small task. betas, eps: Adam's (no weight decay).
-    dtype, device: float32 by default. record: keep loss and accuracy of every evaluation.
+    sampled sequences; 1: every fact once), so that one unlucky noise draw cannot fail a small task.
+    betas, eps: Adam's (no weight decay). dtype, device: float32 by default. record: keep loss and accuracy of every evaluation.
     """
 
     batch: int = 256
