@@ -35,7 +35,8 @@ from common.io import output_dir, save_figure, write_json  # noqa: E402
 # --- memory figure (paper §3): frd-capacity flags, one sweep per model ------------------------------------------
 MEMORY_FLAGS = {
     "linear": "--model linear --d 8 11 16 22 32 --seeds 0 1 2 3 4 --no-construction",
-    "mlp": "--model mlp --alpha 1 --d 8 11 16 22 32 --seeds 0 1 2 3 4 --no-construction",
+    # d = 32 would need about 30 GiB at the search's largest N (frd-capacity refuses it)
+    "mlp": "--model mlp --alpha 1 --d 8 11 16 22 --seeds 0 1 2 3 4 --no-construction",
 }
 # --- transformer figure (paper §4): frd-capacity --model transformer flags, one sweep per shape ----------------
 TRANSFORMER_COMMON = ("--model transformer --d 8 12 16 --seeds 0 1 2 --lr 0.03 0.1 --restarts 2 --batch 128 "
@@ -253,6 +254,10 @@ def main(argv=None) -> int:
         return 2
     names = [n for n in FIGURES if n in (a.only or FIGURES)]
     mem, tf, grid = settings_blocks(a.tiny)
+    err = check_settings(names, mem, tf)
+    if err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     done = run_jobs(jobs_of(names, a.tiny, a.quiet), a.workers)
     wall = time.perf_counter() - t0
@@ -278,6 +283,20 @@ def main(argv=None) -> int:
         print(f"\n### {name}\n")
         print(markdown(name, body, rows))
     return 0
+
+
+def check_settings(names, mem: dict, tf: dict) -> str | None:
+    """The first sweep's refusal (bad flag or too much memory, as frd-capacity would say), or None; before
+    anything runs."""
+    from common.errors import ConfigError
+
+    blocks = ([mem] if "memory" in names else []) + ([tf] if "transformer" in names else [])
+    for label, flags in ((k, v) for b in blocks for k, v in b.items()):
+        try:
+            settings_of(flags).check_memory()
+        except ConfigError as e:
+            return f"{label}: {e}"
+    return None
 
 
 def write_csv_rows(path: str, rows: list) -> None:

@@ -48,3 +48,17 @@ def test_docs_with_tiny_is_refused(tmp_path, capsys):
     out = tmp_path / "never"
     assert repro.main(["--tiny", "--docs", "--out", str(out)]) == 2
     assert "--docs with --tiny" in capsys.readouterr().err and not out.exists()
+
+
+def test_shipped_settings_pass_frd_capacitys_checks():
+    """Every full-size sweep is one frd-capacity accepts (valid flags, memory within half of what is free)."""
+    mem, tf, _ = repro.settings_blocks(tiny=False)
+    assert repro.check_settings(repro.FIGURES, mem, tf) is None
+
+
+def test_too_large_sweep_refused_before_running(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(repro.TINY_MEMORY_FLAGS, "mlp", "--model mlp --d 4096 --seeds 0")
+    out = tmp_path / "never"
+    assert repro.main(["--tiny", "--only", "memory", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mlp: " in err and "GiB" in err and not out.exists()
