@@ -49,7 +49,9 @@ def capacity_figure(series, title: str, bound=None):
     ax.set_title(textwrap.fill(title, 90), fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     # below the axes: the bound line runs across the upper left, where a legend inside would hide it
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    handles, labels = ax.get_legend_handles_labels()  # long labels wrapped so that two columns fit the width
+    ax.legend(handles, [textwrap.fill(t, 48) for t in labels], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 
