@@ -49,28 +49,33 @@ def capacity_figure(series, title: str, bound=None):
     ax.set_title(textwrap.fill(title, 90), fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     # below the axes: the bound line runs across the upper left, where a legend inside would hide it
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    handles, labels = ax.get_legend_handles_labels()  # long labels wrapped so that two columns fit the width
+    ax.legend(handles, [textwrap.fill(t, 48) for t in labels], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 
 
 def tradeoff_figure(accuracy, Hs, ms, params, title: str):
     """Heat map of accuracy (len(Hs), len(ms)) over heads H (rows) and MLP width m (columns), with lines of
-    equal parameter count ``params`` (len(Hs), len(ms)) drawn as contours. Returns the matplotlib Figure."""
+    equal parameter count ``params`` (len(Hs), len(ms)) drawn as dashed contours (interpolated between cell
+    centres; the axes are the grid's indices). Returns the matplotlib Figure."""
     acc = np.asarray(accuracy, dtype=float)
     P = np.asarray(params, dtype=float)
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     im = ax.imshow(acc, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
     if min(acc.shape) >= 2 and np.unique(P).size > 1:
-        cs = ax.contour(np.arange(len(ms)), np.arange(len(Hs)), P, levels=6, colors="white", linewidths=0.8)
-        ax.clabel(cs, fmt=lambda v: f"P={v:.0f}", fontsize=6)
+        cs = ax.contour(np.arange(len(ms)), np.arange(len(Hs)), P, levels=6, colors="white", linewidths=0.8,
+                        linestyles="--")
+        ax.clabel(cs, fmt=lambda v: f"P={v:.0f}", fontsize=6, inline_spacing=2)
     ax.set_xticks(range(len(ms)), [str(m) for m in ms])
     ax.set_yticks(range(len(Hs)), [str(h) for h in Hs])
     ax.set_xlabel("MLP width m")
     ax.set_ylabel("heads H")
     for i in range(acc.shape[0]):
         for j in range(acc.shape[1]):
-            ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=6,
+            # in the cell's lower part: the iso-parameter labels sit on the lines through the centres
+            ax.text(j, i - 0.3, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7,
                     color="black" if acc[i, j] > 0.6 else "white")
     fig.colorbar(im, ax=ax, label="accuracy (fraction of facts)")
     ax.set_title(textwrap.fill(title, 80), fontsize=8)

@@ -61,6 +61,14 @@ def build_parser() -> ArgumentParser:
                                                           "paper 1024)")
     g.add_argument("--eval-every", type=int, default=32,
                    help="steps between evaluations on every fact (default 32; the authors max_steps/128)")
+    g.add_argument("--restarts", type=int, default=2,
+                   help="initializations (and batch orders) tried per seed and learning rate; a size succeeds "
+                        "when any does, so one bad initialization does not set the capacity (default 2; the "
+                        "authors 1)")
+    g.add_argument("--eval-size", type=int, default=1024,
+                   help="evaluation sequences: every fact ceil(EVAL_SIZE/(S*R)) times, each in its own noise "
+                        "context, accuracy over all of them (default 1024, the authors' test-set size; 1 = every "
+                        "fact once)")
     g.add_argument("--tradeoff", action="store_true",
                    help="instead of the capacity search: accuracy over heads x MLP width at S = R = 32, D = 8, "
                         "d = 32, d_h = 8 (a CPU subgrid: H 1 2 4, m 8 32, T 8, 512 steps); writes tradeoff.csv "
@@ -106,7 +114,7 @@ def build_parser() -> ArgumentParser:
 
 
 TRANSFORMER_ONLY = ("heads", "head_dim", "attn_ratio", "mlp_width", "mlp_ratio", "scaling", "D", "T", "batch",
-                    "eval_every", "tradeoff", "full_grid")
+                    "eval_every", "restarts", "eval_size", "tradeoff", "full_grid")
 
 
 def settings_from_args(a):
@@ -129,7 +137,7 @@ def settings_from_args(a):
         return TransformerSettings(ds=tuple(a.d) if a.d != defaults.d else (8, 12, 16), heads=a.heads,
                                    head_dim=a.head_dim, attn_ratio=a.attn_ratio, mlp_width=a.mlp_width,
                                    mlp_ratio=a.mlp_ratio, D=a.D, T=a.T, scaling=a.scaling, seeds=tuple(a.seeds),
-                                   lrs=tuple(a.lr), batch=a.batch,
+                                   lrs=tuple(a.lr), restarts=a.restarts, batch=a.batch, eval_size=a.eval_size,
                                    max_steps=1024 if a.max_steps is None else a.max_steps,
                                    eval_every=a.eval_every, rtol=a.rtol, max_doublings=a.max_doublings,
                                    dtype=a.dtype, device=a.device)
@@ -148,8 +156,8 @@ def settings_from_args(a):
 def title(s) -> str:
     if s.__class__.__name__ == "TransformerSettings":
         return (f"Capacity of one-layer transformers: H {s.heads}, shapes (d, H, d_h, m) {s.shapes()}, {s.scaling} "
-                f"scaling, D {s.D}, T {s.T}, {len(s.seeds)} seeds, Adam lr {list(s.lrs)}, batch {s.batch}, "
-                f"{s.max_steps} steps")
+                f"scaling, D {s.D}, T {s.T}, {len(s.seeds)} seeds, Adam lr {list(s.lrs)} x {s.restarts} inits, "
+                f"batch {s.batch}, {s.max_steps} steps")
     what = f"construction of {s.construction_of}" if s.model == "construction" else s.model
     extra = "" if s.model == "construction" else f", Adam lr {list(s.lrs)}, {s.max_steps} steps"
     return (f"Capacity of {what} memories: target {s.target}{f' M={s.M}' if s.M else ''}, d {list(s.ds)}"
@@ -188,12 +196,7 @@ def write(out: str, result, job, bits_per_param: float = BITS_PER_PARAM) -> None
     from figures.capacity import capacity_figure
 
     s = result.settings
-    if s.__class__.__name__ == "TransformerSettings":
-        series = [dict(label="transformer", params=[r.params for r in result.results],
-                       capacity=[list(f) for f in result.facts],
-                       fit=None if result.fit is None else result.fit.to_dict())]
-    else:
-        series = _memory_series(result)
+    series = series_of(result)
     bound = information_bound(series, s, bits_per_param)
     fig = capacity_figure(series, title(s), bound=bound)
     with job.folder(out) as tmp:
@@ -204,8 +207,14 @@ def write(out: str, result, job, bits_per_param: float = BITS_PER_PARAM) -> None
         save_figure(fig, f"{tmp}/capacity.pdf")
 
 
-def _memory_series(result) -> list:
+def series_of(result, label: str = "transformer") -> list:
+    """The figure's series (figures.capacity.capacity_figure) of a sweep result: a transformer sweep is one
+    series named ``label``; a memory sweep is its trained (or constructed) memories and their construction."""
     s = result.settings
+    if s.__class__.__name__ == "TransformerSettings":
+        fit = None if result.fit is None else result.fit.to_dict()
+        return [dict(label=label, params=[r.params for r in result.results],
+                     capacity=[list(f) for f in result.facts], fit=fit)]
     series = []
     for label, res, fit in ((s.model if s.model != "construction" else "construction", result.results, result.fit),
                             ("construction", result.construction, result.construction_fit)):
@@ -275,7 +284,8 @@ def run_tradeoff(args, settings, job) -> int:
 
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     train = TransformerTrainConfig(batch=grid["batch"], max_steps=grid["max_steps"], eval_every=settings.eval_every,
-                                   dtype=settings.dtype, device=settings.device, record=False)
+                                   eval_size=settings.eval_size, dtype=settings.dtype, device=settings.device,
+                                   record=False)
     acc, params = tradeoff_map(grid["Hs"], grid["ms"], T=grid["T"], seed=settings.seeds[0], lrs=grid["lrs"],
                                train=train, progress=say)
     rows = [dict(H=H, m=m, params=int(params[i, j]), accuracy=float(acc[i, j]))

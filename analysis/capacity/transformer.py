@@ -46,9 +46,11 @@ class TransformerSettings:
     ds: embedding dimensions (one shape each). heads: H. head_dim: d_h, or None to set it from attn_ratio
     α = H·d_h/d (d_h = α·d/H must be a positive integer). mlp_width: m, or None to set it from mlp_ratio
     β = m/d (m = round(β·d), 0 = attention only). D: answers per relation (linear and square scalings).
-    T: sequence length (the paper 32). scaling: linear | square | distinct (task_sizes). seeds, lrs: a size
-    succeeds for a seed when some learning rate does. batch, max_steps, eval_every: training
-    (TransformerTrainConfig). rtol, max_doublings: the search (SPEC §9). dtype, device: training.
+    T: sequence length (the paper 32). scaling: linear | square | distinct (task_sizes). seeds, lrs, restarts:
+    a size succeeds for a seed when some learning rate from some of ``restarts`` initializations does (restart
+    k of TransformerConfig: the same task and embeddings, another init and batch order). batch, max_steps,
+    eval_every, eval_size: training (TransformerTrainConfig). rtol, max_doublings: the search (SPEC §9).
+    dtype, device: training.
     """
 
     ds: tuple = (8, 12, 16)
@@ -62,9 +64,11 @@ class TransformerSettings:
     scaling: str = "linear"
     seeds: tuple = (0, 1)
     lrs: tuple = (3e-2,)
+    restarts: int = 1
     batch: int = 128
     max_steps: int = 1024
     eval_every: int = 32
+    eval_size: int = 1024
     rtol: float = 0.05
     max_doublings: int = 3
     dtype: str = "float32"
@@ -76,6 +80,7 @@ class TransformerSettings:
         object.__setattr__(self, "lrs", tuple(check_positive("lr", a) for a in self.lrs))
         if not self.lrs:
             raise ConfigError("lrs is empty; give at least one learning rate")
+        object.__setattr__(self, "restarts", check_int("restarts", self.restarts, 1, 2**10))
         object.__setattr__(self, "heads", check_int("heads", self.heads, 1, 2**20))
         if self.head_dim is not None:
             object.__setattr__(self, "head_dim", check_int("head_dim", self.head_dim, 1, 2**20))
@@ -111,7 +116,7 @@ class TransformerSettings:
 
     def train_config(self) -> TransformerTrainConfig:
         return TransformerTrainConfig(batch=self.batch, max_steps=self.max_steps, eval_every=self.eval_every,
-                                      dtype=self.dtype, device=self.device, record=False)
+                                      eval_size=self.eval_size, dtype=self.dtype, device=self.device, record=False)
 
     def bracket(self, d: int, H: int, dh: int, m: int) -> tuple[int, int]:
         """First bracket over the size: facts from 4 to P/4 (P the parameter count), as sizes."""
@@ -141,24 +146,25 @@ def training_bytes(s: TransformerSettings, size: int, d: int, H: int, dh: int, m
     (4 × n·T·H·d_h), logits and softmax gradient (3 × n·|A|), MLP activations, the evaluation set forward
     (S·R sequences, no gradient), embeddings, and parameters with Adam moments (4 copies)."""
     S, R, D = task_sizes(s.scaling, size, s.D)
-    B, item = len(s.seeds) * len(s.lrs), 4 if s.dtype == "float32" else 8
+    B, item = len(s.seeds) * len(s.lrs) * s.restarts, 4 if s.dtype == "float32" else 8
     V, A, F = 2 * (S + R) + 1, R * D, S * R
-    per_model = (4 * s.batch * s.T * H * dh + 3 * s.batch * A + 3 * s.batch * max(m, d) + 2 * F * s.T * H * dh
-                 + F * A + (V + A) * d + 4 * transformer_parameter_count(d, H, dh, m))
-    return int(item * B * per_model + 8 * B * F * s.T)
+    E = max(F, s.eval_size)  # evaluation sequences: every fact ceil(eval_size/F) times, fewer than F + eval_size
+    per_model = (4 * s.batch * s.T * H * dh + 3 * s.batch * A + 3 * s.batch * max(m, d) + 2 * 2 * E * s.T * H * dh
+                 + 2 * E * A + (V + A) * d + 4 * transformer_parameter_count(d, H, dh, m))
+    return int(item * B * per_model + 8 * B * 2 * E * s.T)
 
 
 def transformer_oracle(s: TransformerSettings, d: int, H: int, dh: int, m: int):
-    """ok(size, seeds): for each seed, some learning rate trains the transformer to the target accuracy on the
-    task of this size. All seeds × learning rates of one probe are trained as one batch."""
-    train, lrs = s.train_config(), list(s.lrs)
+    """ok(size, seeds): for each seed, some learning rate from some restart trains the transformer to the target
+    accuracy on the task of this size. All seeds × restarts × learning rates of one probe are one batch."""
+    train, lrs, K = s.train_config(), list(s.lrs), s.restarts
 
     def ok(size, seeds):
         S, R, D = task_sizes(s.scaling, size, s.D)
-        configs = [TransformerConfig(S=S, R=R, D=D, d=d, H=H, d_h=dh, m=m, T=s.T, seed=seed)
-                   for seed in seeds for _ in lrs]
-        run = train_transformers(configs, lrs * len(seeds), train)
-        return list(run.success.reshape(len(seeds), len(lrs)).any(axis=1))
+        configs = [TransformerConfig(S=S, R=R, D=D, d=d, H=H, d_h=dh, m=m, T=s.T, seed=seed, restart=k)
+                   for seed in seeds for k in range(K) for _ in lrs]
+        run = train_transformers(configs, lrs * (len(seeds) * K), train)
+        return list(run.success.reshape(len(seeds), K * len(lrs)).any(axis=1))
 
     return ok
 

@@ -8,6 +8,7 @@ reference the batched run is tested against. The optimizer is capacity_training'
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -32,13 +33,16 @@ class TransformerTrainConfig:
 
     batch: sequences per step (the paper 1024). max_steps: at most this many Adam steps (the paper 2**14).
     eval_every: the accuracy on the evaluation set is computed at steps 0, e, 2e, … and at max_steps (the
-    authors: max_steps/128); the run stops once it reaches ``target``. betas, eps: Adam's (no weight decay).
-    dtype, device: float32 by default. record: keep loss and accuracy of every evaluation.
+    authors: max_steps/128); the run stops once it reaches ``target``. eval_size: the evaluation set holds every
+    fact ceil(eval_size/(S·R)) times, each copy in its own noise context (SPEC §11; the authors test on 1024
+    sampled sequences; 1: every fact once), so that one unlucky noise draw cannot fail a small task.
+    betas, eps: Adam's (no weight decay). dtype, device: float32 by default. record: keep loss and accuracy of every evaluation.
     """
 
     batch: int = 256
     max_steps: int = 2**14
     eval_every: int = 16
+    eval_size: int = 1024
     target: float = ACCURACY_TARGET
     beta1: float = 0.9
     beta2: float = 0.999
@@ -51,6 +55,7 @@ class TransformerTrainConfig:
         object.__setattr__(self, "batch", check_int("batch", self.batch, 1, MAX_BATCH))
         object.__setattr__(self, "max_steps", check_int("max_steps", self.max_steps, 0, MAX_STEPS))
         object.__setattr__(self, "eval_every", check_int("eval_every", self.eval_every, 1, MAX_STEPS))
+        object.__setattr__(self, "eval_size", check_int("eval_size", self.eval_size, 1, MAX_BATCH))
         check_adam_settings(self)
 
 
@@ -90,14 +95,16 @@ def _train(configs, lrs, train: TransformerTrainConfig) -> TransformerRun:
     B, n = len(configs), train.batch
     tasks = [task_of(c) for c in configs]
     Phi, Psi = (torch.stack(t) for t in zip(*(embeddings(c, dtype, dev) for c in configs)))  # (B, V, d), (B, |A|, d)
-    ev = [eval_sequences(t, c.seed, dev) for t, c in zip(tasks, configs)]
-    ev_tok, ev_tgt = torch.stack([e[0] for e in ev]), torch.stack([e[1] for e in ev])         # (B, S·R, T), (B, S·R)
-    samplers = [TaskSampler(t, dev, seed=stream_int(c.seed, "data")) for t, c in zip(tasks, configs)]
+    copies = eval_copies(configs[0].facts, train.eval_size)
+    ev = [eval_sequences(t, c.seed, dev, copies) for t, c in zip(tasks, configs)]
+    ev_tok, ev_tgt = torch.stack([e[0] for e in ev]), torch.stack([e[1] for e in ev])         # (B, E, T), (B, E)
+    samplers = [TaskSampler(t, dev, seed=stream_int(c.seed, "data", c.restart)) for t, c in zip(tasks, configs)]
     params = stack_transformer_params(configs, dtype, dev)                                    # name -> (B, ...)
     for p in params.values():
         p.requires_grad_(True)
     opt = BatchedAdam(params, torch.tensor(lrs, dtype=dtype, device=dev), train.beta1, train.beta2, train.eps)
-    need = needed_count(configs[0].facts, train.target)
+    n_eval = copies * configs[0].facts                                                        # E
+    need = needed_count(n_eval, train.target)
     active = torch.ones(B, dtype=torch.bool, device=dev)
     success = torch.zeros(B, dtype=torch.bool, device=dev)
     steps = torch.full((B,), train.max_steps, dtype=torch.int64, device=dev)
@@ -119,7 +126,7 @@ def _train(configs, lrs, train: TransformerTrainConfig) -> TransformerRun:
             steps = torch.where(done, torch.full_like(steps, k), steps)
             last_loss = torch.where(active, L.detach(), last_loss)
             if train.record:  # models evaluated now (still active, done included) get fresh values
-                acc = count.to(dtype) / configs[0].facts                  # (B,)
+                acc = count.to(dtype) / n_eval                            # (B,)
                 rec_steps.append(k)
                 rec_loss.append(last_loss.clone())
                 rec_acc.append(acc if not rec_acc else torch.where(active, acc, rec_acc[-1]))
@@ -130,12 +137,17 @@ def _train(configs, lrs, train: TransformerTrainConfig) -> TransformerRun:
         opt.step(params, dict(zip(params, grads)), active)
     rec = train.record
     return TransformerRun(success=success.cpu().numpy(), steps=steps.cpu().numpy(),
-                          best_accuracy=best.cpu().numpy() / configs[0].facts,
+                          best_accuracy=best.cpu().numpy() / n_eval,
                           eval_steps=np.array(rec_steps) if rec else None,
                           loss=torch.stack(rec_loss).cpu().numpy() if rec else None,
                           accuracy=torch.stack(rec_acc).cpu().numpy() if rec else None,
                           params={k: p.detach().cpu().numpy() for k, p in params.items()},
                           seconds=time.perf_counter() - start)
+
+
+def eval_copies(facts: int, eval_size: int) -> int:
+    """How many times the evaluation set holds each fact: ceil(eval_size / facts), at least 1."""
+    return max(1, math.ceil(eval_size / facts))
 
 
 def train_transformer(config, lr, train: TransformerTrainConfig = TransformerTrainConfig()) -> TransformerRun:

@@ -17,7 +17,8 @@ class TransformerConfig:
     a*(s, r) uniform over relation r's D answers, drawn from the seed). T: sequence length (>= 3).
     N: noise tokens (``None``: S + R, the paper's choice). d: embedding dimension; H heads of dimension d_h;
     m: MLP width (0: attention only). seed: embeddings, fact table, initialization, training batches and the
-    evaluation sequences (independent streams, SPEC §11).
+    evaluation sequences (independent streams, SPEC §11). restart: another initialization and batch order of
+    the same instance (restart 0 is the seed's own; k > 0 draws the init and data streams from (seed, k)).
     """
 
     S: int = 8
@@ -30,6 +31,7 @@ class TransformerConfig:
     T: int = 8
     N: int | None = None
     seed: int = 0
+    restart: int = 0
 
     def __post_init__(self):
         for name in ("S", "R", "D", "d", "H", "d_h"):
@@ -38,6 +40,7 @@ class TransformerConfig:
         object.__setattr__(self, "T", check_int("T", self.T, 3, MAX_SIZE))
         object.__setattr__(self, "N", self.S + self.R if self.N is None else check_int("N", self.N, 1, MAX_SIZE))
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0, MAX_SEED))
+        object.__setattr__(self, "restart", check_int("restart", self.restart, 0, MAX_SEED))
         if self.H * self.d_h > MAX_SIZE:
             raise ConfigError(f"H·d_h = {self.H * self.d_h} is too large; it must be at most {MAX_SIZE}")
 

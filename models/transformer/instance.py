@@ -17,14 +17,21 @@ from models.transformer.config import TransformerConfig
 STREAMS = ("inputs", "outputs", "init", "facts", "data", "eval")
 
 
-def streams(seed: int) -> dict:
-    """Independent SeedSequences of one instance, by name."""
-    return dict(zip(STREAMS, np.random.SeedSequence(seed).spawn(len(STREAMS))))
+RESTARTED = ("init", "data")  # the streams a restart (SPEC §11) draws anew
 
 
-def stream_int(seed: int, name: str) -> int:
-    """A non-negative 63-bit integer seed drawn from stream ``name`` of ``seed``."""
-    return int(streams(seed)[name].generate_state(1, np.uint64)[0] >> np.uint64(1))
+def streams(seed: int, restart: int = 0) -> dict:
+    """Independent SeedSequences of one instance, by name; a restart k > 0 replaces the init and data streams
+    by those spawned from the entropy (seed, k), keeping embeddings, facts and evaluation set."""
+    own = dict(zip(STREAMS, np.random.SeedSequence(seed).spawn(len(STREAMS))))
+    if restart:
+        own.update(zip(RESTARTED, np.random.SeedSequence([seed, restart]).spawn(len(RESTARTED))))
+    return own
+
+
+def stream_int(seed: int, name: str, restart: int = 0) -> int:
+    """A non-negative 63-bit integer seed drawn from stream ``name`` of ``seed`` (and ``restart``)."""
+    return int(streams(seed, restart)[name].generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def task_of(config: TransformerConfig) -> Task:
@@ -45,7 +52,7 @@ def init_params(config: TransformerConfig) -> dict:
     """Initial parameters of one model (float64 numpy, no model axis), Gaussian with the authors' scales:
     W_Q, W_K, W_V (H, d, d_h) std 1/√d_h; W_O (H·d_h, d) std 1/√d; W_1 (d, m) std 1/√d; W_2 (m, d) std 1/√m
     (W_1, W_2 only when m > 0)."""
-    rng = np.random.default_rng(streams(config.seed)["init"])
+    rng = np.random.default_rng(streams(config.seed, config.restart)["init"])
     d, H, dh, m = config.d, config.H, config.d_h, config.m
     p = {n: rng.standard_normal((H, d, dh)) / np.sqrt(dh) for n in ("WQ", "WK", "WV")}
     p["WO"] = rng.standard_normal((H * dh, d)) / np.sqrt(d)
@@ -55,17 +62,18 @@ def init_params(config: TransformerConfig) -> dict:
     return p
 
 
-def eval_sequences(task: Task, seed: int, device="cpu"):
-    """The evaluation set: every fact once, in order f = s·R + r, with its own positions and noise drawn once.
+def eval_sequences(task: Task, seed: int, device="cpu", copies: int = 1):
+    """The evaluation set: every fact ``copies`` times, in order c·S·R + s·R + r (copy c of fact (s, r)), each
+    sequence with its own positions and noise drawn once.
 
-    Returns tokens (S·R, T) int64 and targets (S·R,) int64. Same layout as TaskSampler.sample: noise
-    everywhere, EOS last, s and r at two distinct uniform positions among the first T-1.
+    Returns tokens (copies·S·R, T) int64 and targets (copies·S·R,) int64. Same layout as TaskSampler.sample:
+    noise everywhere, EOS last, s and r at two distinct uniform positions among the first T-1.
     """
     S, R, T, N = task.S, task.R, task.T, task.N
     g = torch.Generator().manual_seed(stream_int(seed, "eval"))
-    n = S * R
-    s = torch.arange(S).repeat_interleave(R)                                 # (n,)
-    r = torch.arange(R).repeat(S)                                            # (n,)
+    n = copies * S * R
+    s = torch.arange(S).repeat_interleave(R).repeat(copies)                  # (n,)
+    r = torch.arange(R).repeat(S * copies)                                   # (n,)
     tokens = torch.randint(S + R, S + R + N, (n, T), generator=g)            # (n, T)
     tokens[:, T - 1] = task.eos
     i = torch.randint(0, T - 1, (n,), generator=g)                           # (n,)

@@ -52,3 +52,15 @@ def test_tiny_sweep_result_and_fit():
 def test_bad_settings_refused(kw, match):
     with pytest.raises(ConfigError, match=match):
         TransformerSettings(**kw)
+
+
+def test_oracle_with_restarts_succeeds_when_any_restart_does():
+    """Each seed's answer is the OR over restarts × learning rates of separately trained runs."""
+    s = TransformerSettings(ds=(8,), heads=2, head_dim=4, D=4, T=6, seeds=(0, 1), lrs=(3e-2,), restarts=3,
+                            batch=32, max_steps=48, eval_every=8)
+    got = transformer_oracle(s, 8, 2, 4, 0)(3, [0, 1])
+    train = s.train_config()
+    for seed, answer in zip((0, 1), got):
+        runs = [train_transformers([TransformerConfig(S=3, R=3, D=4, d=8, H=2, d_h=4, T=6, seed=seed, restart=k)],
+                                   [3e-2], train).success[0] for k in range(3)]
+        assert answer == any(runs)

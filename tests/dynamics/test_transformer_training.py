@@ -67,3 +67,19 @@ def test_bad_train_config_refused(kw, match):
 def test_mixed_shapes_refused():
     with pytest.raises(ConfigError, match="different shapes"):
         train_transformers([TransformerConfig(d=8), TransformerConfig(d=6)], [0.01, 0.01])
+
+
+def test_accuracy_is_over_every_copy_of_the_evaluation_set():
+    """eval_size 40 on 6 facts: 7 copies (42 sequences); the run's step-0 accuracy equals the fraction right
+    of a separate forward pass over eval_sequences(copies=7) with the initial parameters."""
+    from dynamics.capacity_training.transformer import eval_copies
+    from models.memory import correct_count
+
+    c = TransformerConfig(S=3, R=2, D=2, d=8, H=2, d_h=4, m=4, T=5, seed=2)
+    assert eval_copies(c.facts, 40) == 7 and eval_copies(c.facts, 1) == 1 and eval_copies(c.facts, 6) == 1
+    run = train_transformer(c, 0.01, TransformerTrainConfig(batch=8, max_steps=0, eval_size=40, dtype="float64"))
+    Phi, Psi = (t[None] for t in embeddings(c, F64))
+    tok, tgt = eval_sequences(task_of(c), c.seed, copies=7)
+    params = stack_transformer_params([c], F64)
+    right = int(correct_count(transformer_logits(params, Phi, Psi, tok[None]), tgt[None])[0])
+    assert run.accuracy[0, 0] == right / 42 and run.best_accuracy[0] == right / 42

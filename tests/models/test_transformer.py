@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.errors import ConfigError
-from models.transformer import (TransformerConfig, attention_weights, embeddings, eval_sequences,
+from models.transformer import (TransformerConfig, attention_weights, embeddings, eval_sequences, init_params,
                                 stack_transformer_params, task_of, transformer_logits, transformer_parameter_count)
 
 F64 = torch.float64
@@ -99,3 +99,30 @@ def test_eval_set_is_every_fact_once_with_the_task_layout():
 def test_bad_config_refused(kw, match):
     with pytest.raises(ConfigError, match=match):
         TransformerConfig(**kw)
+
+
+def test_eval_set_copies_hold_every_fact_equally_often_in_their_own_contexts():
+    c = TransformerConfig(S=4, R=3, D=2, T=7, seed=5)
+    task = task_of(c)
+    tokens, targets = eval_sequences(task, c.seed, copies=3)
+    assert tokens.shape == (3 * c.facts, c.T) and (tokens[:, -1] == task.eos).all()
+    s = tokens[tokens < c.S]
+    r = tokens[(tokens >= c.S) & (tokens < c.S + c.R)] - c.S
+    assert torch.equal(s * c.R + r, torch.arange(c.facts).repeat(3))  # copy k of fact f at row k·S·R + f
+    assert torch.equal(targets, torch.tensor(task.answers)[s, r])
+    copies = tokens.view(3, c.facts, c.T)
+    assert not torch.equal(copies[0], copies[1]) and not torch.equal(copies[1], copies[2])  # own noise contexts
+
+
+def test_restart_keeps_the_instance_and_changes_only_the_initialization():
+    base = TransformerConfig(S=3, R=2, D=2, d=8, H=2, d_h=4, m=4, T=5, seed=7)
+    again = TransformerConfig(S=3, R=2, D=2, d=8, H=2, d_h=4, m=4, T=5, seed=7, restart=0)
+    other = TransformerConfig(S=3, R=2, D=2, d=8, H=2, d_h=4, m=4, T=5, seed=7, restart=1)
+    for a, b in zip(embeddings(base), embeddings(other)):
+        assert torch.equal(a, b)
+    assert np.array_equal(task_of(base).answers, task_of(other).answers)
+    assert torch.equal(eval_sequences(task_of(base), base.seed)[0], eval_sequences(task_of(other), other.seed)[0])
+    p0, p0again, p1 = init_params(base), init_params(again), init_params(other)
+    assert all(np.array_equal(p0[n], p0again[n]) for n in p0)
+    assert all(not np.allclose(p0[n], p1[n]) for n in p0)
+    assert all(abs(p1[n].std() / p0[n].std() - 1) < 0.5 for n in p0)  # same scales, another draw

@@ -1,0 +1,64 @@
+"""experiments/capacity.py (the CPU-scale reproduction of the capacity figures) at toy sizes: it writes every
+figure's files, and its numbers are the library's, checked against separately run computations."""
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_spec = importlib.util.spec_from_file_location("capacity_repro", os.path.join(ROOT, "experiments", "capacity.py"))
+repro = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = repro  # its job functions are pickled by name for the worker processes
+_spec.loader.exec_module(repro)
+
+
+@pytest.mark.slow
+def test_tiny_reproduction_writes_every_figure_and_matches_separate_runs(tmp_path):
+    from dynamics.capacity_training import TransformerTrainConfig, train_transformers
+    from models.transformer import TransformerConfig
+
+    out = tmp_path / "repro"
+    assert repro.main(["--tiny", "--quiet", "--workers", "2", "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == sorted(f"{n}.{e}" for n in repro.FIGURES for e in ("csv", "json", "png"))
+    # transformer figure: parameter counts are the paper's 4·H·d_h·d + 2·m·d, facts S·R, one row per size and seed
+    tf = pd.read_csv(out / "transformer.csv")
+    assert (tf.params == 4 * tf.H * tf.d_h * tf.d + 2 * tf.m * tf.d).all() and (tf.facts == tf.S * tf.R).all()
+    assert set(tf.series) == set(repro.TINY_TRANSFORMER_SHAPES) and len(tf) == 2 * 2 * 2
+    # memory figure: linear memories have d² parameters; one series per model
+    mem = pd.read_csv(out / "memory.csv")
+    lin = mem[mem.series == "linear"]
+    assert (lin.params == lin.d ** 2).all() and set(mem.series) == {"linear", "mlp"}
+    # trade-off cell (H=2, m=8), computed in a worker process, equals a transformer of that shape trained here
+    g = repro.TINY_TRADEOFF
+    cfg = TransformerConfig(S=g["S"], R=g["R"], D=g["D"], d=g["d"], H=2, d_h=g["d_h"], m=8, T=g["T"], seed=g["seed"])
+    run = train_transformers([cfg], list(g["lrs"]), TransformerTrainConfig(batch=g["batch"], max_steps=g["max_steps"],
+                                                                           eval_every=g["eval_every"], record=False))
+    to = pd.read_csv(out / "tradeoff.csv")
+    cell = to[(to.H == 2) & (to.m == 8)]
+    assert np.isclose(cell.accuracy.item(), run.best_accuracy.max()) and cell.params.item() == cfg.params
+    body = json.loads((out / "tradeoff.json").read_text())
+    assert np.shape(body["accuracy"]) == (len(g["Hs"]), len(g["ms"]))
+
+
+def test_docs_with_tiny_is_refused(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert repro.main(["--tiny", "--docs", "--out", str(out)]) == 2
+    assert "--docs with --tiny" in capsys.readouterr().err and not out.exists()
+
+
+def test_shipped_settings_pass_frd_capacitys_checks():
+    """Every full-size sweep is one frd-capacity accepts (valid flags, memory within half of what is free)."""
+    mem, tf, _ = repro.settings_blocks(tiny=False)
+    assert repro.check_settings(repro.FIGURES, mem, tf) is None
+
+
+def test_too_large_sweep_refused_before_running(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(repro.TINY_MEMORY_FLAGS, "mlp", "--model mlp --d 4096 --seeds 0")
+    out = tmp_path / "never"
+    assert repro.main(["--tiny", "--only", "memory", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mlp: " in err and "GiB" in err and not out.exists()
