@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.errors import ConfigError
-from common.io import OVERWRITE_HELP, completed_outputs
+from common.io import OVERWRITE_HELP, check_out, completed_outputs
 from common.signals import handling_signals, import_native, interrupted_by
 from common.version import __version__
 
@@ -314,3 +314,16 @@ def describe_device(device) -> str:
     if dev.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(dev)})"
     return "cpu" + ("" if torch.cuda.is_available() else " (no CUDA GPU found)")
+
+
+def out_ok(out: str, overwrite: bool) -> bool:
+    """For scripts outside the programs (experiments/*.py): whether ``--out`` can receive the results, checked
+    right after parsing so a long run is not lost at the end; if not, the reason is one line on stderr (the
+    caller exits with EXIT_BAD_INPUT). Refused: an empty path, an existing non-empty folder without
+    ``overwrite``, a place where nothing can be created (common.io.check_out)."""
+    try:
+        check_out(out, overwrite=overwrite)
+    except ConfigError as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return False
+    return True

@@ -29,14 +29,17 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from common.cli import out_ok  # noqa: E402
+
 from analysis.capacity.__main__ import build_parser, information_bound, series_of, settings_from_args  # noqa: E402
 from common.io import output_dir, save_figure, write_json  # noqa: E402
 
 # --- memory figure (paper §3): frd-capacity flags, one sweep per model ------------------------------------------
 MEMORY_FLAGS = {
-    "linear": "--model linear --d 8 11 16 22 32 --seeds 0 1 2 3 4 --no-construction",
-    # d = 32 would need about 30 GiB at the search's largest N (frd-capacity refuses it)
-    "mlp": "--model mlp --alpha 1 --d 8 11 16 22 --seeds 0 1 2 3 4 --no-construction",
+    # lr 1: the capacity is the same for every lr in [0.1, 10] and lr 1 converges within 4096 steps (docs/capacity.md)
+    "linear": "--model linear --d 8 11 16 22 32 --seeds 0 1 2 3 4 --lr 1 --max-steps 4096 --no-construction",
+    # alpha 1, 2, 4 (the issue's widths); d <= 16 keeps the widest memories' search within the CPU budget
+    "mlp": "--model mlp --alpha 1 2 4 --d 8 11 16 --seeds 0 1 2 --lr 0.03 0.1 --max-steps 4096 --no-construction",
 }
 # --- transformer figure (paper §4): frd-capacity --model transformer flags, one sweep per shape ----------------
 TRANSFORMER_COMMON = ("--model transformer --d 8 12 16 --seeds 0 1 2 --lr 0.03 0.1 --restarts 2 --batch 128 "
@@ -246,6 +249,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_arg_parser().parse_args(argv)
+    if not out_ok(a.out, a.overwrite):
+        return 2
     if a.docs and a.tiny:
         print("--docs with --tiny: the docs show the full-size figures; drop one of them", file=sys.stderr)
         return 2

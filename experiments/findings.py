@@ -39,6 +39,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+from common.cli import out_ok  # noqa: E402
 sys.path.insert(0, HERE)
 
 from common.io import output_dir, save_figure, write_json, write_text  # noqa: E402
@@ -369,6 +371,8 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     if a.docs_from:
         return docs_from(a.docs_from)
+    if not out_ok(a.out, a.overwrite):
+        return 2
     try:
         settle(a)
     except ValueError as e:

@@ -28,6 +28,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from common.cli import out_ok  # noqa: E402
+
 from analysis.results.experiment import analyze_experiment  # noqa: E402
 from common.io import output_dir, save_figure, write_csv, write_json  # noqa: E402
 from dynamics.flow.config import FlowConfig  # noqa: E402
@@ -223,6 +225,8 @@ def main(argv=None):
     p.add_argument("--out", default="runs/experiments", help="output folder (default runs/experiments)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     a = p.parse_args(argv)
+    if not out_ok(a.out, a.overwrite):
+        return 2
     names = a.only or list(EXPERIMENTS)
     results = {}
     for name in names:
