@@ -180,8 +180,9 @@ def capacity_figure_of(name: str, runs: dict, title: str, bits_per_param: float)
 
 def memory_figure(runs: dict, bits_per_param: float) -> tuple:
     first = next(iter(runs.values()))[1].settings
-    title = (f"Capacity of associative memories (target {first.target}, {len(first.seeds)} seeds, Adam lr "
-             f"{list(first.lrs)}, {first.max_steps} steps)")
+    each = "; ".join(f"{label}: {len(r.settings.seeds)} seeds, Adam lr {list(r.settings.lrs)}, "
+                     f"{r.settings.max_steps} steps" for label, (_, r) in runs.items())
+    title = f"Capacity of associative memories (target {first.target}; {each})"
     return capacity_figure_of("memory", runs, title, bits_per_param)
 
 

@@ -30,6 +30,8 @@ def capacity_figure(series, title: str, bound=None):
         color, marker = STYLES[i % len(STYLES)]
         P = np.asarray(s["params"], dtype=float)                 # (n,)
         C = np.asarray(s["capacity"], dtype=float).reshape(len(P), -1)  # (n, S)
+        order = np.argsort(P, kind="stable")  # the mean line runs left to right, whatever order the sizes came in
+        P, C = P[order], C[order]
         ok = C >= 1  # a size whose lowest probe failed has capacity 0 and no place on a log axis
         ax.scatter(np.repeat(P, C.shape[1])[ok.ravel()], C[ok], s=12, color=color, alpha=0.4, marker=marker,
                    label=f"{s['label']} (each seed)")
