@@ -12,7 +12,7 @@ import pytest
 from analysis.capacity.__main__ import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = ["--d", "3", "4", "--seeds", "0", "1", "--max-steps", "150", "--rtol", "0.3", "--max-doublings", "0", "--quiet"]
+TINY = ["--d", "3", "4", "--seeds", "0", "1", "--max-steps", "150", "--rtol", "0.3", "--max-doublings", "2", "--quiet"]
 
 
 @pytest.mark.slow
