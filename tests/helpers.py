@@ -1,6 +1,7 @@
 """Shared by the tests: the repository root and tiny configurations, small enough for the fast suite and large
 enough to have every phase (escape, plateau, convergence) of the flow."""
 import os
+import signal
 import socket
 import time
 
@@ -26,3 +27,8 @@ def wait_until_listening(port: int, seconds: float = 60.0) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.2)
+
+# A shell runs an asynchronous command without job control (`( cmd & )`) with SIGINT ignored; the programs keep
+# an ignored signal ignored by design (nohup), and children inherit it, so SIGINT cases cannot be observed then.
+SIGINT_IGNORED = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+SIGINT_IGNORED_REASON = "SIGINT is ignored in this test process (started in the background without job control)"

@@ -17,13 +17,9 @@ from common.errors import ConfigError
 from common.io import check_out, completed_outputs, output_dir, output_file, write_json, write_text
 from common.signals import Interrupted, critical_section, handling_signals
 
-# A shell runs an asynchronous command without job control (`( cmd & )`) with SIGINT ignored; the programs keep
-# an ignored signal ignored by design (nohup), and children inherit it, so the SIGINT cases cannot be observed.
-SIGINT_IGNORED = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-SKIP_IF_SIGINT_IGNORED = pytest.mark.skipif(SIGINT_IGNORED, reason="SIGINT is ignored in this test process "
-                                                                   "(started in the background without job control)")
+from helpers import ROOT, SIGINT_IGNORED, SIGINT_IGNORED_REASON  # noqa: E402
 
-from helpers import ROOT  # noqa: E402
+SKIP_IF_SIGINT_IGNORED = pytest.mark.skipif(SIGINT_IGNORED, reason=SIGINT_IGNORED_REASON)
 FLOW_FILES = {"results.json", "trajectory.csv", "loss.png", "loss.pdf", "invariant.png"}
 
 
@@ -376,7 +372,7 @@ SIGNAL_CASES = [(sig, phase, overwrite, delay)
                               for s, ph, o, d in SIGNAL_CASES])
 def test_signal_leaves_complete_new_folder_or_nothing(tmp_path, sig, phase, overwrite, delay):
     if sig == signal.SIGINT and SIGINT_IGNORED:
-        pytest.skip("SIGINT is ignored in this test process (started in the background without job control)")
+        pytest.skip(SIGINT_IGNORED_REASON)
     rc, err, out = _signal_run(tmp_path, sig, phase, overwrite, delay)
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
     assert hidden(tmp_path) == [], "temporary folders left behind"
@@ -400,7 +396,7 @@ def test_signal_while_torch_imports_exits_cleanly(tmp_path, sig):
     torch's import and the process aborted with "terminate called after throwing ... pybind11::error_already_set".
     That frame is hit only by chance, so this test checks the clean exit at startup, not the race itself."""
     if sig == signal.SIGINT and SIGINT_IGNORED:
-        pytest.skip("SIGINT is ignored in this test process (started in the background without job control)")
+        pytest.skip(SIGINT_IGNORED_REASON)
     rc, err, out = _signal_run(tmp_path, sig, "integration", False, 0.0)
     assert "terminate called" not in err and "Traceback" not in err, err
     assert rc == 128 + sig and err == "interrupted; nothing was written\n", (rc, err)

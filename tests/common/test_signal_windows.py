@@ -14,7 +14,7 @@ import pytest
 from common.cli import _guard
 from common.signals import Interrupted, interrupted_by
 
-from helpers import ROOT  # noqa: E402
+from helpers import ROOT, SIGINT_IGNORED, SIGINT_IGNORED_REASON  # noqa: E402
 
 
 def test_error_raised_while_a_signal_unwinds_is_the_signal(capsys):
@@ -60,6 +60,7 @@ def test_sigterm_during_plotting_exits_143(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(SIGINT_IGNORED, reason=SIGINT_IGNORED_REASON)
 def test_sigint_during_paper_startup_never_aborts(tmp_path):
     """SIGINT at random moments in figures.paper's first 1.5 s (parsing, torch and matplotlib imports): never
     'Fatal Python error' / abort (-6); a signal before the handlers are in is Python's own KeyboardInterrupt."""
