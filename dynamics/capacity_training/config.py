@@ -11,16 +11,13 @@ MAX_STEPS = 2**24
 
 
 @dataclass(frozen=True)
-class MemoryTrainConfig:
-    """Full-batch Adam on the cross-entropy of SPEC §7. Validated at construction.
+class AdamSettings:
+    """The settings every capacity trainer shares (SPEC §7, §11), validated at construction by
+    :func:`check_adam_settings`. target: the accuracy that stops a run early (0.99). beta1, beta2, eps: Adam's
+    (no weight decay). dtype, device: float32 on the CPU by default (the models are trained by Adam, not
+    integrated, and only the argmax matters); float64 for tight comparisons in tests. record: keep the loss and
+    accuracy of every step or evaluation (off: only the outcome, for capacity searches)."""
 
-    max_steps: at most this many Adam steps (the paper: 2**15); the run stops early once the accuracy reaches
-    ``target`` (0.99). betas, eps: Adam's (no weight decay). dtype: float32 by default (the models are trained
-    by Adam, not integrated, and only the argmax matters); float64 for tight comparisons in tests.
-    record: keep the loss and accuracy of every step (off: only the outcome, for capacity searches).
-    """
-
-    max_steps: int = 2**15
     target: float = ACCURACY_TARGET
     beta1: float = 0.9
     beta2: float = 0.999
@@ -30,8 +27,22 @@ class MemoryTrainConfig:
     record: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "max_steps", check_int("max_steps", self.max_steps, 0, MAX_STEPS))
         check_adam_settings(self)
+
+
+@dataclass(frozen=True)
+class MemoryTrainConfig(AdamSettings):
+    """Full-batch Adam on the cross-entropy of SPEC §7. Validated at construction.
+
+    max_steps: at most this many Adam steps (the paper: 2**15); the run stops early once the accuracy reaches
+    ``target``. The other fields are :class:`AdamSettings`'.
+    """
+
+    max_steps: int = 2**15
+
+    def __post_init__(self):
+        object.__setattr__(self, "max_steps", check_int("max_steps", self.max_steps, 0, MAX_STEPS))
+        super().__post_init__()
 
 
 def check_adam_settings(config) -> None:

@@ -17,9 +17,9 @@ import torch
 
 from common.errors import check_int
 from dynamics.capacity_training.adam import BatchedAdam
-from dynamics.capacity_training.config import MAX_STEPS, check_adam_settings, check_batch
+from dynamics.capacity_training.config import MAX_STEPS, AdamSettings, check_batch
 from dynamics.threads import threads_for, torch_threads
-from models.memory import ACCURACY_TARGET, correct_count, loss, needed_count
+from models.memory import correct_count, loss, needed_count
 from models.sampler import TaskSampler
 from models.transformer import embeddings, eval_sequences, stack_transformer_params, task_of, transformer_logits
 from models.transformer.instance import stream_int
@@ -28,7 +28,7 @@ MAX_BATCH = 2**20
 
 
 @dataclass(frozen=True)
-class TransformerTrainConfig:
+class TransformerTrainConfig(AdamSettings):
     """Adam on the cross-entropy of fresh batches (SPEC §11). Validated at construction.
 
     batch: sequences per step (the paper 1024). max_steps: at most this many Adam steps (the paper 2**14).
@@ -36,27 +36,20 @@ class TransformerTrainConfig:
     authors: max_steps/128); the run stops once it reaches ``target``. eval_size: the evaluation set holds every
     fact ceil(eval_size/(S·R)) times, each copy in its own noise context (SPEC §11; the authors test on 1024
     sampled sequences; 1: every fact once), so that one unlucky noise draw cannot fail a small task.
-    betas, eps: Adam's (no weight decay). dtype, device: float32 by default. record: keep loss and accuracy of every evaluation.
+    The other fields are :class:`dynamics.capacity_training.config.AdamSettings`'.
     """
 
     batch: int = 256
     max_steps: int = 2**14
     eval_every: int = 16
     eval_size: int = 1024
-    target: float = ACCURACY_TARGET
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    dtype: str = "float32"
-    device: str = "cpu"
-    record: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "batch", check_int("batch", self.batch, 1, MAX_BATCH))
         object.__setattr__(self, "max_steps", check_int("max_steps", self.max_steps, 0, MAX_STEPS))
         object.__setattr__(self, "eval_every", check_int("eval_every", self.eval_every, 1, MAX_STEPS))
         object.__setattr__(self, "eval_size", check_int("eval_size", self.eval_size, 1, MAX_BATCH))
-        check_adam_settings(self)
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
