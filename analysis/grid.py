@@ -14,6 +14,7 @@ import os
 import sys
 
 from common.cli import EXIT_OK, ArgumentParser, Program, program_name, run_program
+from analysis.sweeps.dask_tasks import add_cluster_flags
 
 GRID_HELP = """\
 The grid: every --grid NAME=VALUES adds an axis and the runs are all combinations (the last axis varies
@@ -143,22 +144,7 @@ def _common(p, kind: str) -> None:
                             "counts, no conservation drifts; equal to the single runs to ~1e-12 relative) "
                             "(default 1: one run per task)")
     x = p.add_argument_group("execution")
-    x.add_argument("--scheduler", default="local", metavar="local|tls://HOST:PORT",
-                   help="local (default): a Dask LocalCluster on this machine, --workers processes of one thread; "
-                        "tls://HOST:8786: a running Dask scheduler (dask scheduler / dask worker, dask-jobqueue) "
-                        "with TLS (the --tls-* flags, or Dask's configuration distributed.comm.tls.*); "
-                        "tcp://127.0.0.1:8786: one on this machine without TLS")
-    x.add_argument("--tls-ca-file", default=None, metavar="PEM",
-                   help="tls://: the CA certificate that signed the scheduler's (and this client's) certificate")
-    x.add_argument("--tls-cert", default=None, metavar="PEM", help="tls://: this client's certificate")
-    x.add_argument("--tls-key", default=None, metavar="PEM",
-                   help="tls://: this client's private key (omit if it is in the --tls-cert file)")
-    x.add_argument("--insecure-tcp", action="store_true",
-                   help="accept a plain tcp:// scheduler on another machine. tcp:// has no authentication and no "
-                        "encryption: whoever reaches the scheduler's port can run any code on the workers (tasks "
-                        "are pickled) and read the runs. Acceptable on loopback (always allowed) or on a private "
-                        "network where every machine and user is trusted (e.g. a cluster's internal network); "
-                        "elsewhere use tls://")
+    add_cluster_flags(x)
     x.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local worker processes (default: one per CPU core); 1 runs in this process, one run "
                         "after another, without Dask (for debugging)")

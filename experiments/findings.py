@@ -178,7 +178,7 @@ def run_softmax(spec: dict, a: dict) -> tuple:
                                       seed=spec["seed"]),
                       model="softmax", optimizer="adam", lr=a["lr_scale"] / d, batch=a["batch"], steps=a["steps"], d=d,
                       init_scale=a["init_scale"], seed=spec["seed"], eval_every=a["eval_every"], eval_geometric=4,
-                      eval_size=a["eval_size"], eps_conv=a["eps"], device="cpu", threads=1)
+                      eval_size=a["eval_size"], eps_conv=a["eps"], device=a["device"], threads=1)
     res = train_schedule(cfg, stages, eval_sets=("all", "train") + extra, progress=False)
     h = res.history
     cols = {k: np.asarray(h[k]) for k in ("all_loss",) + tuple(f"{e.name}_loss" for e in extra)}
@@ -186,6 +186,16 @@ def run_softmax(spec: dict, a: dict) -> tuple:
                              [s.reason for s in res.stages], a)
     row.update(d=d)
     return row, dict(t=np.asarray(h["step"]), stage=np.asarray(h["stage"]), **cols)
+
+
+def pickle_this_module_by_value() -> None:
+    """Dask's workers cannot import this script (it is not in a package): its functions travel by value. Run as
+    a script they do already (they live in __main__); loaded under another name (the tests), say so."""
+    mod = sys.modules.get(__name__)
+    if __name__ != "__main__" and mod is not None:
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(mod)
 
 
 def run_one(job: tuple) -> tuple:
@@ -216,21 +226,34 @@ def jobs_for(q: str, a) -> list:
     return flows + soft
 
 
-def run_question(q: str, a, pool=None) -> dict:
-    """Run every job of question q (in a pool when given), printing one progress line per run. Returns
-    dict(rows, curves, wall)."""
-    jobs = [(spec, a.run_settings) for spec in jobs_for(q, a)]
+def run_question(q: str, a, client=None) -> dict:
+    """Run every job of question q (on the Dask ``client``'s workers when given, else in this process),
+    printing one progress line per run as it ends. Returns dict(rows, curves, wall), rows in the jobs' order.
+    RuntimeError naming the runs if any failed."""
+    from analysis.sweeps.dask_tasks import run_tasks
+
+    specs = jobs_for(q, a)
+    jobs = [(spec, a.run_settings) for spec in specs]
     t0 = time.perf_counter()
-    results = pool.imap(run_one, jobs) if pool is not None else map(run_one, jobs)
+    done = [0]
+
+    def say(i, status, value):
+        done[0] += 1
+        keep = {k: v for k, v in specs[i].items() if k not in ("q", "stop_loss", "until_time")}
+        what = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items())
+        told = f"{short(value[1])} ({value[3]:.1f} s" if status == "done" else f"FAILED: {value} ("
+        print(f"[{q} {done[0]}/{len(jobs)}] {what}: {told}; {time.perf_counter() - t0:.0f} s in all)",
+              file=sys.stderr, flush=True)
+
+    outcomes = run_tasks(run_one, jobs, client=client, on_result=say)
+    failed = [f"{specs[i]}: {o[1]}" for i, o in enumerate(outcomes) if o is None or o[0] != "done"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(jobs)} {q} runs failed; the first: {failed[0]}")
     rows, curves = [], []
-    for n, (spec, row, curve, wall) in enumerate(results, 1):
+    for (_, (spec, row, curve, wall)) in outcomes:
         keep = {k: v for k, v in spec.items() if k not in ("q",)}
         rows.append(dict(keep, **row, wall_s=wall))
         curves.append((spec, curve))
-        what = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items()
-                         if k not in ("stop_loss", "until_time"))
-        print(f"[{q} {n}/{len(jobs)}] {what}: {short(row)} ({wall:.1f} s; {time.perf_counter() - t0:.0f} s in all)",
-              file=sys.stderr, flush=True)
     if q == "scaling":
         from analysis.theory.reduced_solution import phase_times
 
@@ -305,7 +328,17 @@ def parser() -> argparse.ArgumentParser:
                    help="model 2: evaluate every this many steps (default 40; also 4 times per doubling early on)")
     p.add_argument("--eval-size", type=int, default=8192, help="model 2: held-out sequences per evaluation "
                                                                "(default 8192, the least allowed)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes, one thread each; default 1)")
+    p.add_argument("--device", default="cpu", metavar="auto|cpu|cuda[:i]",
+                   help="model 2's device (default cpu: these small models run fastest on a CPU core; auto: a "
+                        "CUDA GPU when present, else the CPU, and it says so; the exact flow is always float64 "
+                        "on the CPU)")
+    x = p.add_argument_group("execution (Dask)")
+    x.add_argument("--jobs", type=int, default=1,
+                   help="local worker processes of one thread, a Dask LocalCluster (default 1: every run in this "
+                        "process, one after another); with --scheduler tls://...: unused")
+    from analysis.sweeps.dask_tasks import add_cluster_flags
+
+    add_cluster_flags(x, workers_flag="--jobs")
     p.add_argument("--out", default="runs/findings", help="output folder (default runs/findings)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--regenerate-docs", action="store_true",
@@ -349,9 +382,32 @@ def settle(a) -> None:
         a.finetune_time = float(8 * np.ravel(phase_times(a.S // 2, a.R, a.D, a.alpha, a.eps)["t3"])[0])
     elif not (math.isfinite(a.finetune_time) and a.finetune_time > 0):
         raise ValueError(f"--finetune-time = {a.finetune_time}: must be a positive number")
-    a.run_settings = dict(R=a.R, D=a.D, eps=a.eps, alpha=a.alpha, t_max=a.t_max, lr_scale=a.lr_scale, batch=a.batch, T=a.T,
-                          N=a.N, steps=a.steps, init_scale=a.init_scale, eval_every=a.eval_every,
-                          eval_size=a.eval_size)
+    from analysis.sweeps.dask_tasks import check_scheduler
+    from common.errors import ConfigError
+
+    try:
+        check_scheduler(a.scheduler, a.insecure_tcp)
+        a.device = resolved_device(a.device)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    a.run_settings = dict(device=a.device, R=a.R, D=a.D, eps=a.eps, alpha=a.alpha, t_max=a.t_max,
+                          lr_scale=a.lr_scale, batch=a.batch, T=a.T, N=a.N, steps=a.steps,
+                          init_scale=a.init_scale, eval_every=a.eval_every, eval_size=a.eval_size)
+
+
+def resolved_device(text: str) -> str:
+    """--device as the device model 2 runs on: ``auto`` -> ``cuda`` when a GPU is present, else ``cpu`` (said on
+    stderr); ConfigError for a device that is not usable here."""
+    from common.errors import check_device
+
+    if text == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        print("findings: --device auto: no CUDA GPU here, model 2 runs on the CPU", file=sys.stderr)
+        return "cpu"
+    return str(check_device("--device", text, also="auto"))
 
 
 def machine() -> str:
@@ -381,17 +437,22 @@ def main(argv=None) -> int:
     import findings_report as report
 
     names = a.only or list(QUESTIONS)
-    pool = None
-    if a.jobs > 1:
-        import multiprocessing
+    from analysis.sweeps.dask_tasks import make_security, open_client
+    from common.errors import ConfigError
 
-        pool = multiprocessing.get_context("spawn").Pool(a.jobs)
     t0 = time.perf_counter()
     try:
-        results = {q: run_question(q, a, pool) for q in names}
-    finally:
-        if pool is not None:
-            pool.close()
+        security = make_security(a.scheduler, a.tls_ca_file, a.tls_cert, a.tls_key)
+        with open_client(a.scheduler, a.jobs, security=security, insecure_tcp=a.insecure_tcp) as client:
+            if client is not None:
+                pickle_this_module_by_value()
+            results = {q: run_question(q, a, client) for q in names}
+    except ConfigError as e:
+        print(f"findings: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"findings: {e}; nothing written", file=sys.stderr)
+        return 1
     wall = time.perf_counter() - t0
     settings = {k: v for k, v in vars(a).items() if k != "run_settings"}
     settings.update(machine=machine(), wall_seconds=wall)

@@ -331,11 +331,19 @@ def _finetune_figure(fig, left, right, curves, color, a):
 
 
 # ----------------------------------------------------------------------------- docs
+def where(settings: dict) -> str:
+    """Where the runs ran: this process, N local Dask workers or a Dask scheduler."""
+    if settings.get("scheduler", "local") not in (None, "", "local"):
+        return "on a Dask cluster"
+    jobs = settings.get("jobs", 1) or 1
+    return "one process" if jobs == 1 else f"{jobs} local Dask worker processes"
+
+
 def run_line(settings: dict, walls: dict) -> str:
     """The generated sentence on where and how long the run took."""
     per = ", ".join(f"{q} {w / 60:.1f} min" for q, w in walls.items())
     return (f"Measured by one run of `python experiments/findings.py` ({'paper' if settings.get('paper_scale') else 'CPU'}"
-            f" scale, one process, one thread per run; {settings['machine']}, the machine shared with other "
+            f" scale, {where(settings)}, one thread per run; {settings['machine']}, the machine shared with other "
             f"jobs): {settings['wall_seconds'] / 60:.1f} min in all ({per}).")
 
 

@@ -155,6 +155,29 @@ def run_tasks(fn, items, *, client=None, on_result=None, memory_bytes=None, labe
     return outcomes
 
 
+def add_cluster_flags(group, workers_flag: str = "--workers") -> None:
+    """The flags of a Dask scheduler (``--scheduler``, ``--tls-ca-file``, ``--tls-cert``, ``--tls-key``,
+    ``--insecure-tcp``) on an argparse group: one definition for every program that runs tasks on Dask
+    (:func:`open_client`, :func:`check_scheduler`, :func:`make_security` read them). ``workers_flag``: the
+    program's flag for the local worker count, named in the help."""
+    group.add_argument("--scheduler", default="local", metavar="local|tls://HOST:PORT",
+                       help=f"local (default): a Dask LocalCluster on this machine, {workers_flag} processes of one "
+                            "thread; tls://HOST:8786: a running Dask scheduler (dask scheduler / dask worker, "
+                            "dask-jobqueue) with TLS (the --tls-* flags, or Dask's configuration "
+                            "distributed.comm.tls.*); tcp://127.0.0.1:8786: one on this machine without TLS")
+    group.add_argument("--tls-ca-file", default=None, metavar="PEM",
+                       help="tls://: the CA certificate that signed the scheduler's (and this client's) certificate")
+    group.add_argument("--tls-cert", default=None, metavar="PEM", help="tls://: this client's certificate")
+    group.add_argument("--tls-key", default=None, metavar="PEM",
+                       help="tls://: this client's private key (omit if it is in the --tls-cert file)")
+    group.add_argument("--insecure-tcp", action="store_true",
+                       help="accept a plain tcp:// scheduler on another machine. tcp:// has no authentication and "
+                            "no encryption: whoever reaches the scheduler's port can run any code on the workers "
+                            "(tasks are pickled) and read the runs. Acceptable on loopback (always allowed) or on "
+                            "a private network where every machine and user is trusted (e.g. a cluster's internal "
+                            "network); elsewhere use tls://")
+
+
 PLAIN_PROTOCOLS = ("tcp", "ws")  # unauthenticated, unencrypted: pickled tasks anyone on the path can send or read
 CONNECT_TIMEOUT_SECONDS = 20  # connecting to a running scheduler (a refused TLS handshake ends sooner)
 

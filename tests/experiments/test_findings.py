@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def load_findings():
     spec = importlib.util.spec_from_file_location("findings", os.path.join(ROOT, "experiments", "findings.py"))
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["findings"] = mod  # as `import findings` would: cloudpickle sends its functions to Dask by value
     spec.loader.exec_module(mod)
     return mod
 
@@ -121,13 +123,37 @@ def test_finetune_flow_row_is_the_separately_run_experiment(tiny):
     assert bool(row.collapse) == (row.old_loss_max >= math.log(8) / 2)
 
 
-@pytest.mark.parametrize("flag,value", [("--ratios", "2,-1"), ("--S", "15"), ("--betas", "a"), ("--eps", "2")])
+@pytest.mark.slow
+def test_dask_workers_give_the_rows_of_the_in_process_run(tiny, tmp_path):
+    """--jobs 2 (a Dask LocalCluster, runs finishing in any order) writes the rows the in-process run wrote, in
+    the same order, number for number (each run is seeded; only its wall time differs)."""
+    import pandas as pd
+
+    out = str(tmp_path / "dask")
+    assert load_findings().main(TINY + ["--only", "finetune", "--jobs", "2", "--out", out]) == 0
+    here = pd.read_csv(os.path.join(tiny, "finetune.csv")).drop(columns=["wall_s"])
+    there = pd.read_csv(os.path.join(out, "finetune.csv")).drop(columns=["wall_s"])
+    pd.testing.assert_frame_equal(here, there)
+
+
+@pytest.mark.parametrize("flag,value", [("--ratios", "2,-1"), ("--S", "15"), ("--betas", "a"), ("--eps", "2"),
+                                        ("--device", "mps"), ("--scheduler", "tcp://10.1.2.3:8786"),
+                                        ("--jobs", "0")])
 def test_bad_values_exit_2_one_line_nothing_written(tmp_path, capsys, flag, value):
     out = tmp_path / "out"
     assert load_findings().main([flag, value, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and flag in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and flag.lstrip("-") in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_device_auto_without_a_gpu_says_the_cpu_is_used(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert load_findings().resolved_device("auto") == "cpu"
+    assert "CPU" in capsys.readouterr().err
 
 
 def test_docs_from_an_empty_folder_exits_2(tmp_path, capsys):
