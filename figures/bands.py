@@ -46,7 +46,7 @@ def _setting(config) -> str:
     return (f"{what}, {opt}, lr {c['lr']:g}, {c['steps']} steps; S={c['S']}, R={c['R']}, D={c['D']}, "
             f"T={c['T']}, N={c['N']}, init "
             + (f"{c['init'] if c['model'] == 'linear' else 'gaussian'} {c['init_scale']:g}"
-               if c["model"] != "transformer" else "gaussian (SPEC §11 scales)"))
+               if c["model"] != "transformer" else "§11"))
 
 
 def plot_bands(group: dict):
