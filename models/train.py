@@ -30,8 +30,9 @@ from models.task import FACT_KINDS, MAX_SEED, TaskConfig
 
 D_DEFAULT = 256  # model 2's embedding dimension (dynamics.TrainConfig's too); at 64 it stalls above 0.3 nats
 # the transformer's defaults (dynamics.TrainConfig's d, H, d_h, m too): on the default task (S 16, R 4, D 8,
-# T 32, N 20) Adam at lr 0.01 reaches accuracy 1 on every held-out sequence by step 1024 and the 2048 steps take
-# about 16 s on one thread of a shared 2-core CPU; at d 256 the same run stalls near loss 2
+# T 32, N 20) Adam at lr 0.01 reaches accuracy 1 on every held-out sequence at step 832 and the 2048 steps take
+# 16-27 s on one thread of a shared 2-core CPU; at d 256 the same run is still on the log D plateau (loss 2.09) at
+# step 2048 (bench/transformer_default.py)
 TRANSFORMER_DEFAULTS = dict(d=64, H=1, d_h=16, m=0, optimizer="adam", lr=0.01, steps=2048)
 OTHER_DEFAULTS = dict(d=D_DEFAULT, optimizer="sgd", lr=0.1, steps=8192)  # models 1 and 2
 TRANSFORMER_FLAGS = ("H", "d_h", "m")
@@ -58,13 +59,14 @@ def build_parser() -> ArgumentParser:
     m.add_argument("--d", type=int, default=None, metavar="DIM",
                    help=f"embedding dimension of the softmax model (model 2) and of the transformer; not the "
                         f"task's --D (default {D_DEFAULT} for the softmax model, the paper figure's, at 64 its loss "
-                        f"stalls above 0.3 nats; {xd['d']} for the transformer, at 256 its default run stalls)")
+                        f"stalls above 0.3 nats; {xd['d']} for the transformer, at 256 its default run is still on "
+                        f"the log D plateau at step 2048)")
     m.add_argument("--H", type=int, default=None,
                    help=f"transformer only: number of attention heads, >= 1 (default {xd['H']})")
     m.add_argument("--d-h", type=int, default=None, metavar="DH",
                    help=f"transformer only: dimension of each head's query, key and value, >= 1 (default "
                         f"{xd['d_h']}; with --H 1 and --d {xd['d']} it learns every fact of the default task in "
-                        f"about 1000 Adam steps)")
+                        f"about 800 Adam steps)")
     m.add_argument("--m", type=int, default=None, metavar="WIDTH",
                    help=f"transformer only: width of the ReLU MLP after attention, >= 0; 0 = attention only "
                         f"(default {xd['m']})")
@@ -77,8 +79,8 @@ def build_parser() -> ArgumentParser:
     m.add_argument("--batch", type=int, default=1024, help="sequences per SGD/Adam step (default 1024)")
     m.add_argument("--steps", type=int, default=None,
                    help=f"number of optimizer steps (default {OTHER_DEFAULTS['steps']}; {xd['steps']} for the "
-                        "transformer, which learns the default task in about 1000: 2048 take about 16 s on one "
-                        "CPU thread)")
+                        "transformer, which learns every fact of the default task in about 800: 2048 take 15-30 s "
+                        "on one thread of a shared 2-core CPU)")
     m.add_argument("--init", default=None, choices=INITS[:2],
                    help="linear model's init: uniform (every entry = scale, the paper's) or balanced (K = scale, "
                         "W = scale/sqrt|A|) (default uniform; not for the softmax model, whose init is Gaussian, "

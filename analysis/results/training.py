@@ -134,7 +134,7 @@ def summarize_staged_training(result, experiment: str, pairing=None) -> dict:
 
     result: a ScheduleResult (dynamics.train_schedule); experiment: the experiment file's path; pairing:
     ``schedule_flow_gap(result, ...)`` or None (with one, ``flow_gap`` and where it is reached). Model 1's
-    times are flow times (step * lr), model 2's steps.
+    times are flow times (step * lr), model 2's and the transformer's steps.
     """
     c, h = result.config, result.history
     in_flow_time = staged_time_column(h) == "flow_time"
@@ -181,7 +181,7 @@ def staged_phases(result) -> dict:
     with L_v <= eps_conv: a plateau above it is never taken for convergence). Between the two evaluations that
     bracket a crossing it is located on the PCHIP interpolant in log t (analysis.phases.first_crossing). An
     empty set gets None for every time and level but theta3. Times in the run's time unit
-    (:func:`staged_time_column`: flow time = step * lr for model 1, steps for model 2), as the stages' t_start
+    (:func:`staged_time_column`: flow time = step * lr for model 1, steps otherwise), as the stages' t_start
     and t_end. The train set's curve is the history's plain ``loss`` column, every other set's
     ``<set>_loss``."""
     h, c, task = result.history, result.config, result.task

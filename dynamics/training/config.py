@@ -14,8 +14,8 @@ from dynamics.choices import MODELS, OPTIMIZERS
 
 LR_MAX = 1e30  # a step size the float32 trainers can multiply a gradient by
 D_SOFTMAX = 256  # model 2's embedding dimension (the paper figure's); at 64 its loss stalls above 0.3 nats
-# the transformer's: at 64 (H = 1, d_h = 16, Adam lr 0.01) it learns every fact of the default task within 1024
-# steps; at 256 the same run stalls near loss 2 (measured, docs/training.md)
+# the transformer's: at 64 (H = 1, d_h = 16, Adam lr 0.01) it learns every fact of the default task in about 800
+# steps; at 256 the same run is still on the log D plateau at step 2048 (bench/transformer_default.py)
 D_TRANSFORMER = 64
 MAX_THREADS = 1024  # torch's thread pool crashes (segfault) when asked for ~1e5 threads
 
@@ -40,8 +40,8 @@ class TrainConfig:
     authors' Gaussian scales of SPEC §11, drawn from the seed's ``init`` stream).
     d: embedding dimension of model 2 and of the transformer (None: D_SOFTMAX = 256 for model 2, the paper
     figure's, at 64 the head shows both plateaus but its loss stalls above 0.3 nats; D_TRANSFORMER = 64 for the
-    transformer, at 256 its default Adam run stalls). H, d_h, m: the transformer's heads, head dimension and MLP
-    width (m = 0: attention only); read by the transformer only.
+    transformer, at 256 its default Adam run is still on the log D plateau after 2048 steps). H, d_h, m: the
+    transformer's heads, head dimension and MLP width (m = 0: attention only); read by the transformer only.
     eval_every: evaluate every this many steps; eval_geometric: also this many evaluations per doubling of
     the step count (steps 1, 2, 3, 4, 5, 6, 8, ... rounded from 2^(i/g); 0: none), so that a log-step axis
     shows the early steps; eval_size: held-out sequences (>= 8192).

@@ -61,7 +61,8 @@ def _checks(rec, trainer, start):
             from models.transformer import TransformerConfig, init_params
 
             assert rec["init"] == "gaussian-spec11"
-            ref = init_params(TransformerConfig(d=rec["d"], H=rec["H"], d_h=rec["d_h"], m=rec["m"], seed=rec["seed"]))
+            ref = init_params(TransformerConfig(d=rec["d"], H=rec["H"], d_h=rec["d_h"], m=rec["m"],
+                                                seed=rec["seed"]))
             assert set(ref) == set(start)
             for n, v in ref.items():
                 assert torch.allclose(start[n], torch.as_tensor(v).float().double()), n
@@ -99,8 +100,8 @@ def _checks(rec, trainer, start):
 
     checks = dict(
         task=lambda: _check_task(rec, trainer),
-        model=lambda: assert_equal(rec["model"], {"SoftmaxAttentionModel": "softmax", "TransformerModule": "transformer",
-                                                  "LinearAttentionModel": "linear"}[type(trainer.model).__name__])
+        model=lambda: assert_equal(rec["model"], {"SoftmaxAttentionModel": "softmax", "LinearAttentionModel": "linear",
+                                                  "TransformerModule": "transformer"}[type(trainer.model).__name__])
         if sampled else assert_equal(rec["model"], "linear"),
         optimizer=lambda: assert_equal(rec["optimizer"], "gd" if not sampled else
                                        ("adam" if trainer.adam is not None else "sgd")),
