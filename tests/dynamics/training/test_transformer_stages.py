@@ -5,20 +5,22 @@ level holds there); the model and Adam's state carry over; a stage the step budg
 command exits 3; the results claim nothing of model 2's (no confirmation report).
 
 References: the recorded history read independently (first row at or below the level); the same schedule run
-without the loss rule; the same trainer stepped by hand (SampledTrainer.step, set_weights at the switch).
+without the loss rule; the same trainer stepped by hand (SampledTrainer.step, set_weights at the switch); one
+SGD and one Adam step against autograd's gradient and torch.optim.Adam on the same batch.
 """
 import dataclasses
 import json
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 
 from analysis.results.training import summarize_staged_training, summarize_training
 from dynamics.experiment.file import load_experiment
 from dynamics.experiment.schedule import Stop
 from dynamics.training import SampledTrainer, TrainConfig, train, train_schedule
-from models.task import make_task
+from models.task import TaskConfig, make_task
 
 EXPERIMENT = """
 [task]
@@ -141,3 +143,32 @@ def test_the_step_budget_is_reported_as_cut_and_the_command_exits_3(tmp_path, ca
     s = summarize_training(plain)
     assert s["status"] == "completed" and s["time_unit"] == "steps" and "confirmation" not in s
     assert s["config"]["model"] == "transformer" and s["config"]["H"] == 1 and s["config"]["init_scale"] is None
+
+
+def test_sgd_and_adam_steps_equal_hand_steps_on_the_same_batch():
+    """One trainer step (SGD, then Adam) against the same batch, drawn again from the sampler's generator state,
+    stepped by hand: p - lr * autograd gradient, and torch.optim.Adam on a copy of the module."""
+    import copy
+
+    task = make_task(TaskConfig(S=6, R=2, D=3, T=5, N=2))
+    for opt in ("sgd", "adam"):
+        cfg = TrainConfig(task=task.config, model="transformer", optimizer=opt, lr=0.05, batch=16, steps=1,
+                          device="cpu", seed=3, d=6, H=2, d_h=3, m=4)
+        tr = SampledTrainer(cfg, task)
+        ref = copy.deepcopy(tr.model)
+        start = [p.detach().clone() for p in tr.model.parameters()]
+        state = tr.sampler.generator.get_state()
+        tr.step()
+        b = tr.sampler.sample(16, generator=torch.Generator().set_state(state))
+        loss = torch.nn.functional.cross_entropy(ref(b.tokens), b.targets)
+        loss.backward()
+        if opt == "sgd":
+            with torch.no_grad():
+                expected = [p - 0.05 * p.grad for p in ref.parameters()]
+        else:
+            torch.optim.Adam(ref.parameters(), lr=0.05).step()
+            expected = list(ref.parameters())
+        for p, q, p0 in zip(tr.model.parameters(), expected, start):
+            assert not torch.equal(p, p0), opt  # every parameter moved
+            assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), opt
+        assert float(tr.train_sum) == pytest.approx(float(loss.detach()), rel=1e-6)
