@@ -183,7 +183,14 @@ def default_out_dir(args, parser=None) -> str:
     """runs/train-{model}-S{S}-R{R}-D{D} plus ``-<setting>`` for every result-changing option not at its
     default (threads and CUDA graphs change the speed, not the result, and are left out). With --experiment FILE:
     runs/train-{model}-{FILE's stem} plus the settings, without the task flags (the file's [task] replaces
-    them) or the file's path; a name over 60 characters ends in a hash of its settings (common.cli.default_out)."""
+    them) or the file's path; a name over 60 characters ends in a hash of its settings (common.cli.default_out).
+    A setting given at its model's default (--d, --lr, --steps, --H, --d-h, --m, whose defaults depend on the
+    model) is left out, as if not given."""
+    import argparse
+
+    defaults = {**OTHER_DEFAULTS, **TRANSFORMER_DEFAULTS} if args.model == "transformer" else OTHER_DEFAULTS
+    args = argparse.Namespace(**{k: (None if k in defaults and k != "optimizer" and v == defaults[k] else v)
+                                 for k, v in vars(args).items()})
     skip = ("model", "threads", "no_cuda_graph", "workers")
     if getattr(args, "experiment", None):
         stem = os.path.splitext(os.path.basename(args.experiment))[0]

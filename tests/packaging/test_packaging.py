@@ -195,6 +195,12 @@ def test_train_default_out_folder():
     assert default_out_dir(a, p) == "runs/train-softmax-S16-R4-D8-adam-lr1e-03"  # threads: speed, not result
     a = p.parse_args(["--model", "transformer", "--H", "2", "--d-h", "8", "--m", "32"])
     assert default_out_dir(a, p) == "runs/train-transformer-S16-R4-D8-H2-dh8-m32"
+    # a setting given at its model's default names the same folder as leaving it out
+    a = p.parse_args(["--model", "transformer", "--H", "1", "--d", "64", "--lr", "0.01", "--steps", "4096"])
+    assert default_out_dir(a, p) == "runs/train-transformer-S16-R4-D8-steps4096"
+    a = p.parse_args(["--model", "softmax", "--d", "256", "--lr", "0.1", "--steps", "8192"])
+    assert default_out_dir(a, p) == "runs/train-softmax-S16-R4-D8"
+    assert default_out_dir(p.parse_args(["--model", "softmax", "--d", "64"]), p) == "runs/train-softmax-S16-R4-D8-d64"
 
 
 def _add_argument_calls(path):
