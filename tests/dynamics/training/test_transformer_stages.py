@@ -172,3 +172,21 @@ def test_sgd_and_adam_steps_equal_hand_steps_on_the_same_batch():
             assert not torch.equal(p, p0), opt  # every parameter moved
             assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), opt
         assert float(tr.train_sum) == pytest.approx(float(loss.detach()), rel=1e-6)
+
+
+def test_a_far_too_large_step_is_reported_as_diverged():
+    """Adam and SGD at absurd step sizes: status diverged at step 1, the history keeps step 0 only; by hand, the
+    state after one step has a held-out loss above the divergence limit (or not finite)."""
+    from dynamics.training import DIVERGENCE_FACTOR
+
+    task = make_task(TaskConfig(S=6, R=2, D=3, T=5, N=2))
+    for opt, lr in (("adam", 1e4), ("sgd", 1e6)):
+        cfg = TrainConfig(task=task.config, model="transformer", optimizer=opt, lr=lr, steps=50, batch=16,
+                          eval_every=10, device="cpu", d=6, H=2, d_h=3)
+        run = train(cfg, progress=False, task=task)
+        assert run.status == "diverged" and run.diverged_at == 1 and list(run.history["step"]) == [0]
+        hand = SampledTrainer(cfg, task)
+        L0 = hand.evaluate()["loss"]
+        hand.step()
+        L1 = hand.evaluate()["loss"]
+        assert not L1 <= DIVERGENCE_FACTOR * max(task.log_A, L0), (opt, L0, L1)
