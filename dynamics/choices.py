@@ -12,5 +12,5 @@ DEFAULT_METHOD = {"native": "dopri5", "torchdiffeq": "dopri5", "scipy": "DOP853"
 METHODS = {"native": NATIVE_METHODS, "torchdiffeq": TORCHDIFFEQ_METHODS, "scipy": SCIPY_METHODS}
 BACKENDS = tuple(DEFAULT_METHOD)
 INITS = ("balanced", "uniform", "file")  # the first two are models.linear.INIT_KINDS (tested)
-MODELS = ("linear", "softmax")
+MODELS = ("linear", "softmax", "transformer")
 OPTIMIZERS = ("gd", "sgd", "adam")

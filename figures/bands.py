@@ -4,9 +4,10 @@ one standard deviation and a lighter min-max band.
 - model 1 (linear attention): against flow time step x lr, around the exact gradient flow from the same init
   (the paper's SGD procedure as a band around the flow); the legend's title gives the largest distance of the
   mean from the flow and how often the flow lies inside the seeds' min-max band;
-- model 2 (softmax head): against steps, with log|A| and log D marked and the confirmation verdict of every
-  seed and whether every seed confirmed in the title, and the verdict on the seeds' mean curves (those drawn)
-  as the legend's heading, each saying which curves it judged.
+- model 2 (softmax head) and the transformer: against steps, with log|A| and log D marked; model 2 with the
+  confirmation verdict of every seed and whether every seed confirmed in the title, and the verdict on the
+  seeds' mean curves (those drawn) as the legend's heading, each saying which curves it judged (the transformer:
+  its seeds only, model 2's claims are not its).
 
 Every drawn data artist carries a ``gid``: ``flow:<column>`` for the exact flow, ``mean:<column>``,
 ``std:<column>`` and ``minmax:<column>`` for the bands, ``reference`` for a theory level.
@@ -38,11 +39,14 @@ def _band(ax, x, cols, name, label, color):
 
 def _setting(config) -> str:
     c = config
-    what = "linear attention (model 1)" if c["model"] == "linear" else f"softmax head d={c['d']} (model 2)"
+    what = ("linear attention (model 1)" if c["model"] == "linear" else
+            f"transformer d={c['d']} H={c['H']} d_h={c['d_h']} m={c['m']}" if c["model"] == "transformer" else
+            f"softmax head d={c['d']} (model 2)")
     opt = "GD" if c["optimizer"] == "gd" else f"{c['optimizer'].upper()} batch {c['batch']}"
     return (f"{what}, {opt}, lr {c['lr']:g}, {c['steps']} steps; S={c['S']}, R={c['R']}, D={c['D']}, "
-            f"T={c['T']}, N={c['N']}, init {c['init'] if c['model'] == 'linear' else 'gaussian'} "
-            f"{c['init_scale']:g}")
+            f"T={c['T']}, N={c['N']}, init "
+            + (f"{c['init'] if c['model'] == 'linear' else 'gaussian'} {c['init_scale']:g}"
+               if c["model"] != "transformer" else "§11"))
 
 
 def plot_bands(group: dict):
@@ -92,7 +96,8 @@ def plot_bands(group: dict):
         # two different verdicts, each saying which curves it judged: every seed's own curves, and the seeds'
         # mean curves drawn here; they can differ (2 of 3 seeds confirmed, the mean curves confirmed)
         title = (f"{n} seeds. Stages confirmed on each seed's own curves: {per} "
-                 f"({group.get('n_confirmed', 0)} of {len(verdicts)}); overall (every seed): {every}")
+                 f"({group.get('n_confirmed', 0)} of {len(verdicts)}); overall (every seed): {every}"
+                 if config["model"] == "softmax" else f"{n} seeds (seeds {', '.join(map(str, group['seeds']))})")
         title = textwrap.fill(title, 110)  # many seeds: several lines, never wider than the figure
         legend_title = None
         if group.get("mean_curve_confirmed") is not None:

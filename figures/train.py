@@ -13,11 +13,13 @@ from figures.flow import legend_outside, loss_axes  # noqa: E402
 def run_title(config) -> str:
     t = config.task
     what = ("linear attention (model 1)" if config.model == "linear"
-            else f"softmax head, random embeddings d={config.d} (model 2)")
+            else f"transformer, one layer, d={config.d}, H={config.H}, d_h={config.d_h}, m={config.m}"
+            if config.model == "transformer" else f"softmax head, random embeddings d={config.d} (model 2)")
     opt = "full-batch GD on the exact loss" if config.optimizer == "gd" else \
         f"{config.optimizer.upper()}, batch {config.batch}"
     return (f"{what}: {opt}, lr {config.lr:g}\nS={t.S}, R={t.R}, D={t.D}, T={t.T}, N={t.N}, {t.facts} facts, "
-            f"init {config.init if config.model == 'linear' else 'gaussian'} {config.init_scale:g}")
+            + (f"init {config.init if config.model == 'linear' else 'gaussian'} {config.init_scale:g}"
+               if config.model != "transformer" else "init gaussian (SPEC §11 scales)"))
 
 
 def overlay_axes(ax, step, lr, loss, flow, *, label="SGD", gap=None):

@@ -32,7 +32,11 @@ def recorded_config(config, device) -> dict:
       N(0, init_std^2), ``init_std`` = init_scale / sqrt(d), added beside it): TrainConfig's ``init`` field is
       model 1's only and its default ``uniform`` is not what model 2 does;
     - ``device``: the device the run ran on (``cpu``, ``cuda:0``), not the request (``auto``);
+    - the transformer: ``init`` = ``gaussian-spec11`` (the fixed scales of SPEC §11: W_Q, W_K, W_V std
+      1/sqrt(d_h), W_O, W_1 1/sqrt(d), W_2 1/sqrt(m)), so ``init_scale`` is not read; nor is ``manual_grad``
+      (autograd);
     - not read, hence ``None``: ``d`` and ``manual_grad`` for model 1 (its SGD step is always hand-written),
+      ``H``, ``d_h`` and ``m`` for models 1 and 2,
       ``batch``, ``seed`` and ``eval_size`` for full-batch GD (no sampling, exact evaluation),
       ``cuda_graph`` off CUDA, ``threads`` on CUDA.
     """
@@ -44,8 +48,13 @@ def recorded_config(config, device) -> dict:
     if config.model == "softmax":
         c["init"] = "gaussian"
         c["init_std"] = config.init_scale / config.d ** 0.5
+    elif config.model == "transformer":  # the fixed scales of SPEC §11; gradients by autograd
+        c["init"] = "gaussian-spec11"
+        c["init_scale"] = c["manual_grad"] = None
     else:
         c["d"] = c["manual_grad"] = None
+    if config.model != "transformer":
+        c["H"] = c["d_h"] = c["m"] = None
     if config.optimizer == "gd":
         c["batch"] = c["seed"] = c["eval_size"] = None
     if dev.type != "cuda":
@@ -60,7 +69,8 @@ def summarize_training(result, pairing=None) -> dict:
     levels, throughput, phases, final metrics.
 
     result: a TrainResult; pairing: ``flow_gap(result)`` or None. Model 1 adds the phases in flow time
-    (and with a pairing ``flow_gap`` and where it is reached); model 2 adds the confirmation report.
+    (and with a pairing ``flow_gap`` and where it is reached); model 2 adds the confirmation report (its claims
+    are model 2's, SPEC §4: the transformer gets the phases and final metrics only).
     """
     c, h, task = result.config, result.history, result.task
     th = dict(log_A=task.log_A, H_A_given_R=task.H_A_given_R)

@@ -142,7 +142,7 @@ def training_bands(rows: list[dict], spec: SweepSpec | None = None) -> BandsResu
         if config.model == "linear":
             cols["flow_time"] = cols["step"] * config.lr
             g.update(_flow_band(config, cols))
-        else:
+        elif config.model == "softmax":  # model 2's claims (SPEC §4); the transformer gets the bands only
             g.update(_verdicts(members, seeds, cols, g["theory"], config.eps_conv))
         out.append(g)
     return BandsResult(groups=out)

@@ -1,4 +1,5 @@
-"""Online SGD (models 1 and 2) and Adam (model 2) on sampled batches, in float32 on a torch device.
+"""Online SGD (models 1, 2 and the transformer) and Adam (model 2, the transformer) on sampled batches, in
+float32 on a torch device.
 
 The training step keeps everything on the device (sampling with a device ``torch.Generator``, the running
 training loss summed in a device tensor, divergence tracked in device tensors) and on CUDA is captured once in
@@ -14,6 +15,7 @@ import torch
 
 from models.modules import LinearAttentionModel, SoftmaxAttentionModel
 from models.sampler import TaskSampler
+from models.transformer import TransformerModule
 from models.task import Task, make_task
 
 from dynamics.training.base import Leg, Measurement, Trainer
@@ -24,7 +26,8 @@ _NEVER = 2**62  # "no bad loss yet" in the device-side divergence tracking
 
 
 class SampledTrainer(Trainer):
-    """Online SGD (models 1, 2) or Adam (model 2) in float32 on fresh batches of the sampler.
+    """Online SGD (models 1, 2, the transformer) or Adam (model 2, the transformer) in float32 on fresh batches of
+    the sampler.
 
     weights: optional (S, R) fact weights to sample from (SPEC §6; default the task's p(s) q(r));
     :meth:`set_weights` switches them, keeping the model, the optimizer state and the generator."""
@@ -37,6 +40,9 @@ class SampledTrainer(Trainer):
         torch.manual_seed(c.seed)
         if c.model == "linear":
             self.model = LinearAttentionModel(self.task, c.init, c.init_scale, dtype=torch.float32, device=dev)
+        elif c.model == "transformer":
+            self.model = TransformerModule(self.task, c.d, c.H, c.d_h, c.m, seed=c.seed, dtype=torch.float32,
+                                           device=dev)
         else:
             self.model = SoftmaxAttentionModel(self.task, c.d, c.init_scale, seed=c.seed, dtype=torch.float32,
                                                device=dev)
@@ -56,6 +62,7 @@ class SampledTrainer(Trainer):
         self._limit = torch.full((), math.inf, dtype=torch.float32, device=dev)  # set after the step-0 evaluation
         self.graph = None
         self.linear_fast = c.model == "linear"
+        self.manual_grad = c.manual_grad and c.model == "softmax"  # the transformer's gradient is autograd's
         if self.linear_fast:
             self._rows = torch.arange(c.batch, device=dev)  # (n,)
             self._C = torch.zeros(c.batch, self.task.vocab_size, dtype=torch.float32, device=dev)  # (n, |V|)
@@ -103,7 +110,7 @@ class SampledTrainer(Trainer):
         if self.linear_fast:
             return self._linear_step_body()
         b = self.sampler.sample(self.config.batch)
-        if self.config.manual_grad:  # hand-written gradient (tested against autograd), writes p.grad
+        if self.manual_grad:  # hand-written gradient (tested against autograd), writes p.grad
             loss = self.model.loss_and_grad_(b.tokens, b.targets)
         else:
             logits = self.model(b.tokens)  # (batch, |A|)

@@ -63,8 +63,8 @@ def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progres
 
     Each stage trains on its resolved Distribution w: sampled batches from w (SGD, Adam) or the exact
     population loss under w (GD). Stop rules:
-    - ``time``: model 1 (whose step k is flow time k * lr): round(time / lr) steps; model 2 (no flow to
-      pair with): ``time`` counts optimizer steps, round(time);
+    - ``time``: model 1 (whose step k is flow time k * lr): round(time / lr) steps; model 2 and the
+      transformer (no flow to pair with): ``time`` counts optimizer steps, round(time);
     - ``loss`` on set ``on``: checked at every evaluation (the stage's start, every ``eval_every`` steps
       counted from the stage's start, its end); the stage ends at the first evaluation whose loss on that set
       is <= the level. GD measures it with the exact population metrics of the set; the sampled trainers
@@ -97,16 +97,17 @@ def train_schedule(config: TrainConfig, stages, *, eval_sets=("train",), progres
 
 def stage_leg(config: TrainConfig, index: int, stage, weights, sets) -> Leg:
     """Stage ``index`` as the trainers' loop runs it: its training ``weights``, evaluation ``sets`` and stop
-    rules (``time`` -> round(time / lr) steps for model 1, round(time) for model 2, capped at config.steps)."""
+    rules (``time`` -> round(time / lr) steps for model 1, round(time) for model 2 and the transformer, capped at
+    config.steps)."""
     c, st = config, stage
     steps, end = c.steps, "steps"
     if st.until.time is not None:
-        per_step = c.lr if c.model == "linear" else 1.0  # model 2: until_time is a number of steps
+        per_step = c.lr if c.model == "linear" else 1.0  # model 2, transformer: until_time is a number of steps
         n = int(round(st.until.time / per_step))
         if n < 1:
             raise ConfigError(f"stage {st.name!r}: until_time = {st.until.time:g} is less than half a step "
                               + (f"(lr = {c.lr:g}); lengthen the stage or lower lr" if c.model == "linear"
-                                 else "(for the softmax model until_time counts steps)"))
+                                 else f"(for the {c.model} model until_time counts steps)"))
         if n <= c.steps:
             steps, end = n, "time"
     return Leg(steps=steps, index=index, name=st.name, weights=weights, loss=st.until.loss, on=st.until.on,

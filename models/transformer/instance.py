@@ -42,18 +42,30 @@ def task_of(config: TransformerConfig) -> Task:
 
 def embeddings(config: TransformerConfig, dtype=torch.float32, device="cpu"):
     """Phi (V, d) input-token embeddings and Psi (|A|, d) answer unembeddings, rows uniform on the sphere."""
-    s = streams(config.seed)
-    Phi = sphere(np.random.default_rng(s["inputs"]), config.vocab_size, config.d)     # (V, d)
-    Psi = sphere(np.random.default_rng(s["outputs"]), config.num_answers, config.d)   # (|A|, d)
+    return sphere_embeddings(config.seed, config.vocab_size, config.num_answers, config.d, dtype, device)
+
+
+def sphere_embeddings(seed: int, vocab_size: int, num_answers: int, d: int, dtype=torch.float32, device="cpu"):
+    """Phi (vocab_size, d) and Psi (num_answers, d), rows uniform on the sphere, from the ``inputs`` and
+    ``outputs`` streams of ``seed`` (what :func:`embeddings` draws for a config of these sizes)."""
+    s = streams(seed)
+    Phi = sphere(np.random.default_rng(s["inputs"]), vocab_size, d)     # (V, d)
+    Psi = sphere(np.random.default_rng(s["outputs"]), num_answers, d)   # (|A|, d)
     return torch.as_tensor(Phi, dtype=dtype, device=device), torch.as_tensor(Psi, dtype=dtype, device=device)
 
 
 def init_params(config: TransformerConfig) -> dict:
-    """Initial parameters of one model (float64 numpy, no model axis), Gaussian with the authors' scales:
-    W_Q, W_K, W_V (H, d, d_h) std 1/√d_h; W_O (H·d_h, d) std 1/√d; W_1 (d, m) std 1/√d; W_2 (m, d) std 1/√m
-    (W_1, W_2 only when m > 0)."""
-    rng = np.random.default_rng(streams(config.seed, config.restart)["init"])
-    d, H, dh, m = config.d, config.H, config.d_h, config.m
+    """Initial parameters of one model (float64 numpy, no model axis): :func:`draw_init` of the config's shape
+    from its init stream (of its restart)."""
+    return draw_init(config.seed, config.d, config.H, config.d_h, config.m, config.restart)
+
+
+def draw_init(seed: int, d: int, H: int, d_h: int, m: int, restart: int = 0) -> dict:
+    """Initial parameters of a transformer of shape (d, H, d_h, m) from the ``init`` stream of (seed, restart)
+    (float64 numpy, no model axis), Gaussian with the authors' scales: W_Q, W_K, W_V (H, d, d_h) std 1/√d_h;
+    W_O (H·d_h, d) std 1/√d; W_1 (d, m) std 1/√d; W_2 (m, d) std 1/√m (W_1, W_2 only when m > 0)."""
+    rng = np.random.default_rng(streams(seed, restart)["init"])
+    dh = d_h
     p = {n: rng.standard_normal((H, d, dh)) / np.sqrt(dh) for n in ("WQ", "WK", "WV")}
     p["WO"] = rng.standard_normal((H * dh, d)) / np.sqrt(d)
     if m > 0:

@@ -53,10 +53,19 @@ def _checks(rec, trainer, start):
     c = trainer.config
     sampled = hasattr(trainer, "sampler")
     softmax = c.model == "softmax"
+    xf = c.model == "transformer"
     first = next(iter(start.values()))
 
     def init():
-        if softmax:  # W_KQ, W_OV drawn N(0, init_std^2): not all equal, spread init_std
+        if xf:  # the capacity code's draw of a TransformerConfig of the recorded shape and seed (SPEC §11)
+            from models.transformer import TransformerConfig, init_params
+
+            assert rec["init"] == "gaussian-spec11"
+            ref = init_params(TransformerConfig(d=rec["d"], H=rec["H"], d_h=rec["d_h"], m=rec["m"], seed=rec["seed"]))
+            assert set(ref) == set(start)
+            for n, v in ref.items():
+                assert torch.allclose(start[n], torch.as_tensor(v).float().double()), n
+        elif softmax:  # W_KQ, W_OV drawn N(0, init_std^2): not all equal, spread init_std
             assert rec["init"] == "gaussian"
             w = torch.cat([v.reshape(-1) for v in start.values()])
             assert len(torch.unique(w)) == w.numel()
@@ -71,7 +80,9 @@ def _checks(rec, trainer, start):
             assert torch.allclose(K, torch.full_like(K, rec["init_scale"]), rtol=1e-6)
 
     def init_scale():
-        if softmax:  # the same draw again from the recorded d, init_scale and seed
+        if xf:
+            _is_none(rec["init_scale"])  # the transformer's scales are fixed (checked by init)
+        elif softmax:  # the same draw again from the recorded d, init_scale and seed
             from models.modules import SoftmaxAttentionModel
 
             again = SoftmaxAttentionModel(trainer.task, rec["d"], rec["init_scale"], seed=rec["seed"])
@@ -88,16 +99,20 @@ def _checks(rec, trainer, start):
 
     checks = dict(
         task=lambda: _check_task(rec, trainer),
-        model=lambda: assert_equal(rec["model"], "softmax" if type(trainer.model).__name__ ==
-                                   "SoftmaxAttentionModel" else "linear") if sampled else
-        assert_equal(rec["model"], "linear"),
+        model=lambda: assert_equal(rec["model"], {"SoftmaxAttentionModel": "softmax", "TransformerModule": "transformer",
+                                                  "LinearAttentionModel": "linear"}[type(trainer.model).__name__])
+        if sampled else assert_equal(rec["model"], "linear"),
         optimizer=lambda: assert_equal(rec["optimizer"], "gd" if not sampled else
                                        ("adam" if trainer.adam is not None else "sgd")),
         lr=lambda: assert_equal(rec["lr"], c.lr),
         init=init,
         init_scale=init_scale,
         init_std=lambda: assert_equal(rec["init_std"], c.init_scale / math.sqrt(trainer.model.d)),
-        d=lambda: assert_equal(rec["d"], trainer.model.d) if softmax else _is_none(rec["d"]),
+        d=lambda: assert_equal(rec["d"], trainer.model.d) if softmax or xf else _is_none(rec["d"]),
+        H=lambda: assert_equal(rec["H"], trainer.model.WQ.shape[0]) if xf else _is_none(rec["H"]),
+        d_h=lambda: assert_equal(rec["d_h"], trainer.model.WQ.shape[2]) if xf else _is_none(rec["d_h"]),
+        m=lambda: (assert_equal(rec["m"], trainer.model.W1.shape[1] if hasattr(trainer.model, "W1") else 0) if xf
+                   else _is_none(rec["m"])),
         batch=lambda: (assert_equal(rec["batch"], trainer.sampler.sample(c.batch).targets.shape[0])
                        if sampled else _is_none(rec["batch"])),
         seed=lambda: (assert_equal(rec["seed"], c.seed) if sampled else _is_none(rec["seed"])),
@@ -125,12 +140,14 @@ def _checks(rec, trainer, start):
      "--batch", "64"],
     ["--model", "linear", "--optimizer", "gd", "--init", "balanced", "--lr", "0.5", "--steps", "20",
      "--eval-every", "10"],
-], ids=["softmax-sgd", "softmax-adam", "linear-sgd", "linear-gd"])
+    ["--model", "transformer", "--d", "8", "--H", "2", "--d-h", "3", "--m", "5", "--steps", "10", "--eval-every",
+     "5", "--seed", "4", "--batch", "32"],
+], ids=["softmax-sgd", "softmax-adam", "linear-sgd", "linear-gd", "transformer-adam"])
 def test_results_json_records_the_settings_used(tmp_path, monkeypatch, argv):
     rec, (trainer, start) = _run(tmp_path, monkeypatch, argv + ["--S", "8", "--R", "2", "--D", "4", "--T", "7",
                                                                 "--N", "3"])
     checks = _checks(rec, trainer, start)
-    assert set(rec) == set(checks) - ({"init_std"} if trainer.config.model == "linear" else set()), \
+    assert set(rec) == set(checks) - ({"init_std"} if trainer.config.model != "softmax" else set()), \
         "every recorded setting needs a check"
     for key in rec:
         checks[key]()

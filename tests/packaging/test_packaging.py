@@ -168,7 +168,7 @@ def test_train_flags_have_choices_and_distinct_d_help():
     from dynamics import TrainConfig
     from dynamics.choices import INITS, MODELS, OPTIMIZERS
     from models.linear import INIT_KINDS
-    from models.train import D_DEFAULT, build_parser
+    from models.train import D_DEFAULT, TRANSFORMER_DEFAULTS, build_parser
 
     p = build_parser()
     act = {a.dest: a for a in p._actions}
@@ -178,7 +178,11 @@ def test_train_flags_have_choices_and_distinct_d_help():
     assert tuple(act["init"].choices) == INITS[:2] == INIT_KINDS
     assert "embedding dimension of the softmax model (model 2)" in act["d"].help
     assert "answers per relation" in act["D"].help and "embedding" not in act["D"].help.split(".")[0]
-    assert D_DEFAULT == act["d"].default == TrainConfig().d == 256
+    # --d has no fixed default: model 2's (256) and the transformer's differ, both TrainConfig's own
+    assert act["d"].default is None and D_DEFAULT == TrainConfig(model="softmax").d == TrainConfig().d == 256
+    assert TRANSFORMER_DEFAULTS["d"] == TrainConfig(model="transformer").d
+    xf = TrainConfig(model="transformer")
+    assert (xf.H, xf.d_h, xf.m) == tuple(TRANSFORMER_DEFAULTS[k] for k in ("H", "d_h", "m"))
     assert act["out"].default is None and not act["out"].required
 
 
@@ -189,6 +193,8 @@ def test_train_default_out_folder():
     assert default_out_dir(p.parse_args([]), p) == "runs/train-linear-S16-R4-D8"
     a = p.parse_args(["--model", "softmax", "--optimizer", "adam", "--lr", "1e-3", "--threads", "4"])
     assert default_out_dir(a, p) == "runs/train-softmax-S16-R4-D8-adam-lr1e-03"  # threads: speed, not result
+    a = p.parse_args(["--model", "transformer", "--H", "2", "--d-h", "8", "--m", "32"])
+    assert default_out_dir(a, p) == "runs/train-transformer-S16-R4-D8-H2-dh8-m32"
 
 
 def _add_argument_calls(path):

@@ -1,6 +1,7 @@
 """`frd-train --seeds N` (models.train through the sweep runner) writes bands (mean, standard deviation with
 ddof 1, min and max over seeds of every history column) and per-seed rows equal to those of N separately run
-single-seed trainings, for model 1 and for model 2.
+single-seed trainings, for model 1, model 2 and the transformer (whose bands carry no confirmation verdicts:
+those are model 2's claims).
 
 Reference: N runs of dynamics.training.train with TrainConfig(seed=s) built by hand, and numpy's statistics of
 their histories; each run's phase times from analysis.results.training.summarize_training.
@@ -20,6 +21,7 @@ COMMON = dict(steps=40, batch=32, eval_every=10, device="cpu", eval_size=8192, t
 MODELS = {
     "linear": dict(model="linear", optimizer="sgd", lr=0.5, init="uniform", init_scale=1e-3),
     "softmax": dict(model="softmax", optimizer="sgd", lr=4.0, init_scale=1e-3, d=16),
+    "transformer": dict(model="transformer", optimizer="adam", lr=0.01, d=8, H=2, d_h=4, m=3),
 }
 N_SEEDS = 3
 
@@ -27,9 +29,13 @@ N_SEEDS = 3
 def argv_of(kind):
     c = {**COMMON, **MODELS[kind]}
     argv = ["--S", "8", "--R", "2", "--D", "4", "--T", "4", "--N", "2", "--model", c["model"], "--optimizer",
-            c["optimizer"], "--lr", str(c["lr"]), "--init-scale", str(c["init_scale"]), "--steps", str(c["steps"]),
+            c["optimizer"], "--lr", str(c["lr"]), "--steps", str(c["steps"]),
             "--batch", str(c["batch"]), "--eval-every", str(c["eval_every"]), "--device", "cpu", "--threads", "1"]
-    if kind == "softmax":
+    if kind != "transformer":
+        argv += ["--init-scale", str(c["init_scale"])]
+    if kind == "transformer":
+        argv += ["--d", str(c["d"]), "--H", str(c["H"]), "--d-h", str(c["d_h"]), "--m", str(c["m"])]
+    elif kind == "softmax":
         argv += ["--d", str(c["d"])]
     else:
         argv += ["--init", c["init"]]
@@ -70,3 +76,9 @@ def test_seed_bands_equal_the_statistics_of_separate_runs(tmp_path, kind):
     if kind == "linear":
         assert np.array_equal(bands["flow_time"], steps * MODELS[kind]["lr"])
     assert os.path.isfile(out / "bands.json")
+    if kind == "transformer":
+        import json
+
+        (group,) = json.loads((out / "bands.json").read_text())["groups"]
+        assert group.get("verdicts") is None and group["config"]["model"] == "transformer"
+        assert "confirmed" not in rows.columns
