@@ -48,9 +48,10 @@ from common.io import output_dir, save_figure, write_json, write_text  # noqa: E
 QUESTIONS = ("scaling", "zipf", "warmup", "finetune")
 ZUCCHET_EXPONENT = 0.81  # plateau ~ 0.43 N^0.81 in the number of individuals (Zucchet et al. 2025)
 CPU_SCALE = dict(S=32, flow_S="16,32,64,128,256,512,1024", softmax_S="16,32,64,128", ratios="6,3,2,1",
+                 transformer_ratios="3,1,0.5",
                  seeds=5, steps=3000, betas="0,0.5,1,1.5,2", finetune_steps=1500)
 PAPER_SCALE = dict(S=256, flow_S="16,32,64,128,256,512,1024,2048", softmax_S="16,32,64,128,256,512",
-                   ratios="8,4,2,1,0.5", seeds=10, steps=100000, betas="0,0.25,0.5,0.75,1,1.25,1.5,1.75,2",
+                   ratios="8,4,2,1,0.5", transformer_ratios="4,2,1,0.5", seeds=10, steps=100000, betas="0,0.25,0.5,0.75,1,1.25,1.5,1.75,2",
                    finetune_steps=40000)
 
 
@@ -158,12 +159,20 @@ def run_flow(spec: dict, a: dict) -> tuple:
 
 
 def softmax_d(S: int, R: int, ratio: float) -> int:
-    """Model 2's embedding dimension at capacity ratio d / sqrt(S R) (at least 2)."""
+    """The embedding dimension d at capacity ratio d / sqrt(S R) (at least 2), for model 2 and the transformer."""
     return max(2, int(round(ratio * math.sqrt(S * R))))
 
 
-def run_softmax(spec: dict, a: dict) -> tuple:
-    """One Adam run of model 2 through train_schedule (the same stages as the flow). Returns (row, curve)."""
+def transformer_shape(d: int) -> dict:
+    """The transformer's shape at embedding dimension d: H = 2 heads of dimension d_h = d/2 (the capacity work's
+    alpha = H d_h / d = 1) and an MLP of width m = d (beta = 1), P = 4 H d_h d + 2 m d = 6 d^2 parameters (model 2
+    at the same d has 2 d^2)."""
+    return dict(H=2, d_h=max(1, d // 2), m=d)
+
+
+def run_trained(spec: dict, a: dict) -> tuple:
+    """One Adam run of model 2 or the transformer through train_schedule (the same stages as the flow).
+    Returns (row, curve)."""
     import torch
 
     from dynamics.training.config import TrainConfig
@@ -173,19 +182,32 @@ def run_softmax(spec: dict, a: dict) -> tuple:
     torch.set_num_threads(1)
     stages, extra = _stages(spec, a["eps"])
     d = softmax_d(spec["S"], a["R"], spec["ratio"])
+    if spec["model"] == "softmax":  # small init (the flow's regime), Adam step 2/d
+        model = dict(model="softmax", lr=a["lr_scale"] / d, init_scale=a["init_scale"])
+    else:  # the standard init of SPEC §11 and the capacity work's Adam step
+        model = dict(model="transformer", lr=a["transformer_lr"], **transformer_shape(d))
     # the seed draws the fact table, the embeddings, the initial weights and the batches
     cfg = TrainConfig(task=TaskConfig(S=spec["S"], R=a["R"], D=a["D"], T=a["T"], N=a["N"], facts="balanced",
                                       seed=spec["seed"]),
-                      model="softmax", optimizer="adam", lr=a["lr_scale"] / d, batch=a["batch"], steps=a["steps"], d=d,
-                      init_scale=a["init_scale"], seed=spec["seed"], eval_every=a["eval_every"], eval_geometric=4,
-                      eval_size=a["eval_size"], eps_conv=a["eps"], device=a["device"], threads=1)
+                      optimizer="adam", batch=a["batch"], steps=a["steps"], d=d, seed=spec["seed"],
+                      eval_every=a["eval_every"], eval_geometric=4, eval_size=a["eval_size"], eps_conv=a["eps"],
+                      device=a["device"], threads=1, **model)
     res = train_schedule(cfg, stages, eval_sets=("all", "train") + extra, progress=False)
     h = res.history
     cols = {k: np.asarray(h[k]) for k in ("all_loss",) + tuple(f"{e.name}_loss" for e in extra)}
     row = _summary_of_curves(spec, h["step"], h["stage"], cols, [float(s.step_end) for s in res.stages],
                              [s.reason for s in res.stages], a)
-    row.update(d=d)
+    row.update(d=d, params=cfg_params(cfg))
     return row, dict(t=np.asarray(h["step"]), stage=np.asarray(h["stage"]), **cols)
+
+
+def cfg_params(cfg) -> int:
+    """Trained parameters: model 2 W_KQ and W_OV (2 d^2); the transformer 4 H d_h d + 2 m d (SPEC §11)."""
+    if cfg.model == "softmax":
+        return 2 * cfg.d * cfg.d
+    from models.transformer.config import transformer_parameter_count
+
+    return transformer_parameter_count(cfg.d, cfg.H, cfg.d_h, cfg.m)
 
 
 def pickle_this_module_by_value() -> None:
@@ -202,27 +224,29 @@ def run_one(job: tuple) -> tuple:
     """Worker: (spec, settings) -> (spec, row, curve, wall seconds). Top level, so a process pool can call it."""
     spec, a = job
     t0 = time.perf_counter()
-    row, curve = (run_flow if spec["model"] == "flow" else run_softmax)(spec, a)
+    row, curve = (run_flow if spec["model"] == "flow" else run_trained)(spec, a)
     return spec, row, curve, time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- the questions' runs
 def jobs_for(q: str, a) -> list:
-    """Every run spec of question q: the flow's, then model 2's (ratio, seed) for each setting."""
-    ratios, seeds = a.ratio_list, range(a.seed0, a.seed0 + a.seeds)
+    """Every run spec of question q: the flow's, then model 2's (ratio, seed) for each setting, then the
+    transformer's (its ratios, seed)."""
+    seeds = range(a.seed0, a.seed0 + a.seeds)
+    trained = [("softmax", r) for r in a.ratio_list] + [("transformer", r) for r in a.transformer_ratio_list]
     th2 = log_levels(a.R, a.D, a.eps)[1]
     if q == "scaling":
         # stop once the loss on `all` is well below theta2: the plateau has ended, t3 is not needed
         flows = [dict(q=q, model="flow", S=S, stop_loss=a.eps) for S in a.flow_S_list]
-        soft = [dict(q=q, model="softmax", S=S, ratio=r, seed=s, stop_loss=0.5 * th2)
-                for S in a.softmax_S_list for r in ratios for s in seeds]
+        soft = [dict(q=q, model=m, S=S, ratio=r, seed=s, stop_loss=0.5 * th2)
+                for m, r in trained for S in a.softmax_S_list for s in seeds]
         return flows + soft
     settings = {"zipf": [dict(beta=b, stop_loss=a.eps) for b in a.beta_list],
                 "warmup": [dict(k=k) for k in a.k_list],
                 "finetune": [dict(rho=r) for r in (0.0, 0.1, 0.3)]}[q]
     flows = [dict(q=q, model="flow", S=a.S, until_time=a.finetune_time, **x) for x in settings]
-    soft = [dict(q=q, model="softmax", S=a.S, ratio=r, seed=s, until_time=a.finetune_steps, **x)
-            for x in settings for r in ratios for s in seeds]
+    soft = [dict(q=q, model=m, S=a.S, ratio=r, seed=s, until_time=a.finetune_steps, **x)
+            for m, r in trained for x in settings for s in seeds]
     return flows + soft
 
 
@@ -301,8 +325,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--D", type=int, default=8, help="answers per relation (default 8)")
     p.add_argument("--flow-S", help=f"the scaling question's S values for the flow and the theory "
                                     f"(default {CPU_SCALE['flow_S']})")
-    p.add_argument("--softmax-S", help=f"the scaling question's S values for model 2 (default {CPU_SCALE['softmax_S']})")
+    p.add_argument("--softmax-S", help=f"the scaling question's S values for model 2 and the transformer (default {CPU_SCALE['softmax_S']})")
     p.add_argument("--ratios", help=f"model 2's capacity ratios d / sqrt(S R) (default {CPU_SCALE['ratios']})")
+    p.add_argument("--transformer-ratios",
+                   help="the one-layer transformer's (SPEC §11; H = 2, d_h = d/2, m = d: 6 d^2 parameters) capacity "
+                        f"ratios d / sqrt(S R), 'none' for none (default {CPU_SCALE['transformer_ratios']})")
+    p.add_argument("--transformer-lr", type=float, default=1e-2,
+                   help="the transformer's Adam step size (default 0.01, the paper's trade-off runs'; its init is "
+                        "the standard one of SPEC §11, not model 2's small one)")
     p.add_argument("--seeds", type=int, help=f"seeds per model-2 configuration (default {CPU_SCALE['seeds']})")
     p.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--betas", help=f"Zipf exponents of the zipf question (default {CPU_SCALE['betas']})")
@@ -362,7 +392,7 @@ def settle(a) -> None:
         raise ValueError(f"--S = {a.S}: must be an even integer >= 4 (the finetune question halves it)")
     if a.T < 3 or a.N < 1 or a.eval_size < 8192:
         raise ValueError(f"--T {a.T} --N {a.N} --eval-size {a.eval_size}: need T >= 3, N >= 1, eval size >= 8192")
-    for name in ("eps", "alpha", "lr_scale", "t_max"):
+    for name in ("eps", "alpha", "lr_scale", "t_max", "transformer_lr"):
         v = getattr(a, name)
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"--{name.replace('_', '-')} = {v}: must be a positive number")
@@ -371,6 +401,8 @@ def settle(a) -> None:
     a.flow_S_list = _ints(a.flow_S, "--flow-S", 2)
     a.softmax_S_list = _ints(a.softmax_S, "--softmax-S", 2)
     a.ratio_list = _floats(a.ratios, "--ratios", 0.0, strict=True)
+    a.transformer_ratio_list = (() if a.transformer_ratios.strip().lower() == "none" else
+                                _floats(a.transformer_ratios, "--transformer-ratios", 0.0, strict=True))
     a.beta_list = _floats(a.betas, "--betas")
     a.k_list = _ints(a.ks, "--ks", 1) if a.ks else tuple(sorted({max(1, a.S // 8), a.S // 4, a.S // 2, a.S}))
     if max(a.k_list) > a.S:
@@ -391,7 +423,7 @@ def settle(a) -> None:
     except ConfigError as e:
         raise ValueError(str(e)) from None
     a.run_settings = dict(device=a.device, R=a.R, D=a.D, eps=a.eps, alpha=a.alpha, t_max=a.t_max,
-                          lr_scale=a.lr_scale, batch=a.batch, T=a.T, N=a.N, steps=a.steps,
+                          lr_scale=a.lr_scale, transformer_lr=a.transformer_lr, batch=a.batch, T=a.T, N=a.N, steps=a.steps,
                           init_scale=a.init_scale, eval_every=a.eval_every, eval_size=a.eval_size)
 
 
