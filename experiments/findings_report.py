@@ -251,7 +251,8 @@ def figure(q: str, rows: list, curves: list, summary: dict, a):
             ax.plot([r["S"] for r in th], [r["plateau_length"] for r in th], ls="none", marker="x", ms=9,
                     color="tab:red", label="theory closed form")
             f = summary["fits"]["flow"]
-            ax.plot([], [], ls="none", label=f"flow exponent {f['exponent']:.3f} [{f['lo']:.3f}, {f['hi']:.3f}]")
+            if f["exponent"] is not None:
+                ax.plot([], [], ls="none", label=f"flow exponent {f['exponent']:.3f} [{f['lo']:.3f}, {f['hi']:.3f}]")
         if q == "scaling" and model in TRAINED:
             for ratio in mr:
                 f = summary["fits"][f"{model} {ratio:g}"]

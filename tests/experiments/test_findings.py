@@ -24,7 +24,7 @@ def load_findings():
 
 
 TINY = ["--flow-S", "16,32,64", "--softmax-S", "16,24", "--S", "16", "--seeds", "2", "--ratios", "4",
-        "--steps", "150", "--finetune-steps", "60", "--finetune-time", "600"]
+        "--transformer-ratios", "2", "--steps", "150", "--finetune-steps", "60", "--finetune-time", "600"]
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +87,10 @@ def test_seed_bands_are_the_per_seed_rows_statistics(tiny):
 
     df = pd.read_csv(os.path.join(tiny, "scaling.csv"))
     entries = json.load(open(os.path.join(tiny, "scaling.json")))["summary"]["entries"]
-    soft = [e for e in entries if e["model"] == "softmax"]
-    assert len(soft) == 2
+    soft = [e for e in entries if e["model"] in ("softmax", "transformer")]
+    assert len(soft) == 4  # two models x two S values
     for e in soft:
-        rows = df[(df.model == "softmax") & (df.S == e["setting"]) & (df.ratio == e["ratio"])]
+        rows = df[(df.model == e["model"]) & (df.S == e["setting"]) & (df.ratio == e["ratio"])]
         for m in ("t1", "loss_all_end"):
             v = rows[m].dropna().to_numpy()
             assert e[m]["n"] == len(v) and e[m]["n_runs"] == len(rows) == 2
@@ -121,6 +121,36 @@ def test_finetune_flow_row_is_the_separately_run_experiment(tiny):
     assert row.old_loss_end == pytest.approx(np.asarray(tr["old_loss"])[ft][-1], rel=1e-9)
     assert row.new_t_eps_after == pytest.approx(res.phases["ft"]["new"]["t3"] - res.run.stages[0].t_end, rel=1e-6)
     assert bool(row.collapse) == (row.old_loss_max >= math.log(8) / 2)
+
+
+@pytest.mark.slow
+def test_transformer_row_is_the_separately_trained_transformer(tiny):
+    """A transformer row of the fine-tuning table equals train_schedule run here with the TrainConfig the issue's
+    definitions give (d = ratio sqrt(S R), H = 2, d_h = d/2, m = d, Adam 0.01), through the same stages."""
+    import pandas as pd
+
+    from dynamics.experiment.schedule import EvalSpec, Stage, Stop
+    from dynamics.training.config import TrainConfig
+    from dynamics.training.staged import train_schedule
+    from models.task import TaskConfig
+    from models.weights import Distribution
+
+    df = pd.read_csv(os.path.join(tiny, "finetune.csv"))
+    row = df[(df.model == "transformer") & (df.rho == 0.1) & (df.seed == 1)].iloc[0]
+    d = round(2 * math.sqrt(16 * 4))
+    assert row.d == d and row.params == 4 * 2 * (d // 2) * d + 2 * d * d
+    old, new = Distribution(subjects="0:8"), Distribution(subjects="8:16")
+    cfg = TrainConfig(task=TaskConfig(S=16, R=4, D=8, T=4, N=2, facts="balanced", seed=1), model="transformer",
+                      optimizer="adam", lr=1e-2, batch=256, steps=150, d=d, H=2, d_h=d // 2, m=d, seed=1,
+                      eval_every=40, eval_geometric=4, eval_size=8192, eps_conv=1e-2, device="cpu", threads=1)
+    res = train_schedule(cfg, (Stage("pre", old, Stop(loss=1e-2)),
+                               Stage("ft", Distribution(mix=((0.9, new), (0.1, old))), Stop(time=60))),
+                         eval_sets=("all", "train", EvalSpec("old", old), EvalSpec("new", new)), progress=False)
+    h = res.history
+    ft = np.asarray(h["stage"]) == 1
+    assert row.t_pretrain == res.stages[0].step_end
+    assert row.old_loss_max == pytest.approx(np.asarray(h["old_loss"])[ft].max(), rel=1e-6)
+    assert row.old_loss_end == pytest.approx(np.asarray(h["old_loss"])[ft][-1], rel=1e-6)
 
 
 @pytest.mark.slow
