@@ -82,7 +82,8 @@ def build_parser() -> ArgumentParser:
                         "loss on `on` <= until_loss; --steps is the most any one stage may take (a stage it "
                         "ends is reported as cut, the run as unfinished, exit 3, after the later stages ran). "
                         "Writes history.csv (a stage column, <set>_<metric> columns), results.json (the stages, "
-                        "their phase times t1, t2, t3 per evaluation set) and experiment.png; not with --seeds")
+                        "their phase times t1, t2, t3 per evaluation set) and experiment.png; with --seeds N, "
+                        "one staged run per seed and their bands (see --seeds)")
     o = p.add_argument_group("output")
     o.add_argument("--compare-flow", action="store_true", help="linear model: integrate the exact flow from "
                    "the same init, report flow_gap = max_k |L_train(k) - L_flow(k*lr)| over the evaluated steps k "
@@ -94,7 +95,12 @@ def build_parser() -> ArgumentParser:
                         "results.jsonl / results.csv (one row per seed), bands.csv and bands.png (mean, std, min, max "
                         "over seeds; model 1 around the exact flow, model 2 with its confirmation verdict per seed "
                         "and overall) into --out, which is resumable: the same command again continues (default 1: "
-                        "one run, the files above)")
+                        "one run, the files above). With --experiment FILE: one staged run per seed; results.csv "
+                        "has per stage its steps, reason, cut, end_loss and per set t1, t2, t3; stage_bands.csv "
+                        "the mean, std, min, max over seeds of each per stage and set, bands.csv the loss curves' "
+                        "bands per stage, experiment.png the mean and min-max per set; prints per stage the mean "
+                        "± std of the phase times and the seeds the step budget cut (then exit 3, naming them); "
+                        "not with --compare-flow")
     o.add_argument("--workers", type=int, default=None, metavar="W",
                    help="with --seeds: local worker processes (default one per CPU core; 1: one seed after another "
                         "in this process)")
@@ -236,6 +242,8 @@ def run_seeds(a, job, config) -> int:
 def run_experiment_seeds(a, job) -> int:
     """--experiment FILE --seeds N: N staged runs (seeds --seed .. --seed + N - 1) through analysis.sweeps.runner
     (kind train with the experiment file; resumable), their stage-aware bands (analysis.sweeps.staged_runs)."""
+    import dataclasses
+
     from analysis.sweeps.runner import run_grid
     from analysis.sweeps.spec import SweepSpec, build_config, config_fields, load_experiment_doc, plan
     from dynamics import load_experiment
@@ -247,8 +255,9 @@ def run_experiment_seeds(a, job) -> int:
         raise ConfigError("--compare-flow with --experiment and --seeds: the exact flow is paired with one staged "
                           "run only; drop --seeds or --compare-flow")
     config = config_from_args(a)
-    base = {k: v for k, v in config_fields("train", config).items()
-            if k not in TASK_FLAGS and k not in ("seed", "compare_flow")}  # the file's [task] is the task
+    task_fields = {f.name for f in dataclasses.fields(TaskConfig)} - {"seed"} | {"task_seed"}
+    base = {k: v for k, v in config_fields("train", config).items()  # the file's [task] is the task: no task field
+            if k not in task_fields and k not in ("seed", "compare_flow")}
     spec = SweepSpec(kind="train", base=base, grid=tuple({"seed": config.seed + k} for k in range(n)),
                      out=a.out or default_out_dir(a, job.parser), experiment_file=a.experiment)
     load_experiment(a.experiment)  # the file checked as for one seed (size, encoding, keys) before anything else

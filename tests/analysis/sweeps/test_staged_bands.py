@@ -55,10 +55,11 @@ SEEDS = (0, 1, 2)
 SETS = ("train", "all", "unseen")
 
 
-def write_file(tmp_path, kind, time=None):
+def write_file(tmp_path, kind, time=None, task_extra=""):
     _, level, t = MODELS[kind]
     path = tmp_path / f"{kind}.toml"
-    path.write_text(textwrap.dedent(EXPERIMENT.format(level=level, time=t if time is None else time)))
+    text = textwrap.dedent(EXPERIMENT.format(level=level, time=t if time is None else time))
+    path.write_text(text.replace("N = 3\n", "N = 3\n" + task_extra))
     return str(path)
 
 
@@ -187,7 +188,8 @@ def test_frd_train_experiment_seeds_writes_the_bands(tmp_path, capsys):
     from models.train import main
 
     kind = "softmax-adam"
-    path = write_file(tmp_path, kind)
+    # the file's whole [task] is the task: none of the command line's task defaults (S, ..., zipf) replaces it
+    path = write_file(tmp_path, kind, task_extra="zipf_subjects = 1.0\nfacts = \"random\"\nseed = 3\n")
     out = tmp_path / "cli"
     assert main(argv(kind, path, out)) == 0
     for name in ("results.jsonl", "results.csv", "bands.csv", "bands.json", "stage_bands.csv", "experiment.png"):
@@ -195,8 +197,10 @@ def test_frd_train_experiment_seeds_writes_the_bands(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "stage warmup:" in printed and "stage all:" in printed
     refs = separate_runs(path, kind)
+    assert refs[0].task.config.zipf_subjects == 1.0 and refs[0].task.config.facts == "random"
     rows = pd.read_csv(out / "results.csv")
     assert rows["seed"].tolist() == list(SEEDS)
+    assert json.loads((out / "bands.json").read_text())["groups"][0]["config"]["zipf_subjects"] == 1.0
     assert rows["warmup.step_end"].tolist() == [r.stages[0].step_end for r in refs]
     assert np.array_equal(rows["all.end_loss"], [r.stages[1].end_loss for r in refs])
 
