@@ -7,12 +7,15 @@ evaluation sets. :func:`staged_row` is such a row: per stage ``<stage>.index``, 
 steps for model 2), ``.reason`` (time, loss, steps or diverged), ``.by_own_rule``, ``.cut`` (ended by the step
 budget), ``.on``, ``.end_loss`` and ``.end_loss_se`` (the loss on ``on`` at the stage's end and its held-out
 standard error), and per evaluation set ``<stage>.<set>.t1``, ``.t2``, ``.t3`` (analysis.results.training
-.staged_phases; no plateau is defined for staged runs) and ``.loss_end`` (the set's loss at the stage's last
-row); ``history``: every history column (``stage``, ``<set>_<metric>``).
+.staged_phases; no plateau is defined for staged runs), ``.t1_in_stage``, ``.t2_in_stage``, ``.t3_in_stage``
+(t_i minus the stage's t_start: where the seeds' stages start at different times, after an ``until_loss``
+rule, these compare the stage's own course) and ``.loss_end`` (the set's loss at the stage's last row);
+``history``: every history column (``stage``, ``<set>_<metric>``).
 
 :func:`staged_bands` groups the rows that differ only in ``seed`` and gives, per group, for every stage the
 mean, standard deviation (ddof 1; 0 with one seed; NaN with none), min, max and ``n`` (the seeds with a value)
-over seeds of the steps the stage took, its t_start / t_end, end_loss, and per set of t1, t2, t3 and loss_end
+over seeds of the steps the stage took, its t_start / t_end, end_loss, and per set of t1, t2, t3, the same
+from the stage's start and loss_end
 (a phase time no evaluation reached counts in no statistic: ``n`` says how many seeds reached it), the seeds
 the budget cut and those that diverged; and per stage the bands of every history column on the union of the
 seeds' evaluation steps in that stage (analysis.sweeps.bands.band_columns, as for plain runs).
@@ -33,7 +36,8 @@ from analysis.sweeps.spec import build_config, config_fields, describe
 
 PHASE_KEYS = ("t1", "t2", "t3")
 STAGE_QUANTITIES = ("steps", "t_start", "t_end", "end_loss", "end_loss_se")
-SET_QUANTITIES = PHASE_KEYS + ("loss_end",)
+IN_STAGE_KEYS = tuple(f"{k}_in_stage" for k in PHASE_KEYS)  # t_i - the stage's t_start: seeds' stages start apart
+SET_QUANTITIES = PHASE_KEYS + IN_STAGE_KEYS + ("loss_end",)
 STAT_KEYS = ("n", "mean", "std", "min", "max")
 
 
@@ -84,6 +88,7 @@ def staged_columns(summary: dict, history: dict) -> dict:
         for set_name, ph in st["phases"].items():
             for k in PHASE_KEYS:
                 row[f"{n}.{set_name}.{k}"] = ph[k]
+                row[f"{n}.{set_name}.{k}_in_stage"] = None if ph[k] is None else ph[k] - st["t_start"]
             col = "loss" if set_name == "train" else f"{set_name}_loss"
             row[f"{n}.{set_name}.loss_end"] = float(history[col][last[-1]]) if last.size else None
     return row
@@ -139,7 +144,10 @@ class StagedBandsResult(BandsResult):
                 line = (f"{head}stage {s['name']}: {s['seeds_run']} of {len(g['seeds'])} seeds ran it, steps "
                         f"{_pm(st)}; cut by the step budget: {s['n_cut']}"
                         + (f" (seeds {', '.join(map(str, s['cut_seeds']))})" if s["cut_seeds"] else ""))
-                phases = [f"{name} " + ", ".join(f"{q} {_pm(per[q])} ({per[q]['n']}/{s['seeds_run']})"
+                apart = s["t_start"]["n"] > 1 and s["t_start"]["max"] > s["t_start"]["min"]
+                phases = [f"{name} " + ", ".join(f"{q} {_pm(per[q])}"
+                                                 + (f" (from the stage's start {_pm(per[q + '_in_stage'])})"
+                                                    if apart else "") + f" ({per[q]['n']}/{s['seeds_run']})"
                                                  for q in PHASE_KEYS)
                           for name, per in s["sets"].items()]
                 out.append(line + "; " + "; ".join(phases) + f" ({g['time_unit']})")

@@ -111,6 +111,8 @@ def test_rows_and_bands_equal_separate_runs(tmp_path, kind):
             for v in SETS:
                 for k in ("t1", "t2", "t3"):
                     assert row[f"{n}.{v}.{k}"] == ph[n][v][k], (n, v, k)
+                    assert row[f"{n}.{v}.{k}_in_stage"] == (None if ph[n][v][k] is None else
+                                                            ph[n][v][k] - o.step_start * per_step), (n, v, k)
         assert set(row["history"]) == set(ref.history)
         for c, x in ref.history.items():
             assert np.array_equal(np.asarray(row["history"][c], dtype=np.float64), np.asarray(x, dtype=np.float64), equal_nan=True), c
@@ -129,6 +131,8 @@ def test_rows_and_bands_equal_separate_runs(tmp_path, kind):
             expect[(v, "loss_end")] = [h[col][r[-1]] for h, r in zip(hist, rows_k)]
             for q in ("t1", "t2", "t3"):
                 expect[(v, q)] = [staged_phases(r)[name][v][q] for r in refs]
+                expect[(v, f"{q}_in_stage")] = [value(x) - o.step_start * per_step
+                                                for x, o in zip(expect[(v, q)], outs)]
         for (v, q), xs in expect.items():
             got = table[(table.stage == name) & (table.set.fillna("") == v) & (table.quantity == q)]
             assert len(got) == 1, (name, v, q)
