@@ -17,8 +17,9 @@ mean, standard deviation (ddof 1; 0 with one seed; NaN with none), min, max and 
 over seeds of the steps the stage took, its t_start / t_end, end_loss, and per set of t1, t2, t3, the same
 from the stage's start and loss_end
 (a phase time no evaluation reached counts in no statistic: ``n`` says how many seeds reached it), the seeds
-the budget cut and those that diverged; and per stage the bands of every history column on the union of the
-seeds' evaluation steps in that stage (analysis.sweeps.bands.band_columns, as for plain runs).
+the budget cut and those that diverged; and per stage the bands of every history column on the steps counted
+from each seed's start of the stage, a grid common to the seeds (analysis.sweeps.bands.band_columns, as for
+plain runs).
 """
 from __future__ import annotations
 
@@ -109,8 +110,8 @@ def stats(values) -> dict:
 @dataclass(frozen=True)
 class StagedBandsResult(BandsResult):
     """Bands over seeds of staged trainer runs (:func:`staged_bands`). Each group (see BandsResult) has, besides
-    ``label``, ``params``, ``seeds``, ``config`` and ``columns`` (``step``, ``stage``, ``n`` and
-    ``<col>_mean/_std/_min/_max`` per stage), ``stages`` (one dict per stage of the file: name, index,
+    ``label``, ``params``, ``seeds``, ``config`` and ``columns`` (``stage``, ``stage_step``: steps since each
+    seed's start of the stage, ``n`` and ``<col>_mean/_std/_min/_max``, the run's step as ``step_*``), ``stages`` (one dict per stage of the file: name, index,
     ``seeds_run``, ``cut_seeds``, ``diverged_seeds``, ``n_cut`` and per quantity the statistics of STAT_KEYS;
     ``sets``: set -> quantity -> statistics), ``sets`` (the evaluation sets), ``time_unit`` and ``lr``."""
 
@@ -159,14 +160,25 @@ class StagedBandsResult(BandsResult):
 
         return [plot_staged_bands(_figure_data(g)) for g in self.groups]
 
-    def save(self, folder: str, *, plots: bool = True) -> list:
-        """bands.csv (the curves' bands, a ``group`` and a ``stage`` column), bands.json (the groups without the
-        columns), stage_bands.csv (:meth:`stage_table`) and (plots) experiment.png (experiment-<k>.png for
-        several groups), each written atomically. Returns the file names."""
-        from common.io import save_figure, write_text
-
-        names = BandsResult.save(self, folder, plots=False)
+    def to_dataframe(self):
+        """bands.csv as a pandas DataFrame (a ``group`` column numbers the groups of bands.json)."""
         import pandas as pd
+
+        return pd.concat([pd.DataFrame(dict(group=np.full(len(g["columns"]["stage"]), k), **g["columns"]))
+                          for k, g in enumerate(self.groups)], ignore_index=True)
+
+    def save(self, folder: str, *, plots: bool = True) -> list:
+        """bands.csv (the curves' bands: ``group``, ``stage``, ``stage_step`` and the statistics), bands.json
+        (the groups without the columns), stage_bands.csv (:meth:`stage_table`) and (plots) experiment.png
+        (experiment-<k>.png for several groups), each written atomically. Returns the file names."""
+        import pandas as pd
+
+        from common.io import save_figure, write_json, write_text
+
+        write_text(os.path.join(folder, "bands.csv"), self.to_dataframe().to_csv(index=False))
+        write_json(os.path.join(folder, "bands.json"),
+                   dict(groups=[{k: v for k, v in g.items() if k != "columns"} for g in self.groups]))
+        names = ["bands.csv", "bands.json"]
 
         write_text(os.path.join(folder, "stage_bands.csv"), pd.DataFrame(self.stage_table()).to_csv(index=False))
         names.append("stage_bands.csv")
@@ -232,39 +244,48 @@ def _stage_stats(name: str, index: int, members: list, seeds: list, sets: list) 
 
 
 def _stage_curves(histories: list[dict], n_stages: int) -> dict:
-    """Per stage, the bands of every history column over the seeds that ran it (band_columns on the union of
-    their evaluation steps in that stage), stacked in stage order with a ``stage`` column. A stage's start and
-    end rows are its own (a boundary step appears in both stages, as in the run's history)."""
+    """Per stage, the bands of every history column over the seeds that ran it, on the steps counted from each
+    seed's start of the stage (its evaluations are every eval_every steps from there, so the grid is common to
+    the seeds even where an ``until_loss`` rule ended the stage before at different steps): band_columns on
+    the union of those steps, as for plain runs. Stacked in stage order: ``stage``, ``stage_step``, ``n`` and
+    ``<col>_mean/_std/_min/_max``, the run's own step among them as ``step_*`` (each seed's rows of the stage
+    only: a boundary step belongs to both stages, as in one run's history)."""
     parts = []
     for k in range(n_stages):
         subs = []
         for h in histories:
             mask = np.asarray(h["stage"], dtype=np.float64) == k
             if mask.any():
-                subs.append({c: np.asarray(v, dtype=np.float64)[mask] for c, v in h.items() if c != "stage"})
+                step = np.asarray(h["step"], dtype=np.float64)[mask]
+                sub = {c: np.asarray(v, dtype=np.float64)[mask] for c, v in h.items() if c not in ("stage", "step")}
+                subs.append(dict(step=step - step[0], run_step=step, **sub))
         if subs:
             cols = band_columns(subs)
-            parts.append(dict(step=cols.pop("step"), stage=np.full(len(cols["n"]), float(k)), **cols))
+            cols = {("step_" + c[len("run_step_"):] if c.startswith("run_step_") else c): v for c, v in cols.items()}
+            parts.append(dict(stage=np.full(len(cols["n"]), float(k)), stage_step=cols.pop("step"), **cols))
     if not parts:
-        return dict(step=np.zeros(0), stage=np.zeros(0), n=np.zeros(0))
+        return dict(stage=np.zeros(0), stage_step=np.zeros(0), n=np.zeros(0))
     names = list(parts[0])
     for p in parts[1:]:
         names.extend(c for c in p if c not in names)
-    return {c: np.concatenate([p.get(c, np.full(len(p["step"]), np.nan)) for p in parts]) for c in names}
+    return {c: np.concatenate([p.get(c, np.full(len(p["stage"]), np.nan)) for p in parts]) for c in names}
 
 
 def _figure_data(g: dict) -> dict:
-    """The plain data figures.staged_bands draws: time, stage, mean/min/max loss per set, the stages' spans."""
+    """The plain data figures.staged_bands draws: time in the stage, stage, mean/min/max loss per set, the
+    stages' spans (start and end statistics over seeds)."""
     cols = g["columns"]
     per_step = g["lr"] if g["time_unit"].startswith("flow") else 1.0
-    curves = dict(t=np.asarray(cols["step"]) * per_step, stage=np.asarray(cols["stage"]))
+    curves = dict(t=np.asarray(cols["stage_step"]) * per_step, stage=np.asarray(cols["stage"]),
+                  n=np.asarray(cols["n"]))
     for v in g["sets"]:
         c = "loss" if v == "train" else f"{v}_loss"
         if f"{c}_mean" in cols:
             for s in ("mean", "min", "max"):
                 curves[f"{v}_{s}"] = np.asarray(cols[f"{c}_{s}"])
     spans = [dict(name=s["name"], index=s["index"], start=s["t_start"], end=s["t_end"], n_cut=s["n_cut"],
-                  seeds_run=s["seeds_run"]) for s in g["stages"]]
+                  seeds_run=s["seeds_run"], length={k: (v * per_step if k != "n" else v) for k, v in s["steps"].items()})
+             for s in g["stages"]]
     return dict(curves=curves, sets=list(g["sets"]), stages=spans, time_unit=g["time_unit"], seeds=g["seeds"],
                 label=g["label"], log_A=g["log_A"], model=g["config"].get("model"),
                 optimizer=g["config"].get("optimizer"))

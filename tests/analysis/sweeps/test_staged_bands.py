@@ -94,7 +94,8 @@ def test_rows_and_bands_equal_separate_runs(tmp_path, kind):
     res = sweep(path, kind, tmp_path / "out")
     assert res.done == len(SEEDS) and not res.failed and not res.unfinished
     refs = separate_runs(path, kind)
-    assert len({r.stages[0].step_end for r in refs}) >= 1
+    if kind == "softmax-adam":  # the loss rule ends the warm-up at different steps: stage 2 starts apart
+        assert len({r.stages[0].step_end for r in refs}) > 1
     per_step = MODELS[kind][0]["lr"] if kind.startswith("linear") else 1.0
     # (a) every row is its seed's separate run: stage outcomes, phase times per set, curves
     for row, ref in zip(res.rows, refs):
@@ -142,20 +143,24 @@ def test_rows_and_bands_equal_separate_runs(tmp_path, kind):
                 assert np.allclose(got[s].iloc[0], want[s], rtol=1e-12, atol=1e-15, equal_nan=True), (name, v, q, s)
         doc = json.loads((tmp_path / "out" / "bands.json").read_text())["groups"][0]["stages"][k]
         assert doc["name"] == name and doc["n_cut"] == 0 and doc["seeds_run"] == len(SEEDS)
-    # (b) the curves' bands per stage: at every (stage, step), the seeds that evaluated there
+    # (b) the curves' bands per stage, on the steps since each seed's start of the stage: at every (stage, step),
+    # the seeds that evaluated there
     bands = pd.read_csv(tmp_path / "out" / "bands.csv")
     for k in (0, 1):
         part = bands[bands.stage == k]
-        ref_steps = sorted({float(s) for h in hist for s in np.asarray(h["step"])[np.asarray(h["stage"]) == k]})
-        assert part["step"].tolist() == ref_steps
+        starts = [r.stages[k].step_start for r in refs]
+        rel = [np.asarray(h["step"], dtype=np.float64) - s0 for h, s0 in zip(hist, starts)]
+        in_k = [np.asarray(h["stage"]) == k for h in hist]
+        ref_steps = sorted({float(x) for r, m in zip(rel, in_k) for x in r[m]})
+        assert part["stage_step"].tolist() == ref_steps
         for _, b in part.iterrows():
-            at = [np.flatnonzero((np.asarray(h["stage"]) == k) & (np.asarray(h["step"]) == b["step"])) for h in hist]
-            for col in ("loss", "all_loss", "all_accuracy"):
+            at = [np.flatnonzero(m & (r == b["stage_step"])) for r, m in zip(rel, in_k)]
+            for col in ("loss", "all_loss", "all_accuracy", "step"):
                 xs = [h[col][i[0]] for h, i in zip(hist, at) if i.size]
                 want = stat_of(xs)
                 assert b["n"] == want["n"]
                 for s in ("mean", "std", "min", "max"):
-                    assert np.isclose(b[f"{col}_{s}"], want[s], rtol=1e-12, atol=1e-15), (k, b["step"], col, s)
+                    assert np.isclose(b[f"{col}_{s}"], want[s], rtol=1e-12, atol=1e-15), (k, b["stage_step"], col, s)
 
 
 def test_a_resumed_sweep_repeats_no_run(tmp_path):
