@@ -257,3 +257,30 @@ def test_bad_input_is_refused_and_writes_nothing(tmp_path, capsys, extra, conten
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and start in err[0], err
     assert sorted(os.listdir(tmp_path)) == before and not out.exists()
+
+
+def test_a_diverged_seed_is_unfinished_and_counted(tmp_path, capsys):
+    from models.train import main
+
+    kind = "linear-sgd"
+    path = write_file(tmp_path, kind)
+    exp = load_experiment(path)  # lr 4 is too large a step for model 1 here: the seeds diverge
+    settings = {**COMMON, **MODELS[kind][0], "lr": 4.0, "batch": 64}
+    refs = [train_schedule(TrainConfig(task=exp.flow.task, seed=s, **settings), exp.stages, eval_sets=exp.eval_sets)
+            for s in SEEDS]
+    diverged = [s for s, r in zip(SEEDS, refs) if r.status == "diverged"]
+    assert diverged  # the case tested
+    a = argv(kind, path, tmp_path / "div") + ["--no-plots"]
+    i = a.index("--lr")
+    a[i + 1] = "4.0"
+    a[a.index("--batch") + 1] = "64"
+    assert main(a) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"diverged: seed(s) {', '.join(map(str, diverged))}" in err[0], err
+    rows = pd.read_csv(tmp_path / "div" / "results.csv")
+    assert rows["run_status"].tolist() == [r.status if r.status == "diverged" else "completed" for r in refs]
+    doc = json.loads((tmp_path / "div" / "bands.json").read_text())["groups"][0]["stages"]
+    where = {o.name for r in refs for o in r.stages if o.reason == "diverged"}
+    assert sorted(s for st in doc for s in st["diverged_seeds"]) == diverged and where
+    for st in doc:  # a seed that diverged before a stage did not run it
+        assert st["seeds_run"] == sum(len(r.stages) > st["index"] for r in refs)
