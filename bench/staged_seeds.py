@@ -57,8 +57,10 @@ def fmt(st: dict, seeds: int) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/staged-seeds-bench")
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--out", default="runs/staged-seeds-bench",
+                   help="folder of the experiment file and of one sweep folder per model (default "
+                        "runs/staged-seeds-bench; an existing sweep there is started over)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per model, 0 .. N-1 (default 5)")
     a = p.parse_args(argv)
     import json
 
