@@ -116,7 +116,8 @@ def test_rows_and_bands_equal_separate_runs(tmp_path, kind):
                                                             ph[n][v][k] - o.step_start * per_step), (n, v, k)
         assert set(row["history"]) == set(ref.history)
         for c, x in ref.history.items():
-            assert np.array_equal(np.asarray(row["history"][c], dtype=np.float64), np.asarray(x, dtype=np.float64), equal_nan=True), c
+            got = np.asarray(row["history"][c], dtype=np.float64)
+            assert np.array_equal(got, np.asarray(x, dtype=np.float64), equal_nan=True), c
     # (b) the stage bands are numpy's statistics of the separate runs
     table = pd.read_csv(tmp_path / "out" / "stage_bands.csv", keep_default_na=False, na_values=[""])
     assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == len(SEEDS)
@@ -284,3 +285,26 @@ def test_a_diverged_seed_is_unfinished_and_counted(tmp_path, capsys):
     assert sorted(s for st in doc for s in st["diverged_seeds"]) == diverged and where
     for st in doc:  # a seed that diverged before a stage did not run it
         assert st["seeds_run"] == sum(len(r.stages) > st["index"] for r in refs)
+
+
+def test_frd_grid_train_experiment_makes_the_same_rows_as_frd_train(tmp_path):
+    from analysis.grid import main as grid_main
+    from models.train import main as train_main
+
+    kind = "softmax-adam"
+    path = write_file(tmp_path, kind)
+    c = {**COMMON, **MODELS[kind][0]}
+    flags = ["--model", c["model"], "--optimizer", c["optimizer"], "--lr", str(c["lr"]), "--d", str(c["d"]),
+             "--init-scale", str(c["init_scale"]), "--batch", str(c["batch"]), "--steps", str(c["steps"]),
+             "--eval-every", "1", "--eval-size", "8192", "--device", "cpu"]
+    assert grid_main(["train", "--experiment", path, *flags, "--set", "threads=1", "--grid", "seed=0:3",
+                      "--workers", "1", "--quiet", "--no-plots", "--out", str(tmp_path / "grid")]) == 0
+    assert train_main(argv(kind, path, tmp_path / "train") + ["--no-plots"]) == 0
+    rows = [[json.loads(x) for x in (tmp_path / d / "results.jsonl").read_text().splitlines()]
+            for d in ("grid", "train")]
+    # the same resolved configurations (keys), so the same rows: the grid's fields and frd-train's flags agree
+    assert [r["key"] for r in rows[0]] == [r["key"] for r in rows[1]]
+    for a, b in zip(*rows):
+        assert a["history"] == b["history"] and a["all.end_loss"] == b["all.end_loss"]
+    tables = [pd.read_csv(tmp_path / d / "stage_bands.csv") for d in ("grid", "train")]
+    assert tables[0].equals(tables[1])
