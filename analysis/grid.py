@@ -4,6 +4,8 @@ fields, on Dask, resumable (analysis.sweeps.runner).
     python -m analysis.grid flow --S 16 --R 4 --D 8 --grid alpha=1e-5,1e-4 --grid seed=0:8 --facts balanced \\
         --out runs/grid
     python -m analysis.grid train --model linear --steps 8192 --compare-flow --grid seed=0:8 --out runs/sgd-seeds
+    python -m analysis.grid train --experiment experiments/finetune.toml --model softmax --optimizer adam \
+        --lr 1e-3 --grid seed=0:5 --out runs/staged-seeds
     python -m analysis.grid experiment experiments/finetune.toml --grid alpha=1e-5,1e-3 --out runs/exp-grid
     python -m analysis.grid capacity --model linear --grid d=4,6,8 --grid seed=0:3 --out runs/cap-grid
 """
@@ -37,7 +39,11 @@ The sweep folder --out: spec.json; results.jsonl (one line per finished run, app
 status done/unfinished/failed, error, the grid fields and the run's numbers; a training run's history too);
 results.csv (the same rows, one per run, rewritten at the end); runs/<key>/ with --keep-runs; for train,
 bands.csv / bands.json / bands.png (mean, std, min, max over seeds of every history column; model 1 around
-the exact flow, model 2 with its confirmation verdict per seed and overall); for capacity (one run = the
+the exact flow, model 2 with its confirmation verdict per seed and overall); for train --experiment FILE
+(staged trainer runs, one seed per row; results.csv holds per stage <stage>.step_start, .step_end, .steps,
+.reason, .cut, .end_loss, .end_loss_se and per set <stage>.<set>.t1/.t2/.t3/.loss_end), bands.csv (the loss
+curves' bands per stage), bands.json, stage_bands.csv (per stage and set: n, mean, std, min, max over seeds
+of the steps, end loss and phase times; the seeds the step budget cut) and experiment.png; for capacity (one run = the
 capacity search of SPEC §9 for one model size and one seed): results.csv with capacity, parameters,
 below_bracket, above_bracket and the probes per run; bands.csv / bands.json (mean, std, min, max of the
 capacity over seeds per size; per series of sizes the log-log slope of capacity on parameters with its 95 %
@@ -190,6 +196,12 @@ def build_parser() -> ArgumentParser:
     _common(f, "flow")
     t = sub.add_parser("train", help="training runs of model 1 or 2 (dynamics.TrainConfig); bands over seeds",
                        description="Sweep training runs (analysis.analyze_training per run); bands over seeds.")
+    t.add_argument("--experiment", default=None, metavar="FILE",
+                   help="train through the stages of an experiment file (the format of frd-experiment --help; SPEC "
+                        "§6.1, as frd-train --experiment): each run is one staged trainer run (dynamics."
+                        "train_schedule) of the fields' configuration, the file's [task] as the task (the task "
+                        "fields override it); a run whose stage used all --steps without meeting its stop rule is "
+                        "recorded unfinished; no compare_flow")
     _common(t, "train")
     e = sub.add_parser("experiment", help="multi-stage experiments from a TOML file (phase times per stage and "
                                           "set)", description="Sweep an experiment file's [task] and [flow] keys.")
@@ -267,7 +279,8 @@ def run(a, job) -> int:
     security = make_security(a.scheduler, a.tls_ca_file, a.tls_cert, a.tls_key)
     out = a.out or f"runs/grid-{a.kind}"
     spec = SweepSpec(kind=a.kind, base=base, grid=tuple(grid), out=out,
-                     experiment_file=getattr(a, "file", None), batch=getattr(a, "batch_flows", 1),
+                     experiment_file=getattr(a, "file", None) or getattr(a, "experiment", None),
+                     batch=getattr(a, "batch_flows", 1),
                      keep_runs=a.keep_runs)
     jsonl = os.path.join(out, "results.jsonl")
     # a signal while the sweep runs: the runs recorded so far stay, and the same command continues
@@ -291,7 +304,7 @@ def run(a, job) -> int:
     job.interrupted = None
     if not a.quiet:
         print(f"{a.kind} sweep: {result.summary_line()}")
-        if result.bands is not None and a.kind == "capacity":
+        if result.bands is not None and hasattr(result.bands, "lines"):  # capacity, staged trainer runs
             for line in result.bands.lines():
                 print(line)
         elif result.bands is not None:
@@ -308,7 +321,9 @@ def run(a, job) -> int:
                 print(line)
         print(f"wrote {out}/results.jsonl, results.csv" + (", bands.csv, bands.json" if result.bands is not None
                                                           else "")
-              + ((", capacity.png, capacity.pdf" if a.kind == "capacity" else ", bands.png")
+              + (", stage_bands.csv" if getattr(a, "experiment", None) and result.bands is not None else "")
+              + ((", capacity.png, capacity.pdf" if a.kind == "capacity" else
+                  ", experiment*.png" if getattr(a, "experiment", None) else ", bands*.png")
                  if result.bands is not None and not a.no_plots else ""))
     failed, unfinished = result.failed_rows, result.unfinished_rows
     if failed or unfinished:  # ran, but some run did not finish: results written, exit 3

@@ -110,7 +110,8 @@ def build_parser() -> ArgumentParser:
                         "loss on `on` <= until_loss; --steps is the most any one stage may take (a stage it "
                         "ends is reported as cut, the run as unfinished, exit 3, after the later stages ran). "
                         "Writes history.csv (a stage column, <set>_<metric> columns), results.json (the stages, "
-                        "their phase times t1, t2, t3 per evaluation set) and experiment.png; not with --seeds")
+                        "their phase times t1, t2, t3 per evaluation set) and experiment.png; with --seeds N, "
+                        "one staged run per seed and their bands (see --seeds)")
     o = p.add_argument_group("output")
     o.add_argument("--compare-flow", action="store_true", help="linear model: integrate the exact flow from "
                    "the same init, report flow_gap = max_k |L_train(k) - L_flow(k*lr)| over the evaluated steps k "
@@ -122,7 +123,12 @@ def build_parser() -> ArgumentParser:
                         "results.jsonl / results.csv (one row per seed), bands.csv and bands.png (mean, std, min, max "
                         "over seeds; model 1 around the exact flow, model 2 with its confirmation verdict per seed "
                         "and overall) into --out, which is resumable: the same command again continues (default 1: "
-                        "one run, the files above)")
+                        "one run, the files above). With --experiment FILE: one staged run per seed; results.csv "
+                        "has per stage its steps, reason, cut, end_loss and per set t1, t2, t3; stage_bands.csv "
+                        "the mean, std, min, max over seeds of each per stage and set, bands.csv the loss curves' "
+                        "bands per stage, experiment.png the mean and min-max per set; prints per stage the mean "
+                        "± std of the phase times and the seeds the step budget cut (then exit 3, naming them); "
+                        "not with --compare-flow")
     o.add_argument("--workers", type=int, default=None, metavar="W",
                    help="with --seeds: local worker processes (default one per CPU core; 1: one seed after another "
                         "in this process)")
@@ -207,9 +213,8 @@ def run(a, job) -> int:
     from dynamics import resolve_device
 
     if a.experiment is not None:
-        if a.seeds != 1:  # the sweep runner trains single-stage runs: refuse rather than train one seed
-            raise ConfigError(f"--seeds {a.seeds} with --experiment: seeds of a staged run are not offered; run "
-                              "one --seed at a time (each writes its own --out)")
+        if a.seeds != 1:
+            return run_experiment_seeds(a, job)
         return run_experiment_file(a, job)
     config = config_from_args(a)
     if a.seeds != 1:
@@ -279,6 +284,54 @@ def run_seeds(a, job, config) -> int:
         return job.unfinished(f"{len(res.failed_rows)} seed(s) failed and "
                               f"{sum(r.get('run_status') == 'diverged' for r in res.rows)} diverged "
                               f"(see {out}/results.csv)")
+    return EXIT_OK
+
+
+def run_experiment_seeds(a, job) -> int:
+    """--experiment FILE --seeds N: N staged runs (seeds --seed .. --seed + N - 1) through analysis.sweeps.runner
+    (kind train with the experiment file; resumable), their stage-aware bands (analysis.sweeps.staged_runs)."""
+    import dataclasses
+
+    from analysis.sweeps.runner import run_grid
+    from analysis.sweeps.spec import SweepSpec, build_config, config_fields, load_experiment_doc, plan
+    from dynamics import load_experiment
+
+    n = check_int("seeds", a.seeds, 1, 100_000)
+    if a.workers is not None:
+        check_int("workers", a.workers, 1, 4096)
+    if a.compare_flow:
+        raise ConfigError("--compare-flow with --experiment and --seeds: the exact flow is paired with one staged "
+                          "run only; drop --seeds or --compare-flow")
+    config = config_from_args(a)
+    task_fields = {f.name for f in dataclasses.fields(TaskConfig)} - {"seed"} | {"task_seed"}
+    base = {k: v for k, v in config_fields("train", config).items()  # the file's [task] is the task: no task field
+            if k not in task_fields and k not in ("seed", "compare_flow")}
+    spec = SweepSpec(kind="train", base=base, grid=tuple({"seed": config.seed + k} for k in range(n)),
+                     out=a.out or default_out_dir(a, job.parser), experiment_file=a.experiment)
+    load_experiment(a.experiment)  # the file checked as for one seed (size, encoding, keys) before anything else
+    experiment = load_experiment_doc(a.experiment)
+    runs = plan(spec, experiment)  # every seed's configuration checked before anything is written
+    build_config("train", runs[0].fields, experiment).config.check_memory()
+    res = run_grid(spec, workers=a.workers, progress=None if not a.quiet else False, overwrite=a.overwrite,
+                   plots=not a.no_plots)
+    print(f"{n} seeds: {res.summary_line()}")
+    if res.bands is not None:
+        for line in res.bands.lines():
+            print(line)
+    print(f"wrote {spec.out}")
+    cut = [(r.get("params", {}).get("seed"), r.get("cut_stages")) for r in res.rows if r.get("run_status") == "cut"]
+    diverged = [r.get("params", {}).get("seed") for r in res.rows if r.get("run_status") == "diverged"]
+    failed = [r.get("params", {}).get("seed") for r in res.rows if r.get("status") == "failed"]
+    if cut or diverged or failed:  # as one staged run: a stage cut by the budget is an unfinished run
+        parts = []
+        if cut:
+            parts.append("stage(s) cut by the step budget --steps " + str(config.steps) + " without meeting their "
+                         "stop rule: " + "; ".join(f"seed {s}: {st.replace(';', ', ')}" for s, st in cut))
+        if diverged:
+            parts.append(f"diverged: seed(s) {', '.join(map(str, diverged))}")
+        if failed:
+            parts.append(f"failed: seed(s) {', '.join(map(str, failed))}")
+        return job.unfinished("; ".join(parts) + f" (see {spec.out}/results.csv)")
     return EXIT_OK
 
 

@@ -29,6 +29,10 @@ The sweep folder (``out``):
 - ``runs/<key>/`` (``keep_runs``): the run's results.json and trajectory.csv / history.csv.
 - ``bands.csv``, ``bands.json``, ``bands*.png`` (kind ``train``): mean, standard deviation, min and max over
   seeds of every history column at every evaluated step (see :func:`training_bands`).
+- kind ``train`` with an experiment file (staged trainer runs, analysis.sweeps.staged_runs): ``bands.csv``
+  (the curves' bands per stage), ``bands.json``, ``stage_bands.csv`` (per stage and evaluation set the
+  statistics over seeds of the phase times, end losses and steps, and the seeds the step budget cut) and
+  ``experiment*.png``.
 - ``bands.csv``, ``bands.json``, ``capacity.png``, ``capacity.pdf`` (kind ``capacity``: one capacity search
   per size and seed): mean, standard deviation, min and max of the capacity over seeds per size, and the
   scaling fit of every series (analysis.sweeps.capacity_runs.capacity_bands).
@@ -122,13 +126,14 @@ def _experiment_row(res) -> dict:
     return row
 
 
-UNFINISHED_RUN_STATUSES = {"flow": ("max_steps", "failed"), "train": ("diverged",)}  # else experiment: not completed
+UNFINISHED_RUN_STATUSES = {"flow": ("max_steps", "failed"), "train": ("diverged", "cut")}  # else experiment: not completed
 
 
 def did_not_finish(kind: str, run_status) -> bool:
     """True if a run that returned ended without finishing, as its own program (dynamics.run, models.train,
     dynamics.experiment) would exit 3: a flow that ran out of steps or whose solver failed, a diverged training
-    run, an experiment with a stage that did not reach its stop rule."""
+    run, a staged training run with a stage cut by the step budget, an experiment with a stage that did not reach
+    its stop rule."""
     if run_status is None:
         return False
     if kind == "experiment":
@@ -162,6 +167,10 @@ def _run_single(kind: str, fields: dict, experiment: dict | None, keep: bool) ->
             res = analyze_flow(config, progress=False)
             row = _flow_row(res)
             files = dict(results=res.to_dict(), table=("trajectory.csv", dict(res.trajectory))) if keep else None
+        elif kind == "train" and experiment is not None:  # staged trainer runs (analysis.sweeps.staged_runs)
+            from analysis.sweeps.staged_runs import staged_row
+
+            row, files = staged_row(config, experiment, keep)
         elif kind == "train":
             from analysis.results.training import analyze_training, history_columns
 
@@ -313,7 +322,7 @@ def run_grid(spec: SweepSpec, *, scheduler: str = "local", workers: int | None =
     t_start = time.perf_counter()
     if not spec.out:
         raise ConfigError("the sweep needs a folder: give SweepSpec(out=...)")
-    experiment = load_experiment_doc(spec.experiment_file) if spec.kind == "experiment" else None
+    experiment = load_experiment_doc(spec.experiment_file) if spec.experiment_file is not None else None
     runs = plan(spec, experiment)
     if max_runs is not None:
         max_runs = check_int("max_runs", max_runs, 0)
@@ -485,10 +494,19 @@ def _run_and_write_csv(spec, spec_doc, plan: _SweepPlan, rec: _Recorder, **submi
     return rows_all, full
 
 
-def _save_bands(spec, rows: list, folder: str, rec: _Recorder, plots) -> tuple[object, OSError | None]:
-    """Kind train: the bands over seeds of the rows; kind capacity: the capacity over seeds per size and the
-    scaling fits (analysis.sweeps.capacity_runs); saved in the folder. Returns them (None if there are none)
-    and the error of a full disk (None if none)."""
+def _save_bands(spec, rows: list, folder: str, rec: _Recorder, plots,
+                experiment=None) -> tuple[object, OSError | None]:
+    """Kind train: the bands over seeds of the rows (staged runs: analysis.sweeps.staged_runs); kind capacity:
+    the capacity over seeds per size and the scaling fits (analysis.sweeps.capacity_runs); saved in the folder.
+    Returns them (None if there are none) and the error of a full disk (None if none)."""
+    if experiment is not None:
+        from analysis.sweeps.staged_runs import staged_bands
+
+        bands = staged_bands(rows, spec, experiment)
+        if bands is None:
+            return None, None
+        rec.writing = "the bands (bands.csv, bands.json, stage_bands.csv, experiment.png)"
+        return bands, _full_disk_of(lambda: bands.save(folder, plots=plots))
     if spec.kind == "capacity":
         from analysis.sweeps.capacity_runs import capacity_bands
 
@@ -516,7 +534,7 @@ def _run_locked(spec, runs, experiment, spec_doc, folder, lock, *, t_start, sche
     rows = [latest[r.key] for r in runs if r.key in latest]
     bands = None
     if full is None and spec.kind in ("train", "capacity"):
-        bands, full = _save_bands(spec, rows, plan.folder, rec, plots)
+        bands, full = _save_bands(spec, rows, plan.folder, rec, plots, experiment if spec.kind == "train" else None)
     if full is not None:
         raise ConfigError(_after_disk_full(full, plan.folder, spec.out, rec.writing, rows, plan.resumed,
                                            rec.started))
@@ -541,11 +559,12 @@ def _after_disk_full(exc: OSError, folder: str, shown: str, writing: str, rows: 
     why = exc.strerror or os.strerror(exc.errno)
     head = f"the disk is full ({why}) while writing {os.path.join(shown, writing)}"
     with critical_section():
-        for name in ("bands.csv", "bands.json"):
+        for name in ("bands.csv", "bands.json", "stage_bands.csv"):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, name))
         for name in os.listdir(folder) if os.path.isdir(folder) else ():
-            if (name.startswith("bands") and name.endswith(".png")) or name in ("capacity.png", "capacity.pdf"):
+            if (name.startswith(("bands", "experiment")) and name.endswith(".png")) or name in ("capacity.png",
+                                                                                               "capacity.pdf"):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, name))
         if not rows:

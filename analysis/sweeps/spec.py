@@ -1,7 +1,7 @@
 """The sweep's grid and spec (analysis.sweeps.runner): the grid syntax of the command line (parse_value, parse_axis,
 product_grid, read_run_list; torch-free, so that ``python -m analysis.grid --help`` stays cheap), the fields
 of each kind (field_names, canonical_name, config_fields, build_config, resolved_dict, run_key), the spec
-(SweepSpec, PlannedRun, load_experiment_doc) and plan (every run validated and keyed)."""
+(SweepSpec, PlannedRun, load_experiment_doc, StagedTrain) and plan (every run validated and keyed)."""
 from __future__ import annotations
 
 import dataclasses
@@ -271,11 +271,22 @@ def config_fields(kind: str, config, *, compare_flow: bool = False) -> dict:
     return {**task, **d}
 
 
+@dataclass(frozen=True)
+class StagedTrain:
+    """One staged trainer run (kind train with an experiment file; SPEC §6.1): ``config`` (a TrainConfig whose
+    task is the file's [task], with the run's task fields applied over it) trained through the stages and
+    evaluation sets of ``experiment`` (an ExperimentConfig) by dynamics.train_schedule."""
+
+    config: object
+    experiment: object
+
+
 def build_config(kind: str, fields: dict, experiment: dict | None = None):
     """The validated configuration of one run from canonical fields: a FlowConfig (flow), a (TrainConfig,
-    compare_flow) pair (train) or an ExperimentConfig (experiment; ``experiment``: dict(doc, base_dir) of the
-    parsed file), a CapacitySettings or TransformerSettings of one size and seed (capacity:
-    analysis.sweeps.capacity_runs). ConfigError (with the field's message) if a value is not allowed."""
+    compare_flow) pair (train) or a StagedTrain (train with an experiment file: ``experiment`` = dict(doc,
+    base_dir) of the parsed file), an ExperimentConfig (experiment; ``experiment`` as for train), a
+    CapacitySettings or TransformerSettings of one size and seed (capacity: analysis.sweeps.capacity_runs).
+    ConfigError (with the field's message) if a value is not allowed."""
     if kind == "capacity":
         from analysis.sweeps.capacity_runs import capacity_settings
 
@@ -290,6 +301,8 @@ def build_config(kind: str, fields: dict, experiment: dict | None = None):
             raise ConfigError("an experiment sweep needs an experiment file")
         overrides = {(f"task.{k}" if k in task_names else f"flow.{k}"): v for k, v in fields.items()}
         return experiment_from_dict(experiment["doc"], base_dir=experiment["base_dir"], overrides=overrides)
+    if kind == "train" and experiment is not None:
+        return _staged_train(fields, experiment, task_names)
     if kind == "train":
         task = {("seed" if k == TASK_SEED_NAME else k): v for k, v in fields.items()
                 if k in task_names - {"seed"} or k == TASK_SEED_NAME}
@@ -311,6 +324,31 @@ def build_config(kind: str, fields: dict, experiment: dict | None = None):
     return _construct(FlowConfig, own, TaskConfig, task)
 
 
+def _staged_train(fields: dict, experiment: dict, task_names: set) -> StagedTrain:
+    """A StagedTrain: the file's [task] with the run's task fields over it (as the experiment kind overrides
+    it), the other fields the TrainConfig's; every stage's stop rule checked against the trainer's step."""
+    from dynamics.experiment.file import experiment_from_dict
+    from dynamics.training import TrainConfig
+    from dynamics.training.staged import stage_leg
+
+    if fields.get("compare_flow", False) is not False:
+        raise ConfigError(f"compare_flow = {fields['compare_flow']!r}: the exact flow is not paired with the rows "
+                          "of a staged sweep; leave compare_flow unset (frd-train --experiment FILE --compare-flow "
+                          "pairs one seed)")
+    overrides = {f"task.{'seed' if k == TASK_SEED_NAME else k}": v for k, v in fields.items()
+                 if k in task_names - {"seed"} or k == TASK_SEED_NAME}
+    exp = experiment_from_dict(experiment["doc"], base_dir=experiment["base_dir"], overrides=overrides)
+    own = {k: v for k, v in fields.items() if k not in task_names - {"seed"} and k != TASK_SEED_NAME
+           and k != "compare_flow"}
+    try:
+        config = TrainConfig(task=exp.flow.task, **own)
+    except TypeError as exc:
+        raise ConfigError(f"{exc}") from None
+    for i, st in enumerate(exp.stages):  # until_time shorter than half a step: refused here, before any run
+        stage_leg(config, i, st, None, None)
+    return StagedTrain(config=config, experiment=exp)
+
+
 def _construct(cls, own: dict, task_cls, task: dict):
     try:
         return cls(task=task_cls(**task), **own)
@@ -322,6 +360,10 @@ def resolved_dict(kind: str, config, experiment: dict | None = None) -> dict:
     """Every resolved setting of a run (what its key hashes)."""
     if kind == "flow":
         return dict(kind=kind, config=config.to_dict())
+    if kind == "train" and isinstance(config, StagedTrain):  # the file's sha and stages, as the experiment kind
+        exp = config.experiment
+        return dict(kind=kind, config=config.config.to_dict(), experiment_sha=experiment["sha"],
+                    stages=[st.name for st in exp.stages], eval_sets=list(exp.set_names))
     if kind == "train":
         c, compare = config
         return dict(kind=kind, config=c.to_dict(), compare_flow=compare)
@@ -343,7 +385,9 @@ def run_key(resolved: dict) -> str:
 class SweepSpec:
     """A sweep: ``kind`` (flow, train, experiment or capacity), ``base`` fields (canonical name -> value;
     unset fields keep the configuration's defaults), ``grid`` (one dict of field overrides per run), ``out`` (the sweep
-    folder), ``experiment_file`` (kind experiment: the TOML file whose [task] and [flow] the fields override),
+    folder), ``experiment_file`` (kind experiment: the TOML file whose [task] and [flow] the fields override;
+    kind train: the file whose stages each run trains through, dynamics.train_schedule, its [task] overridden by
+    the task fields),
     ``batch`` (kind flow: up to this many flows of one shape per task, integrated together by
     dynamics.run_flows_batched: phase times, plateau and step counts, no conservation or trajectory;
     1: one run per task) and ``keep_runs`` (write each run's own folder under out/runs/)."""
@@ -377,8 +421,8 @@ class SweepSpec:
         if self.kind == "experiment":
             if not self.experiment_file:
                 raise ConfigError("an experiment sweep needs experiment_file (a TOML experiment file)")
-        elif self.experiment_file is not None:
-            raise ConfigError(f"experiment_file is for experiment sweeps, not {self.kind}")
+        elif self.experiment_file is not None and self.kind != "train":
+            raise ConfigError(f"experiment_file is for experiment and train sweeps, not {self.kind}")
 
     @property
     def varied(self) -> list:
@@ -423,12 +467,15 @@ def load_experiment_doc(path: str) -> dict:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    return dict(doc=doc, base_dir=os.path.dirname(os.path.abspath(path)), sha=hashlib.sha256(raw).hexdigest())
+    return dict(doc=doc, base_dir=os.path.dirname(os.path.abspath(path)), sha=hashlib.sha256(raw).hexdigest(),
+                path=os.path.abspath(path))
 
 
 def _memory_of(kind: str, config) -> int:
     if kind == "flow":
         return int(config.memory_estimate_bytes())
+    if kind == "train" and isinstance(config, StagedTrain):
+        return int(sum(config.config.memory_estimate_bytes(False).values()))
     if kind == "train":
         c, compare = config
         return int(sum(c.memory_estimate_bytes(compare).values()))
@@ -446,7 +493,7 @@ def describe(params: dict) -> str:
 def plan(spec: SweepSpec, experiment: dict | None = None) -> list[PlannedRun]:
     """Validate every run of ``spec`` and give each its key (ConfigError naming the run if a value is not
     allowed, or if two runs resolve to the same configuration)."""
-    if spec.kind == "experiment" and experiment is None:
+    if spec.experiment_file is not None and experiment is None:
         experiment = load_experiment_doc(spec.experiment_file)
     runs, seen = [], {}
     for i, g in enumerate(spec.grid):

@@ -145,8 +145,13 @@ def test_the_step_budget_is_reported_as_cut_not_finished(tmp_path, capsys):
     assert len(err) == 1 and "warmup, all" in err[0] and "--steps" in err[0]
     saved = json.loads((out / "results.json").read_text())
     assert saved["finished"] is False and saved["time_unit"] == "steps"
-    assert main(argv[:-1] + [str(tmp_path / "seeds"), "--seeds", "2"]) == 2
-    assert "--seeds" in capsys.readouterr().err and not (tmp_path / "seeds").exists()
+    # over seeds (the sweep runner): the same cut in every seed, named, exit 3; seed 1's row is the run above
+    assert main(argv[:-1] + [str(tmp_path / "seeds"), "--seeds", "2", "--workers", "1"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seed 1: warmup, all; seed 2: warmup, all" in err[0], err
+    row = json.loads((tmp_path / "seeds" / "results.jsonl").read_text().splitlines()[0])
+    assert row["params"] == {"seed": 1} and row["run_status"] == "cut"
+    assert [row[f"{st['name']}.end_loss"] for st in saved["stages"]] == [st["end_loss"] for st in saved["stages"]]
     # a one-stage run ends at its budget: converged only if an evaluation reached eps_conv
     plain = train(config(exp.flow.task, steps=20), progress=False)
     s = summarize_training(plain)
