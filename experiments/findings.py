@@ -48,7 +48,7 @@ from common.io import output_dir, save_figure, write_json, write_text  # noqa: E
 QUESTIONS = ("scaling", "zipf", "warmup", "finetune")
 ZUCCHET_EXPONENT = 0.81  # plateau ~ 0.43 N^0.81 in the number of individuals (Zucchet et al. 2025)
 CPU_SCALE = dict(S=32, flow_S="16,32,64,128,256,512,1024", softmax_S="16,32,64,128", ratios="6,3,2,1",
-                 transformer_ratios="3,1,0.5",
+                 transformer_ratios="3,1",
                  seeds=5, steps=3000, betas="0,0.5,1,1.5,2", finetune_steps=1500)
 PAPER_SCALE = dict(S=256, flow_S="16,32,64,128,256,512,1024,2048", softmax_S="16,32,64,128,256,512",
                    ratios="8,4,2,1,0.5", transformer_ratios="4,2,1,0.5", seeds=10, steps=100000, betas="0,0.25,0.5,0.75,1,1.25,1.5,1.75,2",
