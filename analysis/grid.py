@@ -31,8 +31,8 @@ zipf_relations, alpha, init, rtol, atol, t_max, eps_conv, max_steps, method, ...
 models.TaskConfig); train: model, optimizer, lr, batch, steps, seed, init, init_scale, d, eval_every,
 eval_size, task_seed, compare_flow, ... (dynamics.TrainConfig); experiment: the file's [task] and [flow]
 keys; capacity: model, construction_of, d, alpha, m, target, M, heads, head_dim, attn_ratio, mlp_width,
-mlp_ratio, scaling, D, T, batch, eval_every, seed, lr, max_steps, rtol, max_doublings, dtype, device (the
-settings of frd-capacity, one size and one seed per run). --set NAME=VALUE sets any field for every run (the
+mlp_ratio, scaling, D, T, batch, eval_every, restarts, eval_size, seed, lr, max_steps, rtol, max_doublings,
+dtype, device (the settings of frd-capacity, one size and one seed per run). --set NAME=VALUE sets any field for every run (the
 flags --S, --alpha, ... are shorthands).
 
 The sweep folder --out: spec.json; results.jsonl (one line per finished run, appended as it ends: index, key,
@@ -111,6 +111,10 @@ CAPACITY_FLAGS = (("--model", "model", str, "linear, mlp, construction (no train
                   ("--T", "T", int, "transformer: sequence length (default 8)"),
                   ("--batch", "batch", int, "transformer: sequences per Adam step (default 128)"),
                   ("--eval-every", "eval_every", int, "transformer: steps between evaluations (default 32)"),
+                  ("--restarts", "restarts", int, "transformer: initializations tried per seed and learning rate; "
+                   "a size succeeds when any does (default 2)"),
+                  ("--eval-size", "eval_size", int, "transformer: evaluation sequences, every fact "
+                   "ceil(EVAL_SIZE/(S*R)) times (default 1024)"),
                   ("--seed", "seed", int, "seed of embeddings and init (default 0; sweep it: --grid seed=0:5)"),
                   ("--max-steps", "max_steps", int, "Adam steps per training run (default 2048 memories, 1024 "
                    "transformer)"),

@@ -131,6 +131,62 @@ def scan(model, d, m, Ns, lrs, seeds, steps, say) -> None:
         say(f"  ({time.perf_counter() - start:.0f} s, load {load()})")
 
 
+def fits_of(r: dict) -> dict:
+    """The fits of one run from its sizes (a merged run's, or a sweep's as :func:`sweep` made them)."""
+    ok = [(z, i) for z in r["sizes"] for i in range(len(z["capacity"])) if not (z["below"][i] or z["above"][i])]
+    c = np.array([z["capacity"][i] for z, i in ok], dtype=float)
+    if r["settings"]["model"] == "linear":
+        x = np.array([z["d"] ** 2 for z, _ in ok], dtype=float)
+        return dict(fit_vs_d2=fit_dict(x, c), fit_NlogN_vs_d2=fit_dict(x, c * np.log(c)),
+                    NlogN_over_d2=float(np.mean(c * np.log(c) / x)) if len(c) else None)
+    x = np.array([z["m"] * z["d"] for z, _ in ok], dtype=float)
+    p = np.array([z["params"] for z, _ in ok], dtype=float)
+    return dict(fit_vs_md=fit_dict(x, c), fit_vs_params=fit_dict(p, c), fit_NlogN_vs_md=fit_dict(x, c * np.log(c)))
+
+
+def merge(paths, out, say) -> None:
+    """--merge: the runs of several fits.json files that differ only in their seeds (the capacity of a seed does
+    not depend on the other seeds of its batch: batched training equals one model at a time), one run per label
+    with every seed, refitted; the MLP widths pooled again. Writes <out>/fits.json."""
+    import json
+
+    merged = {}
+    for path in paths:
+        with open(path) as fh:
+            for r in json.load(fh)["runs"]:
+                if r["settings"]["model"] == "mlp-pooled":
+                    continue
+                m = merged.get(r["label"])
+                if m is None:
+                    merged[r["label"]] = json.loads(json.dumps(r))
+                    continue
+                a, b = ({k: v for k, v in x["settings"].items() if k != "seeds"} for x in (m, r))
+                if a != b or [z["d"] for z in m["sizes"]] != [z["d"] for z in r["sizes"]]:
+                    raise SystemExit(f"--merge: {path}'s {r['label']!r} differs from the first in more than its seeds")
+                if set(m["settings"]["seeds"]) & set(r["settings"]["seeds"]):
+                    raise SystemExit(f"--merge: {path}'s {r['label']!r} repeats seeds")
+                m["settings"]["seeds"] = list(m["settings"]["seeds"]) + list(r["settings"]["seeds"])
+                m["seconds"] += r["seconds"]
+                m["load_after"] = r["load_after"]
+                for zm, zr in zip(m["sizes"], r["sizes"]):
+                    for k in ("capacity", "below", "above", "probes"):
+                        zm[k] = list(zm[k]) + list(zr[k])
+    runs = []
+    for r in merged.values():
+        r.update(fits_of(r))
+        runs.append(r)
+    mlp = [r for r in runs if r["settings"]["model"] == "mlp"]
+    if len(mlp) > 1:
+        pooled = dict(settings=dict(model="mlp"), sizes=[z for r in mlp for z in r["sizes"]])
+        f = fits_of(pooled)
+        runs.append(dict(label="mlp, all alphas", settings=dict(model="mlp-pooled"), seconds=0.0, load_before=None,
+                         load_after=None, sizes=[], fit_vs_md=f["fit_vs_md"], fit_NlogN_vs_md=f["fit_NlogN_vs_md"]))
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "fits.json"), dict(machine="merged from " + ", ".join(paths), runs=runs))
+    say(f"wrote {out}/fits.json")
+    table([os.path.join(out, "fits.json")], say)
+
+
 def table(paths, say) -> None:
     """Markdown tables of the runs in the fits.json files ``paths``: sizes, per-seed capacities and fits."""
     import json
@@ -192,10 +248,17 @@ def main(argv=None):
     p.add_argument("--scan-steps", type=int, default=16384, help="default 16384")
     p.add_argument("--table", nargs="+", default=None, metavar="FITS",
                    help="print markdown tables of earlier fits.json files instead")
+    p.add_argument("--merge", nargs="+", default=None, metavar="FITS",
+                   help="merge earlier fits.json files whose runs differ only in their seeds (e.g. seeds 0-2 and "
+                        "3-4 run apart), refit, write <--out>/fits.json and print its tables")
     a = p.parse_args(argv)
     say = lambda line: print(line, flush=True)  # noqa: E731
     if a.table:
         return table(a.table, say)
+    if a.merge:
+        if not a.out:
+            p.error("--merge needs --out")
+        return merge(a.merge, a.out, say)
     if a.scan:
         return scan(a.scan_model, a.scan[0], a.scan_m, a.scan[1:], a.scan_lrs, a.scan_seeds, a.scan_steps, say)
     if not a.out:

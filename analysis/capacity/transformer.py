@@ -64,7 +64,7 @@ class TransformerSettings:
     scaling: str = "linear"
     seeds: tuple = (0, 1)
     lrs: tuple = (3e-2,)
-    restarts: int = 1
+    restarts: int = 2
     batch: int = 128
     max_steps: int = 1024
     eval_every: int = 32

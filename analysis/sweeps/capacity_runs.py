@@ -24,11 +24,11 @@ from common.io import jsonable
 
 MODELS = ("linear", "mlp", "construction", "transformer")
 CAPACITY_FIELDS = ("model", "construction_of", "d", "alpha", "m", "target", "M", "heads", "head_dim", "attn_ratio",
-                   "mlp_width", "mlp_ratio", "scaling", "D", "T", "batch", "eval_every", "seed", "lr", "max_steps",
-                   "rtol", "max_doublings", "dtype", "device")
+                   "mlp_width", "mlp_ratio", "scaling", "D", "T", "batch", "eval_every", "restarts", "eval_size",
+                   "seed", "lr", "max_steps", "rtol", "max_doublings", "dtype", "device")
 MEMORY_ONLY = ("construction_of", "alpha", "m", "target", "M")
 TRANSFORMER_ONLY = ("heads", "head_dim", "attn_ratio", "mlp_width", "mlp_ratio", "scaling", "D", "T", "batch",
-                    "eval_every")
+                    "eval_every", "restarts", "eval_size")
 # the fields that change the parameter count: runs that differ only in these and in seed form one series
 SIZE_FIELDS = ("d", "alpha", "m", "heads", "head_dim", "attn_ratio", "mlp_width", "mlp_ratio")
 DEFAULT_D = 8

@@ -3,7 +3,6 @@ distinguishable where series coincide, at least three labelled ticks on log axes
 the plateau marked at the result's plateau, every line of invariant.png explained with t1 / t2 marked, no
 "no CUDA GPU" remark in a title, model 2's stage 1 drawn at its evaluations on a linear step range, and no
 legend over the data. Synthetic inputs or tiny real runs (S <= 16), Agg backend."""
-import pytest
 import json
 import math
 

@@ -1,6 +1,5 @@
 """Figures of a multi-stage experiment: the content of each panel (one curve per non-empty set, equal to the
 input columns), stage boundaries, legends outside the data area, the sweep figure and atomic saving."""
-import pytest
 import math
 import os
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from analysis.capacity.sweep import CapacitySettings, run_sweep
+from analysis.sweeps.capacity_runs import capacity_settings
 from analysis.sweeps.runner import run_grid
 from analysis.sweeps.spec import SweepSpec, product_grid
 
@@ -151,3 +152,16 @@ def test_local_cluster_gives_the_separate_searches(tmp_path, reference):
     assert res.done == 4 and all(not r["worker"].endswith(f":{os.getpid()}") for r in res.rows)  # on workers
     by = {(r["params"]["d"], r["params"]["seed"]): r["capacity"] for r in res.rows}
     assert by == {(d, s): ref.capacity[i] for d, ref in zip(DS, reference.results) for i, s in enumerate(SEEDS)}
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp", "transformer"])
+def test_unset_fields_keep_frd_capacity_defaults(model):
+    """A grid run with only model, d and seed set searches with the settings frd-capacity builds from the same
+    three flags (its parser's defaults): the two programs give one capacity for one seed. The one difference by
+    design: a grid run has no construction curve (a figure of the whole sweep, not of one run)."""
+    from analysis.capacity.__main__ import build_parser, settings_from_args
+
+    cli = settings_from_args(build_parser().parse_args(["--model", model, "--d", "8", "--seeds", "0"])).to_dict()
+    grid = capacity_settings({"model": model, "d": 8, "seed": 0}).to_dict()
+    cli.pop("with_construction", None), grid.pop("with_construction", None)
+    assert cli == grid

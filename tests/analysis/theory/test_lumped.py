@@ -73,7 +73,7 @@ def test_symbolic_reduction_is_the_full_flow_on_the_subspace():
     for n in names:
         flat_syms += list(np.array(coords[n], dtype=object).reshape(-1))
     # the full compressed state as expressions of the reduced symbols (LumpedFlow.expand on objects)
-    S, R, D, A = task.S, task.R, task.D, task.num_answers
+    S, R, A = task.S, task.R, task.num_answers
     full = [[sp.Symbol(f"W_{z}_{a}") for a in range(A)] for z in range(S + R + 2)]
     Kf = [sp.Symbol(f"K_{z}") for z in range(S + R + 2)]
     xi = {}
