@@ -12,7 +12,6 @@ fields, on Dask, resumable (analysis.sweeps.runner).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from common.cli import EXIT_OK, ArgumentParser, Program, program_name, run_program
@@ -286,21 +285,10 @@ def run(a, job) -> int:
                      experiment_file=getattr(a, "file", None) or getattr(a, "experiment", None),
                      batch=getattr(a, "batch_flows", 1),
                      keep_runs=a.keep_runs)
-    jsonl = os.path.join(out, "results.jsonl")
+    from analysis.sweeps.results_log import interrupted_note
+
     # a signal while the sweep runs: the runs recorded so far stay, and the same command continues
-    def interrupted():
-        # the LocalCluster's resource tracker would print its warnings after this line: ended first, silently
-        from analysis.sweeps.dask_tasks import stop_resource_tracker
-
-        stop_resource_tracker()
-        if os.path.isfile(jsonl):
-            return (f"interrupted; the runs finished so far are recorded in {jsonl} (and {out}/results.csv); run "
-                    "the same command again to continue")
-        if os.path.isfile(os.path.join(out, "spec.json")):
-            return (f"interrupted before any run finished; {out} holds the sweep's spec.json; run the same command "
-                    "again to start it")
-        return None
-
+    interrupted = interrupted_note(out)
     job.interrupted = interrupted
     result = run_grid(spec, scheduler=a.scheduler, workers=a.workers, progress=None if not a.quiet else False,
                       max_runs=a.max_runs, retry_failed=a.retry_failed, overwrite=a.overwrite, plots=not a.no_plots,

@@ -257,6 +257,7 @@ def run(a, job) -> int:
 
 def run_seeds(a, job, config) -> int:
     """--seeds N: the configuration with seeds --seed .. --seed + N - 1 through analysis.sweeps.runner (resumable)."""
+    from analysis.sweeps.results_log import interrupted_note
     from analysis.sweeps.runner import run_grid
     from analysis.sweeps.spec import SweepSpec, config_fields
     from common.errors import check_int
@@ -269,8 +270,10 @@ def run_seeds(a, job, config) -> int:
     base = config_fields("train", config, compare_flow=a.compare_flow)
     base.pop("seed")
     spec = SweepSpec(kind="train", base=base, grid=tuple({"seed": config.seed + k} for k in range(n)), out=out)
+    job.interrupted = interrupted_note(out)  # a signal: say what stays in out, not "nothing was written"
     res = run_grid(spec, workers=a.workers, progress=None if not a.quiet else False, overwrite=a.overwrite,
                    plots=not a.no_plots)
+    job.interrupted = None
     print(f"{n} seeds: {res.summary_line()}")
     for g in (res.bands.groups if res.bands is not None else []):
         if g.get("mean_flow_gap") is not None:
@@ -292,6 +295,7 @@ def run_experiment_seeds(a, job) -> int:
     (kind train with the experiment file; resumable), their stage-aware bands (analysis.sweeps.staged_runs)."""
     import dataclasses
 
+    from analysis.sweeps.results_log import interrupted_note
     from analysis.sweeps.runner import run_grid
     from analysis.sweeps.spec import SweepSpec, build_config, config_fields, load_experiment_doc, plan
     from dynamics import load_experiment
@@ -306,14 +310,17 @@ def run_experiment_seeds(a, job) -> int:
     task_fields = {f.name for f in dataclasses.fields(TaskConfig)} - {"seed"} | {"task_seed"}
     base = {k: v for k, v in config_fields("train", config).items()  # the file's [task] is the task: no task field
             if k not in task_fields and k not in ("seed", "compare_flow")}
+    out = a.out or default_out_dir(a, job.parser)  # resumable: run_grid checks and fills it
     spec = SweepSpec(kind="train", base=base, grid=tuple({"seed": config.seed + k} for k in range(n)),
-                     out=a.out or default_out_dir(a, job.parser), experiment_file=a.experiment)
+                     out=out, experiment_file=a.experiment)
     load_experiment(a.experiment)  # the file checked as for one seed (size, encoding, keys) before anything else
     experiment = load_experiment_doc(a.experiment)
     runs = plan(spec, experiment)  # every seed's configuration checked before anything is written
     build_config("train", runs[0].fields, experiment).config.check_memory()
+    job.interrupted = interrupted_note(out)  # a signal: say what stays in out, not "nothing was written"
     res = run_grid(spec, workers=a.workers, progress=None if not a.quiet else False, overwrite=a.overwrite,
                    plots=not a.no_plots)
+    job.interrupted = None
     print(f"{n} seeds: {res.summary_line()}")
     if res.bands is not None:
         for line in res.bands.lines():

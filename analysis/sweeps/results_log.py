@@ -1,6 +1,6 @@
 """A sweep's folder (analysis.sweeps.runner): the results file ``results.jsonl`` (ResultsLog, latest_rows),
 spec.json (prepare_folder, spec_difference), results.csv (write_results_csv) and the runs' own folders
-(write_run_folder)."""
+(write_run_folder), and what a signal leaves there (interrupted_note)."""
 from __future__ import annotations
 
 import json
@@ -343,3 +343,24 @@ def write_run_folder(folder: str, row: dict, params: dict) -> None:
         if tmp is not None:
             with critical_section():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def interrupted_note(out: str):
+    """For common.cli's Job.interrupted while a sweep writes into ``out``: a function giving the line a signal
+    prints (the runs recorded so far stay in ``out`` and the same command continues; None if nothing is there).
+    It first ends the LocalCluster's resource tracker, whose warnings would otherwise follow that line."""
+    jsonl = os.path.join(out, "results.jsonl")
+
+    def note():
+        from analysis.sweeps.dask_tasks import stop_resource_tracker
+
+        stop_resource_tracker()
+        if os.path.isfile(jsonl):
+            return (f"interrupted; the runs finished so far are recorded in {jsonl} (and {out}/results.csv); run "
+                    "the same command again to continue")
+        if os.path.isfile(os.path.join(out, "spec.json")):
+            return (f"interrupted before any run finished; {out} holds the sweep's spec.json; run the same command "
+                    "again to start it")
+        return None
+
+    return note

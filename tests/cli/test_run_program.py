@@ -241,3 +241,38 @@ def test_an_empty_out_is_bad_input_for_every_program(module, out, tmp_path, monk
     err = capsys.readouterr().err
     assert err == f"error: out = {out!r} is empty; give a folder path with --out\n"
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("staged", [False, True])
+@pytest.mark.parametrize("state", ["spec", "recorded"])
+def test_train_seeds_say_what_stays_when_interrupted(tmp_path, monkeypatch, capsys, staged, state):
+    """frd-train --seeds (plain or --experiment) runs a sweep into --out: a signal there leaves spec.json (and the
+    runs recorded so far), so the note says so and how to continue, never "nothing was written"."""
+    from analysis.sweeps import runner
+    from models.train import main
+
+    out = tmp_path / "s"
+
+    def interrupted_sweep(spec, **kw):
+        out.mkdir()
+        (out / "spec.json").write_text("{}\n")
+        if state == "recorded":
+            (out / "results.jsonl").write_text("{}\n")
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(runner, "run_grid", interrupted_sweep)
+    args = ["--model", "softmax", "--optimizer", "adam", "--d", "8", "--S", "4", "--R", "2", "--D", "2", "--T", "4",
+            "--N", "2", "--steps", "5", "--seeds", "2", "--workers", "1", "--out", str(out)]
+    if staged:
+        f = tmp_path / "e.toml"
+        f.write_text('[task]\nS = 4\nR = 2\nD = 2\nT = 4\nN = 2\n\n[[stages]]\nname = "all"\ntrain = {}\n'
+                     'until_time = 5\n')
+        args += ["--experiment", str(f)]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    if state == "recorded":
+        assert err == (f"interrupted; the runs finished so far are recorded in {out}/results.jsonl (and "
+                       f"{out}/results.csv); run the same command again to continue\n")
+    else:
+        assert err == (f"interrupted before any run finished; {out} holds the sweep's spec.json; run the same "
+                       "command again to start it\n")
