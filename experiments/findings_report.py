@@ -214,7 +214,7 @@ def figure(q: str, rows: list, curves: list, summary: dict, a):
     models = trained_models(rows) or ["softmax"]
     three = q in ("zipf", "warmup")  # a last panel: the trained models' end loss, for the runs that never reach eps
     n = 1 + len(models) + three
-    fig, axes = plt.subplots(1, n, figsize=(5.6 * n + 1.3, 4.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, n, figsize=(5.6 * n + 1.3, 5.8 if three else 4.6), constrained_layout=True)
     key = SETTING[q]
     cmap = plt.get_cmap("viridis")
     ratios = sorted({r["ratio"] for r in rows if r["model"] in TRAINED}, reverse=True)
@@ -323,7 +323,8 @@ def _end_loss_panel(ax, q: str, summary: dict, models, color, a) -> None:
     ax.set(xlabel="Zipf exponent β of the subjects" if q == "zipf" else "warm-up subjects k (log scale)",
            ylabel="loss on all facts at the run's end (nats)",
            title=f"{names}: loss on all facts where the run stopped\n(at ε, or after the step budget)")
-    ax.legend(fontsize=7, loc="best")
+    # below the panel: a line per model and ratio (and their no-warm-up references) would cover the data
+    ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
 
 
 def _finetune_figure(fig, axes, models, curves, color, a):
