@@ -169,8 +169,12 @@ def merge(paths, out, say) -> None:
                 m["seconds"] += r["seconds"]
                 m["load_after"] = r["load_after"]
                 for zm, zr in zip(m["sizes"], r["sizes"]):
-                    for k in ("capacity", "below", "above", "probes"):
+                    for k in ("capacity", "below", "above"):
                         zm[k] = list(zm[k]) + list(zr[k])
+                    if "probes" in zm and "probes" in zr:
+                        zm["probes"] = list(zm["probes"]) + list(zr["probes"])
+                    else:  # a file from before probes were recorded: the merged run has none
+                        zm.pop("probes", None)
     runs = []
     for r in merged.values():
         r.update(fits_of(r))
