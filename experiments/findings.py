@@ -4,12 +4,13 @@ The shipped experiments (experiments/shipped.py) run the exact population flow o
 private parameter block per subject and unlimited capacity. Here the same experiment definitions
 (dynamics.experiment.schedule Stage / Stop / EvalSpec, models.weights.Distribution) also drive model 2
 (one softmax head, fixed random unit-sphere embeddings of dimension d, two d x d matrices: capacity about
-d^2 facts up to logs), trained by Adam on fresh batches through dynamics.training.staged.train_schedule,
-at several d / sqrt(S R) (capacity ratio) and several seeds, beside the exact flow of model 1
+d^2 facts up to logs) and the one-layer transformer of SPEC §11 (H = 2, d_h = d/2, MLP width d: 6 d^2
+parameters), trained by Adam on fresh batches through dynamics.training.staged.train_schedule, at several
+d / sqrt(S R) (capacity ratio) and several seeds, beside the exact flow of model 1
 (analysis.results.experiment.analyze_experiment) and, for the first question, the theory's closed form
 (analysis.theory.reduced_solution.phase_times). Four questions:
 
-  scaling    plateau length t2 - t1 on `all` (SPEC §3 thresholds; flow time for model 1, steps for model 2)
+  scaling    plateau length t2 - t1 on `all` (SPEC §3 thresholds; flow time for model 1, steps otherwise)
              against the number of subjects S: fitted exponent with a 95 % interval, beside Zucchet et al.'s
              0.81 for transformers;
   zipf       time to eps on all facts and plateau length against the Zipf exponent beta of the subjects;
@@ -17,12 +18,12 @@ at several d / sqrt(S R) (capacity ratio) and several seeds, beside the exact fl
   finetune   pre-train on the first half of the subjects to eps, then train on the second half with replay
              rho of the first: the old facts' loss (start, maximum, end), the new facts' time to eps.
 
-    python experiments/findings.py --out runs/findings                  # all four at CPU scale
+    python experiments/findings.py --jobs 2 --out runs/findings         # all four at CPU scale (about 22 min)
     python experiments/findings.py --only zipf --seeds 2 --out runs/z   # one, fewer seeds
-    python experiments/findings.py --out runs/findings --regenerate-docs  # also docs/findings.md tables, figures
+    python experiments/findings.py --jobs 2 --out runs/findings --regenerate-docs  # also docs/findings.md tables, figures
 
-Writes into --out, per question, <q>.csv (one row per run: model `flow`, `theory` or `softmax`, its capacity
-ratio, d and seed), <q>.json (settings, rows, the per-configuration summaries, the fits) and <q>.png. A
+Writes into --out, per question, <q>.csv (one row per run: model `flow`, `theory`, `softmax` or `transformer`,
+its capacity ratio, d and seed), <q>.json (settings, rows, the per-configuration summaries, the fits) and <q>.png. A
 "plateau length" is t2 - t1 on the evaluation set `all` (as experiments/shipped.py's frequency experiment),
 with t1, t2 the first times the loss falls to (log|A| + log D) / 2 and to log D / 2.
 """
