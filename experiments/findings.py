@@ -429,18 +429,14 @@ def settle(a) -> None:
 
 
 def resolved_device(text: str) -> str:
-    """--device as the device model 2 runs on: ``auto`` -> ``cuda`` when a GPU is present, else ``cpu`` (said on
-    stderr); ConfigError for a device that is not usable here."""
-    from common.errors import check_device
+    """--device as the device model 2 runs on (dynamics.training.config.resolve_device: ``auto`` -> ``cuda`` when
+    a GPU is present, else ``cpu``, said on stderr); ConfigError for a device that is not usable here."""
+    from dynamics.training.config import resolve_device
 
-    if text == "auto":
-        import torch
-
-        if torch.cuda.is_available():
-            return "cuda"
+    device = str(resolve_device(text))
+    if text == "auto" and device == "cpu":
         print("findings: --device auto: no CUDA GPU here, model 2 runs on the CPU", file=sys.stderr)
-        return "cpu"
-    return str(check_device("--device", text, also="auto"))
+    return device
 
 
 def machine() -> str:

@@ -59,7 +59,7 @@ class BandsResult:
     def save(self, folder: str, *, plots: bool = True) -> list:
         """Write bands.csv, bands.json and (plots) bands.png (bands-<k>.png for several groups) into the sweep
         folder ``folder``, each file atomically. Returns the file names."""
-        from common.io import save_figure, write_csv, write_json
+        from common.io import write_csv, write_json
 
         names = ["bands.csv", "bands.json"]
         order = ["group"]
@@ -75,14 +75,24 @@ class BandsResult:
         meta = [{k: v for k, v in g.items() if k != "columns"} for g in self.groups]
         write_json(os.path.join(folder, "bands.json"), dict(groups=meta))
         if plots:
-            import matplotlib.pyplot as plt
-
-            for k, fig in enumerate(self.plot()):
-                name = "bands.png" if len(self.groups) == 1 else f"bands-{k}.png"
-                save_figure(fig, os.path.join(folder, name), dpi=140)
-                plt.close(fig)
-                names.append(name)
+            names += save_group_figures(self.plot(), folder, "bands")
         return names
+
+
+def save_group_figures(figures: list, folder: str, stem: str) -> list:
+    """Save one figure per group into ``folder`` atomically (``<stem>.png`` for a single group, else
+    ``<stem>-<k>.png``), closing each. Returns the file names."""
+    import matplotlib.pyplot as plt
+
+    from common.io import save_figure
+
+    names = []
+    for k, fig in enumerate(figures):
+        name = f"{stem}.png" if len(figures) == 1 else f"{stem}-{k}.png"
+        save_figure(fig, os.path.join(folder, name), dpi=140)
+        plt.close(fig)
+        names.append(name)
+    return names
 
 
 def band_columns(histories: list[dict]) -> dict:

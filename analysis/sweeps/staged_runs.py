@@ -32,7 +32,7 @@ import numpy as np
 
 from common.io import jsonable
 
-from analysis.sweeps.bands import BandsResult, band_columns
+from analysis.sweeps.bands import BandsResult, band_columns, save_group_figures
 from analysis.sweeps.spec import build_config, config_fields, describe
 
 PHASE_KEYS = ("t1", "t2", "t3")
@@ -173,7 +173,7 @@ class StagedBandsResult(BandsResult):
         (experiment-<k>.png for several groups), each written atomically. Returns the file names."""
         import pandas as pd
 
-        from common.io import save_figure, write_json, write_text
+        from common.io import write_json, write_text
 
         write_text(os.path.join(folder, "bands.csv"), self.to_dataframe().to_csv(index=False))
         write_json(os.path.join(folder, "bands.json"),
@@ -183,13 +183,7 @@ class StagedBandsResult(BandsResult):
         write_text(os.path.join(folder, "stage_bands.csv"), pd.DataFrame(self.stage_table()).to_csv(index=False))
         names.append("stage_bands.csv")
         if plots:
-            import matplotlib.pyplot as plt
-
-            for k, fig in enumerate(self.plot()):
-                name = "experiment.png" if len(self.groups) == 1 else f"experiment-{k}.png"
-                save_figure(fig, os.path.join(folder, name), dpi=140)
-                plt.close(fig)
-                names.append(name)
+            names += save_group_figures(self.plot(), folder, "experiment")
         return names
 
 
