@@ -2,9 +2,12 @@
 
     python bench/capacity_fits.py --out runs/capacity-fits                 # linear, then MLP alpha 1 2 4
     python bench/capacity_fits.py --only linear --linear-d 8 11 16 --seeds 0 1 --out /tmp/cf
+    python bench/capacity_fits.py --only linear-fixed --out /tmp/cf-fixed  # M fixed: the log factor constant
 
 Linear: capacity N* per seed at d in --linear-d, fitted against P = d² (log N* on log P, SPEC §9) and, for the
-log factor the paper expects (N log N ∝ d²), log(N* ln N*) on log d². MLP (m = alpha·d, alpha in --alphas):
+log factor the paper expects (N log N ∝ d²), log(N* ln N*) on log d². Linear with a fixed number of outputs M
+(target fixed, SPEC §7; --linear-fixed 'M:d,d,...'): fitted against d² and against d·min(d, M), the number of
+entries of UᵀW that the logits depend on (SPEC §7), with N*·ln M / (d·min(d, M)) per size. MLP (m = alpha·d, alpha in --alphas):
 fitted against m·d (the authors' alpha·d²) and against the exact parameter count 2md + m. Writes
 fits.json (settings, per-seed capacities, fits, seconds, machine, load) into --out and prints a summary.
 --check FITS --check-steps K instead retrains, for the largest linear d of an earlier fits.json, each seed at
@@ -33,6 +36,7 @@ from common.io import write_json  # noqa: E402
 
 LINEAR_D = (8, 11, 16, 22, 32, 45, 64)   # the authors' half-octaves 2^3 .. 2^6
 MLP_D = (8, 11, 16, 22)
+LINEAR_FIXED = "64:22,32,45,64;16:16,32,64"
 
 
 def load() -> list:
@@ -71,9 +75,7 @@ def sweep(settings, label, say) -> dict:
                       for (d, m), r in zip(settings.sizes(), result.results)])
     if settings.kind == "linear":
         x, c, flagged = points(result, lambda d, m, p: d * d)
-        out["fit_vs_d2"] = fit_dict(x, c)
-        out["fit_NlogN_vs_d2"] = fit_dict(x, c * np.log(c))
-        out["NlogN_over_d2"] = float(np.mean(c * np.log(c) / x)) if len(c) else None
+        out.update(linear_fits(np.sqrt(x), c, settings.M if settings.target == "fixed" else None))
     else:
         x, c, flagged = points(result, lambda d, m, p: m * d)
         out["fit_vs_md"] = fit_dict(x, c)
@@ -81,6 +83,19 @@ def sweep(settings, label, say) -> dict:
         out["fit_NlogN_vs_md"] = fit_dict(x, c * np.log(c))
     out["points_outside_bracket"] = flagged
     return out
+
+
+def linear_fits(d, c, M) -> dict:
+    """Fits of linear capacities ``c`` at dimensions ``d``: identity target (``M`` None) against d² and N ln N
+    against d²; fixed target with ``M`` outputs against d² and against d·min(d, M) (the entries of UᵀW), where
+    the log factor ln M is a constant, and the mean of N ln M / (d·min(d, M))."""
+    x = d * d
+    if M is None:
+        return dict(fit_vs_d2=fit_dict(x, c), fit_NlogN_vs_d2=fit_dict(x, c * np.log(c)),
+                    NlogN_over_d2=float(np.mean(c * np.log(c) / x)) if len(c) else None)
+    eff = d * np.minimum(d, M)
+    return dict(fit_vs_d2=fit_dict(x, c), fit_vs_d_min_dM=fit_dict(eff, c),
+                NlogM_over_d_min_dM=float(np.mean(c * np.log(M) / eff)) if len(c) else None)
 
 
 def check(path, steps, seeds, out, say) -> None:
@@ -136,9 +151,8 @@ def fits_of(r: dict) -> dict:
     ok = [(z, i) for z in r["sizes"] for i in range(len(z["capacity"])) if not (z["below"][i] or z["above"][i])]
     c = np.array([z["capacity"][i] for z, i in ok], dtype=float)
     if r["settings"]["model"] == "linear":
-        x = np.array([z["d"] ** 2 for z, _ in ok], dtype=float)
-        return dict(fit_vs_d2=fit_dict(x, c), fit_NlogN_vs_d2=fit_dict(x, c * np.log(c)),
-                    NlogN_over_d2=float(np.mean(c * np.log(c) / x)) if len(c) else None)
+        fixed = r["settings"].get("target") == "fixed"
+        return linear_fits(np.array([z["d"] for z, _ in ok], dtype=float), c, r["settings"]["M"] if fixed else None)
     x = np.array([z["m"] * z["d"] for z, _ in ok], dtype=float)
     p = np.array([z["params"] for z, _ in ok], dtype=float)
     return dict(fit_vs_md=fit_dict(x, c), fit_vs_params=fit_dict(p, c), fit_NlogN_vs_md=fit_dict(x, c * np.log(c)))
@@ -208,14 +222,16 @@ def table(paths, say) -> None:
                 say(f"{r['label']}: lr {st['lrs']}, {st['max_steps']} steps, seeds {st['seeds']}, rtol {st['rtol']}, "
                     f"{r['seconds']:.0f} s, load {r['load_before']} -> {r['load_after']}\n")
                 linear = st["model"] == "linear"
+                M = st["M"] if linear and st.get("target") == "fixed" else None
                 say("| d | " + ("P = d²" if linear else "m | m·d") + " | capacity per seed | mean | mean / "
-                    + ("d²" if linear else "m·d") + " |")
-                say("|---|---|" + ("" if linear else "---|") + "---|---|---|")
+                    + ("d²" if linear else "m·d") + (" | mean · ln M / (d·min(d, M))" if M else "") + " |")
+                say("|---|---|" + ("" if linear else "---|") + "---|---|---|" + ("---|" if M else ""))
                 for z in r["sizes"]:
                     x = z["d"] ** 2 if linear else z["m"] * z["d"]
                     mean = float(np.mean(z["capacity"]))
                     say(f"| {z['d']} | " + (f"{x}" if linear else f"{z['m']} | {x}") + f" | "
-                        f"{', '.join(map(str, z['capacity']))} | {mean:.1f} | {mean / x:.2f} |")
+                        f"{', '.join(map(str, z['capacity']))} | {mean:.1f} | {mean / x:.2f} |"
+                        + (f" {mean * np.log(M) / (z['d'] * min(z['d'], M)):.2f} |" if M else ""))
                 for k, v in r.items():
                     if k.startswith("fit") and v is not None:
                         say(f"\n{k}: slope {v['slope']:.3f}, 95 % interval [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}], "
@@ -223,10 +239,25 @@ def table(paths, say) -> None:
                 say("")
 
 
+def parse_by_key(text: str, flag: str, parser) -> dict:
+    """'k:d,d,...;k:d,...' -> {float(k): (int(d), ...)}; a malformed text is a usage error naming the flag."""
+    try:
+        return {float(k): tuple(int(d) for d in v.split(",")) for k, v in
+                (item.split(":") for item in text.split(";") if item.strip())}
+    except ValueError:
+        parser.error(f"{flag} {text!r}: expected 'key:d,d,...' items separated by ';', e.g. '64:22,32'")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=("linear", "mlp"), default=None, help="run one model only (default both)")
+    p.add_argument("--only", choices=("linear", "linear-fixed", "mlp"), default=None,
+                   help="run one kind only (default all three)")
     p.add_argument("--linear-d", type=int, nargs="+", default=list(LINEAR_D), help=f"default {LINEAR_D}")
+    p.add_argument("--linear-fixed", default=LINEAR_FIXED,
+                   help="linear memories with the fixed target: 'M:d,d,...' per number of outputs M, several "
+                        f"separated by ';' (default '{LINEAR_FIXED}': M >= d, the log factor ln M constant; "
+                        "M < d, only M·d entries of UᵀW matter). Each d must store >= M facts (the target needs N >= "
+                        "M: smaller capacities are reported below the bracket and left out of the fits)")
     p.add_argument("--mlp-d", type=int, nargs="+", default=list(MLP_D), help=f"default {MLP_D}")
     p.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="MLP m/d (default 1 2 4)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="default 0..4")
@@ -256,6 +287,8 @@ def main(argv=None):
                    help="merge earlier fits.json files whose runs differ only in their seeds (e.g. seeds 0-2 and "
                         "3-4 run apart), refit, write <--out>/fits.json and print its tables")
     a = p.parse_args(argv)
+    fixed_ds = parse_by_key(a.linear_fixed, "--linear-fixed", p)
+    by_alpha = parse_by_key(a.mlp_d_by_alpha or "", "--mlp-d-by-alpha", p)
     say = lambda line: print(line, flush=True)  # noqa: E731
     if a.table:
         return table(a.table, say)
@@ -282,9 +315,13 @@ def main(argv=None):
                                            lrs=tuple(a.linear_lr), max_steps=a.linear_steps, rtol=a.rtol,
                                            with_construction=False), "linear", say))
         save()
+    if a.only in (None, "linear-fixed"):
+        for M, ds in fixed_ds.items():
+            runs.append(sweep(CapacitySettings(model="linear", ds=ds, target="fixed", M=int(M), seeds=tuple(a.seeds),
+                                               lrs=tuple(a.linear_lr), max_steps=a.linear_steps, rtol=a.rtol,
+                                               with_construction=False), f"linear fixed M={int(M)}", say))
+            save()
     if a.only in (None, "mlp"):
-        by_alpha = {float(k): tuple(int(d) for d in v.split(",")) for k, v in
-                    (item.split(":") for item in (a.mlp_d_by_alpha or "").split(";") if item)}
         for alpha in a.alphas:
             runs.append(sweep(CapacitySettings(model="mlp", ds=by_alpha.get(alpha, tuple(a.mlp_d)), alphas=(alpha,),
                                                seeds=tuple(a.mlp_seeds or a.seeds), lrs=tuple(a.mlp_lr),

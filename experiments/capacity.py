@@ -1,7 +1,8 @@
 """The CPU-scale reproduction of the paper's three capacity figures (docs/capacity.md):
 
   memory       largest number of associations stored at >= 99 % accuracy by linear and MLP associative
-               memories against their parameter count, with the information-theoretic bound (paper §3);
+               memories against their parameter count (M = N outputs, and linear with M = 64 fixed), with
+               the information-theoretic bound (paper §3);
   transformer  facts S·R stored by one-layer transformers against their parameter count, one series per
                shape (paper §4);
   tradeoff     accuracy of one transformer per cell of a heads H × MLP width m grid on S = R = 32 facts,
@@ -40,6 +41,9 @@ MEMORY_FLAGS = {
     "linear": "--model linear --d 8 11 16 22 32 --seeds 0 1 2 3 4 --lr 1 --max-steps 4096 --no-construction",
     # alpha 1, 2, 4 (the issue's widths); d <= 16 keeps the widest memories' search within the CPU budget
     "mlp": "--model mlp --alpha 1 2 4 --d 8 11 16 --seeds 0 1 2 --lr 0.03 0.1 --max-steps 4096 --no-construction",
+    # M = 64 >= d fixed outputs: the log factor ln M is a constant, so capacity ∝ d² (SPEC §9); d >= 22 stores >= M
+    "linear, M = 64 outputs": "--model linear --target fixed --M 64 --d 22 32 45 64 --seeds 0 1 2 3 4 --lr 1 "
+                              "--max-steps 4096 --no-construction",
 }
 # --- transformer figure (paper §4): frd-capacity --model transformer flags, one sweep per shape ----------------
 TRANSFORMER_COMMON = ("--model transformer --d 8 12 16 --seeds 0 1 2 --lr 0.03 0.1 --restarts 2 --batch 128 "
@@ -57,6 +61,7 @@ TRADEOFF = dict(Hs=(1, 2, 4, 8, 16), ms=(8, 16, 32, 64, 128), S=32, R=32, D=8, d
 TINY_MEMORY_FLAGS = {
     "linear": "--model linear --d 4 6 8 --seeds 0 --max-steps 128 --no-construction",
     "mlp": "--model mlp --alpha 1 --d 4 6 8 --seeds 0 --max-steps 128 --no-construction",
+    "linear, M = 4 outputs": "--model linear --target fixed --M 4 --d 6 8 --seeds 0 --max-steps 128 --no-construction",
 }
 TINY_TRANSFORMER_COMMON = ("--model transformer --d 8 12 --seeds 0 1 --lr 0.1 --batch 32 --max-steps 64 "
                            "--rtol 0.5 --max-doublings 0 --T 4")
@@ -175,14 +180,20 @@ def capacity_figure_of(name: str, runs: dict, title: str, bits_per_param: float)
         body[label] = dict(flags=flags, result=result.to_dict(), fit=fit_text(result.fit), seconds=result.seconds)
     first = next(iter(runs.values()))[1].settings
     bound = information_bound(series, first, bits_per_param)
+    if bound and name == "memory":  # the bound of the first series' target; the others may count outputs apart
+        bound["label"] += f", {target_text(first)}"
     return capacity_figure(series, title, bound=bound), dict(series=body, information_bound=bound), rows
 
 
+def target_text(s) -> str:
+    """A memory sweep's target in words: 'M = N' (identity) or 'M = 64 fixed'."""
+    return "M = N" if s.target == "identity" else f"M = {s.M} fixed"
+
+
 def memory_figure(runs: dict, bits_per_param: float) -> tuple:
-    first = next(iter(runs.values()))[1].settings
-    each = "; ".join(f"{label}: {len(r.settings.seeds)} seeds, Adam lr {list(r.settings.lrs)}, "
-                     f"{r.settings.max_steps} steps" for label, (_, r) in runs.items())
-    title = f"Capacity of associative memories (target {first.target}; {each})"
+    each = "; ".join(f"{label}: {target_text(r.settings)}, {len(r.settings.seeds)} seeds, Adam lr "
+                     f"{list(r.settings.lrs)}, {r.settings.max_steps} steps" for label, (_, r) in runs.items())
+    title = f"Capacity of associative memories ({each})"
     return capacity_figure_of("memory", runs, title, bits_per_param)
 
 

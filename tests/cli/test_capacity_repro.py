@@ -18,6 +18,7 @@ _spec.loader.exec_module(repro)
 
 @pytest.mark.slow
 def test_tiny_reproduction_writes_every_figure_and_matches_separate_runs(tmp_path):
+    from analysis.capacity.sweep import run_sweep
     from dynamics.capacity_training import TransformerTrainConfig, train_transformers
     from models.transformer import TransformerConfig
 
@@ -30,8 +31,12 @@ def test_tiny_reproduction_writes_every_figure_and_matches_separate_runs(tmp_pat
     assert set(tf.series) == set(repro.TINY_TRANSFORMER_SHAPES) and len(tf) == 2 * 2 * 2
     # memory figure: linear memories have d² parameters; one series per model
     mem = pd.read_csv(out / "memory.csv")
-    lin = mem[mem.series == "linear"]
-    assert (lin.params == lin.d ** 2).all() and set(mem.series) == {"linear", "mlp"}
+    lin = mem[mem.series.str.startswith("linear")]
+    assert (lin.params == lin.d ** 2).all() and set(mem.series) == set(repro.TINY_MEMORY_FLAGS)
+    # the fixed-target series is frd-capacity's search with those flags, run here
+    label = "linear, M = 4 outputs"
+    direct = run_sweep(repro.settings_of(repro.TINY_MEMORY_FLAGS[label]))
+    assert sorted(mem[mem.series == label].capacity) == sorted(c for r in direct.results for c in r.capacity)
     # trade-off cell (H=2, m=8), computed in a worker process, equals a transformer of that shape trained here
     g = repro.TINY_TRADEOFF
     cfg = TransformerConfig(S=g["S"], R=g["R"], D=g["D"], d=g["d"], H=2, d_h=g["d_h"], m=8, T=g["T"], seed=g["seed"])
