@@ -86,9 +86,11 @@ def fit_text(fit) -> str:
 
 
 def capacity_rows(label: str, result) -> list:
-    """One dict per size and seed of a sweep result, with the series label in front."""
+    """One dict per size and seed of a sweep result, with the series label in front (the construction's rows
+    of a transformer sweep: '<label>: construction', as its series in the figure)."""
     cols = result.rows()
-    return [dict(series=label, **{k: cols[k][i] for k in cols}) for i in range(len(next(iter(cols.values()))))]
+    return [dict(series=f"{label}: construction" if cols["model"][i] == "construction" else label,
+                 **{k: cols[k][i] for k in cols}) for i in range(len(next(iter(cols.values()))))]
 
 
 def run_flags(flags: str, label: str, quiet: bool):
@@ -178,6 +180,8 @@ def capacity_figure_of(name: str, runs: dict, title: str, bits_per_param: float)
         series += ser
         rows += capacity_rows(label, result)
         body[label] = dict(flags=flags, result=result.to_dict(), fit=fit_text(result.fit), seconds=result.seconds)
+        if getattr(result, "construction_facts", ()):  # a transformer sweep's construction, its own series
+            body[f"{label}: construction"] = dict(flags=flags, fit=fit_text(result.construction_fit))
     first = next(iter(runs.values()))[1].settings
     bound = information_bound(series, first, bits_per_param)
     if bound and name == "memory":  # the bound of the first series' target; the others may count outputs apart

@@ -93,7 +93,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--max-doublings", type=int, default=3,
                    help="times the bracket's top may double while it still succeeds, 0 to 20 (default 3)")
     g.add_argument("--no-construction", action="store_true",
-                   help="do not also search the construction of the same shapes (drawn for comparison)")
+                   help="do not also search the construction of the same shapes (SPEC §8: the memories', or the transformer's heads-and-memory construction), drawn for comparison")
     g.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="training dtype (default float32: trained by Adam, only the argmax matters)")
     g.add_argument("--device", default="cpu",
@@ -140,7 +140,7 @@ def settings_from_args(a):
                                    lrs=tuple(a.lr), restarts=a.restarts, batch=a.batch, eval_size=a.eval_size,
                                    max_steps=1024 if a.max_steps is None else a.max_steps,
                                    eval_every=a.eval_every, rtol=a.rtol, max_doublings=a.max_doublings,
-                                   dtype=a.dtype, device=a.device)
+                                   dtype=a.dtype, device=a.device, with_construction=not a.no_construction)
     given = [n for n in TRANSFORMER_ONLY if getattr(a, n) != getattr(defaults, n)]
     if given:
         raise ConfigError(f"--{given[0].replace('_', '-')} is a transformer setting; add --model transformer")
@@ -212,9 +212,14 @@ def series_of(result, label: str = "transformer") -> list:
     series named ``label``; a memory sweep is its trained (or constructed) memories and their construction."""
     s = result.settings
     if s.__class__.__name__ == "TransformerSettings":
-        fit = None if result.fit is None else result.fit.to_dict()
-        return [dict(label=label, params=[r.params for r in result.results],
-                     capacity=[list(f) for f in result.facts], fit=fit)]
+        series = []
+        for name, res, facts, fit in ((label, result.results, result.facts, result.fit),
+                                      (f"{label}: construction", result.construction, result.construction_facts,
+                                       result.construction_fit)):
+            if res:
+                series.append(dict(label=name, params=[r.params for r in res], capacity=[list(f) for f in facts],
+                                   fit=None if fit is None else fit.to_dict()))
+        return series
     series = []
     for label, res, fit in ((s.model if s.model != "construction" else "construction", result.results, result.fit),
                             ("construction", result.construction, result.construction_fit)):

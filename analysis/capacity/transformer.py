@@ -50,7 +50,8 @@ class TransformerSettings:
     a size succeeds for a seed when some learning rate from some of ``restarts`` initializations does (restart
     k of TransformerConfig: the same task and embeddings, another init and batch order). batch, max_steps,
     eval_every, eval_size: training (TransformerTrainConfig). rtol, max_doublings: the search (SPEC §9).
-    dtype, device: training.
+    dtype, device: training. with_construction: also search the construction of each shape (SPEC §8, no
+    training; one least-squares build and one evaluation per probe), with the same seeds and bracket.
     """
 
     ds: tuple = (8, 12, 16)
@@ -73,6 +74,7 @@ class TransformerSettings:
     max_doublings: int = 3
     dtype: str = "float32"
     device: str = "cpu"
+    with_construction: bool = False
 
     def __post_init__(self):
         check_choice("scaling", self.scaling, SCALINGS)
@@ -169,11 +171,26 @@ def transformer_oracle(s: TransformerSettings, d: int, H: int, dh: int, m: int):
     return ok
 
 
+def construction_oracle(s: TransformerSettings, d: int, H: int, dh: int, m: int, threshold: float = 0.99):
+    """ok(size, seeds): for each seed, the construction of SPEC §8 for this shape reaches ``threshold`` accuracy
+    on the seed's instance of this size (its evaluation set, SPEC §11)."""
+    from models.transformer.construction import construction_accuracy
+
+    def ok(size, seeds):
+        S, R, D = task_sizes(s.scaling, size, s.D)
+        return [construction_accuracy(TransformerConfig(S=S, R=R, D=D, d=d, H=H, d_h=dh, m=m, T=s.T, seed=seed),
+                                      s.eval_size) >= threshold for seed in seeds]
+
+    return ok
+
+
 @dataclass(frozen=True)
 class TransformerSweepResult:
     """results: a CapacityResult per shape (capacity = the searched size; facts(size) gives facts);
     facts: per shape, per seed, the facts S·R stored; fit: ScalingFit of facts on parameters over the points
-    inside their brackets (None with fewer than 3 or one shape); seconds: wall."""
+    inside their brackets (None with fewer than 3 or one shape); construction, construction_facts,
+    construction_fit: the same for the construction of each shape (empty and None without
+    ``with_construction``); seconds: wall."""
 
     settings: TransformerSettings
     results: tuple
@@ -181,23 +198,32 @@ class TransformerSweepResult:
     fit: object
     device: str
     seconds: float
+    construction: tuple = ()
+    construction_facts: tuple = ()
+    construction_fit: object = None
 
     def rows(self) -> dict:
+        """One row per shape and seed, trained (model ``transformer``) then constructed (``construction``)."""
         cols = {k: [] for k in ("model", "d", "H", "d_h", "m", "params", "seed", "size", "S", "R", "D", "facts",
                                 "below_bracket", "above_bracket")}
         s = self.settings
-        for (d, H, dh, m), r, f in zip(s.shapes(), self.results, self.facts):
-            for i, seed in enumerate(r.seeds):
-                S, R, D = task_sizes(s.scaling, max(r.capacity[i], 1), s.D)
-                for k, v in zip(cols, ("transformer", d, H, dh, m, r.params, seed, r.capacity[i], S, R, D, f[i],
-                                       r.below_bracket[i], r.above_bracket[i])):
-                    cols[k].append(v)
+        for model, results, facts in (("transformer", self.results, self.facts),
+                                      ("construction", self.construction, self.construction_facts)):
+            for (d, H, dh, m), r, f in zip(s.shapes(), results, facts):
+                for i, seed in enumerate(r.seeds):
+                    S, R, D = task_sizes(s.scaling, max(r.capacity[i], 1), s.D)
+                    for k, v in zip(cols, (model, d, H, dh, m, r.params, seed, r.capacity[i], S, R, D, f[i],
+                                           r.below_bracket[i], r.above_bracket[i])):
+                        cols[k].append(v)
         return cols
 
     def to_dict(self) -> dict:
         return dict(settings=self.settings.to_dict(), device=self.device, seconds=self.seconds,
                     results=[dict(r.to_dict(), facts=list(f)) for r, f in zip(self.results, self.facts)],
-                    fit=None if self.fit is None else self.fit.to_dict())
+                    fit=None if self.fit is None else self.fit.to_dict(),
+                    construction=[dict(r.to_dict(), facts=list(f))
+                                  for r, f in zip(self.construction, self.construction_facts)],
+                    construction_fit=None if self.construction_fit is None else self.construction_fit.to_dict())
 
 
 def run_transformer_sweep(s: TransformerSettings, progress=None) -> TransformerSweepResult:
@@ -207,23 +233,32 @@ def run_transformer_sweep(s: TransformerSettings, progress=None) -> TransformerS
     from common.cli import describe_device
 
     start = time.perf_counter()
-    results, facts = [], []
+    found = {"transformer": ([], []), "construction": ([], [])}
+    kinds = [("transformer", transformer_oracle)] + ([("construction", construction_oracle)]
+                                                     if s.with_construction else [])
     for d, H, dh, m in s.shapes():
         lo, hi = s.bracket(d, H, dh, m)
         P = transformer_parameter_count(d, H, dh, m)
-        r = search_capacity(transformer_oracle(s, d, H, dh, m), s.seeds,
-                            Bracket(lo, hi, rtol=s.rtol, max_doublings=s.max_doublings),
-                            label=f"transformer d={d} H={H} d_h={dh} m={m}", params=P)
-        f = tuple(facts_of(s.scaling, c) if c >= 1 else 0 for c in r.capacity)
-        results.append(r)
-        facts.append(f)
-        if progress is not None:
-            progress(f"{r.label}: P={P} facts stored {list(f)} (sizes {list(r.capacity)}, {s.scaling} scaling)")
-    keep = [(r.params, f[i]) for r, f in zip(results, facts) for i in range(len(r.seeds))
-            if not (r.below_bracket[i] or r.above_bracket[i])]
-    fit = scaling_fit(*zip(*keep)) if len(keep) >= 3 and len({p for p, _ in keep}) >= 2 else None
-    return TransformerSweepResult(settings=s, results=tuple(results), facts=tuple(facts), fit=fit,
-                                  device=describe_device(s.device), seconds=time.perf_counter() - start)
+        for kind, oracle in kinds:
+            r = search_capacity(oracle(s, d, H, dh, m), s.seeds,
+                                Bracket(lo, hi, rtol=s.rtol, max_doublings=s.max_doublings),
+                                label=f"{kind} d={d} H={H} d_h={dh} m={m}", params=P)
+            f = tuple(facts_of(s.scaling, c) if c >= 1 else 0 for c in r.capacity)
+            found[kind][0].append(r)
+            found[kind][1].append(f)
+            if progress is not None:
+                progress(f"{r.label}: P={P} facts stored {list(f)} (sizes {list(r.capacity)}, {s.scaling} scaling)")
+
+    def fit_of(results, facts):
+        keep = [(r.params, f[i]) for r, f in zip(results, facts) for i in range(len(r.seeds))
+                if not (r.below_bracket[i] or r.above_bracket[i])]
+        return scaling_fit(*zip(*keep)) if len(keep) >= 3 and len({p for p, _ in keep}) >= 2 else None
+
+    (results, facts), (cons, cons_facts) = found["transformer"], found["construction"]
+    return TransformerSweepResult(settings=s, results=tuple(results), facts=tuple(facts), fit=fit_of(results, facts),
+                                  device=describe_device(s.device), seconds=time.perf_counter() - start,
+                                  construction=tuple(cons), construction_facts=tuple(cons_facts),
+                                  construction_fit=fit_of(cons, cons_facts))
 
 
 def tradeoff_map(Hs, ms, *, S=32, R=32, D=8, d=32, d_h=8, T=32, seed=0, lrs=(1e-2,),

@@ -64,3 +64,23 @@ def test_oracle_with_restarts_succeeds_when_any_restart_does():
         runs = [train_transformers([TransformerConfig(S=3, R=3, D=4, d=8, H=2, d_h=4, T=6, seed=seed, restart=k)],
                                    [3e-2], train).success[0] for k in range(3)]
         assert answer == any(runs)
+
+
+def test_construction_search_probes_are_the_constructions_own_accuracies():
+    """with_construction: every probe's outcome in the construction's search is construction_accuracy >= 0.99 on
+    that seed's instance of that size, recomputed here; its rows and fit sit beside the trained ones."""
+    from models.transformer.construction import construction_accuracy
+
+    s = TransformerSettings(ds=(16, 32), seeds=(0, 1), max_steps=8, batch=16, eval_every=4, max_doublings=1, rtol=0,
+                            with_construction=True)
+    res = run_transformer_sweep(s)
+    assert len(res.construction) == 2 and res.construction_fit is not None
+    for (d, H, dh, m), r, facts in zip(s.shapes(), res.construction, res.construction_facts):
+        for i, seed in enumerate(r.seeds):
+            assert facts[i] == facts_of("linear", r.capacity[i])
+            for size, ok in r.probes[i]:
+                S, R, D = task_sizes("linear", size, s.D)
+                acc = construction_accuracy(TransformerConfig(S=S, R=R, D=D, d=d, H=H, d_h=dh, m=m, T=s.T, seed=seed))
+                assert ok == (acc >= 0.99)
+    rows = res.rows()
+    assert rows["model"].count("construction") == rows["model"].count("transformer") == 4

@@ -28,7 +28,9 @@ def test_tiny_reproduction_writes_every_figure_and_matches_separate_runs(tmp_pat
     # transformer figure: parameter counts are the paper's 4·H·d_h·d + 2·m·d, facts S·R, one row per size and seed
     tf = pd.read_csv(out / "transformer.csv")
     assert (tf.params == 4 * tf.H * tf.d_h * tf.d + 2 * tf.m * tf.d).all() and (tf.facts == tf.S * tf.R).all()
-    assert set(tf.series) == set(repro.TINY_TRANSFORMER_SHAPES) and len(tf) == 2 * 2 * 2
+    # each shape's trained series and its construction's (SPEC §8), 2 sizes x 2 seeds each
+    assert set(tf.series) == {f"{x}{c}" for x in repro.TINY_TRANSFORMER_SHAPES for c in ("", ": construction")}
+    assert len(tf) == 2 * 2 * 2 * 2 and set(tf.model) == {"transformer", "construction"}
     # memory figure: linear memories have d² parameters; one series per model
     mem = pd.read_csv(out / "memory.csv")
     lin = mem[mem.series.str.startswith("linear")]
