@@ -31,7 +31,8 @@ SHAPES = {  # label: (d, H, d_h, m); the same parameter count 4·H·d_h·d + 2·
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[4, 6, 8, 10, 12, 16], help="S = R values")
+    p.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 12, 16, 24, 32],
+                   help="S = R values (default 4 8 12 16 24 32)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
     p.add_argument("--max-steps", type=int, default=2048, help="Adam steps of the trained models (default 2048)")
     p.add_argument("--out", required=True, help="folder for constructions.json (created if missing)")

@@ -38,9 +38,10 @@ from common.io import output_dir, save_figure, write_json  # noqa: E402
 # --- memory figure (paper §3): frd-capacity flags, one sweep per model ------------------------------------------
 MEMORY_FLAGS = {
     # lr 1: the capacity is the same for every lr in [0.1, 10] and lr 1 converges within 4096 steps (docs/capacity.md)
-    "linear": "--model linear --d 8 11 16 22 32 --seeds 0 1 2 3 4 --lr 1 --max-steps 4096 --no-construction",
+    # each with its construction (SPEC §8: correlation memory; random features + least squares), drawn beside it
+    "linear": "--model linear --d 8 11 16 22 32 --seeds 0 1 2 3 4 --lr 1 --max-steps 4096",
     # alpha 1, 2, 4 (the issue's widths); d <= 16 keeps the widest memories' search within the CPU budget
-    "mlp": "--model mlp --alpha 1 2 4 --d 8 11 16 --seeds 0 1 2 --lr 0.03 0.1 --max-steps 4096 --no-construction",
+    "mlp": "--model mlp --alpha 1 2 4 --d 8 11 16 --seeds 0 1 2 --lr 0.03 0.1 --max-steps 4096",
     # M = 64 >= d fixed outputs: the log factor ln M is a constant, so capacity ∝ d² (SPEC §9); d >= 22 stores >= M
     "linear, M = 64 outputs": "--model linear --target fixed --M 64 --d 22 32 45 64 --seeds 0 1 2 3 4 --lr 1 "
                               "--max-steps 4096 --no-construction",
@@ -59,7 +60,7 @@ TRADEOFF = dict(Hs=(1, 2, 4, 8, 16), ms=(8, 16, 32, 64, 128), S=32, R=32, D=8, d
 
 # --- --tiny: the same steps at toy sizes (the test) -------------------------------------------------------------
 TINY_MEMORY_FLAGS = {
-    "linear": "--model linear --d 4 6 8 --seeds 0 --max-steps 128 --no-construction",
+    "linear": "--model linear --d 4 6 8 --seeds 0 --max-steps 128",
     "mlp": "--model mlp --alpha 1 --d 4 6 8 --seeds 0 --max-steps 128 --no-construction",
     "linear, M = 4 outputs": "--model linear --target fixed --M 4 --d 6 8 --seeds 0 --max-steps 128 --no-construction",
 }
@@ -86,8 +87,8 @@ def fit_text(fit) -> str:
 
 
 def capacity_rows(label: str, result) -> list:
-    """One dict per size and seed of a sweep result, with the series label in front (the construction's rows
-    of a transformer sweep: '<label>: construction', as its series in the figure)."""
+    """One dict per size and seed of a sweep result, with the series label in front (the construction's rows:
+    '<label>: construction', as its series in the figure)."""
     cols = result.rows()
     return [dict(series=f"{label}: construction" if cols["model"][i] == "construction" else label,
                  **{k: cols[k][i] for k in cols}) for i in range(len(next(iter(cols.values()))))]
@@ -175,12 +176,13 @@ def capacity_figure_of(name: str, runs: dict, title: str, bits_per_param: float)
     series, rows, body = [], [], {}
     for label, (flags, result) in runs.items():
         ser = series_of(result, label=label)
-        if name == "memory":
-            ser = [dict(x, label=label) for x in ser]  # one series per model: its trained memories
+        if name == "memory":  # one series per sweep, named by its label; its construction's beside it
+            ser = [dict(x, label=f"{label}: construction" if x["label"].startswith("construction") else label)
+                   for x in ser]
         series += ser
         rows += capacity_rows(label, result)
         body[label] = dict(flags=flags, result=result.to_dict(), fit=fit_text(result.fit), seconds=result.seconds)
-        if getattr(result, "construction_facts", ()):  # a transformer sweep's construction, its own series
+        if result.construction:  # the sweep's construction (SPEC §8), its own series
             body[f"{label}: construction"] = dict(flags=flags, fit=fit_text(result.construction_fit))
     first = next(iter(runs.values()))[1].settings
     bound = information_bound(series, first, bits_per_param)
@@ -189,13 +191,17 @@ def capacity_figure_of(name: str, runs: dict, title: str, bits_per_param: float)
     return capacity_figure(series, title, bound=bound), dict(series=body, information_bound=bound), rows
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def target_text(s) -> str:
     """A memory sweep's target in words: 'M = N' (identity) or 'M = 64 fixed'."""
     return "M = N" if s.target == "identity" else f"M = {s.M} fixed"
 
 
 def memory_figure(runs: dict, bits_per_param: float) -> tuple:
-    each = "; ".join(f"{label}: {target_text(r.settings)}, {len(r.settings.seeds)} seeds, Adam lr "
+    each = "; ".join(f"{label}: {target_text(r.settings)}, {plural(len(r.settings.seeds), 'seed')}, Adam lr "
                      f"{list(r.settings.lrs)}, {r.settings.max_steps} steps" for label, (_, r) in runs.items())
     title = f"Capacity of associative memories ({each})"
     return capacity_figure_of("memory", runs, title, bits_per_param)

@@ -34,7 +34,9 @@ def test_tiny_reproduction_writes_every_figure_and_matches_separate_runs(tmp_pat
     # memory figure: linear memories have d² parameters; one series per model
     mem = pd.read_csv(out / "memory.csv")
     lin = mem[mem.series.str.startswith("linear")]
-    assert (lin.params == lin.d ** 2).all() and set(mem.series) == set(repro.TINY_MEMORY_FLAGS)
+    assert (lin.params == lin.d ** 2).all()
+    assert set(mem.series) == set(repro.TINY_MEMORY_FLAGS) | {"linear: construction"}  # the one with construction
+    assert set(mem[mem.series == "linear: construction"].model) == {"construction"}
     # the fixed-target series is frd-capacity's search with those flags, run here
     label = "linear, M = 4 outputs"
     direct = run_sweep(repro.settings_of(repro.TINY_MEMORY_FLAGS[label]))

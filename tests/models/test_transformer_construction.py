@@ -119,3 +119,26 @@ def test_mlp_accuracy_falls_when_facts_exceed_the_width():
     """S = R = 8 (64 facts), d = 32, H = 4, d_h = 8: the least-squares readout interpolates from m = 64 on."""
     accs = [construction_accuracy(TransformerConfig(S=8, R=8, D=4, d=32, H=4, d_h=8, m=m, T=8)) for m in (8, 16, 64)]
     assert accs[2] == 1.0 and accs[0] < accs[1] < 0.99
+
+
+@pytest.mark.slow  # a subprocess that trains 8 small transformers, about 10 s
+def test_bench_rows_are_the_constructions_and_the_trainers_accuracies(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from dynamics.capacity_training import TransformerTrainConfig, train_transformers
+    from tests.helpers import ROOT
+
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "transformer_constructions.py"), "--sizes", "2", "3",
+                    "--seeds", "0", "--max-steps", "16", "--out", str(tmp_path)], check=True, capture_output=True,
+                   timeout=300)
+    rows = json.loads((tmp_path / "constructions.json").read_text())["rows"]
+    assert len(rows) == 4
+    for r in rows:
+        c = TransformerConfig(S=r["S"], R=r["R"], D=r["D"], d=r["d"], H=r["H"], d_h=r["d_h"], m=r["m"], T=8, seed=0)
+        assert r["construction"] == [construction_accuracy(c)]
+        run = train_transformers([c, c], [3e-2, 1e-1], TransformerTrainConfig(batch=128, max_steps=16, eval_every=32,
+                                                                              record=False))
+        assert r["trained"] == [pytest.approx(float(run.best_accuracy.max()), abs=1e-12)]
