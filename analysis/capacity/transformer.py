@@ -134,6 +134,8 @@ class TransformerSettings:
         for d, H, dh, m in self.shapes():
             size = self.bracket(d, H, dh, m)[1] * 2**self.max_doublings
             need = training_bytes(self, size, d, H, dh, m)
+            if self.with_construction:
+                need = max(need, construction_bytes(self, size, d, H, dh, m))
             if need > avail // 2:
                 raise ConfigError(f"d = {d}, H = {H}, d_h = {dh}, m = {m} would need about {need / 2**30:.1f} GiB "
                                   f"at size {size} (bracket x 2^max_doublings), more than half the "
@@ -154,6 +156,18 @@ def training_bytes(s: TransformerSettings, size: int, d: int, H: int, dh: int, m
     per_model = (4 * s.batch * s.T * H * dh + 3 * s.batch * A + 3 * s.batch * max(m, d) + 2 * 2 * E * s.T * H * dh
                  + 2 * E * A + (V + A) * d + 4 * transformer_parameter_count(d, H, dh, m))
     return int(item * B * per_model + 8 * B * 2 * E * s.T)
+
+
+def construction_bytes(s: TransformerSettings, size: int, d: int, H: int, dh: int, m: int) -> int:
+    """Estimated peak bytes of one construction probe (float64, one model): the MLP's feature matrix and its
+    least-squares copies (3 × S·R·m), the noise-free inputs and targets (3 × S·R·d), the per-head solves over
+    the vocabulary (V·d plus a d×d map), the attention-only readout solves (|A|·d per subject), and the
+    evaluation forward (keys, values, attention and logits of every evaluation sequence)."""
+    S, R, D = task_sizes(s.scaling, size, s.D)
+    V, A, F = 2 * (S + R) + 1, R * D, S * R
+    E = max(F, s.eval_size)
+    return 8 * (3 * F * m + 3 * F * d + 3 * V * d + 2 * d * d + 2 * A * d
+                + E * (2 * s.T * H * dh + H * s.T + A + d) + transformer_parameter_count(d, H, dh, m))
 
 
 def transformer_oracle(s: TransformerSettings, d: int, H: int, dh: int, m: int):

@@ -84,3 +84,22 @@ def test_construction_search_probes_are_the_constructions_own_accuracies():
                 assert ok == (acc >= 0.99)
     rows = res.rows()
     assert rows["model"].count("construction") == rows["model"].count("transformer") == 4
+
+
+def test_construction_memory_counted_before_running(monkeypatch):
+    """A wide MLP makes the construction's S·R × m feature matrix the largest allocation: with memory for the
+    training but not for it, the sweep with constructions is refused before anything runs, the one without
+    is not."""
+    import common.memory
+
+    from analysis.capacity.transformer import construction_bytes, training_bytes
+
+    kw = dict(ds=(8,), heads=2, head_dim=4, mlp_width=4096, seeds=(0,), batch=8, max_doublings=0)
+    s = TransformerSettings(**kw, with_construction=True)
+    size = s.bracket(8, 2, 4, 4096)[1]
+    train, build = training_bytes(s, size, 8, 2, 4, 4096), construction_bytes(s, size, 8, 2, 4, 4096)
+    assert build > train
+    monkeypatch.setattr(common.memory, "available_memory_bytes", lambda: train + build)  # half: between the two
+    with pytest.raises(ConfigError, match="GiB"):
+        s.check_memory()
+    TransformerSettings(**kw).check_memory()
