@@ -28,9 +28,11 @@ def build_parser() -> ArgumentParser:
                         "(2md + m parameters); construction: no training, the memory of SPEC §8 (see "
                         "--construction-of); transformer: the one-layer transformer of SPEC §11 on the fact task, "
                         "capacity in facts S*R (4*H*d_h*d + 2*m*d parameters) (default linear)")
-    g.add_argument("--construction-of", default="linear", choices=("linear", "mlp"),
+    g.add_argument("--construction-of", default="linear", choices=("linear", "mlp", "transformer"),
                    help="with --model construction: linear = correlation memory sum_x u_f(x) e_x^T, mlp = random "
-                        "features + least-squares readout (default linear)")
+                        "features + least-squares readout, transformer = heads that attend to their own subject "
+                        "or relation tokens with the values (m = 0) or the MLP (m > 0) as the memory, shaped by "
+                        "the transformer flags (default linear)")
     g.add_argument("--d", type=int, nargs="+", default=[4, 6, 8], metavar="D",
                    help="embedding dimensions, one model size each (default 4 6 8)")
     g.add_argument("--alpha", type=float, nargs="+", default=[1.0], metavar="A",
@@ -126,12 +128,18 @@ def settings_from_args(a):
 
     check_bits_per_param(a.bits_per_param)
     defaults = build_parser().parse_args([])
-    if a.model == "transformer":
+    if a.construction_of == "transformer" and a.model != "construction":
+        raise ConfigError(f"--construction-of transformer is read with --model construction, not --model {a.model}; "
+                          f"--model transformer searches the construction beside the trained model already")
+    built = a.model == "construction" and a.construction_of == "transformer"
+    if a.model == "transformer" or built:
         from analysis.capacity.transformer import TransformerSettings
 
         if a.alpha != defaults.alpha:
             raise ConfigError("--alpha is the MLP memory's width ratio; for the transformer give --mlp-ratio (beta "
                               "= m/d) and --attn-ratio (alpha = H*d_h/d)")
+        if built and a.tradeoff:
+            raise ConfigError("--tradeoff trains a transformer per cell; use it with --model transformer")
         if a.full_grid and not a.tradeoff:
             raise ConfigError("--full-grid is a setting of --tradeoff; add --tradeoff")
         return TransformerSettings(ds=tuple(a.d) if a.d != defaults.d else (8, 12, 16), heads=a.heads,
@@ -140,10 +148,12 @@ def settings_from_args(a):
                                    lrs=tuple(a.lr), restarts=a.restarts, batch=a.batch, eval_size=a.eval_size,
                                    max_steps=1024 if a.max_steps is None else a.max_steps,
                                    eval_every=a.eval_every, rtol=a.rtol, max_doublings=a.max_doublings,
-                                   dtype=a.dtype, device=a.device, with_construction=not a.no_construction)
+                                   dtype=a.dtype, device=a.device, with_construction=built or not a.no_construction,
+                                   with_training=not built)
     given = [n for n in TRANSFORMER_ONLY if getattr(a, n) != getattr(defaults, n)]
     if given:
-        raise ConfigError(f"--{given[0].replace('_', '-')} is a transformer setting; add --model transformer")
+        raise ConfigError(f"--{given[0].replace('_', '-')} is a transformer setting; add --model transformer (or "
+                          f"--model construction --construction-of transformer)")
     from analysis.capacity.sweep import CapacitySettings
 
     return CapacitySettings(model=a.model, ds=tuple(a.d), alphas=tuple(a.alpha), construction_of=a.construction_of,
@@ -155,9 +165,11 @@ def settings_from_args(a):
 
 def title(s) -> str:
     if s.__class__.__name__ == "TransformerSettings":
-        return (f"Capacity of one-layer transformers: H {s.heads}, shapes (d, H, d_h, m) {s.shapes()}, {s.scaling} "
-                f"scaling, D {s.D}, T {s.T}, {len(s.seeds)} seeds, Adam lr {list(s.lrs)} x {s.restarts} inits, "
-                f"batch {s.batch}, {s.max_steps} steps")
+        what = "Capacity of one-layer transformers" if s.with_training else "Capacity of transformer constructions"
+        extra = (f", Adam lr {list(s.lrs)} x {s.restarts} inits, batch {s.batch}, {s.max_steps} steps"
+                 if s.with_training else " (no training, SPEC §8)")
+        return (f"{what}: H {s.heads}, shapes (d, H, d_h, m) {s.shapes()}, {s.scaling} scaling, D {s.D}, T {s.T}, "
+                f"{len(s.seeds)} seeds{extra}")
     what = f"construction of {s.construction_of}" if s.model == "construction" else s.model
     extra = "" if s.model == "construction" else f", Adam lr {list(s.lrs)}, {s.max_steps} steps"
     return (f"Capacity of {what} memories: target {s.target}{f' M={s.M}' if s.M else ''}, d {list(s.ds)}"
@@ -244,7 +256,7 @@ def run(args, job) -> int:
 
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     say(f"device: {describe_device(args.device)}")
-    if args.model == "transformer":
+    if settings.__class__.__name__ == "TransformerSettings":
         from analysis.capacity.transformer import run_transformer_sweep
 
         result = run_transformer_sweep(settings, progress=say)

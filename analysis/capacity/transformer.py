@@ -51,7 +51,8 @@ class TransformerSettings:
     k of TransformerConfig: the same task and embeddings, another init and batch order). batch, max_steps,
     eval_every, eval_size: training (TransformerTrainConfig). rtol, max_doublings: the search (SPEC §9).
     dtype, device: training. with_construction: also search the construction of each shape (SPEC §8, no
-    training; one least-squares build and one evaluation per probe), with the same seeds and bracket.
+    training; one least-squares build and one evaluation per probe), with the same seeds and bracket;
+    with_training False: the construction only (then the training fields are unused).
     """
 
     ds: tuple = (8, 12, 16)
@@ -75,9 +76,12 @@ class TransformerSettings:
     dtype: str = "float32"
     device: str = "cpu"
     with_construction: bool = False
+    with_training: bool = True
 
     def __post_init__(self):
         check_choice("scaling", self.scaling, SCALINGS)
+        if not (self.with_training or self.with_construction):
+            raise ConfigError("with_training and with_construction are both off: nothing to search")
         check_sizes_and_seeds(self)
         object.__setattr__(self, "lrs", tuple(check_positive("lr", a) for a in self.lrs))
         if not self.lrs:
@@ -133,7 +137,7 @@ class TransformerSettings:
         avail = available_memory_bytes()
         for d, H, dh, m in self.shapes():
             size = self.bracket(d, H, dh, m)[1] * 2**self.max_doublings
-            need = training_bytes(self, size, d, H, dh, m)
+            need = training_bytes(self, size, d, H, dh, m) if self.with_training else 0
             if self.with_construction:
                 need = max(need, construction_bytes(self, size, d, H, dh, m))
             if need > avail // 2:
@@ -248,8 +252,8 @@ def run_transformer_sweep(s: TransformerSettings, progress=None) -> TransformerS
 
     start = time.perf_counter()
     found = {"transformer": ([], []), "construction": ([], [])}
-    kinds = [("transformer", transformer_oracle)] + ([("construction", construction_oracle)]
-                                                     if s.with_construction else [])
+    kinds = (([("transformer", transformer_oracle)] if s.with_training else [])
+             + ([("construction", construction_oracle)] if s.with_construction else []))
     for d, H, dh, m in s.shapes():
         lo, hi = s.bracket(d, H, dh, m)
         P = transformer_parameter_count(d, H, dh, m)

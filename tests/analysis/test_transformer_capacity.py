@@ -48,7 +48,8 @@ def test_tiny_sweep_result_and_fit():
 
 @pytest.mark.parametrize("kw, match", [(dict(ds=(0,)), "d = 0"), (dict(mlp_width=-1), "mlp_width"),
                                        (dict(ds=(10,), heads=3), "not a positive integer"),
-                                       (dict(scaling="cube"), "scaling"), (dict(T=2), "T = 2")])
+                                       (dict(scaling="cube"), "scaling"), (dict(T=2), "T = 2"),
+                                       (dict(with_training=False), "nothing to search")])
 def test_bad_settings_refused(kw, match):
     with pytest.raises(ConfigError, match=match):
         TransformerSettings(**kw)

@@ -21,6 +21,9 @@ T = ["--model", "transformer"]
     (T + ["--full-grid"], "--tradeoff"),
     (["--heads", "4"], "add --model transformer"),
     (T + ["--d", "4096", "--batch", "1000000"], "GiB"),
+    (["--model", "construction", "--construction-of", "transformer", "--tradeoff"], "--model transformer"),
+    (["--construction-of", "transformer"], "read with --model construction"),
+    (["--model", "construction", "--construction-of", "transformer", "--d", "8", "--mlp-width", "2000000"], "GiB"),
 ])
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, args, match):
     out = tmp_path / "never"
@@ -47,3 +50,18 @@ def test_tiny_tradeoff_writes_map(tmp_path):
     df = pd.read_csv(out / "tradeoff.csv")
     assert list(df.columns) == ["H", "m", "params", "accuracy"] and len(df) == 6
     assert (df.params == 4 * df.H * 8 * 32 + 2 * df.m * 32).all()
+
+
+def test_construction_only_run_is_the_constructions_search(tmp_path):
+    """--model construction --construction-of transformer: no training; every row is the construction's, and
+    each seed's capacity is what the library's construction search gives."""
+    from analysis.capacity.transformer import TransformerSettings, run_transformer_sweep
+
+    out = tmp_path / "built"
+    assert main(["--model", "construction", "--construction-of", "transformer", "--d", "8", "16", "--seeds", "0", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    df = pd.read_csv(out / "capacity.csv")
+    assert set(df.model) == {"construction"} and len(df) == 4
+    ref = run_transformer_sweep(TransformerSettings(ds=(8, 16), seeds=(0, 1), with_construction=True,
+                                                    with_training=False))
+    assert df.facts.tolist() == [f for facts in ref.construction_facts for f in facts]
