@@ -96,9 +96,9 @@ def construct(config: TransformerConfig, lam: float = LAMBDA, beta: float = BETA
         WK[h, :, 0] = math.sqrt(dh) * w                                     # k(z) = √d_h (w·φ(z)) e_1
         M = _pinned(rows, np.vstack([targets[Z], np.zeros(d)]), rest)       # (d, d) φ(z)ᵀ M = t(z)ᵀ, EOS -> 0
         U, sv, Vt = np.linalg.svd(M)
-        r = min(dh, d)
-        WV[h, :, :r] = U[:, :r]                                             # (d, r)
-        WO[h * dh:h * dh + r] = sv[:r, None] * Vt[:r]                       # (r, d)
+        rank = min(dh, d)
+        WV[h, :, :rank] = U[:, :rank]                                       # (d, rank)
+        WO[h * dh:h * dh + rank] = sv[:rank, None] * Vt[:rank]              # (rank, d)
     params = dict(WQ=WQ, WK=WK, WV=WV, WO=WO)
     if m > 0:
         W1 = draw_init(config.seed, d, H, dh, m)["W1"]                      # (d, m) random features
@@ -106,8 +106,8 @@ def construct(config: TransformerConfig, lam: float = LAMBDA, beta: float = BETA
         if H == 1:
             h_clean = h_clean / 2
         h_clean = h_clean.reshape(S * R, d)                                 # fact (s, r) at row s·R + r
-        Z = np.maximum(h_clean @ W1, 0.0)                                   # (S·R, m)
-        W2 = _lstsq(Z, Psi[answers.reshape(-1)] - h_clean)                  # (m, d)
+        features = np.maximum(h_clean @ W1, 0.0)                            # (S·R, m)
+        W2 = _lstsq(features, Psi[answers.reshape(-1)] - h_clean)           # (m, d)
         params.update(W1=W1, W2=W2)
     return params
 
