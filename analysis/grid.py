@@ -93,7 +93,8 @@ EXPERIMENT_FLAGS = (("--S", "S", int, "subjects"), ("--R", "R", int, "relations"
                     ("--D", "D", int, "answers per relation"), ("--alpha", "alpha", float, "initialization scale"))
 CAPACITY_FLAGS = (("--model", "model", str, "linear, mlp, construction (no training, SPEC §8) or transformer "
                    "(SPEC §11); default linear"),
-                  ("--construction-of", "construction_of", str, "with model construction: linear or mlp"),
+                  ("--construction-of", "construction_of", str,
+                   "with model construction: linear, mlp or transformer (the transformer fields shape it)"),
                   ("--d", "d", int, "embedding dimension, >= 1 (default 8; sweep it: --grid d=4,6,8)"),
                   ("--alpha", "alpha", float, "MLP memory width ratio, m = round(alpha*d) (default 1)"),
                   ("--m", "m", int, "MLP memory width, >= 1, instead of --alpha"),

@@ -55,7 +55,9 @@ def capacity_settings(fields: dict):
     d = check_int("d", f.pop("d", DEFAULT_D), 1, 2**31 - 1)
     seed = f.pop("seed", 0)
     lrs = _lrs(f.pop("lr", 3e-2))
-    if model == "transformer":
+    built = model == "construction" and f.get("construction_of") == "transformer"
+    if model == "transformer" or built:
+        f.pop("construction_of", None)
         given = [n for n in MEMORY_ONLY if n in f]
         if given:
             raise ConfigError(f"{given[0]} = {f[given[0]]!r} is a setting of the memories (models linear, mlp, "
@@ -63,7 +65,8 @@ def capacity_settings(fields: dict):
                               "mlp_ratio")
         from analysis.capacity.transformer import TransformerSettings
 
-        settings = _construct(TransformerSettings, ds=(d,), seeds=(seed,), lrs=lrs, **f)
+        settings = _construct(TransformerSettings, ds=(d,), seeds=(seed,), lrs=lrs, with_construction=built,
+                              with_training=not built, **f)
     else:
         given = [n for n in TRANSFORMER_ONLY if n in f]
         if given:
@@ -113,13 +116,15 @@ def capacity_memory_bytes(settings) -> int:
     if is_transformer(settings):
         from models.transformer import transformer_parameter_count
 
-        from analysis.capacity.transformer import training_bytes
+        from analysis.capacity.transformer import construction_bytes, training_bytes
 
         shape = settings.shape(settings.ds[0])
         lower = 4 * itemsize * lrs * transformer_parameter_count(*shape)
         if lower > HUGE_BYTES:
             return int(lower)
         size = settings.bracket(*shape)[1] * 2**settings.max_doublings
+        if not settings.with_training:  # the construction alone (model construction of transformer)
+            return int(construction_bytes(settings, size, *shape))
         return int(training_bytes(settings, size, *shape))
     from analysis.capacity.oracles import construction_bytes, training_bytes
 
@@ -142,10 +147,13 @@ def capacity_row(settings, keep: bool = False) -> tuple[dict, dict | None]:
         from analysis.capacity.transformer import run_transformer_sweep
 
         res = run_transformer_sweep(settings)
-        cols = res.rows()
-        row = dict(model="transformer", d=cols["d"][0], heads=cols["H"][0], head_dim=cols["d_h"][0],
-                   mlp_width=cols["m"][0], parameters=cols["params"][0], capacity=int(res.facts[0][0]),
+        cols = res.rows()  # one row: the trained model's, or the construction's when it is searched alone
+        facts = res.facts if settings.with_training else res.construction_facts
+        row = dict(model=cols["model"][0], d=cols["d"][0], heads=cols["H"][0], head_dim=cols["d_h"][0],
+                   mlp_width=cols["m"][0], parameters=cols["params"][0], capacity=int(facts[0][0]),
                    size=cols["size"][0], S=cols["S"][0], R=cols["R"][0], D=cols["D"][0])
+        if not settings.with_training:
+            row["memory"] = "transformer"  # the construction's kind, as construction rows of memories say
     else:
         from analysis.capacity.sweep import run_sweep
 
@@ -153,7 +161,7 @@ def capacity_row(settings, keep: bool = False) -> tuple[dict, dict | None]:
         d, m = settings.sizes()[0]
         row = dict(model=settings.model, memory=settings.kind, d=d, m=m, parameters=res.results[0].params,
                    capacity=int(res.results[0].capacity[0]))
-    r = res.results[0]
+    r = res.results[0] if res.results else res.construction[0]
     probes = [(int(N), bool(ok)) for N, ok in r.probes[0]]
     row.update(below_bracket=bool(r.below_bracket[0]), above_bracket=bool(r.above_bracket[0]),
                n_probes=len(probes), probes=" ".join(f"{N}:{int(ok)}" for N, ok in probes),

@@ -99,6 +99,20 @@ def test_transformer_run_equals_the_separate_search(tmp_path):
     assert (row["head_dim"], row["parameters"]) == (4, 4 * 2 * 4 * 8)  # d_h = α·d/H; P = 4·H·d_h·d
 
 
+def test_transformer_construction_runs_equal_the_separate_search(tmp_path):
+    """model construction of transformer: no training; each run's facts are the construction search's."""
+    from analysis.capacity.transformer import TransformerSettings, run_transformer_sweep
+
+    spec = SweepSpec(kind="capacity", base=dict(model="construction", construction_of="transformer", heads=2),
+                     grid=tuple(product_grid([("d", [8, 16]), ("seed", [0, 1])])), out=str(tmp_path / "c"))
+    rows = run_grid(spec, workers=1).rows
+    ref = run_transformer_sweep(TransformerSettings(ds=(8, 16), heads=2, seeds=(0, 1), with_construction=True,
+                                                    with_training=False))
+    got = {(r["params"]["d"], r["params"]["seed"]): r["capacity"] for r in rows}
+    assert got == {(d, s): ref.construction_facts[i][j] for i, d in enumerate((8, 16)) for j, s in enumerate((0, 1))}
+    assert {r["model"] for r in rows} == {"construction"} and {r["memory"] for r in rows} == {"transformer"}
+
+
 def test_cli_writes_the_outputs_and_continues(tmp_path, capsys):
     from analysis.grid import main
 
