@@ -60,9 +60,9 @@ def capacity_settings(fields: dict):
         f.pop("construction_of", None)
         given = [n for n in MEMORY_ONLY if n in f]
         if given:
-            raise ConfigError(f"{given[0]} = {f[given[0]]!r} is a setting of the memories (models linear, mlp, "
-                              "construction); for the transformer give heads, head_dim or attn_ratio, mlp_width or "
-                              "mlp_ratio")
+            raise ConfigError(f"{given[0]} = {f[given[0]]!r} is a setting of the memories (models linear, mlp and "
+                              "their constructions); for the transformer and its construction give heads, head_dim "
+                              "or attn_ratio, mlp_width or mlp_ratio")
         from analysis.capacity.transformer import TransformerSettings
 
         settings = _construct(TransformerSettings, ds=(d,), seeds=(seed,), lrs=lrs, with_construction=built,
