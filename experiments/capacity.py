@@ -130,20 +130,25 @@ def train_of(g: dict):
                                   record=False)
 
 
-def settings_blocks(tiny: bool) -> tuple:
-    """(memory flags by label, transformer flags by label, trade-off grid) of the chosen size."""
+def settings_blocks(tiny: bool, tradeoff_steps: int | None = None) -> tuple:
+    """(memory flags by label, transformer flags by label, trade-off grid) of the chosen size; the map's Adam
+    steps replaced by ``tradeoff_steps`` when given."""
     if tiny:
-        return (dict(TINY_MEMORY_FLAGS),
-                {label: f"{TINY_TRANSFORMER_COMMON} {f}" for label, f in TINY_TRANSFORMER_SHAPES.items()},
-                dict(TINY_TRADEOFF))
-    return (dict(MEMORY_FLAGS), {label: f"{TRANSFORMER_COMMON} {f}" for label, f in TRANSFORMER_SHAPES.items()},
-            dict(TRADEOFF))
+        blocks = (dict(TINY_MEMORY_FLAGS),
+                  {label: f"{TINY_TRANSFORMER_COMMON} {f}" for label, f in TINY_TRANSFORMER_SHAPES.items()},
+                  dict(TINY_TRADEOFF))
+    else:
+        blocks = (dict(MEMORY_FLAGS), {label: f"{TRANSFORMER_COMMON} {f}" for label, f in TRANSFORMER_SHAPES.items()},
+                  dict(TRADEOFF))
+    if tradeoff_steps is not None:
+        blocks[2]["max_steps"] = tradeoff_steps
+    return blocks
 
 
-def jobs_of(names, tiny: bool, quiet: bool) -> list:
+def jobs_of(names, tiny: bool, quiet: bool, tradeoff_steps: int | None = None) -> list:
     """The independent computations behind the figures ``names``: (figure, key, function, args), the
     transformer sweeps first (the longest), then the trade-off rows, then the memory sweeps."""
-    mem, tf, grid = settings_blocks(tiny)
+    mem, tf, grid = settings_blocks(tiny, tradeoff_steps)
     jobs = []
     if "transformer" in names:
         jobs += [("transformer", label, run_flags, (flags, label, quiet)) for label, flags in tf.items()]
@@ -263,6 +268,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="bits per parameter of the information bound line (default 8, as frd-capacity)")
     p.add_argument("--out", default="runs/capacity-repro", help="output folder (default runs/capacity-repro)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--tradeoff-steps", type=int, default=None, metavar="K",
+                   help=f"Adam steps of each trade-off cell, 1 to {2**20} (default {TRADEOFF['max_steps']}; the paper "
+                        f"2^14): does the map change with more training?")
     p.add_argument("--docs", action="store_true",
                    help="also copy the figures to docs/capacity/<name>.png (not with --tiny)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -276,17 +284,24 @@ def main(argv=None) -> int:
     if a.docs and a.tiny:
         print("--docs with --tiny: the docs show the full-size figures; drop one of them", file=sys.stderr)
         return 2
+    if a.tradeoff_steps is not None and not 1 <= a.tradeoff_steps <= 2**20:
+        print(f"--tradeoff-steps {a.tradeoff_steps}: give 1 to {2**20} steps", file=sys.stderr)
+        return 2
+    if a.docs and a.tradeoff_steps is not None:
+        print("--docs with --tradeoff-steps: the docs show the default settings' figures; drop one of them",
+              file=sys.stderr)
+        return 2
     if not 1 <= a.workers <= 64:
         print(f"--workers {a.workers}: give 1 to 64 processes", file=sys.stderr)
         return 2
     names = [n for n in FIGURES if n in (a.only or FIGURES)]
-    mem, tf, grid = settings_blocks(a.tiny)
+    mem, tf, grid = settings_blocks(a.tiny, a.tradeoff_steps)
     err = check_settings(names, mem, tf)
     if err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    done = run_jobs(jobs_of(names, a.tiny, a.quiet), a.workers)
+    done = run_jobs(jobs_of(names, a.tiny, a.quiet, a.tradeoff_steps), a.workers)
     wall = time.perf_counter() - t0
     made = {}
     if "memory" in names:

@@ -71,3 +71,31 @@ def test_too_large_sweep_refused_before_running(tmp_path, capsys, monkeypatch):
     assert repro.main(["--tiny", "--only", "memory", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "mlp: " in err and "GiB" in err and not out.exists()
+
+
+@pytest.mark.parametrize("args, match", [(["--tradeoff-steps", "0"], "--tradeoff-steps 0"),
+                                         (["--tradeoff-steps", "8", "--docs"], "--docs with --tradeoff-steps")])
+def test_bad_tradeoff_steps_refused(tmp_path, capsys, args, match):
+    out = tmp_path / "never"
+    assert repro.main(["--only", "tradeoff", "--out", str(out)] + args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_tradeoff_steps_sets_the_maps_training(tmp_path):
+    """--tradeoff-steps K: every cell trained K steps; a cell equals a transformer of its shape trained K steps."""
+    from dynamics.capacity_training import TransformerTrainConfig, train_transformers
+    from models.transformer import TransformerConfig
+
+    out = tmp_path / "t"
+    assert repro.main(["--tiny", "--only", "tradeoff", "--tradeoff-steps", "12", "--quiet", "--workers", "1",
+                       "--out", str(out)]) == 0
+    body = json.loads((out / "tradeoff.json").read_text())
+    assert body["settings"]["max_steps"] == 12
+    g = repro.TINY_TRADEOFF
+    cfg = TransformerConfig(S=g["S"], R=g["R"], D=g["D"], d=g["d"], H=1, d_h=g["d_h"], m=4, T=g["T"], seed=g["seed"])
+    run = train_transformers([cfg], list(g["lrs"]), TransformerTrainConfig(batch=g["batch"], max_steps=12,
+                                                                           eval_every=g["eval_every"], record=False))
+    cell = pd.read_csv(out / "tradeoff.csv").query("H == 1 and m == 4")
+    assert np.isclose(cell.accuracy.item(), run.best_accuracy.max())
