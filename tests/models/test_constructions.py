@@ -59,3 +59,25 @@ def test_random_features_interpolate_when_N_below_m(seed):
 def test_random_feature_accuracy_falls_past_m():
     accs = [construction_accuracy(MemoryConfig(model="mlp", N=N, d=16, m=32, seed=0)) for N in (16, 128, 512)]
     assert accs[0] == 1.0 and accs[1] < 0.9 and accs[2] < accs[1]
+
+
+@pytest.mark.slow  # a subprocess that trains 8 small memories, a few seconds
+def test_memory_bench_rows_are_the_constructions_and_the_trainers_accuracies(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from dynamics.capacity_training import MemoryTrainConfig, train_batch
+    from tests.helpers import ROOT
+
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "memory_constructions.py"), "--Ns", "8", "40",
+                    "--seeds", "0", "--max-steps", "32", "--out", str(tmp_path)], check=True, capture_output=True,
+                   timeout=300)
+    rows = json.loads((tmp_path / "constructions.json").read_text())["rows"]
+    assert len(rows) == 4
+    for r in rows:
+        c = MemoryConfig(model=r["model"], N=r["N"], d=r["d"], m=r["m"], seed=0)
+        assert r["construction"] == [construction_accuracy(c)]
+        run = train_batch([c] * len(r["lrs"]), r["lrs"], MemoryTrainConfig(max_steps=32, record=False))
+        assert r["trained"] == [pytest.approx(float(run.best_accuracy.max()), abs=1e-12)]
