@@ -180,11 +180,7 @@ def capacity_figure_of(name: str, runs: dict, title: str, bits_per_param: float)
 
     series, rows, body = [], [], {}
     for label, (flags, result) in runs.items():
-        ser = series_of(result, label=label)
-        if name == "memory":  # one series per sweep, named by its label; its construction's beside it
-            ser = [dict(x, label=f"{label}: construction" if x["label"].startswith("construction") else label)
-                   for x in ser]
-        series += ser
+        series += series_of(result, label=label)  # '<label>' and, when searched, '<label>: construction'
         rows += capacity_rows(label, result)
         body[label] = dict(flags=flags, result=result.to_dict(), fit=fit_text(result.fit), seconds=result.seconds)
         if result.construction:  # the sweep's construction (SPEC §8), its own series

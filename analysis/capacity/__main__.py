@@ -219,27 +219,24 @@ def write(out: str, result, job, bits_per_param: float = BITS_PER_PARAM) -> None
         save_figure(fig, f"{tmp}/capacity.pdf")
 
 
-def series_of(result, label: str = "transformer") -> list:
-    """The figure's series (figures.capacity.capacity_figure) of a sweep result: a transformer sweep is one
-    series named ``label``; a memory sweep is its trained (or constructed) memories and their construction."""
+def series_of(result, label: str | None = None) -> list:
+    """The figure's series (figures.capacity.capacity_figure) of a sweep result: its trained (or, with model
+    construction, constructed) models named ``label`` (default: the model, ``construction (<kind>)`` for a
+    memory construction), then its construction when searched, named ``<label>: construction`` (a memory's
+    default: ``construction (<kind>)``)."""
     s = result.settings
     if s.__class__.__name__ == "TransformerSettings":
-        series = []
-        for name, res, facts, fit in ((label, result.results, result.facts, result.fit),
-                                      (f"{label}: construction", result.construction, result.construction_facts,
-                                       result.construction_fit)):
-            if res:
-                series.append(dict(label=name, params=[r.params for r in res], capacity=[list(f) for f in facts],
-                                   fit=None if fit is None else fit.to_dict()))
-        return series
-    series = []
-    for label, res, fit in ((s.model if s.model != "construction" else "construction", result.results, result.fit),
-                            ("construction", result.construction, result.construction_fit)):
-        if res:
-            series.append(dict(label=f"{label} ({s.kind})" if label == "construction" else label,
-                               params=[r.params for r in res], capacity=[list(r.capacity) for r in res],
-                               fit=None if fit is None else fit.to_dict()))
-    return series
+        name = label or "transformer"
+        parts = ((name, result.results, result.facts, result.fit),
+                 (f"{name}: construction", result.construction, result.construction_facts, result.construction_fit))
+    else:
+        built = f"construction ({s.kind})"
+        parts = ((label or (built if s.model == "construction" else s.model), result.results,
+                  [r.capacity for r in result.results], result.fit),
+                 (f"{label}: construction" if label else built, result.construction,
+                  [r.capacity for r in result.construction], result.construction_fit))
+    return [dict(label=name, params=[r.params for r in res], capacity=[list(f) for f in facts],
+                 fit=None if fit is None else fit.to_dict()) for name, res, facts, fit in parts if res]
 
 
 def run(args, job) -> int:

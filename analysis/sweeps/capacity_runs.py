@@ -148,9 +148,9 @@ def capacity_row(settings, keep: bool = False) -> tuple[dict, dict | None]:
 
         res = run_transformer_sweep(settings)
         cols = res.rows()  # one row: the trained model's, or the construction's when it is searched alone
-        facts = res.facts if settings.with_training else res.construction_facts
+        searched = res.results if settings.with_training else res.construction
         row = dict(model=cols["model"][0], d=cols["d"][0], heads=cols["H"][0], head_dim=cols["d_h"][0],
-                   mlp_width=cols["m"][0], parameters=cols["params"][0], capacity=int(facts[0][0]),
+                   mlp_width=cols["m"][0], parameters=cols["params"][0], capacity=int(cols["facts"][0]),
                    size=cols["size"][0], S=cols["S"][0], R=cols["R"][0], D=cols["D"][0])
         if not settings.with_training:
             row["memory"] = "transformer"  # the construction's kind, as construction rows of memories say
@@ -159,9 +159,10 @@ def capacity_row(settings, keep: bool = False) -> tuple[dict, dict | None]:
 
         res = run_sweep(settings)
         d, m = settings.sizes()[0]
+        searched = res.results
         row = dict(model=settings.model, memory=settings.kind, d=d, m=m, parameters=res.results[0].params,
                    capacity=int(res.results[0].capacity[0]))
-    r = res.results[0] if res.results else res.construction[0]
+    r = searched[0]
     probes = [(int(N), bool(ok)) for N, ok in r.probes[0]]
     row.update(below_bracket=bool(r.below_bracket[0]), above_bracket=bool(r.above_bracket[0]),
                n_probes=len(probes), probes=" ".join(f"{N}:{int(ok)}" for N, ok in probes),

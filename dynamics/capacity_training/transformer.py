@@ -8,7 +8,6 @@ reference the batched run is tested against. The optimizer is capacity_training'
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from dynamics.threads import threads_for, torch_threads
 from models.memory import correct_count, loss, needed_count
 from models.sampler import TaskSampler
 from models.transformer import embeddings, eval_sequences, stack_transformer_params, task_of, transformer_logits
-from models.transformer.instance import stream_int
+from models.transformer.instance import eval_copies, stream_int
 
 MAX_BATCH = 2**20
 
@@ -136,11 +135,6 @@ def _train(configs, lrs, train: TransformerTrainConfig) -> TransformerRun:
                           accuracy=torch.stack(rec_acc).cpu().numpy() if rec else None,
                           params={k: p.detach().cpu().numpy() for k, p in params.items()},
                           seconds=time.perf_counter() - start)
-
-
-def eval_copies(facts: int, eval_size: int) -> int:
-    """How many times the evaluation set holds each fact: ceil(eval_size / facts), at least 1."""
-    return max(1, math.ceil(eval_size / facts))
 
 
 def train_transformer(config, lr, train: TransformerTrainConfig = TransformerTrainConfig()) -> TransformerRun:

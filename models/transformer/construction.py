@@ -16,7 +16,7 @@ import torch
 
 from models.memory.metrics import correct_count
 from models.transformer.config import TransformerConfig
-from models.transformer.instance import draw_init, embeddings, eval_sequences, task_of
+from models.transformer.instance import draw_init, embeddings, eval_copies, eval_sequences, task_of
 from models.transformer.model import attention_weights, transformer_logits
 
 LAMBDA = 30.0   # attention score of a head's own tokens; EOS gets LAMBDA/2, every other token about 0
@@ -112,14 +112,20 @@ def construct(config: TransformerConfig, lam: float = LAMBDA, beta: float = BETA
     return params
 
 
+def _evaluated(config: TransformerConfig, eval_size: int, lam: float, beta: float):
+    """The construction's parameters (torch float64, model axis 1), the embeddings Phi (1, V, d) and Psi
+    (1, |A|, d), and the instance's evaluation set: tokens (E, T), targets (E,) (SPEC §11)."""
+    params = {k: torch.as_tensor(v)[None] for k, v in construct(config, lam, beta).items()}
+    Phi, Psi = (x[None] for x in embeddings(config, torch.float64))
+    tokens, targets = eval_sequences(task_of(config), config.seed, copies=eval_copies(config.facts, eval_size))
+    return params, Phi, Psi, tokens, targets
+
+
 def construction_accuracy(config: TransformerConfig, eval_size: int = 1024, lam: float = LAMBDA,
                           beta: float = BETA) -> float:
     """Accuracy of the construction on the instance's evaluation set (SPEC §11: every fact
     ceil(eval_size/(S·R)) times, each in its own noise context; a tie counts as wrong), in float64."""
-    params = {k: torch.as_tensor(v)[None] for k, v in construct(config, lam, beta).items()}  # model axis 1
-    Phi, Psi = (x[None] for x in embeddings(config, torch.float64))
-    copies = max(1, math.ceil(eval_size / config.facts))
-    tokens, targets = eval_sequences(task_of(config), config.seed, copies=copies)
+    params, Phi, Psi, tokens, targets = _evaluated(config, eval_size, lam, beta)
     xi = transformer_logits(params, Phi, Psi, tokens[None])                # (1, E, |A|)
     return float(correct_count(xi, targets[None])[0]) / len(targets)
 
@@ -127,11 +133,8 @@ def construction_accuracy(config: TransformerConfig, eval_size: int = 1024, lam:
 def own_token_attention(config: TransformerConfig, eval_size: int = 1024) -> float:
     """The smallest attention weight, over the evaluation set, that the head holding a sequence's subject
     (and the one holding its relation) puts on that token: near 1 when the heads denoise (H >= 2)."""
-    params = {k: torch.as_tensor(v)[None] for k, v in construct(config).items()}
-    Phi, _ = embeddings(config, torch.float64)
-    copies = max(1, math.ceil(eval_size / config.facts))
-    tokens, _ = eval_sequences(task_of(config), config.seed, copies=copies)   # (E, T)
-    a = attention_weights(params, Phi[None], tokens[None])[0]                 # (E, H, T)
+    params, Phi, _, tokens, _ = _evaluated(config, eval_size, LAMBDA, BETA)
+    a = attention_weights(params, Phi, tokens[None])[0]                       # (E, H, T)
     owner = np.empty(config.S + config.R, dtype=np.int64)
     for h, Z in enumerate(head_groups(config.S, config.R, config.H)):
         owner[Z] = h

@@ -7,6 +7,8 @@ integers).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -72,6 +74,11 @@ def draw_init(seed: int, d: int, H: int, d_h: int, m: int, restart: int = 0) -> 
         p["W1"] = rng.standard_normal((d, m)) / np.sqrt(d)
         p["W2"] = rng.standard_normal((m, d)) / np.sqrt(m)
     return p
+
+
+def eval_copies(facts: int, eval_size: int) -> int:
+    """How many times the evaluation set holds each fact: ceil(eval_size / facts), at least 1 (SPEC §11)."""
+    return max(1, math.ceil(eval_size / facts))
 
 
 def eval_sequences(task: Task, seed: int, device="cpu", copies: int = 1):
